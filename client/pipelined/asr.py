@@ -1,0 +1,116 @@
+"""automatic-speech-recognition call arguments -> RecognitionConfig, and responses -> the pipeline's dicts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.duration_pb2 import Duration
+
+from .v1 import speech_pb2
+
+TASK = "automatic-speech-recognition"
+_TIMESTAMPS = {
+    None: speech_pb2.TIMESTAMP_GRANULARITY_UNSPECIFIED,
+    False: speech_pb2.TIMESTAMP_GRANULARITY_UNSPECIFIED,
+    True: speech_pb2.TIMESTAMP_GRANULARITY_SEGMENT,
+    "word": speech_pb2.TIMESTAMP_GRANULARITY_WORD,
+    "char": speech_pb2.TIMESTAMP_GRANULARITY_CHAR,
+}
+_TASKS = {"transcribe": speech_pb2.SPEECH_TASK_TRANSCRIBE, "translate": speech_pb2.SPEECH_TASK_TRANSLATE}
+_GENERATION = ("num_beams", "max_new_tokens", "temperature")
+KNOWN = {
+    "return_timestamps",
+    "chunk_length_s",
+    "stride_length_s",
+    "batch_size",
+    "return_language",
+    "generate_kwargs",
+    "language",
+    "task",
+    *_GENERATION,
+}
+
+
+def _duration(seconds: float) -> Duration:
+    duration = Duration()
+    duration.FromNanoseconds(round(float(seconds) * 1e9))
+    return duration
+
+
+def _seconds(duration: Duration) -> float:
+    return (duration.seconds * 1_000_000_000 + duration.nanos) / 1e9
+
+
+def recognition_config(model: str, kwargs: dict[str, Any]) -> speech_pb2.RecognitionConfig:
+    """Maps the transformers ASR pipeline's call arguments onto the wire config."""
+    unknown = set(kwargs) - KNOWN
+    if unknown:
+        raise TypeError(f"unsupported automatic-speech-recognition argument(s): {', '.join(sorted(unknown))}")
+    generate = dict(kwargs.get("generate_kwargs") or {})
+    for name in ("language", "task", *_GENERATION):
+        if name in kwargs:
+            generate[name] = kwargs[name]
+    config = speech_pb2.RecognitionConfig(model=model or "")
+    if generate.get("language"):
+        config.language = str(generate.pop("language"))
+    generate.pop("language", None)
+    if generate.get("task"):
+        task = generate.pop("task")
+        if task not in _TASKS:
+            raise ValueError(f"task must be 'transcribe' or 'translate', got {task!r}")
+        config.task = _TASKS[task]
+    for name in _GENERATION:
+        if generate.get(name) is not None:
+            setattr(config.generation, name, generate.pop(name))
+    generate = {k: v for k, v in generate.items() if v is not None}
+    if generate.pop("do_sample", None) is False:
+        generate.pop("temperature", None)
+    if generate:
+        raise TypeError(f"unsupported generate_kwargs over gRPC: {', '.join(sorted(generate))}")
+    timestamps = kwargs.get("return_timestamps")
+    if timestamps not in _TIMESTAMPS:
+        raise ValueError(f"return_timestamps must be True, 'word' or 'char', got {timestamps!r}")
+    config.timestamps = _TIMESTAMPS[timestamps]
+    if kwargs.get("chunk_length_s"):
+        config.chunk_length.CopyFrom(_duration(kwargs["chunk_length_s"]))
+    stride = kwargs.get("stride_length_s")
+    if stride is not None:
+        if isinstance(stride, list | tuple):
+            if len(set(stride)) != 1:
+                raise ValueError("stride_length_s must be the same on both sides over gRPC")
+            stride = stride[0]
+        config.stride_length.CopyFrom(_duration(stride))
+    if kwargs.get("batch_size"):
+        config.batch_size = int(kwargs["batch_size"])
+    config.return_language = bool(kwargs.get("return_language"))
+    return config
+
+
+def _chunk(chunk: speech_pb2.TranscriptChunk, with_language: bool) -> dict[str, Any]:
+    start = _seconds(chunk.start_offset) if chunk.HasField("start_offset") else None
+    end = _seconds(chunk.end_offset) if chunk.HasField("end_offset") else None
+    out: dict[str, Any] = {}
+    if with_language:
+        out["language"] = chunk.language or None
+    out["text"] = chunk.text
+    out["timestamp"] = (start, end)
+    return out
+
+
+def result_dict(response: speech_pb2.RecognizeResponse, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The dict the local pipeline returns for the same call."""
+    result: dict[str, Any] = {"text": response.text}
+    with_language = bool(kwargs.get("return_language"))
+    if kwargs.get("return_timestamps") or with_language:
+        result["chunks"] = [_chunk(c, with_language) for c in response.chunks]
+    return result
+
+
+def segment_dict(response: speech_pb2.StreamingRecognizeFileResponse) -> dict[str, Any]:
+    """One streamed long-form segment: the pipeline's chunk shape, plus its words and progress."""
+    segment = _chunk(response.segment, False)
+    if response.words:
+        segment["words"] = [_chunk(w, False) for w in response.words]
+    segment["audio_processed_s"] = _seconds(response.audio_processed)
+    segment["audio_duration_s"] = _seconds(response.audio_duration)
+    return segment

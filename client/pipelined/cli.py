@@ -1,0 +1,95 @@
+"""`pipelined`: the command-line client (transcribe, models, health)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .client import DEFAULT_TARGET, Client
+from .errors import PipelinedError
+
+
+def _format_time(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds:7.2f}"
+
+
+def transcribe(client: Client, args: argparse.Namespace) -> int:
+    options: dict[str, Any] = {}
+    if args.timestamps != "none":
+        options["return_timestamps"] = True if args.timestamps == "segment" else args.timestamps
+    if args.language:
+        options["language"] = args.language
+    if args.beams:
+        options["num_beams"] = args.beams
+    pipe = client.pipeline("automatic-speech-recognition", model=args.model)
+    for path in args.files:
+        if args.stream:
+            for segment in pipe.stream_file(path, **options):
+                start, end = segment["timestamp"]
+                print(f"[{_format_time(start)} -> {_format_time(end)}]{segment['text']}", flush=True)
+            continue
+        result = pipe(path, **options)
+        if args.json:
+            print(json.dumps({"file": path, **result}))
+        elif "chunks" in result:
+            print(f"{path}:")
+            for chunk in result["chunks"]:
+                start, end = chunk["timestamp"]
+                print(f"  [{_format_time(start)} -> {_format_time(end)}]{chunk['text']}")
+        else:
+            print(f"{path}:{result['text']}")
+    return 0
+
+
+def models(client: Client, args: argparse.Namespace) -> int:
+    for m in client.models():
+        marker = "*" if m["default"] else " "
+        print(f"{marker} {m['name']:<24} {m['task']:<32} {m['state']:<8} {m['device']:<8} {m['dtype']:<9} {m['source']}")
+        if m["error"]:
+            print(f"    error: {m['error']}")
+    return 0
+
+
+def health(client: Client, args: argparse.Namespace) -> int:
+    status = client.health(args.service)
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipelined", description="Call a pipelined server.")
+    parser.add_argument("--target", default=DEFAULT_TARGET, help=f"server address (default {DEFAULT_TARGET})")
+    parser.add_argument("--timeout", type=float, default=None, help="deadline per call, in seconds")
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("transcribe", help="transcribe audio files")
+    t.add_argument("files", nargs="+")
+    t.add_argument("--model", default=None)
+    t.add_argument("--timestamps", choices=["none", "segment", "word", "char"], default="none")
+    t.add_argument("--language", default=None)
+    t.add_argument("--beams", type=int, default=None)
+    t.add_argument("--stream", action="store_true", help="long audio: print segments as they are decoded")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(run=transcribe)
+    m = sub.add_parser("models", help="list served models")
+    m.set_defaults(run=models)
+    h = sub.add_parser("health", help="server (or one model's) health")
+    h.add_argument("service", nargs="?", default="", help="a model name; empty for the whole server")
+    h.set_defaults(run=health)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        with Client(args.target, timeout=args.timeout) as client:
+            code = args.run(client, args)
+    except PipelinedError as error:
+        print(f"pipelined: {error}", file=sys.stderr)
+        code = 1
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""gRPC errors as typed exceptions that name the status code and carry the server's message."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class PipelinedError(Exception):
+    """A failed call: `code` is the gRPC status, `message` the server's explanation."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        if code is not None:
+            self.code = code
+        super().__init__(f"{self.code.name}: {message}")
+        self.message = message
+
+
+class InvalidArgument(PipelinedError, ValueError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(PipelinedError, LookupError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class Unavailable(PipelinedError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ResourceExhausted(PipelinedError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(PipelinedError, TimeoutError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Cancelled(PipelinedError):
+    code = grpc.StatusCode.CANCELLED
+
+
+class FailedPrecondition(PipelinedError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unimplemented(PipelinedError, NotImplementedError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class Internal(PipelinedError):
+    code = grpc.StatusCode.INTERNAL
+
+
+_BY_CODE: dict[grpc.StatusCode, type[PipelinedError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        Unavailable,
+        ResourceExhausted,
+        DeadlineExceeded,
+        Cancelled,
+        FailedPrecondition,
+        Unimplemented,
+        Internal,
+    )
+}
+
+
+def from_rpc_error(error: grpc.RpcError) -> PipelinedError:
+    """The typed exception for a grpc.RpcError (or grpc.aio.AioRpcError)."""
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = error.details() if hasattr(error, "details") else str(error)
+    cls = _BY_CODE.get(code, PipelinedError)
+    return cls(details or "", code) if cls is PipelinedError else cls(details or "")

@@ -1,0 +1,1 @@
+"""Generated from protos/pipelined/v1 by scripts/generate_protos.py. Do not edit."""

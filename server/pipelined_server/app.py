@@ -1,0 +1,105 @@
+"""Assembles the gRPC server: servicers, health, reflection, metrics endpoint, and graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from pipelined.v1 import models_pb2, models_pb2_grpc, speech_pb2, speech_pb2_grpc
+
+from .config import ServerConfig
+from .metrics import Metrics
+from .registry import Registry
+from .services.calls import ServerState
+from .services.models import ModelsServicer
+from .services.speech import SpeechServicer
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class App:
+    """A running server. `start()` binds and begins loading models; `drain()` shuts down gracefully."""
+
+    config: ServerConfig
+    metrics: Metrics
+    server: grpc.aio.Server
+    state: ServerState
+    health: health.aio.HealthServicer
+    port: int = 0
+    _load_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def build(cls, config: ServerConfig, metrics: Metrics | None = None) -> App:
+        metrics = metrics or Metrics()
+        options = [
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+        ]
+        server = grpc.aio.server(options=options)
+        health_servicer = health.aio.HealthServicer()
+        app_holder: list[App] = []
+
+        def on_health(name: str, ok: bool) -> None:
+            app_holder[0].schedule_health(name, ok)
+
+        registry = Registry(config, metrics, on_health=on_health)
+        state = ServerState(config=config, registry=registry, metrics=metrics)
+        speech_pb2_grpc.add_SpeechServiceServicer_to_server(SpeechServicer(state), server)
+        models_pb2_grpc.add_ModelsServiceServicer_to_server(ModelsServicer(state), server)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        services = [
+            speech_pb2.DESCRIPTOR.services_by_name["SpeechService"].full_name,
+            models_pb2.DESCRIPTOR.services_by_name["ModelsService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
+        reflection.enable_server_reflection(services, server)
+        app = cls(config=config, metrics=metrics, server=server, state=state, health=health_servicer)
+        app_holder.append(app)
+        return app
+
+    def schedule_health(self, name: str, ok: bool) -> None:
+        asyncio.get_running_loop().create_task(self._update_health(name, ok))
+
+    async def _update_health(self, name: str, ok: bool) -> None:
+        serving = ok and not self.state.draining
+        await self.health.set(name, SERVING if serving else NOT_SERVING)
+        overall = self.state.registry.all_ready and not self.state.draining
+        await self.health.set("", SERVING if overall else NOT_SERVING)
+
+    async def start(self) -> int:
+        """Binds the port (0 picks a free one), starts serving health at once and loads models behind it."""
+        self.port = self.server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind {self.config.host}:{self.config.port}")
+        await self.health.set("", NOT_SERVING)
+        for name in self.state.registry.instances:
+            await self.health.set(name, NOT_SERVING)
+        await self.server.start()
+        self._load_task = asyncio.get_running_loop().create_task(self.state.registry.load_all())
+        log.info("listening on %s:%d", self.config.host, self.port)
+        return self.port
+
+    async def wait_loaded(self) -> None:
+        if self._load_task is not None:
+            await asyncio.shield(self._load_task)
+
+    async def drain(self, grace_s: float | None = None) -> None:
+        """NOT_SERVING, refuse new calls (UNAVAILABLE), let calls in flight finish within the grace, stop."""
+        grace = self.config.grace_period_s if grace_s is None else grace_s
+        self.state.draining = True
+        await self.health.enter_graceful_shutdown()
+        try:
+            await asyncio.wait_for(self.state.idle.wait(), grace)
+        except TimeoutError:
+            log.warning("%d calls still running after %.1f s grace; stopping", self.state.inflight, grace)
+        await self.server.stop(0)
+        await self.state.registry.close()

@@ -1,0 +1,218 @@
+"""One scheduler per model instance: a bounded queue, dynamic batching, one worker thread.
+
+Why one thread per instance: a transformers pipeline is not thread-safe, and on a busy device running
+two batches at once only splits the same compute. Batching is where the throughput comes from.
+
+Batching must never change a result, so every item carries a `key`: items are only batched with items
+of the same key. A task adapter chooses keys (e.g. by exact audio length for CTC models, whose padding
+changes the output) and marks items that must run alone as not batchable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import BatchingConfig
+from ..errors import Cancelled, DeadlineExpired, ModelNotReady, QueueFull
+from ..metrics import Metrics
+
+# Runs a list of inputs that share one key through the pipeline; returns one output per input.
+BatchRunner = Callable[[Sequence[Any], dict[str, Any]], list[Any]]
+
+
+@dataclass(eq=False)
+class WorkItem:
+    """One input waiting for the pipeline."""
+
+    payload: Any
+    # Pipeline call arguments; identical for all items of one key.
+    kwargs: dict[str, Any]
+    key: Hashable
+    batchable: bool
+    future: asyncio.Future[Any]
+    # Absolute time.monotonic() after which computing is pointless; None for no deadline.
+    deadline: float | None
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+
+class Scheduler:
+    """Queues work items and runs them in batches on one worker thread."""
+
+    def __init__(self, model: str, runner: BatchRunner, config: BatchingConfig, metrics: Metrics) -> None:
+        self.model = model
+        self._runner = runner
+        self._config = config
+        self._metrics = metrics
+        self._queue: deque[WorkItem] = deque()
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pipeline-{model}")
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._run(), name=f"scheduler-{self.model}")
+
+    async def submit(
+        self,
+        payload: Any,
+        kwargs: dict[str, Any],
+        *,
+        key: Hashable = None,
+        batchable: bool = True,
+        timeout: float | None = None,
+    ) -> Any:
+        """Queues one input and waits for its output.
+
+        `timeout` is the caller's remaining deadline in seconds. Cancelling the awaiting task (the
+        gRPC call was cancelled) removes the item before it is computed.
+        """
+        if self._closed:
+            raise ModelNotReady(f"model {self.model!r} is shutting down")
+        if len(self._queue) >= self._config.max_queue_size:
+            raise QueueFull(
+                f"model {self.model!r} has {len(self._queue)} requests queued "
+                f"(max_queue_size={self._config.max_queue_size}); retry later"
+            )
+        now = time.monotonic()
+        item = WorkItem(
+            payload=payload,
+            kwargs=kwargs,
+            key=(key, _freeze(kwargs)),
+            batchable=batchable,
+            future=asyncio.get_running_loop().create_future(),
+            deadline=None if timeout is None else now + timeout,
+            enqueued_at=now,
+        )
+        self._queue.append(item)
+        self._metrics.queue_depth.labels(self.model).set(len(self._queue))
+        self._wakeup.set()
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            item.future.cancel()
+            raise
+
+    async def close(self) -> None:
+        """Fails what is still queued, waits for the batch in flight, stops the worker thread."""
+        self._closed = True
+        while self._queue:
+            item = self._queue.popleft()
+            if not item.future.done():
+                item.future.set_exception(ModelNotReady(f"model {self.model!r} is shutting down"))
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        self._executor.shutdown(wait=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            self._metrics.queue_depth.labels(self.model).set(len(self._queue))
+            if not batch:
+                continue
+            started = time.monotonic()
+            for item in batch:
+                self._metrics.queue_time.labels(self.model).observe(started - item.enqueued_at)
+            self._metrics.batch_size.labels(self.model).observe(len(batch))
+            outcomes = await loop.run_in_executor(self._executor, self._compute, batch)
+            for item, (ok, value) in zip(batch, outcomes, strict=True):
+                if item.future.done():
+                    continue  # the caller left while we computed
+                if ok:
+                    item.future.set_result(value)
+                else:
+                    item.future.set_exception(value)
+
+    async def _next_batch(self) -> list[WorkItem]:
+        """Waits for the oldest item, then gathers compatible ones until full or its delay passes."""
+        while not self._queue:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        first = self._queue.popleft()
+        batch = [first]
+        if first.batchable and self._config.max_batch_size > 1:
+            close_at = first.enqueued_at + self._config.max_queue_delay_ms / 1000.0
+            while True:
+                self._take_compatible(first, batch)
+                remaining = close_at - time.monotonic()
+                if len(batch) >= self._config.max_batch_size or remaining <= 0:
+                    break
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+        return self._drop_dead(batch)
+
+    def _take_compatible(self, first: WorkItem, batch: list[WorkItem]) -> None:
+        for item in list(self._queue):
+            if len(batch) >= self._config.max_batch_size:
+                return
+            if item.batchable and item.key == first.key:
+                self._queue.remove(item)
+                batch.append(item)
+
+    def _drop_dead(self, batch: list[WorkItem]) -> list[WorkItem]:
+        """Removes items whose caller cancelled or whose deadline passed: they are never computed."""
+        now = time.monotonic()
+        alive = []
+        for item in batch:
+            if item.future.done():
+                self._metrics.skipped.labels(self.model, "cancelled").inc()
+            elif item.deadline is not None and item.deadline <= now:
+                self._metrics.skipped.labels(self.model, "deadline").inc()
+                item.future.set_exception(DeadlineExpired("deadline passed while the request was queued"))
+            else:
+                alive.append(item)
+        return alive
+
+    def _compute(self, batch: list[WorkItem]) -> list[tuple[bool, Any]]:
+        """Runs on the worker thread. A failing batch is retried item by item so one bad input fails alone."""
+        try:
+            return [(True, out) for out in self._call(batch)]
+        except Exception as exc:
+            if len(batch) == 1:
+                return [(False, exc)]
+        outcomes: list[tuple[bool, Any]] = []
+        for item in batch:
+            if item.future.cancelled():
+                outcomes.append((False, Cancelled("cancelled")))
+                continue
+            try:
+                outcomes.append((True, self._call([item])[0]))
+            except Exception as exc:
+                outcomes.append((False, exc))
+        return outcomes
+
+    def _call(self, batch: list[WorkItem]) -> list[Any]:
+        self._metrics.pipeline_calls.labels(self.model).inc()
+        self._metrics.pipeline_items.labels(self.model).inc(len(batch))
+        outputs = self._runner([item.payload for item in batch], batch[0].kwargs)
+        if len(outputs) != len(batch):
+            raise RuntimeError(f"pipeline returned {len(outputs)} outputs for {len(batch)} inputs")
+        return outputs
+
+
+def _freeze(value: Any) -> Hashable:
+    """A hashable form of nested call arguments, so equal arguments give equal batch keys."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return value

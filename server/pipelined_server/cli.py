@@ -1,0 +1,96 @@
+"""`pipelined-server`: flags, start-up, and SIGTERM/SIGINT handling."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from .config import DEFAULT_PORT, ModelSpec, ServerConfig, default_config, embedded_spec, load_config
+from .errors import ConfigError
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="pipelined-server", description="Serve transformers pipelines over gRPC.")
+    parser.add_argument("--config", type=Path, help="YAML or TOML file naming the models to serve")
+    parser.add_argument("--host", help="address to bind (default [::])")
+    parser.add_argument("--port", type=int, help=f"gRPC port (default {DEFAULT_PORT}; 0 picks a free one)")
+    parser.add_argument("--metrics-port", type=int, help="Prometheus port (default 9464; 0 disables)")
+    parser.add_argument("--model", help="serve one model without a file: embedded name, local dir or Hub id")
+    parser.add_argument("--task", help="pipeline task of --model (required unless it is embedded)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto (device_map='auto')")
+    parser.add_argument("--dtype", default=None, help="auto, float32, float16, bfloat16 or int8")
+    parser.add_argument("--torch-threads", type=int, help="torch intra-op threads (default 1)")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> ServerConfig:
+    config = load_config(args.config) if args.config else default_config()
+    if args.model:
+        spec = _single_model(args)
+        config = replace(config, models=(spec,))
+    overrides = {
+        "host": args.host,
+        "port": args.port,
+        "metrics_port": args.metrics_port,
+        "torch_threads": args.torch_threads,
+    }
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _single_model(args: argparse.Namespace) -> ModelSpec:
+    from .sources.embedded import EMBEDDED_MODELS
+
+    if args.model in EMBEDDED_MODELS:
+        spec = embedded_spec(args.model)
+    elif not args.task:
+        raise ConfigError("--task is required with --model unless the model is embedded")
+    else:
+        spec = ModelSpec(name=Path(args.model).name or args.model, task=args.task, source=args.model)
+    changes = {"device": args.device, "dtype": args.dtype}
+    return replace(spec, default=True, **{k: v for k, v in changes.items() if v is not None})
+
+
+async def serve(config: ServerConfig) -> None:
+    import torch
+
+    from .app import App
+
+    torch.set_num_threads(config.torch_threads)
+    app = App.build(config)
+    if config.metrics_port:
+        app.metrics.serve(config.metrics_port)
+    await app.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"pipelined-server listening on {config.host}:{app.port}", flush=True)
+    await stop.wait()
+    logging.getLogger(__name__).info("draining (grace %.0f s)", config.grace_period_s)
+    await app.drain()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = build_config(args)
+    except ConfigError as exc:
+        print(f"pipelined-server: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    asyncio.run(serve(config))
+    # A model still loading holds a worker thread that would block interpreter exit; the drain is done.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

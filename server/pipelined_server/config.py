@@ -1,0 +1,183 @@
+"""Server configuration: model specs and limits, loaded from YAML or TOML and validated at start-up.
+
+A bad file fails fast with a ConfigError naming the offending field, so a typo never surfaces as a
+runtime error on the first request.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .audio import AudioLimits
+from .errors import ConfigError
+
+DEFAULT_PORT = 50051
+DEFAULT_METRICS_PORT = 9464
+DEFAULT_ASR_MODEL = "whisper-tiny.en"
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """Dynamic batching limits of one model instance."""
+
+    # Largest number of requests run through the pipeline in one call.
+    max_batch_size: int = 8
+    # How long the oldest waiting request may wait for others to join its batch.
+    max_queue_delay_ms: float = 5.0
+    # Requests waiting beyond this answer RESOURCE_EXHAUSTED at once, instead of piling up latency.
+    max_queue_size: int = 256
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One served model."""
+
+    name: str
+    task: str
+    # "embedded:<name>", a local directory, or a Hub id.
+    source: str
+    # "cpu", "cuda", "cuda:1", "mps", or "auto" for device_map="auto".
+    device: str = "cpu"
+    # "auto", "float32", "float16", "bfloat16"; "int8" loads 8-bit with bitsandbytes.
+    dtype: str = "auto"
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    # Passed to transformers.pipeline(): they become the defaults of every call (e.g. num_beams).
+    pipeline_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Whether requests that name no model for this task go here.
+    default: bool = False
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "[::]"
+    port: int = DEFAULT_PORT
+    # 0 disables the Prometheus endpoint.
+    metrics_port: int = DEFAULT_METRICS_PORT
+    # Seconds calls in flight get to finish after SIGTERM.
+    grace_period_s: float = 20.0
+    # Largest gRPC message accepted, in bytes.
+    max_message_bytes: int = 64 * 1024 * 1024
+    # torch intra-op threads; on small shared CPUs more threads than cores is much slower.
+    torch_threads: int = 1
+    audio: AudioLimits = field(default_factory=AudioLimits)
+    models: tuple[ModelSpec, ...] = ()
+
+    def default_model(self, task: str) -> ModelSpec | None:
+        candidates = [m for m in self.models if m.task == task]
+        for spec in candidates:
+            if spec.default:
+                return spec
+        return candidates[0] if candidates else None
+
+
+# Greedy decoding favours latency; a request may still ask for beams.
+_EMBEDDED_ASR_KWARGS: dict[str, Any] = {"num_beams": 1}
+
+
+def embedded_spec(name: str) -> ModelSpec:
+    """Spec of an embedded model served under its own name, with latency-friendly defaults."""
+    from .sources.embedded import EMBEDDED_MODELS
+
+    if name not in EMBEDDED_MODELS:
+        known = ", ".join(sorted(EMBEDDED_MODELS))
+        raise ConfigError(f"unknown embedded model {name!r}; known: {known}")
+    task = EMBEDDED_MODELS[name].task
+    kwargs = dict(_EMBEDDED_ASR_KWARGS) if task == "automatic-speech-recognition" else {}
+    if task == "text-generation":
+        kwargs = {"do_sample": False}
+    return ModelSpec(name=name, task=task, source=f"embedded:{name}", pipeline_kwargs=kwargs)
+
+
+def default_config() -> ServerConfig:
+    """What `pipelined-server` serves with no config: the embedded Whisper tiny.en."""
+    return ServerConfig(models=(replace(embedded_spec(DEFAULT_ASR_MODEL), default=True),))
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Builds a dataclass from a mapping, rejecting unknown keys with their path."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    names = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+    return cls(**data)
+
+
+def _model_from_dict(data: Any, index: int) -> ModelSpec:
+    where = f"models[{index}]"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    data = dict(data)
+    for required in ("name",):
+        if not data.get(required):
+            raise ConfigError(f"{where}.{required} is required")
+    source = data.get("source")
+    if not source:
+        raise ConfigError(f"{where}.source is required ('embedded:<name>', a local directory or a Hub id)")
+    if str(source).startswith("embedded:") and "task" not in data:
+        base = embedded_spec(str(source).split(":", 1)[1])
+        data.setdefault("task", base.task)
+        data.setdefault("pipeline_kwargs", base.pipeline_kwargs)
+    if not data.get("task"):
+        raise ConfigError(f"{where}.task is required (a transformers pipeline task)")
+    if "batching" in data:
+        data["batching"] = _build(BatchingConfig, data["batching"], f"{where}.batching")
+    spec: ModelSpec = _build(ModelSpec, data, where)
+    _validate_model(spec, where)
+    return spec
+
+
+def _validate_model(spec: ModelSpec, where: str) -> None:
+    from transformers.pipelines import SUPPORTED_TASKS
+
+    if spec.task not in SUPPORTED_TASKS:
+        raise ConfigError(f"{where}.task {spec.task!r} is not a pipeline task of this transformers version")
+    if spec.batching.max_batch_size < 1:
+        raise ConfigError(f"{where}.batching.max_batch_size must be >= 1")
+    if spec.batching.max_queue_size < 1:
+        raise ConfigError(f"{where}.batching.max_queue_size must be >= 1")
+    if spec.batching.max_queue_delay_ms < 0:
+        raise ConfigError(f"{where}.batching.max_queue_delay_ms must be >= 0")
+    if spec.dtype not in {"auto", "float32", "float16", "bfloat16", "int8"}:
+        raise ConfigError(f"{where}.dtype {spec.dtype!r}: use auto, float32, float16, bfloat16 or int8")
+    if not isinstance(spec.pipeline_kwargs, dict):
+        raise ConfigError(f"{where}.pipeline_kwargs must be a mapping")
+
+
+def parse_config(data: Any) -> ServerConfig:
+    """Validates a decoded config document."""
+    if not isinstance(data, dict):
+        raise ConfigError("config: expected a mapping at the top level")
+    data = dict(data)
+    models_raw = data.pop("models", None)
+    if not models_raw:
+        raise ConfigError("models: at least one model is required")
+    if not isinstance(models_raw, list):
+        raise ConfigError("models: expected a list")
+    models = tuple(_model_from_dict(m, i) for i, m in enumerate(models_raw))
+    names = [m.name for m in models]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"models: duplicate name(s) {', '.join(duplicates)}")
+    if "audio" in data:
+        data["audio"] = _build(AudioLimits, data["audio"], "audio")
+    return _build(ServerConfig, {**data, "models": models}, "config")
+
+
+def load_config(path: Path) -> ServerConfig:
+    """Reads a .yaml/.yml or .toml file."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {exc}") from exc
+    return parse_config(data)

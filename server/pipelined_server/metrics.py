@@ -1,0 +1,94 @@
+"""Prometheus metrics, defined once and shared by the servicers, the scheduler and the registry.
+
+A private registry keeps tests that build several servers in one process from colliding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter(
+            "pipelined_requests_total", "Finished RPCs.", ["model", "task", "method", "code"], registry=r
+        )
+        self.request_latency = Histogram(
+            "pipelined_request_latency_seconds",
+            "RPC latency, from arrival to the last response.",
+            ["model", "task", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_time = Histogram(
+            "pipelined_queue_time_seconds",
+            "Time a request waited in its model's queue before its batch started.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "pipelined_batch_size", "Requests per pipeline call.", ["model"], buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge("pipelined_queue_depth", "Requests waiting per model.", ["model"], registry=r)
+        self.pipeline_calls = Counter(
+            "pipelined_pipeline_calls_total", "Calls into the transformers pipeline.", ["model"], registry=r
+        )
+        self.pipeline_items = Counter(
+            "pipelined_pipeline_items_total", "Inputs computed by the pipeline.", ["model"], registry=r
+        )
+        self.skipped = Counter(
+            "pipelined_requests_skipped_total",
+            "Queued requests dropped before computing, by reason (cancelled, deadline).",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.load_seconds = Gauge(
+            "pipelined_model_load_seconds", "Time taken to load each model.", ["model"], registry=r
+        )
+        self.model_ready = Gauge("pipelined_model_ready", "1 when the model serves requests.", ["model"], registry=r)
+        self.active_streams = Gauge(
+            "pipelined_active_streams", "Live recognition streams open.", ["model"], registry=r
+        )
+        self.time_to_first_result = Histogram(
+            "pipelined_stream_time_to_first_result_seconds",
+            "From the first audio of a stream to its first result.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.final_lag = Histogram(
+            "pipelined_stream_final_lag_seconds",
+            "From the end of an utterance's audio (arrival) to its final result.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.real_time_factor = Histogram(
+            "pipelined_stream_real_time_factor",
+            "Decode time divided by the audio duration it covered, per decode step.",
+            ["model"],
+            buckets=(0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+            registry=r,
+        )
+        self.streams_ended = Counter(
+            "pipelined_streams_ended_total", "Live streams ended, by final status.", ["model", "code"], registry=r
+        )
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        """Exposes /metrics over HTTP on its own port."""
+        start_http_server(port, addr=addr, registry=self.registry)
+
+    def value(self, name: str, labels: dict[str, str]) -> float:
+        """Current value of a sample, 0 when absent (for tests and the CLI)."""
+        got = self.registry.get_sample_value(name, labels)
+        return 0.0 if got is None else got

@@ -1,0 +1,127 @@
+"""The served models: loads each onto its device off the event loop and tracks its lifecycle and health."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from .batching import Scheduler
+from .config import ModelSpec, ServerConfig
+from .errors import ModelNotFound, ModelNotReady
+from .loading import load_pipeline, run_batch
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class ModelState(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass
+class ModelInstance:
+    spec: ModelSpec
+    state: ModelState = ModelState.LOADING
+    pipeline: Any = None
+    scheduler: Scheduler | None = None
+    error: str = ""
+    load_seconds: float = 0.0
+    device: str = ""
+    dtype: str = ""
+    is_default: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def sampling_rate(self) -> int:
+        extractor = getattr(self.pipeline, "feature_extractor", None)
+        return int(getattr(extractor, "sampling_rate", 0) or 0)
+
+
+# Called with (model name, serving?) whenever a model's readiness changes; feeds grpc.health.v1.
+HealthCallback = Callable[[str, bool], None]
+
+
+@dataclass
+class Registry:
+    config: ServerConfig
+    metrics: Metrics
+    on_health: HealthCallback = lambda name, ok: None
+    instances: dict[str, ModelInstance] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        defaults = {t: self.config.default_model(t) for t in {m.task for m in self.config.models}}
+        for spec in self.config.models:
+            self.instances[spec.name] = ModelInstance(spec=spec, is_default=defaults.get(spec.task) is spec)
+            self.metrics.model_ready.labels(spec.name).set(0)
+
+    async def load_all(self) -> None:
+        """Loads models one after another (loading in parallel only fights over the same cores and disk)."""
+        for instance in self.instances.values():
+            await self._load(instance)
+
+    async def _load(self, instance: ModelInstance) -> None:
+        started = time.monotonic()
+        try:
+            loaded = await asyncio.to_thread(load_pipeline, instance.spec)
+        except Exception as exc:  # a model that fails to load must not take the others down
+            log.exception("model %s failed to load", instance.name)
+            instance.state = ModelState.FAILED
+            instance.error = f"{type(exc).__name__}: {exc}"
+            self.on_health(instance.name, False)
+            return
+        instance.load_seconds = time.monotonic() - started
+        instance.pipeline = loaded.pipeline
+        instance.device, instance.dtype = loaded.device, loaded.dtype
+        instance.scheduler = Scheduler(
+            instance.name, partial(run_batch, loaded.pipeline), instance.spec.batching, self.metrics
+        )
+        instance.scheduler.start()
+        instance.state = ModelState.READY
+        self.metrics.load_seconds.labels(instance.name).set(instance.load_seconds)
+        self.metrics.model_ready.labels(instance.name).set(1)
+        log.info("model %s ready in %.1f s on %s", instance.name, instance.load_seconds, instance.device)
+        self.on_health(instance.name, True)
+
+    def find(self, name: str) -> ModelInstance:
+        instance = self.instances.get(name)
+        if instance is None:
+            known = ", ".join(self.instances) or "none"
+            raise ModelNotFound(f"no model named {name!r} is served; served models: {known}")
+        return instance
+
+    def ready(self, name: str, task: str) -> ModelInstance:
+        """The model a request asks for (or the task's default), ready to serve that task."""
+        if not name:
+            default = self.config.default_model(task)
+            if default is None:
+                raise ModelNotFound(f"no model is served for task {task!r}")
+            name = default.name
+        instance = self.find(name)
+        if instance.spec.task != task:
+            raise ModelNotFound(f"model {name!r} serves {instance.spec.task!r}, not {task!r}")
+        if instance.state is ModelState.LOADING:
+            raise ModelNotReady(f"model {name!r} is still loading; retry later")
+        if instance.state is ModelState.FAILED:
+            raise ModelNotReady(f"model {name!r} failed to load: {instance.error}")
+        return instance
+
+    @property
+    def all_ready(self) -> bool:
+        return all(i.state is ModelState.READY for i in self.instances.values())
+
+    async def close(self) -> None:
+        for instance in self.instances.values():
+            if instance.scheduler is not None:
+                await instance.scheduler.close()
+            self.metrics.model_ready.labels(instance.name).set(0)

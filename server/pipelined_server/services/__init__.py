@@ -1,0 +1,1 @@
+"""gRPC servicers: thin proto-in, proto-out layers over the task adapters."""

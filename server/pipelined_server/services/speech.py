@@ -1,0 +1,44 @@
+"""SpeechService: proto in, proto out; the ASR adapter does the rest."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from pipelined.v1 import speech_pb2, speech_pb2_grpc
+
+from ..registry import ModelInstance
+from ..tasks import asr
+from ..tasks.asr_longform import segment_stream
+from ..tasks.audio_input import decode_audio_input_async
+from .calls import CallInfo, ServerState, rpc
+
+
+class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+
+    def _model(self, config: speech_pb2.RecognitionConfig, call: CallInfo) -> ModelInstance:
+        instance = self.state.registry.ready(config.model, asr.TASK)
+        call.model = instance.name
+        return instance
+
+    @rpc(asr.TASK)
+    async def Recognize(
+        self, request: speech_pb2.RecognizeRequest, context: grpc.aio.ServicerContext, call: CallInfo
+    ) -> speech_pb2.RecognizeResponse:
+        instance = self._model(request.config, call)
+        kwargs = asr.call_kwargs(request.config, asr.model_kind(instance))
+        samples = await decode_audio_input_async(request.audio, instance.sampling_rate, self.state.config.audio)
+        output = await asr.recognize(instance, samples, kwargs, context.time_remaining())
+        return asr.response_from_output(output, instance.name)
+
+    @rpc(asr.TASK)
+    async def StreamingRecognizeFile(
+        self, request: speech_pb2.StreamingRecognizeFileRequest, context: grpc.aio.ServicerContext, call: CallInfo
+    ) -> AsyncIterator[speech_pb2.StreamingRecognizeFileResponse]:
+        instance = self._model(request.config, call)
+        kwargs = asr.call_kwargs(request.config, asr.model_kind(instance))
+        samples = await decode_audio_input_async(request.audio, instance.sampling_rate, self.state.config.audio)
+        async for response in segment_stream(instance, samples, kwargs, context.time_remaining):
+            yield response

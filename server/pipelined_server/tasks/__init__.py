@@ -1,0 +1,1 @@
+"""Task adapters: proto <-> pipeline arguments and outputs, one module per task family."""

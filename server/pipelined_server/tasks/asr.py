@@ -1,0 +1,153 @@
+"""automatic-speech-recognition: RecognitionConfig -> pipeline arguments, pipeline output -> protos.
+
+Batching rules live here because only this adapter knows which inputs a batch would change:
+- Whisper pads every window to 30 s, so short clips of any length batch together safely;
+- Whisper long-form inputs (> 30 s, decoded sequentially) of different lengths crash in one batch,
+  and `return_language` crashes with a batch above 1: both run alone;
+- CTC models see the padding (features are normalised over it, padded frames are decoded), so only
+  clips of identical length share a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pipelined.v1 import speech_pb2
+
+from ..errors import InvalidInput
+from ..registry import ModelInstance
+from .durations import to_duration, to_seconds
+
+TASK = "automatic-speech-recognition"
+WHISPER = "seq2seq_whisper"
+WHISPER_WINDOW_S = 30.0
+
+_TIMESTAMPS: dict[int, Any] = {
+    speech_pb2.TIMESTAMP_GRANULARITY_UNSPECIFIED: None,
+    speech_pb2.TIMESTAMP_GRANULARITY_SEGMENT: True,
+    speech_pb2.TIMESTAMP_GRANULARITY_WORD: "word",
+    speech_pb2.TIMESTAMP_GRANULARITY_CHAR: "char",
+}
+_SPEECH_TASKS = {speech_pb2.SPEECH_TASK_TRANSCRIBE: "transcribe", speech_pb2.SPEECH_TASK_TRANSLATE: "translate"}
+
+
+@dataclass(frozen=True)
+class AsrCall:
+    """One recognition, ready for the scheduler."""
+
+    kwargs: dict[str, Any]
+    key: Hashable
+    batchable: bool
+
+
+def model_kind(instance: ModelInstance) -> str:
+    return str(getattr(instance.pipeline, "type", ""))
+
+
+def call_kwargs(config: speech_pb2.RecognitionConfig, kind: str) -> dict[str, Any]:
+    """Pipeline call arguments for a config, rejecting what this kind of model cannot do."""
+    kwargs: dict[str, Any] = {}
+    generate: dict[str, Any] = {}
+    is_whisper = kind == WHISPER
+    if config.language:
+        generate["language"] = config.language
+    if config.task:
+        generate["task"] = _SPEECH_TASKS[config.task]
+    if config.HasField("generation"):
+        gen = config.generation
+        if gen.HasField("num_beams"):
+            if gen.num_beams < 1:
+                raise InvalidInput(f"generation.num_beams must be >= 1, got {gen.num_beams}")
+            generate["num_beams"] = gen.num_beams
+        if gen.HasField("max_new_tokens"):
+            if gen.max_new_tokens < 1:
+                raise InvalidInput(f"generation.max_new_tokens must be >= 1, got {gen.max_new_tokens}")
+            generate["max_new_tokens"] = gen.max_new_tokens
+        if gen.HasField("temperature") and gen.temperature > 0:
+            generate.update(do_sample=True, temperature=gen.temperature)
+    if generate and not kind.startswith("seq2seq"):
+        raise InvalidInput(
+            f"language, task and generation options need a generative model; this model is {kind or 'not generative'}"
+        )
+    if generate:
+        kwargs["generate_kwargs"] = generate
+
+    timestamps = _TIMESTAMPS.get(config.timestamps)
+    if config.timestamps not in _TIMESTAMPS:
+        raise InvalidInput(f"unknown timestamps value {config.timestamps}")
+    if timestamps is not None:
+        if is_whisper and timestamps == "char":
+            raise InvalidInput("Whisper returns SEGMENT or WORD timestamps, not CHAR")
+        if kind.startswith("ctc") and timestamps is True:
+            raise InvalidInput("CTC models return WORD or CHAR timestamps, not SEGMENT")
+        if kind == "seq2seq":
+            raise InvalidInput("this sequence-to-sequence model cannot return timestamps")
+        kwargs["return_timestamps"] = timestamps
+
+    chunk_s = to_seconds(config.chunk_length) if config.HasField("chunk_length") else 0.0
+    stride_s = to_seconds(config.stride_length) if config.HasField("stride_length") else None
+    if chunk_s < 0 or (stride_s is not None and stride_s < 0):
+        raise InvalidInput("chunk_length and stride_length must not be negative")
+    if chunk_s > 0:
+        kwargs["chunk_length_s"] = chunk_s
+        if stride_s is not None:
+            if 2 * stride_s >= chunk_s:
+                raise InvalidInput(
+                    f"stride_length ({stride_s} s) must be less than half of chunk_length ({chunk_s} s)"
+                )
+            kwargs["stride_length_s"] = stride_s
+    elif stride_s:
+        raise InvalidInput("stride_length needs chunk_length")
+    if config.batch_size < 0:
+        raise InvalidInput(f"batch_size must be >= 0, got {config.batch_size}")
+    if config.batch_size:
+        kwargs["batch_size"] = config.batch_size
+    if config.return_language:
+        if not is_whisper:
+            raise InvalidInput("return_language needs a Whisper model")
+        kwargs["return_language"] = True
+    return kwargs
+
+
+def plan(kwargs: dict[str, Any], kind: str, samples: np.ndarray, rate: int) -> AsrCall:
+    """How the scheduler may batch this recognition (see the module docstring)."""
+    if kind == WHISPER:
+        long_form = len(samples) > WHISPER_WINDOW_S * rate and "chunk_length_s" not in kwargs
+        if long_form or kwargs.get("return_language"):
+            return AsrCall(kwargs, key=None, batchable=False)
+        return AsrCall(kwargs, key="whisper", batchable=True)
+    return AsrCall(kwargs, key=("samples", len(samples)), batchable=True)
+
+
+def chunk_to_proto(chunk: dict[str, Any], offset_s: float = 0.0) -> speech_pb2.TranscriptChunk:
+    proto = speech_pb2.TranscriptChunk(text=chunk.get("text", ""), language=chunk.get("language") or "")
+    start, end = chunk.get("timestamp", (None, None))
+    if start is not None:
+        proto.start_offset.CopyFrom(to_duration(start + offset_s))
+    if end is not None:
+        proto.end_offset.CopyFrom(to_duration(end + offset_s))
+    return proto
+
+
+def response_from_output(output: dict[str, Any], model: str) -> speech_pb2.RecognizeResponse:
+    chunks = output.get("chunks") or []
+    languages = {c.get("language") for c in chunks if c.get("language")}
+    return speech_pb2.RecognizeResponse(
+        text=output.get("text", ""),
+        chunks=[chunk_to_proto(c) for c in chunks],
+        language=languages.pop() if len(languages) == 1 else "",
+        model=model,
+    )
+
+
+async def recognize(instance: ModelInstance, samples: np.ndarray, kwargs: dict[str, Any], timeout: float | None) -> Any:
+    """One pipeline result through the model's scheduler."""
+    assert instance.scheduler is not None
+    call = plan(kwargs, model_kind(instance), samples, instance.sampling_rate)
+    return await instance.scheduler.submit(
+        samples, call.kwargs, key=call.key, batchable=call.batchable, timeout=timeout
+    )
+
