@@ -1,0 +1,75 @@
+"""Shared pieces of the benchmarks: a server subprocess, the shared recordings, percentiles, tables."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+DEFAULT_CLIPS = ["audio/jfk.flac", "audio/LJ001-0001.wav", "audio/LJ001-0002.wav", "audio/LJ001-0003.wav",
+                 "audio/LJ001-0004.wav", "audio/librispeech-1995-1837-0001.wav"]
+
+
+def clips(names: Sequence[str] = DEFAULT_CLIPS) -> list[Path]:
+    paths = [SHARED_DATA / n for n in names]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise SystemExit(f"missing recordings (../shared/data is needed for benchmarks): {missing}")
+    return paths
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """`pipelined-server` in its own process, so client threads and the server never share a GIL."""
+
+    def __init__(self, args: Sequence[str], torch_threads: int = 1) -> None:
+        self.port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "pipelined_server.cli", "--host", "127.0.0.1", "--port", str(self.port),
+               "--metrics-port", "0", "--torch-threads", str(torch_threads), "--log-level", "WARNING", *args]
+        self.process = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+    def wait_ready(self, timeout: float = 600) -> None:
+        from pipelined import Client, PipelinedError
+
+        client = Client(self.target)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if client.health() == "SERVING":
+                    return
+            except PipelinedError:
+                pass
+            if self.process.poll() is not None:
+                raise SystemExit("server exited during start-up")
+            time.sleep(0.2)
+        raise SystemExit("server not ready in time")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(60)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers]] + [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)

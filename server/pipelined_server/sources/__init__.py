@@ -1,0 +1,1 @@
+"""Where model weights come from: converters for foreign formats and the catalogue of embedded models."""

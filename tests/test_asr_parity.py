@@ -1,0 +1,181 @@
+"""Remote results equal the in-process pipeline's on the same tiny model, input and arguments."""
+
+from __future__ import annotations
+
+import io
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+from harness import ServerThread
+from pipelined import Client
+from tiny_models import tiny_audio
+
+ASR = "automatic-speech-recognition"
+
+
+def assert_same(remote: Any, local: Any) -> None:
+    """Equal structure, text and keys; timestamps equal to the nanosecond the wire carries."""
+    if isinstance(local, list):
+        assert isinstance(remote, list) and len(remote) == len(local)
+        for r, l in zip(remote, local, strict=True):
+            assert_same(r, l)
+        return
+    assert remote.keys() == local.keys(), (remote, local)
+    assert remote["text"] == local["text"]
+    for r_chunk, l_chunk in zip(remote.get("chunks", []), local.get("chunks", []), strict=True):
+        assert r_chunk.keys() == l_chunk.keys()
+        assert r_chunk["text"] == l_chunk["text"]
+        assert r_chunk.get("language") == l_chunk.get("language")
+        for r_t, l_t in zip(r_chunk["timestamp"], l_chunk["timestamp"], strict=True):
+            assert (r_t is None) == (l_t is None)
+            if l_t is not None:
+                assert r_t == pytest.approx(float(l_t), abs=1e-9)
+
+
+@pytest.fixture(scope="module")
+def client(asr_server: ServerThread) -> Client:
+    return Client(asr_server.target, timeout=300)
+
+
+WHISPER_CASES: list[dict[str, Any]] = [
+    {},
+    {"return_timestamps": True},
+    {"return_timestamps": "word"},
+    {"return_language": True},
+    {"return_language": True, "return_timestamps": True},
+    {"generate_kwargs": {"language": "fr", "task": "translate"}},
+    {"generate_kwargs": {"language": "german"}, "return_timestamps": True},
+    {"generate_kwargs": {"num_beams": 2, "max_new_tokens": 12}},
+    {"num_beams": 2},
+]
+
+
+@pytest.mark.parametrize("kwargs", WHISPER_CASES, ids=lambda k: repr(k))
+def test_whisper_single_input(client: Client, local_whisper: Any, kwargs: dict[str, Any]) -> None:
+    audio = tiny_audio(4.0, seed=1)
+    remote = client.pipeline(ASR, model="tiny-whisper")(audio, **kwargs)
+    assert_same(remote, local_whisper(audio.copy(), **kwargs))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"return_timestamps": "char"}, {"return_timestamps": "word"}])
+def test_ctc_single_input(client: Client, local_ctc: Any, kwargs: dict[str, Any]) -> None:
+    audio = tiny_audio(3.0, seed=2)
+    remote = client.pipeline(ASR, model="tiny-ctc")(audio, **kwargs)
+    assert_same(remote, local_ctc(audio.copy(), **kwargs))
+
+
+def test_defaults_apply_and_call_arguments_override_them(client: Client, local_whisper: Any) -> None:
+    audio = tiny_audio(2.5, seed=3)
+    pipe = client.pipeline(ASR, model="tiny-whisper", return_timestamps=True)
+    assert_same(pipe(audio), local_whisper(audio.copy(), return_timestamps=True))
+    assert_same(pipe(audio, return_timestamps="word"), local_whisper(audio.copy(), return_timestamps="word"))
+    assert "chunks" in pipe(audio)  # the override was for that call only
+
+
+def test_list_and_generator_inputs_keep_order(client: Client, local_whisper: Any) -> None:
+    clips = [tiny_audio(1.0 + i, seed=10 + i) for i in range(5)]
+    local = [local_whisper(c.copy(), return_timestamps=True) for c in clips]
+    pipe = client.pipeline(ASR, model="tiny-whisper", max_in_flight=3)
+    assert_same(pipe(clips, return_timestamps=True), local)
+    generated = pipe((c for c in clips), return_timestamps=True)
+    assert not isinstance(generated, list)
+    assert_same(list(generated), local)
+
+
+def test_input_forms_give_the_same_result(client: Client, local_whisper: Any) -> None:
+    audio = tiny_audio(3.0, seed=4)
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, 16000, format="WAV", subtype="FLOAT")
+    pipe = client.pipeline(ASR, model="tiny-whisper")
+    expected = local_whisper(audio.copy())
+    assert_same(pipe(buffer.getvalue()), expected)
+    assert_same(pipe({"raw": audio, "sampling_rate": 16000}), expected)
+    assert_same(pipe({"array": audio, "sampling_rate": 16000}), expected)
+
+
+def test_chunked_long_audio_with_batch_size(client: Client, local_whisper: Any, local_ctc: Any) -> None:
+    audio = tiny_audio(42.0, seed=5)
+    kwargs = {"chunk_length_s": 10, "batch_size": 2, "return_timestamps": True}
+    assert_same(client.pipeline(ASR, model="tiny-whisper")(audio, **kwargs), local_whisper(audio.copy(), **kwargs))
+    ctc_kwargs = {"chunk_length_s": 10, "stride_length_s": 2, "batch_size": 3, "return_timestamps": "word"}
+    assert_same(client.pipeline(ASR, model="tiny-ctc")(audio, **ctc_kwargs), local_ctc(audio.copy(), **ctc_kwargs))
+
+
+def test_long_form_sequential_decoding(client: Client, local_whisper: Any) -> None:
+    audio = tiny_audio(45.0, seed=6)
+    remote = client.pipeline(ASR, model="tiny-whisper")(audio, return_timestamps=True)
+    assert_same(remote, local_whisper(audio.copy(), return_timestamps=True))
+
+
+def _concurrently(fn: Any, inputs: list[Any]) -> list[Any]:
+    results: list[Any] = [None] * len(inputs)
+    barrier = threading.Barrier(len(inputs))
+
+    def run(i: int) -> None:
+        barrier.wait()
+        results[i] = fn(inputs[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+@pytest.mark.parametrize("model", ["tiny-whisper", "tiny-ctc"])
+def test_batching_never_changes_a_result(
+    asr_server: ServerThread, client: Client, local_whisper: Any, local_ctc: Any, model: str
+) -> None:
+    """Concurrent clips of mixed lengths are batched, yet each equals its unbatched in-process result."""
+    local = local_whisper if model == "tiny-whisper" else local_ctc
+    # Two lengths twice each: CTC batches only equal lengths, Whisper batches all short clips.
+    clips = [tiny_audio(seconds, seed=20 + i) for i, seconds in enumerate([2.0, 3.5, 2.0, 3.5, 5.0, 2.0])]
+    expected = [local(c.copy()) for c in clips]
+    before = asr_server.metric("pipelined_batch_size_sum", model=model)
+    calls_before = asr_server.metric("pipelined_pipeline_calls_total", model=model)
+    pipe = client.pipeline(ASR, model=model)
+    assert_same(_concurrently(pipe, clips), expected)
+    items = asr_server.metric("pipelined_batch_size_sum", model=model) - before
+    calls = asr_server.metric("pipelined_pipeline_calls_total", model=model) - calls_before
+    assert items == len(clips)
+    assert calls < len(clips), "concurrent requests were not batched"
+
+
+def test_whisper_language_detection_is_never_batched(asr_server: ServerThread, client: Client, local_whisper: Any) -> None:
+    clips = [tiny_audio(2.0 + i, seed=30 + i) for i in range(3)]
+    expected = [local_whisper(c.copy(), return_language=True) for c in clips]
+    pipe = client.pipeline(ASR, model="tiny-whisper", return_language=True)
+    assert_same(_concurrently(pipe, clips), expected)
+
+
+def test_stream_file_segments_arrive_in_order(client: Client) -> None:
+    audio = tiny_audio(70.0, seed=7)
+    segments = list(client.pipeline(ASR, model="tiny-whisper").stream_file(audio))
+    assert segments, "no segment for 70 s of audio"
+    starts = [s["timestamp"][0] for s in segments]
+    assert starts == sorted(starts)
+    for s in segments:
+        start, end = s["timestamp"]
+        assert 0 <= start <= end <= 70.0 + 1e-6
+    processed = [s["audio_processed_s"] for s in segments]
+    assert processed == sorted(processed) and processed[-1] <= 70.0 + 1e-6
+    assert all(s["audio_duration_s"] == pytest.approx(70.0) for s in segments)
+
+
+def test_stream_file_words(client: Client) -> None:
+    audio = tiny_audio(35.0, seed=8)
+    segments = list(client.pipeline(ASR, model="tiny-whisper").stream_file(audio, return_timestamps="word"))
+    words = [w for s in segments for w in s.get("words", [])]
+    for w in words:
+        assert w["timestamp"][0] is not None
+
+
+def test_ctc_stream_file(client: Client, local_ctc: Any) -> None:
+    audio = np.concatenate([tiny_audio(20.0, seed=9), np.zeros(16000, np.float32), tiny_audio(20.0, seed=10)])
+    segments = list(client.pipeline(ASR, model="tiny-ctc").stream_file(audio, return_timestamps="word"))
+    assert len(segments) >= 2
+    assert segments[-1]["audio_processed_s"] == pytest.approx(len(audio) / 16000)

@@ -1,0 +1,72 @@
+"""Config files are validated at start-up, and errors name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pipelined_server.cli import build_config, parse_args
+from pipelined_server.config import default_config, load_config, parse_config
+from pipelined_server.errors import ConfigError
+from pipelined_server.loading import pipeline_kwargs_for
+
+
+def test_yaml_and_toml_configs(tmp_path: Path) -> None:
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text(
+        "port: 6000\nmodels:\n"
+        "  - name: a\n    source: embedded:whisper-tiny.en\n    batching: {max_batch_size: 4}\n"
+        "  - name: b\n    task: automatic-speech-recognition\n    source: /tmp\n    device: auto\n    default: true\n"
+    )
+    config = load_config(yaml_file)
+    assert config.port == 6000
+    assert config.models[0].task == "automatic-speech-recognition"
+    assert config.models[0].pipeline_kwargs == {"num_beams": 1}
+    assert config.models[0].batching.max_batch_size == 4
+    assert config.default_model("automatic-speech-recognition").name == "b"
+    toml_file = tmp_path / "c.toml"
+    toml_file.write_text('[[models]]\nname = "a"\nsource = "embedded:whisper-base"\ndtype = "float16"\n')
+    assert load_config(toml_file).models[0].dtype == "float16"
+
+
+@pytest.mark.parametrize(
+    ("document", "needle"),
+    [
+        ({}, "models"),
+        ({"models": [{"name": "a"}]}, "models[0].source"),
+        ({"models": [{"name": "a", "source": "x"}]}, "models[0].task"),
+        ({"models": [{"name": "a", "source": "x", "task": "dance"}]}, "dance"),
+        ({"models": [{"name": "a", "source": "x", "task": "fill-mask", "colour": 1}]}, "colour"),
+        ({"models": [{"name": "a", "source": "x", "task": "fill-mask", "batching": {"max_batch_size": 0}}]},
+         "max_batch_size"),
+        ({"models": [{"name": "a", "source": "x", "task": "fill-mask", "dtype": "int3"}]}, "dtype"),
+        ({"models": [{"name": "a", "source": "embedded:nope"}]}, "nope"),
+        ({"models": [{"name": "a", "source": "embedded:whisper-base"}] * 2}, "duplicate"),
+        ({"models": [{"name": "a", "source": "embedded:whisper-base"}], "audio": {"max_x": 1}}, "audio"),
+    ],
+)
+def test_bad_configs_name_the_field(document: dict, needle: str) -> None:
+    with pytest.raises(ConfigError, match=None) as caught:
+        parse_config(document)
+    assert needle in str(caught.value)
+
+
+def test_defaults_serve_embedded_tiny_en_greedy() -> None:
+    config = default_config()
+    assert [m.source for m in config.models] == ["embedded:whisper-tiny.en"]
+    assert config.models[0].pipeline_kwargs["num_beams"] == 1
+
+
+def test_flags_serve_one_model_without_a_file() -> None:
+    config = build_config(parse_args(["--model", "whisper-base", "--port", "7000", "--device", "cuda:1"]))
+    assert config.port == 7000 and config.models[0].device == "cuda:1" and config.models[0].default
+    with pytest.raises(ConfigError, match="--task"):
+        build_config(parse_args(["--model", "/some/dir"]))
+
+
+def test_device_and_dtype_become_pipeline_arguments() -> None:
+    spec = parse_config({"models": [{"name": "a", "source": "x", "task": "fill-mask", "device": "auto",
+                                      "dtype": "bfloat16"}]}).models[0]
+    assert pipeline_kwargs_for(spec) == {"device_map": "auto", "dtype": "bfloat16"}
+    spec = parse_config({"models": [{"name": "a", "source": "x", "task": "fill-mask", "device": "cuda:1"}]}).models[0]
+    assert pipeline_kwargs_for(spec) == {"device": "cuda:1"}

@@ -1,0 +1,111 @@
+"""Scheduler semantics with a recording runner: batching, keys, queue limits, deadlines, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from pipelined_server.batching import Scheduler
+from pipelined_server.config import BatchingConfig
+from pipelined_server.errors import DeadlineExpired, QueueFull
+from pipelined_server.metrics import Metrics
+
+
+class Recorder:
+    """Doubles its inputs and records each batch; `gate` holds the worker to build up a queue."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:
+        self.gate.wait(10)
+        self.batches.append(list(inputs))
+        if any(x == "bad" for x in inputs):
+            raise ValueError("bad input")
+        return [x * 2 for x in inputs]
+
+
+def make(recorder: Recorder, **batching: Any) -> Scheduler:
+    config = BatchingConfig(**{"max_batch_size": 4, "max_queue_delay_ms": 50, **batching})
+    scheduler = Scheduler("m", recorder, config, Metrics())
+    scheduler.start()
+    return scheduler
+
+
+async def test_concurrent_requests_share_batches_up_to_the_limit() -> None:
+    recorder = Recorder()
+    scheduler = make(recorder)
+    results = await asyncio.gather(*(scheduler.submit(i, {}) for i in range(6)))
+    assert results == [i * 2 for i in range(6)]
+    assert [len(b) for b in recorder.batches] == [4, 2]
+    await scheduler.close()
+
+
+async def test_keys_and_arguments_separate_batches_and_unbatchable_items_run_alone() -> None:
+    recorder = Recorder()
+    scheduler = make(recorder)
+    await asyncio.gather(
+        scheduler.submit(1, {}, key="a"),
+        scheduler.submit(2, {}, key="b"),
+        scheduler.submit(3, {"x": 1}, key="a"),
+        scheduler.submit(4, {}, key="a"),
+        scheduler.submit(5, {}, key="a", batchable=False),
+    )
+    assert sorted(map(sorted, recorder.batches)) == [[1, 4], [2], [3], [5]]
+    await scheduler.close()
+
+
+async def test_full_queue_answers_at_once() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    scheduler = make(recorder, max_batch_size=1, max_queue_size=2)
+    first = asyncio.ensure_future(scheduler.submit(1, {}))
+    await asyncio.sleep(0.05)  # the worker holds item 1
+    queued = [asyncio.ensure_future(scheduler.submit(i, {})) for i in (2, 3)]
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFull, match="max_queue_size=2"):
+        await scheduler.submit(4, {})
+    recorder.gate.set()
+    assert await first == 2 and [await q for q in queued] == [4, 6]
+    await scheduler.close()
+
+
+async def test_expired_and_cancelled_items_are_never_computed() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    metrics = Metrics()
+    scheduler = Scheduler("m", recorder, BatchingConfig(max_batch_size=1), metrics)
+    scheduler.start()
+    busy = asyncio.ensure_future(scheduler.submit(1, {}))
+    await asyncio.sleep(0.05)
+    expiring = asyncio.ensure_future(scheduler.submit(2, {}, timeout=0.01))
+    cancelled = asyncio.ensure_future(scheduler.submit(3, {}))
+    await asyncio.sleep(0.05)
+    cancelled.cancel()
+    recorder.gate.set()
+    assert await busy == 2
+    with pytest.raises(DeadlineExpired):
+        await expiring
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    await scheduler.submit(4, {})
+    assert recorder.batches == [[1], [4]]
+    assert metrics.value("pipelined_requests_skipped_total", {"model": "m", "reason": "deadline"}) == 1
+    assert metrics.value("pipelined_requests_skipped_total", {"model": "m", "reason": "cancelled"}) == 1
+    await scheduler.close()
+
+
+async def test_a_failing_input_fails_alone() -> None:
+    recorder = Recorder()
+    scheduler = make(recorder)
+    results = await asyncio.gather(
+        scheduler.submit(1, {}), scheduler.submit("bad", {}), scheduler.submit(3, {}), return_exceptions=True
+    )
+    assert results[0] == 2 and results[2] == 6
+    assert isinstance(results[1], ValueError)
+    await scheduler.close()
