@@ -66,7 +66,8 @@ def asr_specs(
             batching=batching,
             default=True,
         ),
-        ModelSpec(name="tiny-ctc", task=ASR, source=str(ctc_dir), batching=batching),
+        # Two replicas: parity must hold whichever replica computes a request.
+        ModelSpec(name="tiny-ctc", task=ASR, source=str(ctc_dir), batching=batching, replicas=2),
     )
 
 

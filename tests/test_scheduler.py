@@ -109,3 +109,24 @@ async def test_a_failing_input_fails_alone() -> None:
     assert results[0] == 2 and results[2] == 6
     assert isinstance(results[1], ValueError)
     await scheduler.close()
+
+
+async def test_replicas_compute_batches_in_parallel() -> None:
+    """Two replicas: two batches run at the same time (each runner waits for the other at a barrier)."""
+    barrier = threading.Barrier(2, timeout=5)
+    seen: list[str] = []
+
+    def runner(name: str) -> Any:
+        def run(inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:
+            barrier.wait()
+            seen.append(name)
+            return list(inputs)
+
+        return run
+
+    config = BatchingConfig(max_batch_size=1, max_queue_delay_ms=0)
+    scheduler = Scheduler("m", [runner("a"), runner("b")], config, Metrics())
+    scheduler.start()
+    assert await asyncio.gather(scheduler.submit(1, {}), scheduler.submit(2, {})) == [1, 2]
+    assert sorted(seen) == ["a", "b"]
+    await scheduler.close()

@@ -46,6 +46,9 @@ class ModelSpec:
     # "auto", "float32", "float16", "bfloat16"; "int8" loads 8-bit with bitsandbytes.
     dtype: str = "auto"
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    # Pipelines sharing one copy of the weights, each on its own worker thread: on a CPU, one per core
+    # (with torch_threads 1) is how concurrent requests use every core.
+    replicas: int = 1
     # Passed to transformers.pipeline(): they become the defaults of every call (e.g. num_beams).
     pipeline_kwargs: dict[str, Any] = field(default_factory=dict)
     # Whether requests that name no model for this task go here.
@@ -142,6 +145,8 @@ def _validate_model(spec: ModelSpec, where: str) -> None:
         raise ConfigError(f"{where}.task {spec.task!r} is not a pipeline task of this transformers version")
     if spec.batching.max_batch_size < 1:
         raise ConfigError(f"{where}.batching.max_batch_size must be >= 1")
+    if spec.replicas < 1:
+        raise ConfigError(f"{where}.replicas must be >= 1")
     if spec.batching.max_queue_size < 1:
         raise ConfigError(f"{where}.batching.max_queue_size must be >= 1")
     if spec.batching.max_queue_delay_ms < 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -72,6 +73,18 @@ def load_pipeline(spec: ModelSpec) -> LoadedPipeline:
     device = str(device_map) if device_map else str(getattr(pipe, "device", spec.device))
     dtype = str(getattr(torch_model, "dtype", "")).removeprefix("torch.")
     return LoadedPipeline(pipeline=pipe, device=device, dtype=dtype)
+
+
+def replicate(pipe: Any, count: int) -> list[Any]:
+    """`count` pipelines over the same weights. Each gets its own tokenizer copy: a Rust tokenizer's
+    padding/truncation state is mutated per call and raises "Already borrowed" when shared across threads."""
+    replicas = [pipe]
+    for _ in range(count - 1):
+        twin = copy.copy(pipe)
+        if getattr(pipe, "tokenizer", None) is not None:
+            twin.tokenizer = copy.deepcopy(pipe.tokenizer)
+        replicas.append(twin)
+    return replicas
 
 
 def run_batch(pipe: Any, inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:

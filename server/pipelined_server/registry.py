@@ -14,7 +14,7 @@ from typing import Any
 from .batching import Scheduler
 from .config import ModelSpec, ServerConfig
 from .errors import ModelNotFound, ModelNotReady
-from .loading import load_pipeline, run_batch
+from .loading import load_pipeline, replicate, run_batch
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -83,9 +83,8 @@ class Registry:
         instance.load_seconds = time.monotonic() - started
         instance.pipeline = loaded.pipeline
         instance.device, instance.dtype = loaded.device, loaded.dtype
-        instance.scheduler = Scheduler(
-            instance.name, partial(run_batch, loaded.pipeline), instance.spec.batching, self.metrics
-        )
+        runners = [partial(run_batch, p) for p in replicate(loaded.pipeline, instance.spec.replicas)]
+        instance.scheduler = Scheduler(instance.name, runners, instance.spec.batching, self.metrics)
         instance.scheduler.start()
         instance.state = ModelState.READY
         self.metrics.load_seconds.labels(instance.name).set(instance.load_seconds)
