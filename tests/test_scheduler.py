@@ -109,3 +109,34 @@ async def test_a_failing_input_fails_alone() -> None:
     assert results[0] == 2 and results[2] == 6
     assert isinstance(results[1], ValueError)
     await scheduler.close()
+
+
+async def test_calls_run_alone_on_the_worker_thread_in_queue_order() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    scheduler = make(recorder, max_queue_delay_ms=0)
+    threads: list[str] = []
+
+    def call(value: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        if value == "bad":
+            raise ValueError("bad call")
+        recorder.batches.append([f"call-{value}"])
+        return value
+
+    first = asyncio.ensure_future(scheduler.submit(1, {}))
+    await asyncio.sleep(0.05)  # the worker holds item 1; the rest queue up behind it
+    rest = [
+        asyncio.ensure_future(scheduler.submit_call(lambda: call("a"))),
+        asyncio.ensure_future(scheduler.submit(2, {})),
+        asyncio.ensure_future(scheduler.submit_call(lambda: call("bad"))),
+        asyncio.ensure_future(scheduler.submit(3, {})),
+    ]
+    recorder.gate.set()
+    results = await asyncio.gather(first, *rest, return_exceptions=True)
+    assert results[:3] == [2, "a", 4] and results[4] == 6
+    assert isinstance(results[3], ValueError)
+    # Calls never join a batch, and the plain items queued around them still batch together.
+    assert recorder.batches == [[1], ["call-a"], [2, 3]]
+    assert all(name.startswith("pipeline-m") for name in threads)
+    await scheduler.close()

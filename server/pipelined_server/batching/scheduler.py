@@ -6,6 +6,11 @@ two batches at once only splits the same compute. Batching is where the throughp
 Batching must never change a result, so every item carries a `key`: items are only batched with items
 of the same key. A task adapter chooses keys (e.g. by exact audio length for CTC models, whose padding
 changes the output) and marks items that must run alone as not batchable.
+
+Some work is not "one input through the pipeline": a streamed generation pushes tokens while it runs, a
+seeded sampled generation must seed the RNG right before it, a generic call passes its input as is.
+`submit_call(fn)` queues such a callable; it runs alone, on the same worker thread and in queue order,
+so the pipeline still never runs twice at once.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ class WorkItem:
     # Absolute time.monotonic() after which computing is pointless; None for no deadline.
     deadline: float | None
     enqueued_at: float = field(default_factory=time.monotonic)
+    # Runs instead of the batch runner (see submit_call); such items are never batched.
+    call: Callable[[], Any] | None = None
 
 
 class Scheduler:
@@ -78,6 +85,21 @@ class Scheduler:
         `timeout` is the caller's remaining deadline in seconds. Cancelling the awaiting task (the
         gRPC call was cancelled) removes the item before it is computed.
         """
+        return await self._enqueue(payload, kwargs, key, batchable, timeout, None)
+
+    async def submit_call(self, call: Callable[[], Any], *, timeout: float | None = None) -> Any:
+        """Queues a callable that runs alone on the worker thread; returns what it returns."""
+        return await self._enqueue(None, {}, None, False, timeout, call)
+
+    async def _enqueue(
+        self,
+        payload: Any,
+        kwargs: dict[str, Any],
+        key: Hashable,
+        batchable: bool,
+        timeout: float | None,
+        call: Callable[[], Any] | None,
+    ) -> Any:
         if self._closed:
             raise ModelNotReady(f"model {self.model!r} is shutting down")
         if len(self._queue) >= self._config.max_queue_size:
@@ -94,6 +116,7 @@ class Scheduler:
             future=asyncio.get_running_loop().create_future(),
             deadline=None if timeout is None else now + timeout,
             enqueued_at=now,
+            call=call,
         )
         self._queue.append(item)
         self._metrics.queue_depth.labels(self.model).set(len(self._queue))
@@ -199,6 +222,8 @@ class Scheduler:
     def _call(self, batch: list[WorkItem]) -> list[Any]:
         self._metrics.pipeline_calls.labels(self.model).inc()
         self._metrics.pipeline_items.labels(self.model).inc(len(batch))
+        if batch[0].call is not None:
+            return [batch[0].call()]
         outputs = self._runner([item.payload for item in batch], batch[0].kwargs)
         if len(outputs) != len(batch):
             raise RuntimeError(f"pipeline returned {len(outputs)} outputs for {len(batch)} inputs")
