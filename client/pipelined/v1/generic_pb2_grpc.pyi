@@ -33,7 +33,8 @@ class GenericServiceStub:
 
     Value conventions, both directions:
     - JSON types map as usual; an integral number becomes a Python int, any
-      other a float; `{"$float": x}` forces a float (e.g. a temperature of 1.0).
+      other a float; `{"$float": x}` is a float with an integral value (e.g. a
+      temperature of 1.0), so ints and floats keep their types both ways.
     - Binary data lives in `blobs` and is referenced from the structured value by
       a one-entry-plus-metadata object:
       `{"$bytes": name}`: raw bytes;
@@ -64,7 +65,8 @@ class GenericServiceAsyncStub(GenericServiceStub):
 
     Value conventions, both directions:
     - JSON types map as usual; an integral number becomes a Python int, any
-      other a float; `{"$float": x}` forces a float (e.g. a temperature of 1.0).
+      other a float; `{"$float": x}` is a float with an integral value (e.g. a
+      temperature of 1.0), so ints and floats keep their types both ways.
     - Binary data lives in `blobs` and is referenced from the structured value by
       a one-entry-plus-metadata object:
       `{"$bytes": name}`: raw bytes;
@@ -91,7 +93,8 @@ class GenericServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Value conventions, both directions:
     - JSON types map as usual; an integral number becomes a Python int, any
-      other a float; `{"$float": x}` forces a float (e.g. a temperature of 1.0).
+      other a float; `{"$float": x}` is a float with an integral value (e.g. a
+      temperature of 1.0), so ints and floats keep their types both ways.
     - Binary data lives in `blobs` and is referenced from the structured value by
       a one-entry-plus-metadata object:
       `{"$bytes": name}`: raw bytes;
