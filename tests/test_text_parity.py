@@ -155,8 +155,7 @@ PREFILL = [*CHAT, {"role": "assistant", "content": "the capital is"}]
 @pytest.mark.parametrize(
     "kwargs",
     [{}, {"return_full_text": False}, {"max_new_tokens": 5}, {"repetition_penalty": 1.5},
-     {"stop_sequence": "the"}, {"stop_sequence": ["paris", "world"], "max_new_tokens": 20},
-     {"generate_kwargs": {"max_new_tokens": 4}}],
+     {"stop_sequence": "the"}, {"stop_sequence": ["paris", "world"], "max_new_tokens": 20}],
     ids=repr,
 )
 @pytest.mark.parametrize("inputs", ["hello world", CHAT, PREFILL, ["hello world", "the city"]],

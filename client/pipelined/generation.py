@@ -11,7 +11,7 @@ from .v1 import text_pb2
 
 _GENERATION = ("do_sample", "temperature", "top_k", "top_p", "max_new_tokens", "repetition_penalty",
                "num_return_sequences", "seed")
-KNOWN = (*_GENERATION, "stop_sequence", "return_full_text", "generate_kwargs")
+KNOWN = (*_GENERATION, "stop_sequence", "return_full_text")
 
 
 def is_chat(inputs: Any) -> bool:
@@ -29,11 +29,8 @@ def generation_input(prompt: Any) -> text_pb2.GenerationInput:
 
 def parameters(kwargs: dict[str, Any]) -> text_pb2.GenerationParameters:
     check_known("text-generation", kwargs, KNOWN)
-    merged = {**dict(kwargs.get("generate_kwargs") or {}), **{k: v for k, v in kwargs.items() if k != "generate_kwargs"}}
-    stop = merged.pop("stop_sequence", None) or merged.pop("stop_strings", None)
-    unknown = set(merged) - set(KNOWN)
-    if unknown:
-        raise TypeError(f"unsupported generate_kwargs over gRPC: {', '.join(sorted(unknown))}")
+    merged = dict(kwargs)
+    stop = merged.pop("stop_sequence", None)
     params = text_pb2.GenerationParameters()
     for name in _GENERATION:
         if merged.get(name) is not None:
