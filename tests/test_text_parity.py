@@ -155,7 +155,8 @@ PREFILL = [*CHAT, {"role": "assistant", "content": "the capital is"}]
 @pytest.mark.parametrize(
     "kwargs",
     [{}, {"return_full_text": False}, {"max_new_tokens": 5}, {"repetition_penalty": 1.5},
-     {"stop_sequence": "the"}, {"stop_sequence": ["paris", "world"], "max_new_tokens": 20}],
+     # "par" stops "hello world" after a few tokens (the tiny model's greedy text is known).
+     {"stop_sequence": "par", "max_new_tokens": 20}, {"stop_sequence": ["movie", "yo"], "max_new_tokens": 20}],
     ids=repr,
 )
 @pytest.mark.parametrize("inputs", ["hello world", CHAT, PREFILL, ["hello world", "the city"]],
@@ -185,7 +186,7 @@ def test_text_generation_seeded_sampling(client: Client, inputs: Any, kwargs: di
 
 
 @pytest.mark.parametrize("inputs", ["hello world", CHAT], ids=["prompt", "chat"])
-@pytest.mark.parametrize("kwargs", [{}, {"max_new_tokens": 20, "stop_sequence": "the"},
+@pytest.mark.parametrize("kwargs", [{}, {"max_new_tokens": 20, "stop_sequence": "par"},
                                     {"do_sample": True, "seed": 5}], ids=repr)
 def test_stream_yields_the_unary_text(client: Client, inputs: Any, kwargs: dict[str, Any]) -> None:
     pipe = client.pipeline("text-generation", model="tiny-lm")
@@ -193,6 +194,14 @@ def test_stream_yields_the_unary_text(client: Client, inputs: Any, kwargs: dict[
     assert len(pieces) > 1, "nothing was streamed piece by piece"
     unary = pipe(inputs, return_full_text=False, **kwargs)
     assert "".join(pieces) == unary[0]["generated_text"]
+
+
+def test_stop_sequences_stop(client: Client) -> None:
+    pipe = client.pipeline("text-generation", model="tiny-lm", return_full_text=False, max_new_tokens=20)
+    full = pipe("hello world")[0]["generated_text"]
+    stopped = pipe("hello world", stop_sequence="par")[0]["generated_text"]
+    assert "par" in full and stopped.endswith("par") and len(stopped) < len(full)
+    assert "".join(pipe.stream("hello world", stop_sequence="par")) == stopped
 
 
 def test_stream_cancelled_midway_frees_the_model(client: Client) -> None:
