@@ -128,3 +128,24 @@ def test_pipeline_errors_are_invalid_argument(client: Client) -> None:
     # Greedy search cannot return two sequences: transformers raises ValueError, the caller sees why.
     with pytest.raises(InvalidArgument, match="num_return_sequences"):
         client.pipeline("text-generation", model="tiny-lm")("hi", num_return_sequences=2)
+
+
+def test_cli_run(client: Client, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from pipelined.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--target", client.target, "run", "text-classification", "hello world", "good movie",
+              "--model", "tiny-sentiment", "--param", "top_k=2"])
+    assert exited.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line) for line in lines] == [
+        client.pipeline("text-classification", model="tiny-sentiment")(t, top_k=2) for t in ("hello world", "good movie")
+    ]
+    with pytest.raises(SystemExit):
+        main(["--target", client.target, "run", "text-generation", "hello world", "--model", "tiny-lm", "--stream",
+              "--param", "max_new_tokens=5"])
+    streamed = capsys.readouterr().out
+    unary = client.pipeline("text-generation", model="tiny-lm")("hello world", max_new_tokens=5, return_full_text=False)
+    assert streamed == unary[0]["generated_text"] + "\n"
