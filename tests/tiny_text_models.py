@@ -45,17 +45,16 @@ def _bert_tokenizer() -> Any:
 def _bert_config(**extra: Any) -> Any:
     from transformers import BertConfig
 
-    return BertConfig(
-        vocab_size=len(_wordpiece_vocab()),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
+    sizes: dict[str, Any] = {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 128,
         # Wider than BERT's 0.02, so random logits differ clearly and rankings are not near-ties.
-        initializer_range=0.5,
-        **extra,
-    )
+        "initializer_range": 0.5,
+    }
+    return BertConfig(vocab_size=len(_wordpiece_vocab()), **{**sizes, **extra})
 
 
 def _labels(names: list[str]) -> dict[str, Any]:
@@ -69,11 +68,12 @@ def _save(model: Any, tokenizer: Any, out: Path) -> Path:
     return out
 
 
-def build_tiny_bert(out: Path, head: str, seed: int = 0) -> Path:
+def build_tiny_bert(out: Path, head: str, seed: int = 0, **sizes: Any) -> Path:
     """A BERT-like model with a tiny WordPiece vocab.
 
     head: "sequence" (sentiment labels), "nli" (entailment/neutral/contradiction, for zero-shot),
     "token" (BIO person/location labels), "masked" (masked LM), "base" (bare encoder).
+    sizes: BertConfig overrides (e.g. hidden_size=256 for a small benchmark model).
     """
     import torch
     import transformers as tf
@@ -82,15 +82,15 @@ def build_tiny_bert(out: Path, head: str, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tokenizer = _bert_tokenizer()
     if head == "sequence":
-        model = tf.BertForSequenceClassification(_bert_config(**_labels(SENTIMENT_LABELS)))
+        model = tf.BertForSequenceClassification(_bert_config(**_labels(SENTIMENT_LABELS), **sizes))
     elif head == "nli":
-        model = tf.BertForSequenceClassification(_bert_config(**_labels(NLI_LABELS)))
+        model = tf.BertForSequenceClassification(_bert_config(**_labels(NLI_LABELS), **sizes))
     elif head == "token":
-        model = tf.BertForTokenClassification(_bert_config(**_labels(TOKEN_LABELS)))
+        model = tf.BertForTokenClassification(_bert_config(**_labels(TOKEN_LABELS), **sizes))
     elif head == "masked":
-        model = tf.BertForMaskedLM(_bert_config())
+        model = tf.BertForMaskedLM(_bert_config(**sizes))
     elif head == "base":
-        model = tf.BertModel(_bert_config(), add_pooling_layer=False)
+        model = tf.BertModel(_bert_config(**sizes), add_pooling_layer=False)
     else:
         raise ValueError(f"unknown head {head!r}")
     return _save(model, tokenizer, out)
