@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from common import ServerProcess, percentile, table
 
 SENTENCES = [
@@ -42,11 +41,20 @@ SENTENCES = [
 def build_classifier(root: Path) -> Path:
     from tiny_text_models import build_tiny_bert
 
-    return build_tiny_bert(root / "small-classifier", "sequence", hidden_size=256, num_hidden_layers=4,
-                           num_attention_heads=4, intermediate_size=1024, initializer_range=0.02)
+    return build_tiny_bert(
+        root / "small-classifier",
+        "sequence",
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        initializer_range=0.02,
+    )
 
 
-def in_process(task: str, source: str, kwargs: dict[str, Any], requests: int, threads: int) -> tuple[list[float], float]:
+def in_process(
+    task: str, source: str, kwargs: dict[str, Any], requests: int, threads: int
+) -> tuple[list[float], float]:
     import numpy as np
     import torch
     import transformers
@@ -66,7 +74,9 @@ def in_process(task: str, source: str, kwargs: dict[str, Any], requests: int, th
     return latencies, requests / (time.perf_counter() - started)
 
 
-def through_server(target: str, task: str, model: str, requests: int, concurrency: int) -> tuple[list[float], float]:
+def through_server(
+    target: str, task: str, model: str, requests: int, concurrency: int
+) -> tuple[list[float], float]:
     from pipelined import Client
 
     client = Client(target, timeout=120)
@@ -100,7 +110,9 @@ def through_server(target: str, task: str, model: str, requests: int, concurrenc
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=240)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--max-batch-size", type=int, default=32)
@@ -116,16 +128,28 @@ def main() -> None:
         "text-classification": ("small-classifier", str(build_classifier(root)), {}),
         "feature-extraction": ("all-minilm-l6-v2", str(materialize("all-minilm-l6-v2")), {}),
     }
-    baselines = {task: in_process(task, src, kw, args.requests, args.torch_threads) for task, (_, src, kw) in models.items()}
+    baselines = {
+        task: in_process(task, src, kw, args.requests, args.torch_threads)
+        for task, (_, src, kw) in models.items()
+    }
 
     rows = []
     for batch_size in (1, args.max_batch_size):
-        config = {"models": [
-            {"name": "small-classifier", "task": "text-classification", "source": models["text-classification"][1],
-             "batching": {"max_batch_size": batch_size, "max_queue_delay_ms": 5}},
-            {"name": "all-minilm-l6-v2", "source": "embedded:all-minilm-l6-v2",
-             "batching": {"max_batch_size": batch_size, "max_queue_delay_ms": 5}},
-        ]}
+        config = {
+            "models": [
+                {
+                    "name": "small-classifier",
+                    "task": "text-classification",
+                    "source": models["text-classification"][1],
+                    "batching": {"max_batch_size": batch_size, "max_queue_delay_ms": 5},
+                },
+                {
+                    "name": "all-minilm-l6-v2",
+                    "source": "embedded:all-minilm-l6-v2",
+                    "batching": {"max_batch_size": batch_size, "max_queue_delay_ms": 5},
+                },
+            ]
+        }
         config_path = root / f"config-{batch_size}.yaml"
         config_path.write_text(yaml.safe_dump(config))
         server = ServerProcess(["--config", str(config_path)], torch_threads=args.torch_threads)
@@ -135,17 +159,55 @@ def main() -> None:
                 base_lat, base_tput = baselines[task]
                 for concurrency in args.concurrency:
                     lat, tput = through_server(server.target, task, name, args.requests, concurrency)
-                    rows.append([task, name, "off" if batch_size == 1 else f"on ({batch_size})", concurrency,
-                                 percentile(lat, 50) * 1e3, percentile(lat, 95) * 1e3, percentile(lat, 99) * 1e3,
-                                 tput, percentile(lat, 50) / percentile(base_lat, 50), tput / base_tput])
+                    rows.append(
+                        [
+                            task,
+                            name,
+                            "off" if batch_size == 1 else f"on ({batch_size})",
+                            concurrency,
+                            percentile(lat, 50) * 1e3,
+                            percentile(lat, 95) * 1e3,
+                            percentile(lat, 99) * 1e3,
+                            tput,
+                            percentile(lat, 50) / percentile(base_lat, 50),
+                            tput / base_tput,
+                        ]
+                    )
         finally:
             server.stop()
     for task, (lat, tput) in baselines.items():
-        rows.append([task, models[task][0], "in-process", 1, percentile(lat, 50) * 1e3, percentile(lat, 95) * 1e3,
-                     percentile(lat, 99) * 1e3, tput, 1.0, 1.0])
+        rows.append(
+            [
+                task,
+                models[task][0],
+                "in-process",
+                1,
+                percentile(lat, 50) * 1e3,
+                percentile(lat, 95) * 1e3,
+                percentile(lat, 99) * 1e3,
+                tput,
+                1.0,
+                1.0,
+            ]
+        )
     print(f"\n{args.requests} requests per row, torch threads {args.torch_threads}, {os.cpu_count()} CPUs\n")
-    print(table(["task", "model", "batching", "conc", "p50 ms", "p95 ms", "p99 ms", "req/s", "p50 / local",
-                 "req/s / local"], rows))
+    print(
+        table(
+            [
+                "task",
+                "model",
+                "batching",
+                "conc",
+                "p50 ms",
+                "p95 ms",
+                "p99 ms",
+                "req/s",
+                "p50 / local",
+                "req/s / local",
+            ],
+            rows,
+        )
+    )
 
 
 if __name__ == "__main__":

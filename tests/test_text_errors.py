@@ -7,10 +7,9 @@ from typing import Any
 import grpc
 import pytest
 from harness import ServerThread
-from text_fixtures import LIMITS, local_pipeline, text_server
-
 from pipelined import Client, InvalidArgument
 from pipelined.v1 import text_pb2
+from text_fixtures import LIMITS, local_pipeline, text_server
 
 
 @pytest.fixture(scope="module")
@@ -32,56 +31,158 @@ def _status(call: Any, request: Any) -> grpc.RpcError:
 @pytest.mark.parametrize(
     ("rpc", "request_", "needle"),
     [
-        ("ClassifyText", text_pb2.ClassifyTextRequest(model="tiny-sentiment", inputs=[
-            text_pb2.TextPairInput(text="x" * (LIMITS.max_text_chars + 1))]), "inputs.max_text_chars"),
-        ("ClassifyText", text_pb2.ClassifyTextRequest(model="tiny-sentiment", inputs=[
-            text_pb2.TextPairInput(text="a", text_pair="x" * (LIMITS.max_text_chars + 1))]), "inputs[0].text_pair"),
-        ("ClassifyText", text_pb2.ClassifyTextRequest(model="tiny-sentiment", inputs=[
-            text_pb2.TextPairInput(text="a")] * (LIMITS.max_batch_inputs + 1)), "inputs.max_batch_inputs"),
+        (
+            "ClassifyText",
+            text_pb2.ClassifyTextRequest(
+                model="tiny-sentiment",
+                inputs=[text_pb2.TextPairInput(text="x" * (LIMITS.max_text_chars + 1))],
+            ),
+            "inputs.max_text_chars",
+        ),
+        (
+            "ClassifyText",
+            text_pb2.ClassifyTextRequest(
+                model="tiny-sentiment",
+                inputs=[text_pb2.TextPairInput(text="a", text_pair="x" * (LIMITS.max_text_chars + 1))],
+            ),
+            "inputs[0].text_pair",
+        ),
+        (
+            "ClassifyText",
+            text_pb2.ClassifyTextRequest(
+                model="tiny-sentiment",
+                inputs=[text_pb2.TextPairInput(text="a")] * (LIMITS.max_batch_inputs + 1),
+            ),
+            "inputs.max_batch_inputs",
+        ),
         ("ClassifyText", text_pb2.ClassifyTextRequest(model="tiny-sentiment"), "inputs is empty"),
-        ("ClassifyText", text_pb2.ClassifyTextRequest(model="tiny-sentiment", inputs=[text_pb2.TextPairInput(text="a")],
-                                                      function_to_apply=99), "function_to_apply"),
-        ("ClassifyText", text_pb2.ClassifyTextRequest(model="tiny-sentiment", inputs=[text_pb2.TextPairInput(text="a")],
-                                                      top_k=0), "top_k"),
-        ("ClassifyTokens", text_pb2.ClassifyTokensRequest(model="tiny-ner", inputs=["a"], aggregation_strategy=42),
-         "aggregation_strategy"),
-        ("ClassifyTokens", text_pb2.ClassifyTokensRequest(model="tiny-ner", inputs=["a"] * 17), "max_batch_inputs"),
+        (
+            "ClassifyText",
+            text_pb2.ClassifyTextRequest(
+                model="tiny-sentiment", inputs=[text_pb2.TextPairInput(text="a")], function_to_apply=99
+            ),
+            "function_to_apply",
+        ),
+        (
+            "ClassifyText",
+            text_pb2.ClassifyTextRequest(
+                model="tiny-sentiment", inputs=[text_pb2.TextPairInput(text="a")], top_k=0
+            ),
+            "top_k",
+        ),
+        (
+            "ClassifyTokens",
+            text_pb2.ClassifyTokensRequest(model="tiny-ner", inputs=["a"], aggregation_strategy=42),
+            "aggregation_strategy",
+        ),
+        (
+            "ClassifyTokens",
+            text_pb2.ClassifyTokensRequest(model="tiny-ner", inputs=["a"] * 17),
+            "max_batch_inputs",
+        ),
         ("FillMask", text_pb2.FillMaskRequest(model="tiny-mlm", inputs=["no mask here"]), "[MASK]"),
         ("FillMask", text_pb2.FillMaskRequest(model="tiny-mlm", inputs=["a [MASK]"], top_k=-1), "top_k"),
-        ("ExtractFeatures", text_pb2.ExtractFeaturesRequest(model="tiny-encoder", inputs=["a"], normalize=True),
-         "normalize needs pooling"),
-        ("ExtractFeatures", text_pb2.ExtractFeaturesRequest(model="tiny-encoder", inputs=["a"], pooling=7), "pooling"),
-        ("ExtractFeatures", text_pb2.ExtractFeaturesRequest(model="tiny-encoder", inputs=[" ".join(["paris"] * 200)]),
-         "truncation"),
-        ("ClassifyZeroShot", text_pb2.ClassifyZeroShotRequest(model="tiny-nli", inputs=["a"]), "candidate_labels"),
-        ("ClassifyZeroShot", text_pb2.ClassifyZeroShotRequest(model="tiny-nli", inputs=["a"], candidate_labels=["x"],
-                                                              hypothesis_template="no slot"), "hypothesis_template"),
-        ("GenerateText", text_pb2.GenerateTextRequest(model="tiny-lm", inputs=[text_pb2.GenerationInput()]),
-         "set a prompt or a chat"),
-        ("GenerateText", text_pb2.GenerateTextRequest(
-            model="tiny-lm", inputs=[text_pb2.GenerationInput(prompt="a")],
-            parameters=text_pb2.GenerationParameters(temperature=-1)), "temperature"),
-        ("GenerateText", text_pb2.GenerateTextRequest(
-            model="tiny-lm", inputs=[text_pb2.GenerationInput(prompt="a")],
-            parameters=text_pb2.GenerationParameters(top_p=1.5)), "top_p"),
-        ("GenerateText", text_pb2.GenerateTextRequest(
-            model="tiny-lm", inputs=[text_pb2.GenerationInput(chat=text_pb2.Chat(messages=[
-                text_pb2.ChatMessage(role="robot", content="hi")]))]), "role"),
-        ("GenerateText", text_pb2.GenerateTextRequest(
-            model="tiny-lm", inputs=[text_pb2.GenerationInput(chat=text_pb2.Chat(messages=[
-                text_pb2.ChatMessage(role="user", content="x" * (LIMITS.max_text_chars + 1))]))]), "max_text_chars"),
-        ("StreamGenerateText", text_pb2.StreamGenerateTextRequest(
-            model="tiny-lm", input=text_pb2.GenerationInput(prompt="x" * (LIMITS.max_text_chars + 1))),
-         "max_text_chars"),
-        ("StreamGenerateText", text_pb2.StreamGenerateTextRequest(
-            model="tiny-lm", input=text_pb2.GenerationInput(prompt="a"),
-            parameters=text_pb2.GenerationParameters(max_new_tokens=0)), "max_new_tokens"),
+        (
+            "ExtractFeatures",
+            text_pb2.ExtractFeaturesRequest(model="tiny-encoder", inputs=["a"], normalize=True),
+            "normalize needs pooling",
+        ),
+        (
+            "ExtractFeatures",
+            text_pb2.ExtractFeaturesRequest(model="tiny-encoder", inputs=["a"], pooling=7),
+            "pooling",
+        ),
+        (
+            "ExtractFeatures",
+            text_pb2.ExtractFeaturesRequest(model="tiny-encoder", inputs=[" ".join(["paris"] * 200)]),
+            "truncation",
+        ),
+        (
+            "ClassifyZeroShot",
+            text_pb2.ClassifyZeroShotRequest(model="tiny-nli", inputs=["a"]),
+            "candidate_labels",
+        ),
+        (
+            "ClassifyZeroShot",
+            text_pb2.ClassifyZeroShotRequest(
+                model="tiny-nli", inputs=["a"], candidate_labels=["x"], hypothesis_template="no slot"
+            ),
+            "hypothesis_template",
+        ),
+        (
+            "GenerateText",
+            text_pb2.GenerateTextRequest(model="tiny-lm", inputs=[text_pb2.GenerationInput()]),
+            "set a prompt or a chat",
+        ),
+        (
+            "GenerateText",
+            text_pb2.GenerateTextRequest(
+                model="tiny-lm",
+                inputs=[text_pb2.GenerationInput(prompt="a")],
+                parameters=text_pb2.GenerationParameters(temperature=-1),
+            ),
+            "temperature",
+        ),
+        (
+            "GenerateText",
+            text_pb2.GenerateTextRequest(
+                model="tiny-lm",
+                inputs=[text_pb2.GenerationInput(prompt="a")],
+                parameters=text_pb2.GenerationParameters(top_p=1.5),
+            ),
+            "top_p",
+        ),
+        (
+            "GenerateText",
+            text_pb2.GenerateTextRequest(
+                model="tiny-lm",
+                inputs=[
+                    text_pb2.GenerationInput(
+                        chat=text_pb2.Chat(messages=[text_pb2.ChatMessage(role="robot", content="hi")])
+                    )
+                ],
+            ),
+            "role",
+        ),
+        (
+            "GenerateText",
+            text_pb2.GenerateTextRequest(
+                model="tiny-lm",
+                inputs=[
+                    text_pb2.GenerationInput(
+                        chat=text_pb2.Chat(
+                            messages=[
+                                text_pb2.ChatMessage(role="user", content="x" * (LIMITS.max_text_chars + 1))
+                            ]
+                        )
+                    )
+                ],
+            ),
+            "max_text_chars",
+        ),
+        (
+            "StreamGenerateText",
+            text_pb2.StreamGenerateTextRequest(
+                model="tiny-lm", input=text_pb2.GenerationInput(prompt="x" * (LIMITS.max_text_chars + 1))
+            ),
+            "max_text_chars",
+        ),
+        (
+            "StreamGenerateText",
+            text_pb2.StreamGenerateTextRequest(
+                model="tiny-lm",
+                input=text_pb2.GenerationInput(prompt="a"),
+                parameters=text_pb2.GenerationParameters(max_new_tokens=0),
+            ),
+            "max_new_tokens",
+        ),
     ],
     ids=lambda v: v if isinstance(v, str) and not v.startswith(("x", "inputs")) else None,
 )
 def test_bad_requests_are_invalid_argument(client: Client, rpc: str, request_: Any, needle: str) -> None:
     method = getattr(client.text, rpc)
     if rpc.startswith("Stream"):
+
         def call(request: Any, timeout: float) -> Any:
             return list(method(request, timeout=timeout))
     else:
@@ -136,16 +237,43 @@ def test_cli_run(client: Client, capsys: pytest.CaptureFixture[str]) -> None:
     from pipelined.cli import main
 
     with pytest.raises(SystemExit) as exited:
-        main(["--target", client.target, "run", "text-classification", "hello world", "good movie",
-              "--model", "tiny-sentiment", "--param", "top_k=2"])
+        main(
+            [
+                "--target",
+                client.target,
+                "run",
+                "text-classification",
+                "hello world",
+                "good movie",
+                "--model",
+                "tiny-sentiment",
+                "--param",
+                "top_k=2",
+            ]
+        )
     assert exited.value.code == 0
     lines = capsys.readouterr().out.splitlines()
     assert [json.loads(line) for line in lines] == [
-        client.pipeline("text-classification", model="tiny-sentiment")(t, top_k=2) for t in ("hello world", "good movie")
+        client.pipeline("text-classification", model="tiny-sentiment")(t, top_k=2)
+        for t in ("hello world", "good movie")
     ]
     with pytest.raises(SystemExit):
-        main(["--target", client.target, "run", "text-generation", "hello world", "--model", "tiny-lm", "--stream",
-              "--param", "max_new_tokens=5"])
+        main(
+            [
+                "--target",
+                client.target,
+                "run",
+                "text-generation",
+                "hello world",
+                "--model",
+                "tiny-lm",
+                "--stream",
+                "--param",
+                "max_new_tokens=5",
+            ]
+        )
     streamed = capsys.readouterr().out
-    unary = client.pipeline("text-generation", model="tiny-lm")("hello world", max_new_tokens=5, return_full_text=False)
+    unary = client.pipeline("text-generation", model="tiny-lm")(
+        "hello world", max_new_tokens=5, return_full_text=False
+    )
     assert streamed == unary[0]["generated_text"] + "\n"

@@ -9,9 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 from harness import ServerThread
-from text_fixtures import assert_close, local_pipeline, text_server
-
 from pipelined import Client
+from text_fixtures import assert_close, local_pipeline, text_server
 
 TEXTS = ["john lives in paris", "the weather is good today", "hello world", "mary visited berlin and london"]
 
@@ -39,11 +38,20 @@ PAIR = {"text": "john lives in paris", "text_pair": "paris is the capital of fra
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"top_k": 2}, {"top_k": None}, {"top_k": 1}, {"function_to_apply": "sigmoid"},
-     {"function_to_apply": "none", "top_k": None}, {"function_to_apply": "softmax"}],
+    [
+        {},
+        {"top_k": 2},
+        {"top_k": None},
+        {"top_k": 1},
+        {"function_to_apply": "sigmoid"},
+        {"function_to_apply": "none", "top_k": None},
+        {"function_to_apply": "softmax"},
+    ],
     ids=repr,
 )
-@pytest.mark.parametrize("inputs", [TEXTS[0], PAIR, TEXTS, [PAIR, PAIR]], ids=["single", "pair", "batch", "pairs"])
+@pytest.mark.parametrize(
+    "inputs", [TEXTS[0], PAIR, TEXTS, [PAIR, PAIR]], ids=["single", "pair", "batch", "pairs"]
+)
 def test_text_classification(client: Client, inputs: Any, kwargs: dict[str, Any]) -> None:
     remote, local = _both(client, "tiny-sentiment", "text-classification", inputs, **kwargs)
     assert_close(remote, local)
@@ -60,9 +68,16 @@ def test_sentiment_analysis_alias_and_defaults(client: Client) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"aggregation_strategy": "none"}, {"aggregation_strategy": "simple"}, {"aggregation_strategy": "first"},
-     {"aggregation_strategy": "max"}, {"aggregation_strategy": "average"}, {"ignore_labels": []},
-     {"ignore_labels": ["O", "B-PER"], "aggregation_strategy": "simple"}],
+    [
+        {},
+        {"aggregation_strategy": "none"},
+        {"aggregation_strategy": "simple"},
+        {"aggregation_strategy": "first"},
+        {"aggregation_strategy": "max"},
+        {"aggregation_strategy": "average"},
+        {"ignore_labels": []},
+        {"ignore_labels": ["O", "B-PER"], "aggregation_strategy": "simple"},
+    ],
     ids=repr,
 )
 @pytest.mark.parametrize("inputs", [TEXTS[3], TEXTS], ids=["single", "batch"])
@@ -76,8 +91,11 @@ def test_token_classification(client: Client, inputs: Any, kwargs: dict[str, Any
 MASKED = ["paris is the [MASK] of france", "hello [MASK] world", "[MASK] lives in [MASK]"]
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"top_k": 2}, {"targets": ["paris", "london", "city"]},
-                                    {"targets": "city", "top_k": 3}], ids=repr)
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"top_k": 2}, {"targets": ["paris", "london", "city"]}, {"targets": "city", "top_k": 3}],
+    ids=repr,
+)
 @pytest.mark.parametrize("inputs", [MASKED[0], MASKED[2], MASKED], ids=["single", "two-masks", "batch"])
 def test_fill_mask(client: Client, inputs: Any, kwargs: dict[str, Any]) -> None:
     remote, local = _both(client, "tiny-mlm", "fill-mask", inputs, **kwargs)
@@ -107,9 +125,13 @@ def _pooled(hidden: Any, pooling: str, normalize: bool) -> np.ndarray:
     return vector / np.linalg.norm(vector) if normalize else vector
 
 
-@pytest.mark.parametrize(("pooling", "normalize"), [("mean", False), ("mean", True), ("cls", False), ("cls", True)])
+@pytest.mark.parametrize(
+    ("pooling", "normalize"), [("mean", False), ("mean", True), ("cls", False), ("cls", True)]
+)
 def test_pooled_sentence_embeddings(client: Client, pooling: str, normalize: bool) -> None:
-    remote = client.pipeline("feature-extraction", model="tiny-encoder")(TEXTS, pooling=pooling, normalize=normalize)
+    remote = client.pipeline("feature-extraction", model="tiny-encoder")(
+        TEXTS, pooling=pooling, normalize=normalize
+    )
     local = local_pipeline("tiny-encoder")(TEXTS)
     assert_close(remote, [_pooled(h, pooling, normalize) for h in local])
 
@@ -130,9 +152,13 @@ LABELS = ["sport", "politics", "science"]
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"candidate_labels": LABELS}, {"candidate_labels": "sport, politics"}, {"candidate_labels": ["travel"]},
-     {"candidate_labels": LABELS, "multi_label": True},
-     {"candidate_labels": LABELS, "hypothesis_template": "this text is about {}."}],
+    [
+        {"candidate_labels": LABELS},
+        {"candidate_labels": "sport, politics"},
+        {"candidate_labels": ["travel"]},
+        {"candidate_labels": LABELS, "multi_label": True},
+        {"candidate_labels": LABELS, "hypothesis_template": "this text is about {}."},
+    ],
     ids=repr,
 )
 @pytest.mark.parametrize("inputs", [TEXTS[0], TEXTS], ids=["single", "batch"])
@@ -148,19 +174,31 @@ def test_zero_shot_positional_labels(client: Client) -> None:
 
 # ------------------------------------------------------------------------------ text-generation
 
-CHAT = [{"role": "system", "content": "you are good"}, {"role": "user", "content": "what is the capital of france"}]
+CHAT = [
+    {"role": "system", "content": "you are good"},
+    {"role": "user", "content": "what is the capital of france"},
+]
 PREFILL = [*CHAT, {"role": "assistant", "content": "the capital is"}]
 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"return_full_text": False}, {"max_new_tokens": 5}, {"repetition_penalty": 1.5},
-     # "par" stops "hello world" after a few tokens (the tiny model's greedy text is known).
-     {"stop_sequence": "par", "max_new_tokens": 20}, {"stop_sequence": ["movie", "yo"], "max_new_tokens": 20}],
+    [
+        {},
+        {"return_full_text": False},
+        {"max_new_tokens": 5},
+        {"repetition_penalty": 1.5},
+        # "par" stops "hello world" after a few tokens (the tiny model's greedy text is known).
+        {"stop_sequence": "par", "max_new_tokens": 20},
+        {"stop_sequence": ["movie", "yo"], "max_new_tokens": 20},
+    ],
     ids=repr,
 )
-@pytest.mark.parametrize("inputs", ["hello world", CHAT, PREFILL, ["hello world", "the city"]],
-                         ids=["prompt", "chat", "prefill", "batch"])
+@pytest.mark.parametrize(
+    "inputs",
+    ["hello world", CHAT, PREFILL, ["hello world", "the city"]],
+    ids=["prompt", "chat", "prefill", "batch"],
+)
 def test_text_generation_greedy(client: Client, inputs: Any, kwargs: dict[str, Any]) -> None:
     remote, local = _both(client, "tiny-lm", "text-generation", inputs, **kwargs)
     assert_close(remote, local)
@@ -168,8 +206,10 @@ def test_text_generation_greedy(client: Client, inputs: Any, kwargs: dict[str, A
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"do_sample": True, "temperature": 0.7, "seed": 3},
-     {"do_sample": True, "top_k": 5, "top_p": 0.9, "seed": 11, "num_return_sequences": 2}],
+    [
+        {"do_sample": True, "temperature": 0.7, "seed": 3},
+        {"do_sample": True, "top_k": 5, "top_p": 0.9, "seed": 11, "num_return_sequences": 2},
+    ],
     ids=repr,
 )
 @pytest.mark.parametrize("inputs", ["hello world", CHAT], ids=["prompt", "chat"])
@@ -186,8 +226,9 @@ def test_text_generation_seeded_sampling(client: Client, inputs: Any, kwargs: di
 
 
 @pytest.mark.parametrize("inputs", ["hello world", CHAT], ids=["prompt", "chat"])
-@pytest.mark.parametrize("kwargs", [{}, {"max_new_tokens": 20, "stop_sequence": "par"},
-                                    {"do_sample": True, "seed": 5}], ids=repr)
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"max_new_tokens": 20, "stop_sequence": "par"}, {"do_sample": True, "seed": 5}], ids=repr
+)
 def test_stream_yields_the_unary_text(client: Client, inputs: Any, kwargs: dict[str, Any]) -> None:
     pipe = client.pipeline("text-generation", model="tiny-lm")
     pieces = list(pipe.stream(inputs, **kwargs))
@@ -266,7 +307,9 @@ def test_unbatched_model_gives_the_same_results(client: Client) -> None:
 
 def test_long_lists_are_split_into_requests(client: Client) -> None:
     inputs = [f"{t} {i}" for i in range(5) for t in TEXTS]  # 20 inputs > the server's 16 per request
-    pipe = client.pipeline("text-classification", model="tiny-sentiment", inputs_per_request=6, max_in_flight=2)
+    pipe = client.pipeline(
+        "text-classification", model="tiny-sentiment", inputs_per_request=6, max_in_flight=2
+    )
     assert_close(pipe(inputs), local_pipeline("tiny-sentiment")(inputs))
     generated = pipe(iter(inputs[:5]))
     assert not isinstance(generated, list)
@@ -304,8 +347,16 @@ def test_generic_values_round_trip(client: Client) -> None:
     from pipelined.generic import ValueEncoder, decode
     from pipelined_server.tasks.generic_values import OutputEncoder, to_python
 
-    value = {"a": 1, "b": 1.0, "c": 2.5, "d": (1, "x"), "e": np.arange(6, dtype=np.int16).reshape(2, 3),
-             "f": b"\x00\x01", "g": [None, True, "s"], "h": np.float32(0.5)}
+    value = {
+        "a": 1,
+        "b": 1.0,
+        "c": 2.5,
+        "d": (1, "x"),
+        "e": np.arange(6, dtype=np.int16).reshape(2, 3),
+        "f": b"\x00\x01",
+        "g": [None, True, "s"],
+        "h": np.float32(0.5),
+    }
     encoder = ValueEncoder()
     wire = struct_pb2.Value()
     wire.CopyFrom(encoder.encode(value))

@@ -12,10 +12,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from harness import ServerThread  # noqa: E402
+from pipelined import Client  # noqa: E402
 from pipelined_server.config import ServerConfig, embedded_spec  # noqa: E402
 from pipelined_server.sources.embedded import is_available  # noqa: E402
-
-from pipelined import Client  # noqa: E402
 
 pytestmark = pytest.mark.real_weights
 MINILM, SMOLLM = "all-minilm-l6-v2", "smollm2-135m-instruct"
@@ -26,8 +25,9 @@ def client() -> Iterator[Client]:
     missing = [n for n in (MINILM, SMOLLM) if not is_available(n)]
     if missing:
         pytest.skip(f"embedded weight packages not installed for: {', '.join(missing)}")
-    config = ServerConfig(host="127.0.0.1", port=0, metrics_port=0,
-                          models=(embedded_spec(MINILM), embedded_spec(SMOLLM)))
+    config = ServerConfig(
+        host="127.0.0.1", port=0, metrics_port=0, models=(embedded_spec(MINILM), embedded_spec(SMOLLM))
+    )
     server = ServerThread(config)
     yield Client(server.target, timeout=300)
     server.stop()
@@ -36,7 +36,11 @@ def client() -> Iterator[Client]:
 def test_embeddings_rank_a_paraphrase_above_an_unrelated_sentence(client: Client) -> None:
     embed = client.pipeline("feature-extraction")
     query, paraphrase, unrelated = embed(
-        ["How do I bake bread at home?", "What is a simple recipe for homemade bread?", "The stock market fell today."]
+        [
+            "How do I bake bread at home?",
+            "What is a simple recipe for homemade bread?",
+            "The stock market fell today.",
+        ]
     )
     assert query.shape == (384,) and float(np.linalg.norm(query)) == pytest.approx(1.0, abs=1e-5)
     assert float(query @ paraphrase) > float(query @ unrelated) + 0.2

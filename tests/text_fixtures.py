@@ -42,14 +42,18 @@ BATCHING = BatchingConfig(max_batch_size=8, max_queue_delay_ms=20)
 def tiny_text_dirs() -> dict[str, Path]:
     root = Path(tempfile.mkdtemp(prefix="tiny-text-"))
     atexit.register(shutil.rmtree, root, True)
-    dirs = {head: build_tiny_bert(root / head, head) for head in ("sequence", "token", "masked", "base", "nli")}
+    dirs = {
+        head: build_tiny_bert(root / head, head) for head in ("sequence", "token", "masked", "base", "nli")
+    }
     dirs["lm"] = build_tiny_causal_lm(root / "lm")
     return dirs
 
 
 def text_specs() -> tuple[ModelSpec, ...]:
     dirs = tiny_text_dirs()
-    specs = [ModelSpec(name=n, task=t, source=str(dirs[d]), batching=BATCHING) for n, (t, d) in MODELS.items()]
+    specs = [
+        ModelSpec(name=n, task=t, source=str(dirs[d]), batching=BATCHING) for n, (t, d) in MODELS.items()
+    ]
     specs.append(
         ModelSpec(
             name="tiny-encoder-pooled",
@@ -111,4 +115,6 @@ def assert_close(remote: Any, local: Any, path: str = "result") -> None:
         assert remote == pytest.approx(float(local), rel=1e-4, abs=1e-5), path
         return
     assert remote == local, f"{path}: {remote!r} != {local!r}"
-    assert type(remote) is type(local) or isinstance(local, np.integer), f"{path}: type {type(remote)} != {type(local)}"
+    assert type(remote) is type(local) or isinstance(local, np.integer), (
+        f"{path}: type {type(remote)} != {type(local)}"
+    )

@@ -9,8 +9,16 @@ from typing import Any
 from .text import check_known
 from .v1 import text_pb2
 
-_GENERATION = ("do_sample", "temperature", "top_k", "top_p", "max_new_tokens", "repetition_penalty",
-               "num_return_sequences", "seed")
+_GENERATION = (
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "max_new_tokens",
+    "repetition_penalty",
+    "num_return_sequences",
+    "seed",
+)
 KNOWN = (*_GENERATION, "stop_sequence", "return_full_text")
 
 
@@ -24,7 +32,9 @@ def generation_input(prompt: Any) -> text_pb2.GenerationInput:
     if is_chat(prompt):
         messages = [text_pb2.ChatMessage(role=str(m["role"]), content=str(m["content"])) for m in prompt]
         return text_pb2.GenerationInput(chat=text_pb2.Chat(messages=messages))
-    raise TypeError(f"a prompt is a string or a chat (a list of role/content dicts), got {type(prompt).__name__}")
+    raise TypeError(
+        f"a prompt is a string or a chat (a list of role/content dicts), got {type(prompt).__name__}"
+    )
 
 
 def parameters(kwargs: dict[str, Any]) -> text_pb2.GenerationParameters:
@@ -42,7 +52,9 @@ def parameters(kwargs: dict[str, Any]) -> text_pb2.GenerationParameters:
     return params
 
 
-def generate_request(model: str, prompts: Sequence[Any], kwargs: dict[str, Any]) -> text_pb2.GenerateTextRequest:
+def generate_request(
+    model: str, prompts: Sequence[Any], kwargs: dict[str, Any]
+) -> text_pb2.GenerateTextRequest:
     return text_pb2.GenerateTextRequest(
         model=model, inputs=[generation_input(p) for p in prompts], parameters=parameters(kwargs)
     )

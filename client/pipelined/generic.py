@@ -79,7 +79,11 @@ class ValueEncoder:
             array = np.ascontiguousarray(obj)
             little = array.astype(array.dtype.newbyteorder("<"), copy=False)
             value.struct_value.update(
-                {"$ndarray": self._add(little.tobytes()), "dtype": array.dtype.name, "shape": list(array.shape)}
+                {
+                    "$ndarray": self._add(little.tobytes()),
+                    "dtype": array.dtype.name,
+                    "shape": list(array.shape),
+                }
             )
         elif hasattr(obj, "save") and hasattr(obj, "mode"):  # a PIL image
             buffer = io.BytesIO()

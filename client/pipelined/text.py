@@ -22,8 +22,12 @@ _STRATEGIES = {
     "max": text_pb2.AGGREGATION_STRATEGY_MAX,
     "average": text_pb2.AGGREGATION_STRATEGY_AVERAGE,
 }
-_POOLINGS = {None: text_pb2.POOLING_UNSPECIFIED, "none": text_pb2.POOLING_NONE, "mean": text_pb2.POOLING_MEAN,
-             "cls": text_pb2.POOLING_CLS}
+_POOLINGS = {
+    None: text_pb2.POOLING_UNSPECIFIED,
+    "none": text_pb2.POOLING_NONE,
+    "mean": text_pb2.POOLING_MEAN,
+    "cls": text_pb2.POOLING_CLS,
+}
 
 
 def check_known(task: str, kwargs: dict[str, Any], known: Sequence[str]) -> None:
@@ -41,7 +45,9 @@ def _enum_name(value: Any) -> str:
 CLASSIFY_KNOWN = ("top_k", "function_to_apply")
 
 
-def classify_request(model: str, inputs: Sequence[Any], kwargs: dict[str, Any]) -> text_pb2.ClassifyTextRequest:
+def classify_request(
+    model: str, inputs: Sequence[Any], kwargs: dict[str, Any]
+) -> text_pb2.ClassifyTextRequest:
     check_known("text-classification", kwargs, CLASSIFY_KNOWN)
     request = text_pb2.ClassifyTextRequest(model=model)
     for item in inputs:
@@ -55,7 +61,9 @@ def classify_request(model: str, inputs: Sequence[Any], kwargs: dict[str, Any]) 
         elif isinstance(item, str):
             request.inputs.append(text_pb2.TextPairInput(text=item))
         else:
-            raise TypeError(f"text-classification inputs are strings or text-pair dicts, got {type(item).__name__}")
+            raise TypeError(
+                f"text-classification inputs are strings or text-pair dicts, got {type(item).__name__}"
+            )
     if "top_k" in kwargs:
         if kwargs["top_k"] is None:
             request.all_labels = True
@@ -85,14 +93,18 @@ def classify_results(response: text_pb2.ClassifyTextResponse, kwargs: dict[str, 
 TOKENS_KNOWN = ("aggregation_strategy", "ignore_labels")
 
 
-def tokens_request(model: str, inputs: Sequence[str], kwargs: dict[str, Any]) -> text_pb2.ClassifyTokensRequest:
+def tokens_request(
+    model: str, inputs: Sequence[str], kwargs: dict[str, Any]
+) -> text_pb2.ClassifyTokensRequest:
     check_known("token-classification", kwargs, TOKENS_KNOWN)
     request = text_pb2.ClassifyTokensRequest(model=model, inputs=[str(t) for t in inputs])
     strategy = kwargs.get("aggregation_strategy")
     if strategy is not None:
         name = _enum_name(strategy)
         if name not in _STRATEGIES:
-            raise ValueError(f"aggregation_strategy must be one of {', '.join(_STRATEGIES)}, got {strategy!r}")
+            raise ValueError(
+                f"aggregation_strategy must be one of {', '.join(_STRATEGIES)}, got {strategy!r}"
+            )
         request.aggregation_strategy = _STRATEGIES[name]
     if kwargs.get("ignore_labels") is not None:
         request.ignore_labels.labels.extend(kwargs["ignore_labels"])
@@ -139,8 +151,10 @@ def fill_results(response: text_pb2.FillMaskResponse, kwargs: dict[str, Any]) ->
     results: list[Any] = []
     for result in response.results:
         masks = [
-            [{"score": float(c.score), "token": c.token, "token_str": c.token_str, "sequence": c.sequence}
-             for c in mask.candidates]
+            [
+                {"score": float(c.score), "token": c.token, "token_str": c.token_str, "sequence": c.sequence}
+                for c in mask.candidates
+            ]
             for mask in result.masks
         ]
         results.append(masks[0] if len(masks) == 1 else masks)
@@ -152,7 +166,9 @@ def fill_results(response: text_pb2.FillMaskResponse, kwargs: dict[str, Any]) ->
 FEATURES_KNOWN = ("pooling", "normalize", "truncation", "return_tensors", "tokenize_kwargs")
 
 
-def features_request(model: str, inputs: Sequence[str], kwargs: dict[str, Any]) -> text_pb2.ExtractFeaturesRequest:
+def features_request(
+    model: str, inputs: Sequence[str], kwargs: dict[str, Any]
+) -> text_pb2.ExtractFeaturesRequest:
     check_known("feature-extraction", kwargs, FEATURES_KNOWN)
     tokenize = dict(kwargs.get("tokenize_kwargs") or {})
     truncation = tokenize.pop("truncation", kwargs.get("truncation"))
@@ -161,7 +177,9 @@ def features_request(model: str, inputs: Sequence[str], kwargs: dict[str, Any]) 
     pooling = kwargs.get("pooling")
     if pooling not in _POOLINGS:
         raise ValueError(f"pooling must be 'none', 'mean' or 'cls', got {pooling!r}")
-    request = text_pb2.ExtractFeaturesRequest(model=model, inputs=[str(t) for t in inputs], pooling=_POOLINGS[pooling])
+    request = text_pb2.ExtractFeaturesRequest(
+        model=model, inputs=[str(t) for t in inputs], pooling=_POOLINGS[pooling]
+    )
     if kwargs.get("normalize") is not None:
         request.normalize = bool(kwargs["normalize"])
     if truncation is not None:
@@ -195,7 +213,9 @@ def parse_labels(labels: Any) -> list[str]:
     return [str(label) for label in labels]
 
 
-def zero_shot_request(model: str, inputs: Sequence[str], kwargs: dict[str, Any]) -> text_pb2.ClassifyZeroShotRequest:
+def zero_shot_request(
+    model: str, inputs: Sequence[str], kwargs: dict[str, Any]
+) -> text_pb2.ClassifyZeroShotRequest:
     check_known("zero-shot-classification", kwargs, ZERO_SHOT_KNOWN)
     if kwargs.get("candidate_labels") is None:
         raise ValueError("candidate_labels is required")

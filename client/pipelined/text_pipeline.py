@@ -125,24 +125,28 @@ class TextClassificationPipeline(TextPipeline):
         return result
 
 
-class TokenClassificationPipeline(TextPipeline):
-    task = "token-classification"
-    rpc = "ClassifyTokens"
-    build = staticmethod(text.tokens_request)
-    read = staticmethod(text.tokens_results)
+class _StringInputs(TextPipeline):
+    """Tasks whose one input is a string (anything else is a batch)."""
 
     def is_single(self, inputs: Any) -> bool:
         return isinstance(inputs, str)
 
 
-class FillMaskPipeline(TokenClassificationPipeline):
+class TokenClassificationPipeline(_StringInputs):
+    task = "token-classification"
+    rpc = "ClassifyTokens"
+    build = staticmethod(text.tokens_request)
+    read = staticmethod(text.tokens_results)
+
+
+class FillMaskPipeline(_StringInputs):
     task = "fill-mask"
     rpc = "FillMask"
     build = staticmethod(text.fill_request)
     read = staticmethod(text.fill_results)
 
 
-class FeatureExtractionPipeline(TokenClassificationPipeline):
+class FeatureExtractionPipeline(_StringInputs):
     """Extras over transformers: `pooling` ("none", "mean", "cls") and `normalize` give ready-to-use
     sentence embeddings (1-D numpy arrays); a model may default them (the embedded MiniLM does)."""
 
@@ -152,7 +156,7 @@ class FeatureExtractionPipeline(TokenClassificationPipeline):
     read = staticmethod(text.features_results)
 
 
-class ZeroShotClassificationPipeline(TokenClassificationPipeline):
+class ZeroShotClassificationPipeline(_StringInputs):
     task = "zero-shot-classification"
     rpc = "ClassifyZeroShot"
     build = staticmethod(text.zero_shot_request)
@@ -186,7 +190,9 @@ class TextGenerationPipeline(TextPipeline):
         """Yields pieces of new text (prompt excluded) as the server generates them."""
         merged = {k: v for k, v in {**self.defaults, **kwargs}.items() if k != "return_full_text"}
         request = text_pb2.StreamGenerateTextRequest(
-            model=self.model, input=generation.generation_input(prompt), parameters=generation.parameters(merged)
+            model=self.model,
+            input=generation.generation_input(prompt),
+            parameters=generation.parameters(merged),
         )
         try:
             for response in self.client.text.StreamGenerateText(request, timeout=self.client.timeout):

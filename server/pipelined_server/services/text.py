@@ -9,7 +9,14 @@ from pipelined.v1 import text_pb2, text_pb2_grpc
 
 from ..errors import InvalidInput
 from ..registry import ModelInstance
-from ..tasks import feature_extraction, fill_mask, text_classification, text_generation, token_classification, zero_shot
+from ..tasks import (
+    feature_extraction,
+    fill_mask,
+    text_classification,
+    text_generation,
+    token_classification,
+    zero_shot,
+)
 from ..tasks.generation_stream import stream_generation
 from .calls import CallInfo, ServerState, rpc
 
@@ -28,14 +35,18 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
         self, request: text_pb2.ClassifyTextRequest, context: grpc.aio.ServicerContext, call: CallInfo
     ) -> text_pb2.ClassifyTextResponse:
         instance = self._model(request.model, call)
-        return await text_classification.classify(instance, request, self.state.config.inputs, context.time_remaining())
+        return await text_classification.classify(
+            instance, request, self.state.config.inputs, context.time_remaining()
+        )
 
     @rpc(token_classification.TASK)
     async def ClassifyTokens(
         self, request: text_pb2.ClassifyTokensRequest, context: grpc.aio.ServicerContext, call: CallInfo
     ) -> text_pb2.ClassifyTokensResponse:
         instance = self._model(request.model, call)
-        return await token_classification.classify(instance, request, self.state.config.inputs, context.time_remaining())
+        return await token_classification.classify(
+            instance, request, self.state.config.inputs, context.time_remaining()
+        )
 
     @rpc(fill_mask.TASK)
     async def FillMask(
@@ -49,7 +60,9 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
         self, request: text_pb2.ExtractFeaturesRequest, context: grpc.aio.ServicerContext, call: CallInfo
     ) -> text_pb2.ExtractFeaturesResponse:
         instance = self._model(request.model, call)
-        return await feature_extraction.extract(instance, request, self.state.config.inputs, context.time_remaining())
+        return await feature_extraction.extract(
+            instance, request, self.state.config.inputs, context.time_remaining()
+        )
 
     @rpc(zero_shot.TASK)
     async def ClassifyZeroShot(
@@ -63,7 +76,9 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
         self, request: text_pb2.GenerateTextRequest, context: grpc.aio.ServicerContext, call: CallInfo
     ) -> text_pb2.GenerateTextResponse:
         instance = self._model(request.model, call)
-        return await text_generation.generate(instance, request, self.state.config.inputs, context.time_remaining())
+        return await text_generation.generate(
+            instance, request, self.state.config.inputs, context.time_remaining()
+        )
 
     @rpc(text_generation.TASK)
     async def StreamGenerateText(

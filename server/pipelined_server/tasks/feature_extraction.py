@@ -44,7 +44,9 @@ def pooling_of(request: text_pb2.ExtractFeaturesRequest, defaults: dict[str, Any
     else:
         normalize = bool(defaults.get("normalize", False)) and pooling != "none"
     if normalize and pooling == "none":
-        raise InvalidInput("normalize needs pooling (POOLING_MEAN or POOLING_CLS): token embeddings are not normalised")
+        raise InvalidInput(
+            "normalize needs pooling (POOLING_MEAN or POOLING_CLS): token embeddings are not normalised"
+        )
     return pooling, normalize
 
 
@@ -76,7 +78,10 @@ def _tensor(array: np.ndarray) -> text_pb2.Float32Tensor:
 
 
 async def extract(
-    instance: ModelInstance, request: text_pb2.ExtractFeaturesRequest, limits: InputLimits, timeout: float | None
+    instance: ModelInstance,
+    request: text_pb2.ExtractFeaturesRequest,
+    limits: InputLimits,
+    timeout: float | None,
 ) -> text_pb2.ExtractFeaturesResponse:
     check_texts(request.inputs, limits)
     pooling, normalize = pooling_of(request, instance.spec.request_defaults)

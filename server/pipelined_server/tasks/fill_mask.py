@@ -38,7 +38,10 @@ def _masks(output: list[Any]) -> text_pb2.FillMaskResult:
             text_pb2.MaskCandidates(
                 candidates=[
                     text_pb2.FillMaskCandidate(
-                        score=c["score"], token=int(c["token"]), token_str=c["token_str"], sequence=c["sequence"]
+                        score=c["score"],
+                        token=int(c["token"]),
+                        token_str=c["token_str"],
+                        sequence=c["sequence"],
                     )
                     for c in candidates
                 ]

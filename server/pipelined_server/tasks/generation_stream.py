@@ -40,7 +40,9 @@ def _stop_when(event: threading.Event) -> Any:
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
             import torch
 
-            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
+            return torch.full(
+                (input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device
+            )
 
     return StoppingCriteriaList([StopWhenSet()])
 
@@ -63,7 +65,11 @@ async def stream_generation(
     def run() -> None:
         try:
             run_alone(
-                pipe, prompt, kwargs, seed, streamer=_streamer(pipe.tokenizer, loop, queue),
+                pipe,
+                prompt,
+                kwargs,
+                seed,
+                streamer=_streamer(pipe.tokenizer, loop, queue),
                 stopping_criteria=_stop_when(stop),
             )
         finally:

@@ -60,7 +60,9 @@ async def run(
         raise InvalidInput("parameters must be an object of keyword arguments")
     _check_sizes(inputs, config)
     _check_sizes(parameters, config, "parameters")
-    output = await instance.scheduler.submit_call(partial(_run, instance.pipeline, inputs, parameters), timeout=timeout)
+    output = await instance.scheduler.submit_call(
+        partial(_run, instance.pipeline, inputs, parameters), timeout=timeout
+    )
     encoder = OutputEncoder()
     encoded = encoder.encode(output)
     return generic_pb2.RunResponse(outputs=encoded, blobs=encoder.blobs, model=instance.name)

@@ -25,7 +25,9 @@ _MARKERS = ("$bytes", "$image", "$audio", "$ndarray")
 
 def _blob(blobs: Mapping[str, bytes], name: Any) -> bytes:
     if not isinstance(name, str) or name not in blobs:
-        raise InvalidInput(f"blob {name!r} is referenced but not sent; sent blobs: {', '.join(sorted(blobs)) or 'none'}")
+        raise InvalidInput(
+            f"blob {name!r} is referenced but not sent; sent blobs: {', '.join(sorted(blobs)) or 'none'}"
+        )
     return blobs[name]
 
 
@@ -74,7 +76,9 @@ def to_python(value: struct_pb2.Value, blobs: Mapping[str, bytes], decode_audio:
     return struct_to_python(value.struct_value, blobs, decode_audio)
 
 
-def struct_to_python(struct: struct_pb2.Struct, blobs: Mapping[str, bytes], decode_audio: AudioDecoder) -> Any:
+def struct_to_python(
+    struct: struct_pb2.Struct, blobs: Mapping[str, bytes], decode_audio: AudioDecoder
+) -> Any:
     data = {k: to_python(v, blobs, decode_audio) for k, v in struct.fields.items()}
     if any(marker in data for marker in ("$float", "$tuple", *_MARKERS)):
         return _from_marker(data, blobs, decode_audio)
@@ -122,7 +126,11 @@ class OutputEncoder:
             array = np.ascontiguousarray(array)
             little = array.astype(array.dtype.newbyteorder("<"), copy=False)
             value.struct_value.update(
-                {"$ndarray": self._add(little.tobytes()), "dtype": array.dtype.name, "shape": list(array.shape)}
+                {
+                    "$ndarray": self._add(little.tobytes()),
+                    "dtype": array.dtype.name,
+                    "shape": list(array.shape),
+                }
             )
         elif hasattr(obj, "save") and hasattr(obj, "mode"):  # a PIL image
             buffer = io.BytesIO()

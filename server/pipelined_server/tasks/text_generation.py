@@ -95,14 +95,18 @@ def prompt_of(item: text_pb2.GenerationInput, limits: InputLimits, where: str) -
         messages = []
         for i, message in enumerate(item.chat.messages):
             if message.role not in ROLES:
-                raise InvalidInput(f"{where}.chat.messages[{i}].role {message.role!r}: use one of {', '.join(ROLES)}")
+                raise InvalidInput(
+                    f"{where}.chat.messages[{i}].role {message.role!r}: use one of {', '.join(ROLES)}"
+                )
             check_text(message.content, limits, f"{where}.chat.messages[{i}].content")
             messages.append({"role": message.role, "content": message.content})
         return messages
     raise InvalidInput(f"{where} is empty: set a prompt or a chat")
 
 
-def prompts_of(request: text_pb2.GenerateTextRequest, limits: InputLimits) -> list[str | list[dict[str, str]]]:
+def prompts_of(
+    request: text_pb2.GenerateTextRequest, limits: InputLimits
+) -> list[str | list[dict[str, str]]]:
     check_count(len(request.inputs), limits)
     return [prompt_of(item, limits, f"inputs[{i}]") for i, item in enumerate(request.inputs)]
 
@@ -138,7 +142,9 @@ def _generation(record: dict[str, Any]) -> text_pb2.Generation:
     if isinstance(text, list):
         return text_pb2.Generation(
             chat=text_pb2.Chat(
-                messages=[text_pb2.ChatMessage(role=m.get("role", ""), content=m.get("content", "")) for m in text]
+                messages=[
+                    text_pb2.ChatMessage(role=m.get("role", ""), content=m.get("content", "")) for m in text
+                ]
             )
         )
     return text_pb2.Generation(text=text or "")
@@ -152,7 +158,9 @@ async def generate(
     assert instance.scheduler is not None
     if call.sampling or instance.pipeline.tokenizer.pad_token_id is None:
         jobs = [
-            instance.scheduler.submit_call(partial(run_alone, instance.pipeline, p, call.kwargs, call.seed), timeout=timeout)
+            instance.scheduler.submit_call(
+                partial(run_alone, instance.pipeline, p, call.kwargs, call.seed), timeout=timeout
+            )
             for p in prompts
         ]
         outputs = list(await asyncio.gather(*jobs))
@@ -160,6 +168,8 @@ async def generate(
         keys = [batch_key(instance, p) for p in prompts]
         outputs = await run_all(instance, prompts, call.kwargs, timeout, keys=keys)
     return text_pb2.GenerateTextResponse(
-        results=[text_pb2.GeneratedSequences(generations=[_generation(r) for r in records]) for records in outputs],
+        results=[
+            text_pb2.GeneratedSequences(generations=[_generation(r) for r in records]) for records in outputs
+        ],
         model=instance.name,
     )

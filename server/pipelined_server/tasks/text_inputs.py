@@ -56,7 +56,9 @@ async def run_all(
     scheduler = instance.scheduler
     tasks = [
         asyncio.ensure_future(
-            scheduler.submit(p, kwargs, key=None if keys is None else keys[i], batchable=batchable, timeout=timeout)
+            scheduler.submit(
+                p, kwargs, key=None if keys is None else keys[i], batchable=batchable, timeout=timeout
+            )
         )
         for i, p in enumerate(payloads)
     ]

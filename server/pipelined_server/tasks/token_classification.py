@@ -53,7 +53,10 @@ def _entity(entity: dict[str, Any]) -> text_pb2.TokenEntity:
 
 
 async def classify(
-    instance: ModelInstance, request: text_pb2.ClassifyTokensRequest, limits: InputLimits, timeout: float | None
+    instance: ModelInstance,
+    request: text_pb2.ClassifyTokensRequest,
+    limits: InputLimits,
+    timeout: float | None,
 ) -> text_pb2.ClassifyTokensResponse:
     check_texts(request.inputs, limits)
     outputs = await run_all(instance, list(request.inputs), call_kwargs(request), timeout)

@@ -37,7 +37,10 @@ def call_kwargs(request: text_pb2.ClassifyZeroShotRequest, limits: InputLimits) 
 
 
 async def classify(
-    instance: ModelInstance, request: text_pb2.ClassifyZeroShotRequest, limits: InputLimits, timeout: float | None
+    instance: ModelInstance,
+    request: text_pb2.ClassifyZeroShotRequest,
+    limits: InputLimits,
+    timeout: float | None,
 ) -> text_pb2.ClassifyZeroShotResponse:
     check_texts(request.inputs, limits)
     outputs = await run_all(instance, list(request.inputs), call_kwargs(request, limits), timeout)
