@@ -89,7 +89,9 @@ def run(client: Client, args: argparse.Namespace) -> int:
 def models(client: Client, args: argparse.Namespace) -> int:
     for m in client.models():
         marker = "*" if m["default"] else " "
-        print(f"{marker} {m['name']:<24} {m['task']:<32} {m['state']:<8} {m['device']:<8} {m['dtype']:<9} {m['source']}")
+        print(
+            f"{marker} {m['name']:<24} {m['task']:<32} {m['state']:<8} {m['device']:<8} {m['dtype']:<9} {m['source']}"
+        )
         if m["error"]:
             print(f"    error: {m['error']}")
     return 0
