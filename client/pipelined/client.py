@@ -8,7 +8,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .errors import from_rpc_error
-from .v1 import models_pb2, models_pb2_grpc, speech_pb2_grpc
+from .v1 import generic_pb2_grpc, models_pb2, models_pb2_grpc, speech_pb2_grpc, text_pb2_grpc
 
 DEFAULT_TARGET = "localhost:50051"
 # Audio files can be large; match the server's default limit.
@@ -50,13 +50,21 @@ class Client:
         self.speech = speech_pb2_grpc.SpeechServiceStub(self.channel)
         self.models_stub = models_pb2_grpc.ModelsServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+        self.text = text_pb2_grpc.TextServiceStub(self.channel)
+        self.generic = generic_pb2_grpc.GenericServiceStub(self.channel)
 
     def pipeline(self, task: str, model: str | None = None, **defaults: Any) -> Any:
+        """A typed pipeline for tasks with a typed call; the generic call for every other task."""
+        from .generic import GenericPipeline
         from .pipeline import SpeechRecognitionPipeline
+        from .text_pipeline import ALIASES, PIPELINES
 
+        task = ALIASES.get(task, task)
         if task == SpeechRecognitionPipeline.task:
             return SpeechRecognitionPipeline(self, model, **defaults)
-        raise ValueError(f"task {task!r} is not supported by this client version")
+        if task in PIPELINES:
+            return PIPELINES[task](self, model, **defaults)
+        return GenericPipeline(self, task, model, **defaults)
 
     def models(self, task: str = "") -> list[dict[str, Any]]:
         try:

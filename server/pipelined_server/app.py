@@ -9,14 +9,25 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from pipelined.v1 import models_pb2, models_pb2_grpc, speech_pb2, speech_pb2_grpc
+from pipelined.v1 import (
+    generic_pb2,
+    generic_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    speech_pb2,
+    speech_pb2_grpc,
+    text_pb2,
+    text_pb2_grpc,
+)
 
 from .config import ServerConfig
 from .metrics import Metrics
 from .registry import Registry
 from .services.calls import ServerState
+from .services.generic import GenericServicer
 from .services.models import ModelsServicer
 from .services.speech import SpeechServicer
+from .services.text import TextServicer
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +65,14 @@ class App:
         state = ServerState(config=config, registry=registry, metrics=metrics)
         speech_pb2_grpc.add_SpeechServiceServicer_to_server(SpeechServicer(state), server)
         models_pb2_grpc.add_ModelsServiceServicer_to_server(ModelsServicer(state), server)
+        text_pb2_grpc.add_TextServiceServicer_to_server(TextServicer(state), server)
+        generic_pb2_grpc.add_GenericServiceServicer_to_server(GenericServicer(state), server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         services = [
             speech_pb2.DESCRIPTOR.services_by_name["SpeechService"].full_name,
             models_pb2.DESCRIPTOR.services_by_name["ModelsService"].full_name,
+            text_pb2.DESCRIPTOR.services_by_name["TextService"].full_name,
+            generic_pb2.DESCRIPTOR.services_by_name["GenericService"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]

@@ -92,4 +92,13 @@ def run_batch(pipe: Any, inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[
     call_kwargs = dict(kwargs)
     batch_size = max(len(inputs), int(call_kwargs.pop("batch_size", None) or 1))
     outputs = pipe(list(inputs), batch_size=batch_size, **call_kwargs)
+    if len(inputs) == 1 and _unwraps_one_item_lists(pipe):
+        outputs = [outputs]
     return list(outputs)
+
+
+def _unwraps_one_item_lists(pipe: Any) -> bool:
+    """fill-mask returns the lone result, not a one-item list, when given a one-item list."""
+    from transformers import FillMaskPipeline
+
+    return isinstance(pipe, FillMaskPipeline)

@@ -8,7 +8,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from .batching import Scheduler
@@ -83,8 +82,10 @@ class Registry:
         instance.load_seconds = time.monotonic() - started
         instance.pipeline = loaded.pipeline
         instance.device, instance.dtype = loaded.device, loaded.dtype
-        runners = [partial(run_batch, p) for p in replicate(loaded.pipeline, instance.spec.replicas)]
-        instance.scheduler = Scheduler(instance.name, runners, instance.spec.batching, self.metrics)
+        replicas = replicate(loaded.pipeline, instance.spec.replicas)
+        instance.scheduler = Scheduler(
+            instance.name, replicas, run_batch, instance.spec.batching, self.metrics
+        )
         instance.scheduler.start()
         instance.state = ModelState.READY
         self.metrics.load_seconds.labels(instance.name).set(instance.load_seconds)

@@ -15,6 +15,23 @@ PARAMETERS: dict[str, list[str]] = {
         "temperature",
         "return_language",
     ],
+    "text-classification": ["top_k", "function_to_apply"],
+    "token-classification": ["aggregation_strategy", "ignore_labels"],
+    "fill-mask": ["top_k", "targets"],
+    "feature-extraction": ["pooling", "normalize", "truncation", "return_tensors"],
+    "zero-shot-classification": ["candidate_labels", "hypothesis_template", "multi_label"],
+    "text-generation": [
+        "do_sample",
+        "temperature",
+        "top_k",
+        "top_p",
+        "max_new_tokens",
+        "repetition_penalty",
+        "seed",
+        "stop_sequence",
+        "return_full_text",
+        "num_return_sequences",
+    ],
 }
 
 
