@@ -1,9 +1,12 @@
 """Unary recognition through the server vs the in-process pipeline, same model and clips.
 
-    python bench/asr_unary.py [--model whisper-tiny.en] [--rounds 3] [--concurrency 1 4 16] [--torch-threads 1]
+    python bench/asr_unary.py [--model whisper-tiny.en] [--rounds 3] [--concurrency 1 4 16]
+                              [--torch-threads 1] [--replicas 2]
 
-Prints latency percentiles and throughput at each concurrency, with ratios against the in-process
-pipeline called sequentially (one clip after another, the way a single-process user calls it).
+The machine is shared and noisy, so the two sides are measured interleaved: at concurrency 1 each clip
+goes through the in-process pipeline and then through the server; at higher concurrency each round runs
+the clips sequentially in-process, then concurrently through the server. Ratios are medians over rounds.
+Decoding the file is timed on both sides (the server must decode what it receives).
 """
 
 from __future__ import annotations
@@ -13,63 +16,45 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 from common import ServerProcess, clips, percentile, table
 
 
-def decode(data: bytes) -> np.ndarray:
-    from pipelined_server.audio import AudioLimits, decode_encoded
-
-    return decode_encoded(data, 16000, AudioLimits())
-
-
-def in_process(model: str, paths: list[Path], rounds: int, threads: int) -> tuple[list[float], float]:
-    """The local pipeline on the same files; decoding is timed too, as the server must decode them."""
+def local_pipeline(model: str, threads: int) -> Callable[[bytes], Any]:
     import torch
-    import transformers
+    from pipelined_server.audio import AudioLimits, decode_encoded
     from pipelined_server.config import embedded_spec
     from pipelined_server.loading import load_pipeline
 
     torch.set_num_threads(threads)
     pipe = load_pipeline(embedded_spec(model)).pipeline
-    payloads = [p.read_bytes() for p in paths]
-    pipe(decode(payloads[0]))  # warm-up
-    latencies = []
+    return lambda data: pipe(decode_encoded(data, 16000, AudioLimits()))
+
+
+def timed(fn: Callable[[], Any]) -> float:
     started = time.perf_counter()
-    for _ in range(rounds):
-        for data in payloads:
-            t0 = time.perf_counter()
-            pipe(decode(data))
-            latencies.append(time.perf_counter() - t0)
-    elapsed = time.perf_counter() - started
-    del pipe, transformers
-    return latencies, len(latencies) / elapsed
+    fn()
+    return time.perf_counter() - started
 
 
-def through_server(
-    target: str, paths: list[Path], rounds: int, concurrency: int
-) -> tuple[list[float], float]:
-    from pipelined import Client
-
-    payloads = [p.read_bytes() for p in paths] * rounds
-    pipe = Client(target).pipeline("automatic-speech-recognition")
-    pipe(payloads[0])  # warm-up
+def concurrent_pass(call: Callable[[bytes], Any], payloads: list[bytes], concurrency: int) -> tuple[list[float], float]:
+    """All payloads through `call` from `concurrency` threads; returns latencies and throughput."""
     latencies: list[float] = []
     lock = threading.Lock()
-    next_index = iter(range(len(payloads)))
+    indices = iter(range(len(payloads)))
 
     def worker() -> None:
         while True:
             with lock:
-                i = next(next_index, None)
+                i = next(indices, None)
             if i is None:
                 return
-            t0 = time.perf_counter()
-            pipe(payloads[i])
+            latency = timed(lambda i=i: call(payloads[i]))
             with lock:
-                latencies.append(time.perf_counter() - t0)
+                latencies.append(latency)
 
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     started = time.perf_counter()
@@ -81,66 +66,54 @@ def through_server(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="whisper-tiny.en")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--torch-threads", type=int, default=1)
-    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--replicas", type=int, default=2, help="server pipelines sharing the weights (one per core)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    paths = clips()
+    from pipelined import Client
 
-    base_lat, base_tput = in_process(args.model, paths, args.rounds, args.torch_threads)
-    rows = [
-        [
-            "in-process (sequential)",
-            1,
-            percentile(base_lat, 50),
-            percentile(base_lat, 95),
-            percentile(base_lat, 99),
-            base_tput,
-            1.0,
-            1.0,
-        ]
-    ]
-    server = ServerProcess(["--model", args.model], torch_threads=args.torch_threads)
+    payloads = [Path(p).read_bytes() for p in clips()]
+    local = local_pipeline(args.model, args.torch_threads)
+    server = ServerProcess(["--model", args.model, "--replicas", str(args.replicas)], torch_threads=args.torch_threads)
+    rows = []
     try:
         server.wait_ready()
-        for c in args.concurrency:
-            lat, tput = through_server(server.target, paths, args.rounds, c)
+        remote_pipe = Client(server.target).pipeline("automatic-speech-recognition")
+        remote = lambda data: remote_pipe(data)  # noqa: E731
+        local(payloads[0]), remote(payloads[0])  # warm-up both
+        for concurrency in args.concurrency:
+            local_lat: list[float] = []
+            server_lat: list[float] = []
+            ratios: list[float] = []
+            for _ in range(args.rounds):
+                if concurrency == 1:
+                    for data in payloads:
+                        local_lat.append(timed(lambda d=data: local(d)))
+                        server_lat.append(timed(lambda d=data: remote(d)))
+                    continue
+                lat, local_tput = concurrent_pass(local, payloads, 1)
+                local_lat += lat
+                lat, server_tput = concurrent_pass(remote, payloads, concurrency)
+                server_lat += lat
+                ratios.append(server_tput / local_tput)
+            if concurrency == 1:
+                ratio_tput = sum(local_lat) / sum(server_lat)
+            else:
+                ratio_tput = statistics.median(ratios)
             rows.append(
-                [
-                    "server",
-                    c,
-                    percentile(lat, 50),
-                    percentile(lat, 95),
-                    percentile(lat, 99),
-                    tput,
-                    statistics.median(lat) / statistics.median(base_lat),
-                    tput / base_tput,
-                ]
+                [concurrency, percentile(local_lat, 50), percentile(server_lat, 50), percentile(server_lat, 95),
+                 percentile(server_lat, 99), percentile(server_lat, 50) / percentile(local_lat, 50), ratio_tput]
             )
     finally:
         server.stop()
-    print(f"model={args.model} clips={len(paths)} rounds={args.rounds} torch_threads={args.torch_threads}")
-    print(
-        table(
-            [
-                "path",
-                "concurrency",
-                "p50 s",
-                "p95 s",
-                "p99 s",
-                "clips/s",
-                "p50 vs in-process",
-                "throughput x",
-            ],
-            rows,
-        )
-    )
+    print(f"model={args.model} clips={len(payloads)} rounds={args.rounds} torch_threads={args.torch_threads} "
+          f"server replicas={args.replicas}")
+    print(table(["concurrency", "in-process p50 s", "server p50 s", "server p95 s", "server p99 s",
+                 "p50 server/in-process", "throughput server/in-process"], rows))
 
 
 if __name__ == "__main__":
