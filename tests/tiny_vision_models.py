@@ -53,7 +53,11 @@ def _labels(n: int) -> tuple[dict[int, str], dict[str, int]]:
 
 
 def _bytes_to_unicode() -> dict[int, str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -241,7 +245,9 @@ def build_tiny_depth_estimator(path: Path, seed: int = 0) -> Path:
     )
     model = DPTForDepthEstimation(config).eval()
     model.save_pretrained(path)
-    DPTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, keep_aspect_ratio=False).save_pretrained(path)
+    DPTImageProcessor(
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, keep_aspect_ratio=False
+    ).save_pretrained(path)
     return Path(path)
 
 
@@ -313,7 +319,8 @@ def build_tiny_owlvit(path: Path, seed: int = 0) -> Path:
     model = OwlViTForObjectDetection(config).eval()
     model.save_pretrained(path)
     image_processor = OwlViTImageProcessor(
-        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
     )
     OwlViTProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
     return Path(path)
@@ -456,30 +463,53 @@ def build_tiny_llava(path: Path, seed: int = 0) -> Path:
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     vision = CLIPVisionConfig(
-        image_size=IMAGE_SIZE, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        image_size=IMAGE_SIZE,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
         num_attention_heads=2,
     )
     text = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     config = LlavaConfig(
-        vision_config=vision, text_config=text, image_token_index=image_token_id, projector_hidden_act="gelu",
-        vision_feature_select_strategy="default", vision_feature_layer=-1,
+        vision_config=vision,
+        text_config=text,
+        image_token_index=image_token_id,
+        projector_hidden_act="gelu",
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
     )
     model = LlavaForConditionalGeneration(config).eval()
     model.generation_config = GenerationConfig(
-        max_new_tokens=8, do_sample=False, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        max_new_tokens=8,
+        do_sample=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     model.save_pretrained(path)
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
     )
     processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default",
-        chat_template=_CHAT_TEMPLATE, image_token="<image>", num_additional_image_tokens=1,
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        chat_template=_CHAT_TEMPLATE,
+        image_token="<image>",
+        num_additional_image_tokens=1,
     )
     processor.save_pretrained(path)
     return Path(path)
@@ -492,8 +522,13 @@ def build_tiny_layoutlm(path: Path, seed: int = 0) -> Path:
     _seeded(seed)
     tokenizer = LayoutLMTokenizer(vocab=wordpiece_vocab(), model_max_length=128)
     config = LayoutLMConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=128, max_2d_position_embeddings=1024,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        max_2d_position_embeddings=1024,
     )
     model = LayoutLMForQuestionAnswering(config).eval()
     model.save_pretrained(path)

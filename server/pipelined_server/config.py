@@ -15,6 +15,7 @@ import yaml
 
 from .audio import AudioLimits
 from .errors import ConfigError
+from .images import ImageLimits
 
 DEFAULT_PORT = 50051
 DEFAULT_METRICS_PORT = 9464
@@ -65,6 +66,7 @@ class ServerConfig:
     # torch intra-op threads; on small shared CPUs more threads than cores is much slower.
     torch_threads: int = 1
     audio: AudioLimits = field(default_factory=AudioLimits)
+    images: ImageLimits = field(default_factory=ImageLimits)
     models: tuple[ModelSpec, ...] = ()
 
     def default_model(self, task: str) -> ModelSpec | None:
@@ -105,7 +107,9 @@ def _build(cls: type, data: Any, where: str) -> Any:
     names = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+        raise ConfigError(
+            f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}"
+        )
     return cls(**data)
 
 
@@ -167,6 +171,8 @@ def parse_config(data: Any) -> ServerConfig:
         raise ConfigError(f"models: duplicate name(s) {', '.join(duplicates)}")
     if "audio" in data:
         data["audio"] = _build(AudioLimits, data["audio"], "audio")
+    if "images" in data:
+        data["images"] = _build(ImageLimits, data["images"], "images")
     return _build(ServerConfig, {**data, "models": models}, "config")
 
 
