@@ -107,9 +107,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     names = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}"
-        )
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
     return cls(**data)
 
 

@@ -31,10 +31,7 @@ _TIMESTAMPS: dict[int, Any] = {
     speech_pb2.TIMESTAMP_GRANULARITY_WORD: "word",
     speech_pb2.TIMESTAMP_GRANULARITY_CHAR: "char",
 }
-_SPEECH_TASKS = {
-    speech_pb2.SPEECH_TASK_TRANSCRIBE: "transcribe",
-    speech_pb2.SPEECH_TASK_TRANSLATE: "translate",
-}
+_SPEECH_TASKS = {speech_pb2.SPEECH_TASK_TRANSCRIBE: "transcribe", speech_pb2.SPEECH_TASK_TRANSLATE: "translate"}
 
 
 @dataclass(frozen=True)
@@ -146,12 +143,11 @@ def response_from_output(output: dict[str, Any], model: str) -> speech_pb2.Recog
     )
 
 
-async def recognize(
-    instance: ModelInstance, samples: np.ndarray, kwargs: dict[str, Any], timeout: float | None
-) -> Any:
+async def recognize(instance: ModelInstance, samples: np.ndarray, kwargs: dict[str, Any], timeout: float | None) -> Any:
     """One pipeline result through the model's scheduler."""
     assert instance.scheduler is not None
     call = plan(kwargs, model_kind(instance), samples, instance.sampling_rate)
     return await instance.scheduler.submit(
         samples, call.kwargs, key=call.key, batchable=call.batchable, timeout=timeout
     )
+

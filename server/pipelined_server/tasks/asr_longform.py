@@ -69,12 +69,7 @@ def quiet_cut(samples: np.ndarray, start: int, window: int, rate: int) -> int:
 
 
 def _response(
-    segment: dict[str, Any],
-    words: list[dict[str, Any]],
-    offset_s: float,
-    processed_s: float,
-    total_s: float,
-    model: str,
+    segment: dict[str, Any], words: list[dict[str, Any]], offset_s: float, processed_s: float, total_s: float, model: str
 ) -> speech_pb2.StreamingRecognizeFileResponse:
     return speech_pb2.StreamingRecognizeFileResponse(
         segment=chunk_to_proto(segment, offset_s),
@@ -133,9 +128,7 @@ async def _whisper_segments(
         for segment in commit.segments:
             start, end = segment["timestamp"]
             seg_words = _words_in(words, start, end) if want_words else []
-            yield _response(
-                segment, seg_words, offset_s, min(offset_s + end, total_s), total_s, instance.name
-            )
+            yield _response(segment, seg_words, offset_s, min(offset_s + end, total_s), total_s, instance.name)
 
 
 async def _windowed_segments(
@@ -153,7 +146,5 @@ async def _windowed_segments(
         text = output.get("text", "")
         if text.strip():
             segment = {"text": text, "timestamp": (0.0, len(piece) / rate)}
-            yield _response(
-                segment, output.get("chunks") or [], start / rate, end / rate, total_s, instance.name
-            )
+            yield _response(segment, output.get("chunks") or [], start / rate, end / rate, total_s, instance.name)
         start = end

@@ -28,10 +28,7 @@ def same_length(clips: list[np.ndarray]) -> list[Item]:
 
 def generate_kwargs(options: audio_tasks_pb2.AudioGenerationOptions) -> dict[str, Any]:
     """The set fields, as `generate_kwargs` of the pipeline call."""
-    generate: dict[str, Any] = {}
-    for name in ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "guidance_scale"):
-        if options.HasField(name):
-            generate[name] = getattr(options, name)
+    generate: dict[str, Any] = {field.name: value for field, value in options.ListFields()}
     if generate.get("max_new_tokens", 1) < 1:
         raise InvalidInput(f"max_new_tokens must be >= 1, got {generate['max_new_tokens']}")
     return {"generate_kwargs": generate} if generate else {}

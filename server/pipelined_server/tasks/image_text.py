@@ -35,10 +35,8 @@ _GENERATION_FIELDS = (
 
 
 def call_kwargs(generation: multimodal_pb2.MultimodalGenerationOptions, request: Any) -> dict[str, Any]:
-    generate: dict[str, Any] = {}
-    for name in _GENERATION_FIELDS:
-        if generation.HasField(name):
-            generate[name] = getattr(generation, name)
+    # Only the fields the caller set (all are `optional`), under their generate() names.
+    generate: dict[str, Any] = {field.name: value for field, value in generation.ListFields()}
     for name in ("max_new_tokens", "num_beams", "top_k"):
         if name in generate:
             positive(name, generate[name])
