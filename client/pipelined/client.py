@@ -8,7 +8,14 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .errors import from_rpc_error
-from .v1 import models_pb2, models_pb2_grpc, speech_pb2_grpc
+from .v1 import (
+    audio_tasks_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    multimodal_pb2_grpc,
+    speech_pb2_grpc,
+    vision_pb2_grpc,
+)
 
 DEFAULT_TARGET = "localhost:50051"
 # Audio files can be large; match the server's default limit.
@@ -44,12 +51,19 @@ class Client:
         self.speech = speech_pb2_grpc.SpeechServiceStub(self.channel)
         self.models_stub = models_pb2_grpc.ModelsServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+        self.vision = vision_pb2_grpc.VisionServiceStub(self.channel)
+        self.multimodal = multimodal_pb2_grpc.MultimodalServiceStub(self.channel)
+        self.audio_tasks = audio_tasks_pb2_grpc.AudioServiceStub(self.channel)
 
     def pipeline(self, task: str, model: str | None = None, **defaults: Any) -> Any:
         from .pipeline import SpeechRecognitionPipeline
 
         if task == SpeechRecognitionPipeline.task:
             return SpeechRecognitionPipeline(self, model, **defaults)
+        from .task_pipelines import PIPELINES
+
+        if task in PIPELINES:
+            return PIPELINES[task](self, model, **defaults)
         raise ValueError(f"task {task!r} is not supported by this client version")
 
     def models(self, task: str = "") -> list[dict[str, Any]]:

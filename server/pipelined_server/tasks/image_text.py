@@ -23,15 +23,6 @@ from .options import positive
 from .submit import Item
 
 TASK = "image-text-to-text"
-_GENERATION_FIELDS = (
-    "max_new_tokens",
-    "do_sample",
-    "temperature",
-    "top_k",
-    "top_p",
-    "num_beams",
-    "repetition_penalty",
-)
 
 
 def call_kwargs(generation: multimodal_pb2.MultimodalGenerationOptions, request: Any) -> dict[str, Any]:
