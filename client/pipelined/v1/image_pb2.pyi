@@ -120,7 +120,7 @@ class ClassScore(_message.Message):
     label: _builtins.str
     """The label's name."""
     score: _builtins.float
-    """Its score (float32, as the model computed it)."""
+    """Its score, exactly as the pipeline returned it."""
     def __init__(
         self,
         *,
