@@ -50,7 +50,8 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def server(model_dirs: dict[str, Path]) -> Iterator[ServerThread]:
     batching = BatchingConfig(max_batch_size=8, max_queue_delay_ms=50)
     specs = tuple(
-        ModelSpec(name=task, task=task, source=str(path), batching=batching) for task, path in model_dirs.items()
+        ModelSpec(name=task, task=task, source=str(path), batching=batching)
+        for task, path in model_dirs.items()
     )
     thread = ServerThread(ServerConfig(host="127.0.0.1", port=0, metrics_port=0, models=specs))
     yield thread
@@ -104,8 +105,8 @@ def assert_same(remote: Any, local: Any, audio_atol: float = ABS) -> None:
         return
     if isinstance(local, list | tuple):
         assert isinstance(remote, list | tuple) and len(remote) == len(local), (remote, local)
-        for r, l in zip(remote, local, strict=True):
-            assert_same(r, l, audio_atol)
+        for r, expected in zip(remote, local, strict=True):
+            assert_same(r, expected, audio_atol)
         return
     if isinstance(local, float):
         assert isinstance(remote, float) and remote == pytest.approx(local, rel=REL, abs=ABS), (remote, local)
@@ -139,11 +140,17 @@ VISION_CASES: list[tuple[str, dict[str, Any]]] = [
     ("object-detection", {}),
     ("object-detection", {"threshold": 0.3}),
     ("zero-shot-image-classification", {"candidate_labels": ["cat", "dog", "car"]}),
-    ("zero-shot-image-classification", {"candidate_labels": ["cat", "dog"], "hypothesis_template": "a picture of {}"}),
+    (
+        "zero-shot-image-classification",
+        {"candidate_labels": ["cat", "dog"], "hypothesis_template": "a picture of {}"},
+    ),
     ("zero-shot-object-detection", {"candidate_labels": ["cat", "dog"]}),
     ("zero-shot-object-detection", {"candidate_labels": ["cat", "house"], "threshold": 0.0, "top_k": 3}),
     ("image-segmentation", {}),
-    ("image-segmentation", {"subtask": "semantic", "threshold": 0.5, "mask_threshold": 0.4, "overlap_mask_area_threshold": 0.6}),
+    (
+        "image-segmentation",
+        {"subtask": "semantic", "threshold": 0.5, "mask_threshold": 0.4, "overlap_mask_area_threshold": 0.6},
+    ),
     ("depth-estimation", {}),
     ("image-feature-extraction", {}),
     ("image-feature-extraction", {"pool": True}),
@@ -175,7 +182,6 @@ def test_vision_batching_never_changes_a_result(
 
 def test_image_input_forms(client: Client, local: Any, tmp_path: Path) -> None:
     import base64
-    import io
 
     task = "image-classification"
     image = IMAGES[1]
@@ -184,7 +190,14 @@ def test_image_input_forms(client: Client, local: Any, tmp_path: Path) -> None:
     encoded = base64.b64encode(path.read_bytes()).decode()
     expected = local(task)(image)
     pipe = client.pipeline(task, model=task)
-    for form in (str(path), path, path.read_bytes(), encoded, f"data:image/png;base64,{encoded}", np.asarray(image)):
+    for form in (
+        str(path),
+        path,
+        path.read_bytes(),
+        encoded,
+        f"data:image/png;base64,{encoded}",
+        np.asarray(image),
+    ):
         assert_same(pipe(form), expected)
     assert_same(list(pipe(iter([image, str(path)]))), [expected, expected])
 
@@ -208,7 +221,10 @@ ITT_CASES: list[dict[str, Any]] = [
 def test_image_text_to_text(client: Client, local: Any, kwargs: dict[str, Any]) -> None:
     task = "image-text-to-text"
     pipe, here = client.pipeline(task, model=task), local(task)
-    assert_same(pipe(images=IMAGES[0], text="<image> what is this"), here(images=IMAGES[0], text="<image> what is this"))
+    assert_same(
+        pipe(images=IMAGES[0], text="<image> what is this"),
+        here(images=IMAGES[0], text="<image> what is this"),
+    )
     chat = _chat(IMAGES[1], "describe the photo")
     assert_same(pipe(text=chat, **kwargs), here(text=chat, **kwargs))
     chats = [_chat(IMAGES[0], "hello"), _chat(IMAGES[3], "what color")]
@@ -217,7 +233,10 @@ def test_image_text_to_text(client: Client, local: Any, kwargs: dict[str, Any]) 
 
 def test_image_text_to_text_continues_an_assistant_message(client: Client, local: Any) -> None:
     task = "image-text-to-text"
-    chat = [*_chat(IMAGES[0], "name it"), {"role": "assistant", "content": [{"type": "text", "text": "it is a"}]}]
+    chat = [
+        *_chat(IMAGES[0], "name it"),
+        {"role": "assistant", "content": [{"type": "text", "text": "it is a"}]},
+    ]
     remote = client.pipeline(task, model=task)(chat)
     assert_same(remote, local(task)(chat))
 
@@ -240,18 +259,29 @@ def test_image_text_to_text_batching(server: ServerThread, client: Client, local
     assert server.metric("pipelined_pipeline_calls_total", model=task) - calls_before < len(chats)
 
 
-WORDS = [("invoice", [10, 10, 200, 50]), ("total", [10, 100, 120, 150]), ("42", [300, 100, 400, 150]),
-         ("date", [10, 200, 100, 250]), ("red", [500, 500, 600, 550])]
+WORDS = [
+    ("invoice", [10, 10, 200, 50]),
+    ("total", [10, 100, 120, 150]),
+    ("42", [300, 100, 400, 150]),
+    ("date", [10, 200, 100, 250]),
+    ("red", [500, 500, 600, 550]),
+]
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"top_k": 3}, {"top_k": 2, "max_answer_len": 1}, {"handle_impossible_answer": True}], ids=repr)
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"top_k": 3}, {"top_k": 2, "max_answer_len": 1}, {"handle_impossible_answer": True}],
+    ids=repr,
+)
 def test_document_question_answering(client: Client, local: Any, kwargs: dict[str, Any]) -> None:
     task = "document-question-answering"
     pipe, here = client.pipeline(task, model=task), local(task)
     remote = pipe(IMAGES[0], "what is the total", word_boxes=WORDS, **kwargs)
     assert_same(remote, here(IMAGES[0], "what is the total", word_boxes=WORDS, **kwargs))
-    batch = [{"image": IMAGES[1], "question": "what date", "word_boxes": WORDS},
-             {"image": None, "question": "total", "word_boxes": WORDS[:3]}]
+    batch = [
+        {"image": IMAGES[1], "question": "what date", "word_boxes": WORDS},
+        {"image": None, "question": "total", "word_boxes": WORDS[:3]},
+    ]
     assert_same(pipe(batch, **kwargs), here(batch, **kwargs))
 
 
@@ -267,7 +297,10 @@ CLIPS = [tiny_audio(seconds, seed=40 + i) for i, seconds in enumerate([1.0, 0.7,
         ("audio-classification", {"top_k": 2}),
         ("audio-classification", {"function_to_apply": "sigmoid"}),
         ("zero-shot-audio-classification", {"candidate_labels": ["music", "speech", "noise"]}),
-        ("zero-shot-audio-classification", {"candidate_labels": ["music", "speech"], "hypothesis_template": "the sound of {}"}),
+        (
+            "zero-shot-audio-classification",
+            {"candidate_labels": ["music", "speech"], "hypothesis_template": "the sound of {}"},
+        ),
     ],
     ids=repr,
 )
@@ -278,7 +311,9 @@ def test_audio_classification(client: Client, local: Any, task: str, kwargs: dic
 
 
 @pytest.mark.parametrize("task", ["audio-classification", "zero-shot-audio-classification"])
-def test_audio_batching_never_changes_a_result(server: ServerThread, client: Client, local: Any, task: str) -> None:
+def test_audio_batching_never_changes_a_result(
+    server: ServerThread, client: Client, local: Any, task: str
+) -> None:
     kwargs = {"candidate_labels": ["music", "speech"]} if task.startswith("zero") else {}
     clips = CLIPS * 2
     expected = [local(task)(c.copy(), **kwargs) for c in clips]

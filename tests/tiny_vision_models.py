@@ -19,10 +19,37 @@ import numpy as np
 
 IMAGE_SIZE = 32
 AUDIO_RATE = 16000
-_WORDS = (
-    "a an the cat dog bird car house tree photo picture of is what who where color red blue green "
-    "invoice total date name number sound music speech noise"
-).split()
+_WORDS = [
+    "a",
+    "an",
+    "the",
+    "cat",
+    "dog",
+    "bird",
+    "car",
+    "house",
+    "tree",
+    "photo",
+    "picture",
+    "of",
+    "is",
+    "what",
+    "who",
+    "where",
+    "color",
+    "red",
+    "blue",
+    "green",
+    "invoice",
+    "total",
+    "date",
+    "name",
+    "number",
+    "sound",
+    "music",
+    "speech",
+    "noise",
+]
 
 
 def tiny_image(seed: int = 0, size: tuple[int, int] = (40, 30)) -> Any:

@@ -201,9 +201,9 @@ class DocumentQuestionAnsweringPipeline(TaskPipeline):
     task = "document-question-answering"
     accepted = frozenset({"top_k", "max_answer_len", "handle_impossible_answer", "timeout"})
 
-    def __call__(
+    def __call__(  # type: ignore[override]
         self, image: Any = None, question: str | None = None, word_boxes: Any = None, **kwargs: Any
-    ) -> Any:  # type: ignore[override]
+    ) -> Any:
         if isinstance(question, str):
             inputs: Any = {"question": question, "image": image}
             if word_boxes is not None:

@@ -5,7 +5,7 @@ own request; the server batches requests together where that cannot change a res
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -40,7 +40,8 @@ class TaskPipeline:
             raise TypeError(f"unsupported {self.task} argument(s): {', '.join(sorted(unknown))}")
 
     # ---- per task
-    def method(self) -> Callable[..., Any]:
+    def method(self) -> Any:
+        """The unary stub method (callable, with `.future`)."""
         raise NotImplementedError
 
     def is_single(self, inputs: Any) -> bool:

@@ -13,7 +13,7 @@ from .images import array_from_float32, image_input, is_single_image, pil_from_p
 from .task_pipeline import TaskPipeline
 from .v1 import image_pb2, vision_pb2
 
-LOGIT_FUNCTIONS = {
+LOGIT_FUNCTIONS: dict[Any, image_pb2.LogitFunction.ValueType] = {
     None: image_pb2.LOGIT_FUNCTION_UNSPECIFIED,
     "softmax": image_pb2.LOGIT_FUNCTION_SOFTMAX,
     "sigmoid": image_pb2.LOGIT_FUNCTION_SIGMOID,
@@ -27,7 +27,7 @@ _SUBTASKS = {
 }
 
 
-def logit_function(value: Any) -> int:
+def logit_function(value: Any) -> image_pb2.LogitFunction.ValueType:
     if value not in LOGIT_FUNCTIONS:
         raise ValueError(f"function_to_apply must be 'softmax', 'sigmoid' or 'none', got {value!r}")
     return LOGIT_FUNCTIONS[value]
@@ -126,7 +126,7 @@ class ZeroShotObjectDetectionPipeline(ImagePipeline):
     task = "zero-shot-object-detection"
     accepted = frozenset({"candidate_labels", "threshold", "top_k", "timeout"})
 
-    def __call__(self, image: Any, candidate_labels: Any = None, **kwargs: Any) -> Any:
+    def __call__(self, image: Any, candidate_labels: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
         if candidate_labels is not None:
             kwargs["candidate_labels"] = candidate_labels
         return super().__call__(image, **kwargs)
