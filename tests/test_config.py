@@ -37,8 +37,14 @@ def test_yaml_and_toml_configs(tmp_path: Path) -> None:
         ({"models": [{"name": "a", "source": "x"}]}, "models[0].task"),
         ({"models": [{"name": "a", "source": "x", "task": "dance"}]}, "dance"),
         ({"models": [{"name": "a", "source": "x", "task": "fill-mask", "colour": 1}]}, "colour"),
-        ({"models": [{"name": "a", "source": "x", "task": "fill-mask", "batching": {"max_batch_size": 0}}]},
-         "max_batch_size"),
+        (
+            {
+                "models": [
+                    {"name": "a", "source": "x", "task": "fill-mask", "batching": {"max_batch_size": 0}}
+                ]
+            },
+            "max_batch_size",
+        ),
         ({"models": [{"name": "a", "source": "x", "task": "fill-mask", "dtype": "int3"}]}, "dtype"),
         ({"models": [{"name": "a", "source": "embedded:nope"}]}, "nope"),
         ({"models": [{"name": "a", "source": "embedded:whisper-base"}] * 2}, "duplicate"),
@@ -52,9 +58,37 @@ def test_bad_configs_name_the_field(document: dict, needle: str) -> None:
 
 
 def test_defaults_serve_embedded_tiny_en_greedy() -> None:
+    from pipelined_server.sources.embedded import is_available
+
     config = default_config()
-    assert [m.source for m in config.models] == ["embedded:whisper-tiny.en"]
+    text = [f"embedded:{n}" for n in ("all-minilm-l6-v2", "smollm2-135m-instruct") if is_available(n)]
+    assert [m.source for m in config.models] == ["embedded:whisper-tiny.en", *text]
     assert config.models[0].pipeline_kwargs["num_beams"] == 1
+    by_task = {m.task: m for m in config.models}
+    if "feature-extraction" in by_task:
+        assert by_task["feature-extraction"].request_defaults == {"pooling": "mean", "normalize": True}
+    if "text-generation" in by_task:
+        assert by_task["text-generation"].pipeline_kwargs == {"do_sample": False}
+
+
+@pytest.mark.parametrize(
+    ("document", "needle"),
+    [
+        ({"inputs": {"max_text_chars": 0}}, "inputs.max_text_chars"),
+        ({"inputs": {"max_batch_inputs": 0}}, "inputs.max_batch_inputs"),
+        ({"inputs": {"max_chars": 1}}, "inputs"),
+        ({"request_defaults": {"pooling": "max"}}, "request_defaults.pooling"),
+        ({"request_defaults": {"normalize": True}}, "request_defaults.normalize"),
+        ({"request_defaults": {"top_k": 3}}, "request_defaults.top_k"),
+    ],
+)
+def test_bad_text_options_name_the_field(document: dict, needle: str) -> None:
+    model = {"name": "e", "source": "x", "task": "feature-extraction"}
+    if "request_defaults" in document:
+        model["request_defaults"] = document.pop("request_defaults")
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"models": [model], **document})
+    assert needle in str(caught.value)
 
 
 def test_flags_serve_one_model_without_a_file() -> None:
@@ -65,8 +99,11 @@ def test_flags_serve_one_model_without_a_file() -> None:
 
 
 def test_device_and_dtype_become_pipeline_arguments() -> None:
-    spec = parse_config({"models": [{"name": "a", "source": "x", "task": "fill-mask", "device": "auto",
-                                      "dtype": "bfloat16"}]}).models[0]
+    spec = parse_config(
+        {"models": [{"name": "a", "source": "x", "task": "fill-mask", "device": "auto", "dtype": "bfloat16"}]}
+    ).models[0]
     assert pipeline_kwargs_for(spec) == {"device_map": "auto", "dtype": "bfloat16"}
-    spec = parse_config({"models": [{"name": "a", "source": "x", "task": "fill-mask", "device": "cuda:1"}]}).models[0]
+    spec = parse_config(
+        {"models": [{"name": "a", "source": "x", "task": "fill-mask", "device": "cuda:1"}]}
+    ).models[0]
     assert pipeline_kwargs_for(spec) == {"device": "cuda:1"}

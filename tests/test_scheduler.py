@@ -22,7 +22,7 @@ class Recorder:
         self.gate = threading.Event()
         self.gate.set()
 
-    def __call__(self, inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:
+    def __call__(self, replica: Any, inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:
         self.gate.wait(10)
         self.batches.append(list(inputs))
         if any(x == "bad" for x in inputs):
@@ -32,7 +32,7 @@ class Recorder:
 
 def make(recorder: Recorder, **batching: Any) -> Scheduler:
     config = BatchingConfig(**{"max_batch_size": 4, "max_queue_delay_ms": 50, **batching})
-    scheduler = Scheduler("m", recorder, config, Metrics())
+    scheduler = Scheduler("m", [None], recorder, config, Metrics())
     scheduler.start()
     return scheduler
 
@@ -79,7 +79,7 @@ async def test_expired_and_cancelled_items_are_never_computed() -> None:
     recorder = Recorder()
     recorder.gate.clear()
     metrics = Metrics()
-    scheduler = Scheduler("m", recorder, BatchingConfig(max_batch_size=1), metrics)
+    scheduler = Scheduler("m", [None], recorder, BatchingConfig(max_batch_size=1), metrics)
     scheduler.start()
     busy = asyncio.ensure_future(scheduler.submit(1, {}))
     await asyncio.sleep(0.05)
@@ -108,4 +108,53 @@ async def test_a_failing_input_fails_alone() -> None:
     )
     assert results[0] == 2 and results[2] == 6
     assert isinstance(results[1], ValueError)
+    await scheduler.close()
+
+
+async def test_replicas_compute_batches_in_parallel() -> None:
+    """Two replicas: two batches run at the same time (each runner waits for the other at a barrier)."""
+    barrier = threading.Barrier(2, timeout=5)
+    seen: list[str] = []
+
+    def run(replica: str, inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:
+        barrier.wait()
+        seen.append(replica)
+        return list(inputs)
+
+    config = BatchingConfig(max_batch_size=1, max_queue_delay_ms=0)
+    scheduler = Scheduler("m", ["a", "b"], run, config, Metrics())
+    scheduler.start()
+    assert await asyncio.gather(scheduler.submit(1, {}), scheduler.submit(2, {})) == [1, 2]
+    assert sorted(seen) == ["a", "b"]
+    await scheduler.close()
+
+
+async def test_calls_run_alone_on_the_worker_thread_in_queue_order() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    scheduler = make(recorder, max_queue_delay_ms=0)
+    threads: list[str] = []
+
+    def call(value: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        if value == "bad":
+            raise ValueError("bad call")
+        recorder.batches.append([f"call-{value}"])
+        return value
+
+    first = asyncio.ensure_future(scheduler.submit(1, {}))
+    await asyncio.sleep(0.05)  # the worker holds item 1; the rest queue up behind it
+    rest = [
+        asyncio.ensure_future(scheduler.submit_call(lambda _pipe: call("a"))),
+        asyncio.ensure_future(scheduler.submit(2, {})),
+        asyncio.ensure_future(scheduler.submit_call(lambda _pipe: call("bad"))),
+        asyncio.ensure_future(scheduler.submit(3, {})),
+    ]
+    recorder.gate.set()
+    results = await asyncio.gather(first, *rest, return_exceptions=True)
+    assert results[:3] == [2, "a", 4] and results[4] == 6
+    assert isinstance(results[3], ValueError)
+    # Calls never join a batch, and the plain items queued around them still batch together.
+    assert recorder.batches == [[1], ["call-a"], [2, 3]]
+    assert all(name.startswith("pipeline-m") for name in threads)
     await scheduler.close()

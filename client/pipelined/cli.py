@@ -1,4 +1,4 @@
-"""`pipelined`: the command-line client (transcribe, models, health)."""
+"""`pipelined`: the command-line client (transcribe, run, models, health)."""
 
 from __future__ import annotations
 
@@ -43,10 +43,55 @@ def transcribe(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _param(text: str) -> tuple[str, Any]:
+    """k=v; v is read as JSON when it parses (numbers, true/false, null, lists), else kept as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--param expects key=value, got {text!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, bytes):
+        return f"<{len(obj)} bytes>"
+    return repr(obj)
+
+
+def run(client: Client, args: argparse.Namespace) -> int:
+    """Any task: each INPUT is one call (a JSON value when it parses as an object or list, else text)."""
+    params = dict(args.param or [])
+    pipe = client.pipeline(args.task, model=args.model, **params) if not args.stream else None
+    for raw in args.inputs:
+        value: Any = raw
+        if raw[:1] in "[{":
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+        if args.stream:
+            stream_pipe = client.pipeline(args.task, model=args.model)
+            if not hasattr(stream_pipe, "stream"):
+                raise SystemExit(f"pipelined: --stream needs text-generation, not {args.task}")
+            for piece in stream_pipe.stream(value, **params):
+                print(piece, end="", flush=True)
+            print()
+            continue
+        assert pipe is not None
+        print(json.dumps(pipe(value), default=_jsonable, ensure_ascii=False))
+    return 0
+
+
 def models(client: Client, args: argparse.Namespace) -> int:
     for m in client.models():
         marker = "*" if m["default"] else " "
-        print(f"{marker} {m['name']:<24} {m['task']:<32} {m['state']:<8} {m['device']:<8} {m['dtype']:<9} {m['source']}")
+        print(
+            f"{marker} {m['name']:<24} {m['task']:<32} {m['state']:<8} {m['device']:<8} {m['dtype']:<9} {m['source']}"
+        )
         if m["error"]:
             print(f"    error: {m['error']}")
     return 0
@@ -72,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--stream", action="store_true", help="long audio: print segments as they are decoded")
     t.add_argument("--json", action="store_true")
     t.set_defaults(run=transcribe)
+    r = sub.add_parser("run", help="run any pipeline task on inputs and print JSON results")
+    r.add_argument("task", help="pipeline task, e.g. text-classification, text-generation")
+    r.add_argument("inputs", nargs="+", metavar="INPUT", help="a text, or a JSON object/list (e.g. a chat)")
+    r.add_argument("--model", default=None)
+    r.add_argument("--param", action="append", type=_param, metavar="K=V", help="call argument; repeatable")
+    r.add_argument("--stream", action="store_true", help="text-generation: print text as it is generated")
+    r.set_defaults(run=run)
     m = sub.add_parser("models", help="list served models")
     m.set_defaults(run=models)
     h = sub.add_parser("health", help="server (or one model's) health")

@@ -10,10 +10,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from .errors import from_rpc_error
 from .v1 import (
     audio_tasks_pb2_grpc,
+    generic_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
     multimodal_pb2_grpc,
     speech_pb2_grpc,
+    text_pb2_grpc,
     vision_pb2_grpc,
 )
 
@@ -44,31 +46,47 @@ def model_dict(info: models_pb2.ModelInfo) -> dict[str, Any]:
 class Client:
     """`Client("host:port").pipeline(task)` behaves like `transformers.pipeline(task)`."""
 
-    def __init__(self, target: str = DEFAULT_TARGET, *, timeout: float | None = None, channel: grpc.Channel | None = None):
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = None,
+        channel: grpc.Channel | None = None,
+    ):
         self.target = target
         self.timeout = timeout
         self.channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self.speech = speech_pb2_grpc.SpeechServiceStub(self.channel)
         self.models_stub = models_pb2_grpc.ModelsServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+        self.text = text_pb2_grpc.TextServiceStub(self.channel)
+        self.generic = generic_pb2_grpc.GenericServiceStub(self.channel)
         self.vision = vision_pb2_grpc.VisionServiceStub(self.channel)
         self.multimodal = multimodal_pb2_grpc.MultimodalServiceStub(self.channel)
         self.audio_tasks = audio_tasks_pb2_grpc.AudioServiceStub(self.channel)
 
     def pipeline(self, task: str, model: str | None = None, **defaults: Any) -> Any:
+        """A typed pipeline for tasks with a typed call; the generic call for every other task."""
+        from .generic import GenericPipeline
         from .pipeline import SpeechRecognitionPipeline
+        from .text_pipeline import ALIASES, PIPELINES
 
+        task = ALIASES.get(task, task)
         if task == SpeechRecognitionPipeline.task:
             return SpeechRecognitionPipeline(self, model, **defaults)
-        from .task_pipelines import PIPELINES
-
         if task in PIPELINES:
             return PIPELINES[task](self, model, **defaults)
-        raise ValueError(f"task {task!r} is not supported by this client version")
+        from .task_pipelines import PIPELINES as TASK_PIPELINES
+
+        if task in TASK_PIPELINES:
+            return TASK_PIPELINES[task](self, model, **defaults)
+        return GenericPipeline(self, task, model, **defaults)
 
     def models(self, task: str = "") -> list[dict[str, Any]]:
         try:
-            response = self.models_stub.ListModels(models_pb2.ListModelsRequest(task=task), timeout=self.timeout)
+            response = self.models_stub.ListModels(
+                models_pb2.ListModelsRequest(task=task), timeout=self.timeout
+            )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return [model_dict(m) for m in response.models]
@@ -83,7 +101,9 @@ class Client:
     def health(self, service: str = "") -> str:
         """SERVING, NOT_SERVING or SERVICE_UNKNOWN for the server ("") or one model by name."""
         try:
-            response = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+            response = self.health_stub.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=self.timeout
+            )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)

@@ -16,7 +16,9 @@ from .errors import ConfigError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="pipelined-server", description="Serve transformers pipelines over gRPC.")
+    parser = argparse.ArgumentParser(
+        prog="pipelined-server", description="Serve transformers pipelines over gRPC."
+    )
     parser.add_argument("--config", type=Path, help="YAML or TOML file naming the models to serve")
     parser.add_argument("--host", help="address to bind (default [::])")
     parser.add_argument("--port", type=int, help=f"gRPC port (default {DEFAULT_PORT}; 0 picks a free one)")
@@ -26,6 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto (device_map='auto')")
     parser.add_argument("--dtype", default=None, help="auto, float32, float16, bfloat16 or int8")
     parser.add_argument("--torch-threads", type=int, help="torch intra-op threads (default 1)")
+    parser.add_argument(
+        "--replicas", type=int, default=None, help="--model: pipelines sharing its weights, one thread each"
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -53,7 +58,7 @@ def _single_model(args: argparse.Namespace) -> ModelSpec:
         raise ConfigError("--task is required with --model unless the model is embedded")
     else:
         spec = ModelSpec(name=Path(args.model).name or args.model, task=args.task, source=args.model)
-    changes = {"device": args.device, "dtype": args.dtype}
+    changes = {"device": args.device, "dtype": args.dtype, "replicas": args.replicas}
     return replace(spec, default=True, **{k: v for k, v in changes.items() if v is not None})
 
 
@@ -79,7 +84,9 @@ async def serve(config: ServerConfig) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         config = build_config(args)
     except ConfigError as exc:

@@ -20,6 +20,24 @@ from .images import ImageLimits
 DEFAULT_PORT = 50051
 DEFAULT_METRICS_PORT = 9464
 DEFAULT_ASR_MODEL = "whisper-tiny.en"
+# Embedded text models served by default when their weight packages are installed.
+DEFAULT_TEXT_MODELS = ("all-minilm-l6-v2", "smollm2-135m-instruct")
+
+# pipelined's own per-request options (not transformers arguments) a model may default, per task.
+POOLINGS = ("none", "mean", "cls")
+REQUEST_DEFAULTS: dict[str, dict[str, tuple[type, ...]]] = {
+    "feature-extraction": {"pooling": (str,), "normalize": (bool,)},
+}
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """Size limits of text inputs; requests beyond them answer INVALID_ARGUMENT before any compute."""
+
+    # Characters in one text input (a prompt, a chat message, a sentence to embed).
+    max_text_chars: int = 100_000
+    # Inputs in one request (the length of a request's `inputs` list).
+    max_batch_inputs: int = 256
 
 
 @dataclass(frozen=True)
@@ -47,10 +65,16 @@ class ModelSpec:
     # "auto", "float32", "float16", "bfloat16"; "int8" loads 8-bit with bitsandbytes.
     dtype: str = "auto"
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    # Pipelines sharing one copy of the weights, each on its own worker thread: on a CPU, one per core
+    # (with torch_threads 1) is how concurrent requests use every core.
+    replicas: int = 1
     # Passed to transformers.pipeline(): they become the defaults of every call (e.g. num_beams).
     pipeline_kwargs: dict[str, Any] = field(default_factory=dict)
     # Whether requests that name no model for this task go here.
     default: bool = False
+    # pipelined's own request options that a request leaves unset (not passed to transformers), e.g.
+    # feature-extraction {"pooling": "mean", "normalize": True} for ready-to-use sentence embeddings.
+    request_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -67,6 +91,7 @@ class ServerConfig:
     torch_threads: int = 1
     audio: AudioLimits = field(default_factory=AudioLimits)
     images: ImageLimits = field(default_factory=ImageLimits)
+    inputs: InputLimits = field(default_factory=InputLimits)
     models: tuple[ModelSpec, ...] = ()
 
     def default_model(self, task: str) -> ModelSpec | None:
@@ -90,14 +115,28 @@ def embedded_spec(name: str) -> ModelSpec:
         raise ConfigError(f"unknown embedded model {name!r}; known: {known}")
     task = EMBEDDED_MODELS[name].task
     kwargs = dict(_EMBEDDED_ASR_KWARGS) if task == "automatic-speech-recognition" else {}
+    request_defaults: dict[str, Any] = {}
     if task == "text-generation":
         kwargs = {"do_sample": False}
-    return ModelSpec(name=name, task=task, source=f"embedded:{name}", pipeline_kwargs=kwargs)
+    if task == "feature-extraction":
+        # Sentence-transformers models are trained for mean pooling and compared by cosine similarity.
+        request_defaults = {"pooling": "mean", "normalize": True}
+    return ModelSpec(
+        name=name,
+        task=task,
+        source=f"embedded:{name}",
+        pipeline_kwargs=kwargs,
+        request_defaults=request_defaults,
+    )
 
 
 def default_config() -> ServerConfig:
-    """What `pipelined-server` serves with no config: the embedded Whisper tiny.en."""
-    return ServerConfig(models=(replace(embedded_spec(DEFAULT_ASR_MODEL), default=True),))
+    """What `pipelined-server` serves with no config: the embedded Whisper tiny.en, plus the embedded
+    text models (MiniLM sentence embeddings, SmolLM2 chat) whose weight packages are installed."""
+    from .sources.embedded import is_available
+
+    text = tuple(replace(embedded_spec(n), default=True) for n in DEFAULT_TEXT_MODELS if is_available(n))
+    return ServerConfig(models=(replace(embedded_spec(DEFAULT_ASR_MODEL), default=True), *text))
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
@@ -107,7 +146,9 @@ def _build(cls: type, data: Any, where: str) -> Any:
     names = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+        raise ConfigError(
+            f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}"
+        )
     return cls(**data)
 
 
@@ -126,6 +167,7 @@ def _model_from_dict(data: Any, index: int) -> ModelSpec:
         base = embedded_spec(str(source).split(":", 1)[1])
         data.setdefault("task", base.task)
         data.setdefault("pipeline_kwargs", base.pipeline_kwargs)
+        data.setdefault("request_defaults", base.request_defaults)
     if not data.get("task"):
         raise ConfigError(f"{where}.task is required (a transformers pipeline task)")
     if "batching" in data:
@@ -142,6 +184,8 @@ def _validate_model(spec: ModelSpec, where: str) -> None:
         raise ConfigError(f"{where}.task {spec.task!r} is not a pipeline task of this transformers version")
     if spec.batching.max_batch_size < 1:
         raise ConfigError(f"{where}.batching.max_batch_size must be >= 1")
+    if spec.replicas < 1:
+        raise ConfigError(f"{where}.replicas must be >= 1")
     if spec.batching.max_queue_size < 1:
         raise ConfigError(f"{where}.batching.max_queue_size must be >= 1")
     if spec.batching.max_queue_delay_ms < 0:
@@ -150,6 +194,33 @@ def _validate_model(spec: ModelSpec, where: str) -> None:
         raise ConfigError(f"{where}.dtype {spec.dtype!r}: use auto, float32, float16, bfloat16 or int8")
     if not isinstance(spec.pipeline_kwargs, dict):
         raise ConfigError(f"{where}.pipeline_kwargs must be a mapping")
+    _validate_request_defaults(spec, where)
+
+
+def _validate_request_defaults(spec: ModelSpec, where: str) -> None:
+    if not isinstance(spec.request_defaults, dict):
+        raise ConfigError(f"{where}.request_defaults must be a mapping")
+    allowed = REQUEST_DEFAULTS.get(spec.task, {})
+    for key, value in spec.request_defaults.items():
+        if key not in allowed:
+            names = ", ".join(sorted(allowed)) or "none"
+            raise ConfigError(
+                f"{where}.request_defaults.{key}: not an option of {spec.task!r} (allowed: {names})"
+            )
+        if not isinstance(value, allowed[key]):
+            raise ConfigError(f"{where}.request_defaults.{key}: expected {allowed[key][0].__name__}")
+    pooling = spec.request_defaults.get("pooling", "none")
+    if pooling not in POOLINGS:
+        raise ConfigError(f"{where}.request_defaults.pooling {pooling!r}: use {', '.join(POOLINGS)}")
+    if spec.request_defaults.get("normalize") and pooling == "none":
+        raise ConfigError(f"{where}.request_defaults.normalize needs pooling 'mean' or 'cls'")
+
+
+def _validate_inputs(limits: InputLimits) -> None:
+    if limits.max_text_chars < 1:
+        raise ConfigError("inputs.max_text_chars must be >= 1")
+    if limits.max_batch_inputs < 1:
+        raise ConfigError("inputs.max_batch_inputs must be >= 1")
 
 
 def parse_config(data: Any) -> ServerConfig:
@@ -171,6 +242,9 @@ def parse_config(data: Any) -> ServerConfig:
         data["audio"] = _build(AudioLimits, data["audio"], "audio")
     if "images" in data:
         data["images"] = _build(ImageLimits, data["images"], "images")
+    if "inputs" in data:
+        data["inputs"] = _build(InputLimits, data["inputs"], "inputs")
+        _validate_inputs(data["inputs"])
     return _build(ServerConfig, {**data, "models": models}, "config")
 
 

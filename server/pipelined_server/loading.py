@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,12 +65,26 @@ def load_pipeline(spec: ModelSpec) -> LoadedPipeline:
 
     model = resolve_source(spec.source)
     log.info("loading %s (%s) from %s on %s", spec.name, spec.task, model, spec.device)
-    pipe = transformers.pipeline(spec.task, model=model, **pipeline_kwargs_for(spec))
+    # The task is a runtime string, so none of transformers' per-task overloads applies.
+    make_pipeline: Any = transformers.pipeline
+    pipe = make_pipeline(spec.task, model=model, **pipeline_kwargs_for(spec))
     torch_model = getattr(pipe, "model", None)
     device_map = getattr(torch_model, "hf_device_map", None)
     device = str(device_map) if device_map else str(getattr(pipe, "device", spec.device))
     dtype = str(getattr(torch_model, "dtype", "")).removeprefix("torch.")
     return LoadedPipeline(pipeline=pipe, device=device, dtype=dtype)
+
+
+def replicate(pipe: Any, count: int) -> list[Any]:
+    """`count` pipelines over the same weights. Each gets its own tokenizer copy: a Rust tokenizer's
+    padding/truncation state is mutated per call and raises "Already borrowed" when shared across threads."""
+    replicas = [pipe]
+    for _ in range(count - 1):
+        twin = copy.copy(pipe)
+        if getattr(pipe, "tokenizer", None) is not None:
+            twin.tokenizer = copy.deepcopy(pipe.tokenizer)
+        replicas.append(twin)
+    return replicas
 
 
 def run_batch(pipe: Any, inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:
@@ -84,4 +99,13 @@ def run_batch(pipe: Any, inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[
 
         return list(Pipeline.__call__(pipe, items, batch_size=batch_size, **call_kwargs))
     outputs = pipe(items, batch_size=batch_size, **call_kwargs)
+    if len(inputs) == 1 and _unwraps_one_item_lists(pipe):
+        outputs = [outputs]
     return list(outputs)
+
+
+def _unwraps_one_item_lists(pipe: Any) -> bool:
+    """fill-mask returns the lone result, not a one-item list, when given a one-item list."""
+    from transformers import FillMaskPipeline
+
+    return isinstance(pipe, FillMaskPipeline)

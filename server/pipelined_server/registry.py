@@ -8,13 +8,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from .batching import Scheduler
 from .config import ModelSpec, ServerConfig
 from .errors import ModelNotFound, ModelNotReady
-from .loading import load_pipeline, run_batch
+from .loading import load_pipeline, replicate, run_batch
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -83,8 +82,9 @@ class Registry:
         instance.load_seconds = time.monotonic() - started
         instance.pipeline = loaded.pipeline
         instance.device, instance.dtype = loaded.device, loaded.dtype
+        replicas = replicate(loaded.pipeline, instance.spec.replicas)
         instance.scheduler = Scheduler(
-            instance.name, partial(run_batch, loaded.pipeline), instance.spec.batching, self.metrics
+            instance.name, replicas, run_batch, instance.spec.batching, self.metrics
         )
         instance.scheduler.start()
         instance.state = ModelState.READY

@@ -1,11 +1,18 @@
-"""One scheduler per model instance: a bounded queue, dynamic batching, one worker thread.
+"""One scheduler per model: a bounded queue, dynamic batching, one worker thread per replica.
 
-Why one thread per instance: a transformers pipeline is not thread-safe, and on a busy device running
-two batches at once only splits the same compute. Batching is where the throughput comes from.
+Why one thread per replica: a transformers pipeline object is not thread-safe, so each replica (a pipeline
+sharing the same weights) has its own thread. On a GPU one replica with large batches is best; on a CPU,
+batching barely helps (Whisper's encoder cost grows with the batch), so replicas with one torch thread each
+put every core to work without the intra-op contention of many threads.
 
 Batching must never change a result, so every item carries a `key`: items are only batched with items
 of the same key. A task adapter chooses keys (e.g. by exact audio length for CTC models, whose padding
 changes the output) and marks items that must run alone as not batchable.
+
+Some work is not "one input through the pipeline": a streamed generation pushes tokens while it runs, a
+seeded sampled generation must seed the RNG right before it, a generic call passes its input as is.
+`submit_call(fn)` queues such a callable; it runs alone, in queue order, on a worker thread, and receives
+that worker's own pipeline replica, so no pipeline object ever runs twice at once.
 """
 
 from __future__ import annotations
@@ -23,8 +30,10 @@ from ..config import BatchingConfig
 from ..errors import Cancelled, DeadlineExpired, ModelNotReady, QueueFull
 from ..metrics import Metrics
 
-# Runs a list of inputs that share one key through the pipeline; returns one output per input.
-BatchRunner = Callable[[Sequence[Any], dict[str, Any]], list[Any]]
+# Runs a list of inputs that share one key through a pipeline replica; returns one output per input.
+BatchRunner = Callable[[Any, Sequence[Any], dict[str, Any]], list[Any]]
+# Work that is not one input through the pipeline; receives the worker's pipeline replica.
+ReplicaCall = Callable[[Any], Any]
 
 
 @dataclass(eq=False)
@@ -40,20 +49,33 @@ class WorkItem:
     # Absolute time.monotonic() after which computing is pointless; None for no deadline.
     deadline: float | None
     enqueued_at: float = field(default_factory=time.monotonic)
+    # Runs instead of the batch runner (see submit_call); such items are never batched.
+    call: ReplicaCall | None = None
 
 
 class Scheduler:
-    """Queues work items and runs them in batches on one worker thread."""
+    """Queues work items and runs them in batches, one worker thread per pipeline replica."""
 
-    def __init__(self, model: str, runner: BatchRunner, config: BatchingConfig, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        model: str,
+        replicas: Sequence[Any],
+        run_batch: BatchRunner,
+        config: BatchingConfig,
+        metrics: Metrics,
+    ) -> None:
         self.model = model
-        self._runner = runner
+        self._replicas = list(replicas)
+        self._run_batch = run_batch
         self._config = config
         self._metrics = metrics
         self._queue: deque[WorkItem] = deque()
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pipeline-{model}")
-        self._worker: asyncio.Task[None] | None = None
+        self._executors = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pipeline-{model}-{i}")
+            for i in range(len(self._replicas))
+        ]
+        self._workers: list[asyncio.Task[None]] = []
         self._closed = False
 
     @property
@@ -61,8 +83,12 @@ class Scheduler:
         return len(self._queue)
 
     def start(self) -> None:
-        if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._run(), name=f"scheduler-{self.model}")
+        if not self._workers:
+            loop = asyncio.get_running_loop()
+            self._workers = [
+                loop.create_task(self._run(i), name=f"scheduler-{self.model}-{i}")
+                for i in range(len(self._replicas))
+            ]
 
     async def submit(
         self,
@@ -78,6 +104,21 @@ class Scheduler:
         `timeout` is the caller's remaining deadline in seconds. Cancelling the awaiting task (the
         gRPC call was cancelled) removes the item before it is computed.
         """
+        return await self._enqueue(payload, kwargs, key, batchable, timeout, None)
+
+    async def submit_call(self, call: ReplicaCall, *, timeout: float | None = None) -> Any:
+        """Queues `call(pipeline)`, run alone on a worker thread with its replica; returns what it returns."""
+        return await self._enqueue(None, {}, None, False, timeout, call)
+
+    async def _enqueue(
+        self,
+        payload: Any,
+        kwargs: dict[str, Any],
+        key: Hashable,
+        batchable: bool,
+        timeout: float | None,
+        call: ReplicaCall | None,
+    ) -> Any:
         if self._closed:
             raise ModelNotReady(f"model {self.model!r} is shutting down")
         if len(self._queue) >= self._config.max_queue_size:
@@ -94,6 +135,7 @@ class Scheduler:
             future=asyncio.get_running_loop().create_future(),
             deadline=None if timeout is None else now + timeout,
             enqueued_at=now,
+            call=call,
         )
         self._queue.append(item)
         self._metrics.queue_depth.labels(self.model).set(len(self._queue))
@@ -111,14 +153,16 @@ class Scheduler:
             item = self._queue.popleft()
             if not item.future.done():
                 item.future.set_exception(ModelNotReady(f"model {self.model!r} is shutting down"))
-        if self._worker is not None:
-            self._worker.cancel()
+        for worker in self._workers:
+            worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-        self._executor.shutdown(wait=True)
+                await worker
+        for executor in self._executors:
+            executor.shutdown(wait=True)
 
-    async def _run(self) -> None:
+    async def _run(self, replica: int) -> None:
         loop = asyncio.get_running_loop()
+        pipeline = self._replicas[replica]
         while True:
             batch = await self._next_batch()
             self._metrics.queue_depth.labels(self.model).set(len(self._queue))
@@ -128,7 +172,7 @@ class Scheduler:
             for item in batch:
                 self._metrics.queue_time.labels(self.model).observe(started - item.enqueued_at)
             self._metrics.batch_size.labels(self.model).observe(len(batch))
-            outcomes = await loop.run_in_executor(self._executor, self._compute, batch)
+            outcomes = await loop.run_in_executor(self._executors[replica], self._compute, pipeline, batch)
             for item, (ok, value) in zip(batch, outcomes, strict=True):
                 if item.future.done():
                     continue  # the caller left while we computed
@@ -178,10 +222,10 @@ class Scheduler:
                 alive.append(item)
         return alive
 
-    def _compute(self, batch: list[WorkItem]) -> list[tuple[bool, Any]]:
-        """Runs on the worker thread. A failing batch is retried item by item so one bad input fails alone."""
+    def _compute(self, pipeline: Any, batch: list[WorkItem]) -> list[tuple[bool, Any]]:
+        """Runs on a worker thread. A failing batch is retried item by item so one bad input fails alone."""
         try:
-            return [(True, out) for out in self._call(batch)]
+            return [(True, out) for out in self._call(pipeline, batch)]
         except Exception as exc:
             if len(batch) == 1:
                 return [(False, exc)]
@@ -191,15 +235,17 @@ class Scheduler:
                 outcomes.append((False, Cancelled("cancelled")))
                 continue
             try:
-                outcomes.append((True, self._call([item])[0]))
+                outcomes.append((True, self._call(pipeline, [item])[0]))
             except Exception as exc:
                 outcomes.append((False, exc))
         return outcomes
 
-    def _call(self, batch: list[WorkItem]) -> list[Any]:
+    def _call(self, pipeline: Any, batch: list[WorkItem]) -> list[Any]:
         self._metrics.pipeline_calls.labels(self.model).inc()
         self._metrics.pipeline_items.labels(self.model).inc(len(batch))
-        outputs = self._runner([item.payload for item in batch], batch[0].kwargs)
+        if batch[0].call is not None:
+            return [batch[0].call(pipeline)]
+        outputs = self._run_batch(pipeline, [item.payload for item in batch], batch[0].kwargs)
         if len(outputs) != len(batch):
             raise RuntimeError(f"pipeline returned {len(outputs)} outputs for {len(batch)} inputs")
         return outputs

@@ -1,0 +1,162 @@
+"""`client.pipeline(task)` for tasks without a typed call: GenericService.Run with structured values.
+
+Python values travel as google.protobuf.Value with binary parts in a side map (see generic.proto):
+bytes, numpy arrays, PIL images and `Audio(...)` go as blobs; tuples and integral floats are marked so
+they come back as the same types. Outputs come back the same way: numpy arrays for arrays and tensors,
+PIL images (when Pillow is installed, else PNG bytes).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import numpy as np
+from google.protobuf import struct_pb2
+
+from .errors import from_rpc_error
+from .v1 import generic_pb2
+
+if TYPE_CHECKING:
+    from .client import Client
+
+
+@dataclass(frozen=True)
+class Audio:
+    """An encoded audio file (bytes or a path) that the server decodes at the model's sampling rate."""
+
+    data: bytes | str | os.PathLike[str]
+
+    def read(self) -> bytes:
+        if isinstance(self.data, bytes):
+            return self.data
+        with open(os.fspath(self.data), "rb") as handle:
+            return handle.read()
+
+
+class ValueEncoder:
+    """Python -> Value, collecting blobs."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+
+    def _add(self, data: bytes) -> str:
+        name = f"in{len(self.blobs)}"
+        self.blobs[name] = data
+        return name
+
+    def encode(self, obj: Any) -> struct_pb2.Value:
+        value = struct_pb2.Value()
+        if obj is None:
+            value.null_value = struct_pb2.NULL_VALUE
+        elif isinstance(obj, bool | np.bool_):
+            value.bool_value = bool(obj)
+        elif isinstance(obj, int | np.integer):
+            value.number_value = float(obj)
+        elif isinstance(obj, float | np.floating):
+            if math.isfinite(obj) and float(obj).is_integer():
+                value.struct_value.update({"$float": float(obj)})
+            else:
+                value.number_value = float(obj)
+        elif isinstance(obj, str):
+            value.string_value = obj
+        elif isinstance(obj, bytes | bytearray):
+            value.struct_value.update({"$bytes": self._add(bytes(obj))})
+        elif isinstance(obj, Audio):
+            value.struct_value.update({"$audio": self._add(obj.read())})
+        elif isinstance(obj, dict):
+            for key, item in obj.items():
+                value.struct_value.fields[str(key)].CopyFrom(self.encode(item))
+        elif isinstance(obj, tuple):
+            value.struct_value.fields["$tuple"].CopyFrom(self.encode(list(obj)))
+        elif isinstance(obj, list):
+            value.list_value.values.extend(self.encode(item) for item in obj)
+        elif isinstance(obj, np.ndarray):
+            array = np.ascontiguousarray(obj)
+            little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+            value.struct_value.update(
+                {
+                    "$ndarray": self._add(little.tobytes()),
+                    "dtype": array.dtype.name,
+                    "shape": list(array.shape),
+                }
+            )
+        elif hasattr(obj, "save") and hasattr(obj, "mode"):  # a PIL image
+            buffer = io.BytesIO()
+            obj.save(buffer, format="PNG")
+            value.struct_value.update({"$image": self._add(buffer.getvalue())})
+        else:
+            raise TypeError(f"cannot send a {type(obj).__name__} through the generic call")
+        return value
+
+
+def decode(value: struct_pb2.Value, blobs: dict[str, bytes]) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind is None or kind == "null_value":
+        return None
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        return int(number) if math.isfinite(number) and number.is_integer() else number
+    if kind == "list_value":
+        return [decode(v, blobs) for v in value.list_value.values]
+    fields = value.struct_value.fields
+    if "$float" in fields:
+        return float(fields["$float"].number_value)
+    if "$tuple" in fields:
+        return tuple(decode(fields["$tuple"], blobs))
+    if "$repr" in fields:
+        return fields["$repr"].string_value
+    if "$bytes" in fields:
+        return blobs[fields["$bytes"].string_value]
+    if "$ndarray" in fields:
+        dtype = np.dtype(fields["dtype"].string_value).newbyteorder("<")
+        shape = tuple(int(d.number_value) for d in fields["shape"].list_value.values)
+        raw = blobs[fields["$ndarray"].string_value]
+        return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+    if "$image" in fields:
+        data = blobs[fields["$image"].string_value]
+        try:
+            from PIL import Image
+        except ImportError:
+            return data
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        return image
+    return {key: decode(item, blobs) for key, item in fields.items()}
+
+
+class GenericPipeline:
+    """`pipe(inputs, **parameters)` runs `pipeline(task)(inputs, **parameters)` on the server."""
+
+    def __init__(self, client: Client, task: str, model: str | None, **defaults: Any) -> None:
+        self.client = client
+        self.task = task
+        self.model = model or ""
+        self.defaults = defaults
+
+    def request(self, inputs: Any, parameters: dict[str, Any]) -> generic_pb2.RunRequest:
+        encoder = ValueEncoder()
+        request = generic_pb2.RunRequest(task=self.task, model=self.model)
+        if inputs is not None:
+            request.inputs.CopyFrom(encoder.encode(inputs))
+        params = encoder.encode(parameters)
+        request.parameters.CopyFrom(params.struct_value)
+        for name, data in encoder.blobs.items():
+            request.blobs[name] = data
+        return request
+
+    def __call__(self, inputs: Any = None, **kwargs: Any) -> Any:
+        request = self.request(inputs, {**self.defaults, **kwargs})
+        try:
+            response = self.client.generic.Run(request, timeout=self.client.timeout)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return decode(response.outputs, dict(response.blobs))

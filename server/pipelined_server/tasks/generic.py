@@ -1,0 +1,67 @@
+"""The generic call: any pipeline task, inputs and parameters as structured values (see generic_values.py).
+
+Batching rule: never. Only the typed adapters know when padding changes a task's results, so a
+generic call runs alone on the model's worker thread, with its inputs passed to the pipeline as is (a
+list stays a list: the pipeline batches within the call, as it would in-process).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pipelined.v1 import generic_pb2
+
+from ..config import ServerConfig
+from ..errors import InvalidInput
+from ..registry import ModelInstance
+from .generic_values import OutputEncoder, struct_to_python, to_python
+from .text_inputs import check_count, check_text
+
+
+def _check_sizes(value: Any, config: ServerConfig, where: str = "inputs") -> None:
+    if isinstance(value, str):
+        check_text(value, config.inputs, where)
+    elif isinstance(value, list):
+        if where == "inputs":
+            check_count(len(value), config.inputs)
+        for i, item in enumerate(value):
+            _check_sizes(item, config, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_sizes(item, config, f"{where}.{key}")
+
+
+def _audio_decoder(instance: ModelInstance, config: ServerConfig) -> Any:
+    def decode(data: bytes) -> dict[str, Any]:
+        from ..audio import decode_encoded
+
+        rate = instance.sampling_rate or 16000
+        samples: np.ndarray = decode_encoded(data, rate, config.audio)
+        return {"raw": samples, "sampling_rate": rate}
+
+    return decode
+
+
+def _run(pipe: Any, inputs: Any, parameters: dict[str, Any]) -> Any:
+    return pipe(inputs, **parameters) if inputs is not None else pipe(**parameters)
+
+
+async def run(
+    instance: ModelInstance, request: generic_pb2.RunRequest, config: ServerConfig, timeout: float | None
+) -> generic_pb2.RunResponse:
+    assert instance.scheduler is not None
+    blobs = dict(request.blobs)
+    decode = _audio_decoder(instance, config)
+    inputs = to_python(request.inputs, blobs, decode) if request.HasField("inputs") else None
+    parameters = struct_to_python(request.parameters, blobs, decode) if request.HasField("parameters") else {}
+    if not isinstance(parameters, dict):
+        raise InvalidInput("parameters must be an object of keyword arguments")
+    _check_sizes(inputs, config)
+    _check_sizes(parameters, config, "parameters")
+    output = await instance.scheduler.submit_call(
+        lambda pipe: _run(pipe, inputs, parameters), timeout=timeout
+    )
+    encoder = OutputEncoder()
+    encoded = encoder.encode(output)
+    return generic_pb2.RunResponse(outputs=encoded, blobs=encoder.blobs, model=instance.name)

@@ -1,0 +1,142 @@
+"""google.protobuf.Value <-> Python values of any pipeline, with binary parts in a side map of blobs.
+
+The conventions (documented in generic.proto): integral numbers become ints, `{"$float": x}` forces a
+float, `{"$tuple": [...]}` is a tuple, and `{"$bytes"|"$image"|"$audio"|"$ndarray": name, ...}` refer
+to a blob. Outputs convert numpy arrays and torch tensors to `$ndarray`, PIL images to `$image` (PNG),
+numpy scalars to numbers.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from google.protobuf import struct_pb2
+
+from ..errors import InvalidInput
+
+# Decodes an encoded audio file into what audio pipelines accept; given by the caller (needs the model rate).
+AudioDecoder = Callable[[bytes], Any]
+_MARKERS = ("$bytes", "$image", "$audio", "$ndarray")
+
+
+def _blob(blobs: Mapping[str, bytes], name: Any) -> bytes:
+    if not isinstance(name, str) or name not in blobs:
+        raise InvalidInput(
+            f"blob {name!r} is referenced but not sent; sent blobs: {', '.join(sorted(blobs)) or 'none'}"
+        )
+    return blobs[name]
+
+
+def _from_marker(data: dict[str, Any], blobs: Mapping[str, bytes], decode_audio: AudioDecoder) -> Any:
+    if "$float" in data:
+        return float(data["$float"])
+    if "$tuple" in data:
+        return tuple(data["$tuple"])
+    if "$bytes" in data:
+        return _blob(blobs, data["$bytes"])
+    if "$image" in data:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            image = Image.open(io.BytesIO(_blob(blobs, data["$image"])))
+            image.load()
+        except (UnidentifiedImageError, OSError) as exc:
+            raise InvalidInput(f"blob {data['$image']!r} is not a readable image: {exc}") from None
+        return image
+    if "$audio" in data:
+        return decode_audio(_blob(blobs, data["$audio"]))
+    if "$ndarray" in data:
+        raw = _blob(blobs, data["$ndarray"])
+        try:
+            dtype = np.dtype(str(data.get("dtype", "float32"))).newbyteorder("<")
+            shape = tuple(int(d) for d in data.get("shape", [len(raw) // dtype.itemsize]))
+            return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"blob {data['$ndarray']!r}: bad ndarray: {exc}") from None
+    return None
+
+
+def to_python(value: struct_pb2.Value, blobs: Mapping[str, bytes], decode_audio: AudioDecoder) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind is None or kind == "null_value":
+        return None
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        return int(number) if math.isfinite(number) and number.is_integer() else number
+    if kind == "list_value":
+        return [to_python(v, blobs, decode_audio) for v in value.list_value.values]
+    return struct_to_python(value.struct_value, blobs, decode_audio)
+
+
+def struct_to_python(
+    struct: struct_pb2.Struct, blobs: Mapping[str, bytes], decode_audio: AudioDecoder
+) -> Any:
+    data = {k: to_python(v, blobs, decode_audio) for k, v in struct.fields.items()}
+    if any(marker in data for marker in ("$float", "$tuple", *_MARKERS)):
+        return _from_marker(data, blobs, decode_audio)
+    return data
+
+
+class OutputEncoder:
+    """Python -> Value, collecting binary parts into `blobs`."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+
+    def _add(self, data: bytes) -> str:
+        name = f"out{len(self.blobs)}"
+        self.blobs[name] = data
+        return name
+
+    def encode(self, obj: Any) -> struct_pb2.Value:
+        value = struct_pb2.Value()
+        if obj is None:
+            value.null_value = struct_pb2.NULL_VALUE
+        elif isinstance(obj, bool | np.bool_):
+            value.bool_value = bool(obj)
+        elif isinstance(obj, int | np.integer):
+            value.number_value = float(obj)
+        elif isinstance(obj, float | np.floating):
+            # An integral float is marked, so the client gives back a float and not an int.
+            if math.isfinite(obj) and float(obj).is_integer():
+                value.struct_value.update({"$float": float(obj)})
+            else:
+                value.number_value = float(obj)
+        elif isinstance(obj, str):
+            value.string_value = obj
+        elif isinstance(obj, bytes | bytearray):
+            value.struct_value.update({"$bytes": self._add(bytes(obj))})
+        elif isinstance(obj, Mapping):
+            for key, item in obj.items():
+                value.struct_value.fields[str(key)].CopyFrom(self.encode(item))
+        elif isinstance(obj, tuple):
+            value.struct_value.fields["$tuple"].CopyFrom(self.encode(list(obj)))
+        elif isinstance(obj, list):
+            value.list_value.values.extend(self.encode(item) for item in obj)
+        elif isinstance(obj, np.ndarray) or hasattr(obj, "detach"):
+            array = obj.detach().cpu().numpy() if hasattr(obj, "detach") else obj
+            array = np.ascontiguousarray(array)
+            little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+            value.struct_value.update(
+                {
+                    "$ndarray": self._add(little.tobytes()),
+                    "dtype": array.dtype.name,
+                    "shape": list(array.shape),
+                }
+            )
+        elif hasattr(obj, "save") and hasattr(obj, "mode"):  # a PIL image
+            buffer = io.BytesIO()
+            obj.save(buffer, format="PNG")
+            value.struct_value.update({"$image": self._add(buffer.getvalue())})
+        else:
+            # Anything else (rare: custom objects) travels as its repr, marked so the client can tell.
+            value.struct_value.update({"$repr": repr(obj)})
+        return value

@@ -1,0 +1,66 @@
+"""token-classification: ClassifyTokensRequest -> pipeline arguments, entities -> ClassifyTokensResponse.
+
+Batching rule: inputs of any length share a batch. Padded positions are marked special (the
+pipeline's collate pads `special_tokens_mask` with 1) and skipped; real tokens see an attention
+mask, so scores match unbatched ones to float32 rounding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipelined.v1 import text_pb2
+
+from ..config import InputLimits
+from ..errors import InvalidInput
+from ..registry import ModelInstance
+from .text_inputs import check_texts, run_all
+
+TASK = "token-classification"
+_STRATEGIES = {
+    text_pb2.AGGREGATION_STRATEGY_NONE: "none",
+    text_pb2.AGGREGATION_STRATEGY_SIMPLE: "simple",
+    text_pb2.AGGREGATION_STRATEGY_FIRST: "first",
+    text_pb2.AGGREGATION_STRATEGY_MAX: "max",
+    text_pb2.AGGREGATION_STRATEGY_AVERAGE: "average",
+}
+
+
+def call_kwargs(request: text_pb2.ClassifyTokensRequest) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if request.aggregation_strategy:
+        if request.aggregation_strategy not in _STRATEGIES:
+            raise InvalidInput(f"unknown aggregation_strategy value {request.aggregation_strategy}")
+        kwargs["aggregation_strategy"] = _STRATEGIES[request.aggregation_strategy]
+    if request.HasField("ignore_labels"):
+        kwargs["ignore_labels"] = list(request.ignore_labels.labels)
+    return kwargs
+
+
+def _entity(entity: dict[str, Any]) -> text_pb2.TokenEntity:
+    proto = text_pb2.TokenEntity(
+        label=entity.get("entity_group", entity.get("entity", "")),
+        score=float(entity["score"]),
+        word=entity.get("word", ""),
+    )
+    if entity.get("index") is not None and "entity" in entity:
+        proto.index = int(entity["index"])
+    if entity.get("start") is not None:
+        proto.start = int(entity["start"])
+    if entity.get("end") is not None:
+        proto.end = int(entity["end"])
+    return proto
+
+
+async def classify(
+    instance: ModelInstance,
+    request: text_pb2.ClassifyTokensRequest,
+    limits: InputLimits,
+    timeout: float | None,
+) -> text_pb2.ClassifyTokensResponse:
+    check_texts(request.inputs, limits)
+    outputs = await run_all(instance, list(request.inputs), call_kwargs(request), timeout)
+    return text_pb2.ClassifyTokensResponse(
+        results=[text_pb2.TokenClassification(entities=[_entity(e) for e in o]) for o in outputs],
+        model=instance.name,
+    )
