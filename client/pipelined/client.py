@@ -8,7 +8,16 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .errors import from_rpc_error
-from .v1 import generic_pb2_grpc, models_pb2, models_pb2_grpc, speech_pb2_grpc, text_pb2_grpc
+from .v1 import (
+    audio_tasks_pb2_grpc,
+    generic_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    multimodal_pb2_grpc,
+    speech_pb2_grpc,
+    text_pb2_grpc,
+    vision_pb2_grpc,
+)
 
 DEFAULT_TARGET = "localhost:50051"
 # Audio files can be large; match the server's default limit.
@@ -52,6 +61,9 @@ class Client:
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self.text = text_pb2_grpc.TextServiceStub(self.channel)
         self.generic = generic_pb2_grpc.GenericServiceStub(self.channel)
+        self.vision = vision_pb2_grpc.VisionServiceStub(self.channel)
+        self.multimodal = multimodal_pb2_grpc.MultimodalServiceStub(self.channel)
+        self.audio_tasks = audio_tasks_pb2_grpc.AudioServiceStub(self.channel)
 
     def pipeline(self, task: str, model: str | None = None, **defaults: Any) -> Any:
         """A typed pipeline for tasks with a typed call; the generic call for every other task."""
@@ -64,6 +76,10 @@ class Client:
             return SpeechRecognitionPipeline(self, model, **defaults)
         if task in PIPELINES:
             return PIPELINES[task](self, model, **defaults)
+        from .task_pipelines import PIPELINES as TASK_PIPELINES
+
+        if task in TASK_PIPELINES:
+            return TASK_PIPELINES[task](self, model, **defaults)
         return GenericPipeline(self, task, model, **defaults)
 
     def models(self, task: str = "") -> list[dict[str, Any]]:

@@ -10,24 +10,33 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pipelined.v1 import (
+    audio_tasks_pb2,
+    audio_tasks_pb2_grpc,
     generic_pb2,
     generic_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
+    multimodal_pb2,
+    multimodal_pb2_grpc,
     speech_pb2,
     speech_pb2_grpc,
     text_pb2,
     text_pb2_grpc,
+    vision_pb2,
+    vision_pb2_grpc,
 )
 
 from .config import ServerConfig
 from .metrics import Metrics
 from .registry import Registry
+from .services.audio_tasks import AudioServicer
 from .services.calls import ServerState
 from .services.generic import GenericServicer
 from .services.models import ModelsServicer
+from .services.multimodal import MultimodalServicer
 from .services.speech import SpeechServicer
 from .services.text import TextServicer
+from .services.vision import VisionServicer
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +74,18 @@ class App:
         state = ServerState(config=config, registry=registry, metrics=metrics)
         speech_pb2_grpc.add_SpeechServiceServicer_to_server(SpeechServicer(state), server)
         models_pb2_grpc.add_ModelsServiceServicer_to_server(ModelsServicer(state), server)
+        vision_pb2_grpc.add_VisionServiceServicer_to_server(VisionServicer(state), server)
+        multimodal_pb2_grpc.add_MultimodalServiceServicer_to_server(MultimodalServicer(state), server)
+        audio_tasks_pb2_grpc.add_AudioServiceServicer_to_server(AudioServicer(state), server)
         text_pb2_grpc.add_TextServiceServicer_to_server(TextServicer(state), server)
         generic_pb2_grpc.add_GenericServiceServicer_to_server(GenericServicer(state), server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         services = [
             speech_pb2.DESCRIPTOR.services_by_name["SpeechService"].full_name,
             models_pb2.DESCRIPTOR.services_by_name["ModelsService"].full_name,
+            vision_pb2.DESCRIPTOR.services_by_name["VisionService"].full_name,
+            multimodal_pb2.DESCRIPTOR.services_by_name["MultimodalService"].full_name,
+            audio_tasks_pb2.DESCRIPTOR.services_by_name["AudioService"].full_name,
             text_pb2.DESCRIPTOR.services_by_name["TextService"].full_name,
             generic_pb2.DESCRIPTOR.services_by_name["GenericService"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

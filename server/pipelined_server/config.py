@@ -15,6 +15,7 @@ import yaml
 
 from .audio import AudioLimits
 from .errors import ConfigError
+from .images import ImageLimits
 
 DEFAULT_PORT = 50051
 DEFAULT_METRICS_PORT = 9464
@@ -89,6 +90,7 @@ class ServerConfig:
     # torch intra-op threads; on small shared CPUs more threads than cores is much slower.
     torch_threads: int = 1
     audio: AudioLimits = field(default_factory=AudioLimits)
+    images: ImageLimits = field(default_factory=ImageLimits)
     inputs: InputLimits = field(default_factory=InputLimits)
     models: tuple[ModelSpec, ...] = ()
 
@@ -238,6 +240,8 @@ def parse_config(data: Any) -> ServerConfig:
         raise ConfigError(f"models: duplicate name(s) {', '.join(duplicates)}")
     if "audio" in data:
         data["audio"] = _build(AudioLimits, data["audio"], "audio")
+    if "images" in data:
+        data["images"] = _build(ImageLimits, data["images"], "images")
     if "inputs" in data:
         data["inputs"] = _build(InputLimits, data["inputs"], "inputs")
         _validate_inputs(data["inputs"])

@@ -21,6 +21,12 @@ class InvalidInput(PipelinedError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class PermissionDenied(PipelinedError):
+    """The request asks for something the server's configuration forbids (e.g. fetching a URL)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class ModelNotFound(PipelinedError):
     code = grpc.StatusCode.NOT_FOUND
 

@@ -91,7 +91,14 @@ def run_batch(pipe: Any, inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[
     """Runs one batch: the pipeline receives a list, so its own DataLoader batches the inputs."""
     call_kwargs = dict(kwargs)
     batch_size = max(len(inputs), int(call_kwargs.pop("batch_size", None) or 1))
-    outputs = pipe(list(inputs), batch_size=batch_size, **call_kwargs)
+    items = list(inputs)
+    if getattr(pipe, "task", "") == "image-text-to-text" and isinstance(items[0], dict):
+        # image-text-to-text reads a list of {"images", "text"} dicts as one chat; each dict alone goes to the
+        # base Pipeline.__call__, so the base call with the list runs them as separate prompts.
+        from transformers import Pipeline
+
+        return list(Pipeline.__call__(pipe, items, batch_size=batch_size, **call_kwargs))
+    outputs = pipe(items, batch_size=batch_size, **call_kwargs)
     if len(inputs) == 1 and _unwraps_one_item_lists(pipe):
         outputs = [outputs]
     return list(outputs)

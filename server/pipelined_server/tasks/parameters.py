@@ -32,6 +32,27 @@ PARAMETERS: dict[str, list[str]] = {
         "return_full_text",
         "num_return_sequences",
     ],
+    "image-classification": ["top_k", "function_to_apply"],
+    "object-detection": ["threshold"],
+    "zero-shot-image-classification": ["candidate_labels", "hypothesis_template"],
+    "zero-shot-object-detection": ["candidate_labels", "threshold", "top_k"],
+    "image-segmentation": ["subtask", "threshold", "mask_threshold", "overlap_mask_area_threshold"],
+    "depth-estimation": [],
+    "image-feature-extraction": ["pool"],
+    "image-text-to-text": [
+        "continue_final_message",
+        "max_new_tokens",
+        "do_sample",
+        "temperature",
+        "top_k",
+        "top_p",
+        "num_beams",
+        "repetition_penalty",
+    ],
+    "document-question-answering": ["word_boxes", "top_k", "max_answer_len", "handle_impossible_answer"],
+    "audio-classification": ["top_k", "function_to_apply"],
+    "zero-shot-audio-classification": ["candidate_labels", "hypothesis_template"],
+    "text-to-audio": ["max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "guidance_scale"],
 }
 
 

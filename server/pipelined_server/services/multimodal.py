@@ -1,0 +1,87 @@
+"""MultimodalService: proto in, proto out; tasks/image_text.py and tasks/document_qa.py do the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+from pipelined.v1 import multimodal_pb2, multimodal_pb2_grpc
+
+from ..tasks import document_qa, image_text
+from ..tasks.image_input import check_count
+from ..tasks.submit import run_items
+from .calls import CallInfo, ServerState, rpc
+
+
+class MultimodalServicer(multimodal_pb2_grpc.MultimodalServiceServicer):
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+
+    @rpc(image_text.TASK)
+    async def GenerateFromImage(
+        self,
+        request: multimodal_pb2.GenerateFromImageRequest,
+        context: grpc.aio.ServicerContext,
+        call: CallInfo,
+    ) -> multimodal_pb2.GenerateFromImageResponse:
+        instance = self.state.registry.ready(request.model, call.task)
+        call.model = instance.name
+        kwargs = image_text.call_kwargs(request.generation, request)
+        check_count(len(request.prompts), "prompts", self.state.config.images)
+        items = await image_text.load_prompts(list(request.prompts), kwargs, self.state.config.images)
+        outputs = await run_items(instance, items, kwargs, context.time_remaining())
+        return multimodal_pb2.GenerateFromImageResponse(
+            results=[
+                multimodal_pb2.GeneratedImageText(generated_text=image_text.generated_text(o))
+                for o in outputs
+            ],
+            model=instance.name,
+        )
+
+    @rpc(image_text.TASK)
+    async def StreamGenerateFromImage(
+        self,
+        request: multimodal_pb2.StreamGenerateFromImageRequest,
+        context: grpc.aio.ServicerContext,
+        call: CallInfo,
+    ) -> AsyncIterator[multimodal_pb2.StreamGenerateFromImageResponse]:
+        instance = self.state.registry.ready(request.model, call.task)
+        call.model = instance.name
+        assert instance.scheduler is not None
+        kwargs = image_text.call_kwargs(request.generation, request)
+        (item,) = await image_text.load_prompts([request.prompt], kwargs, self.state.config.images)
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        streamer = image_text.make_streamer(instance.pipeline.processor.tokenizer, pieces)
+        kwargs["generate_kwargs"] = {**kwargs.get("generate_kwargs", {}), "streamer": streamer}
+        generation = asyncio.ensure_future(
+            instance.scheduler.submit(item.payload, kwargs, batchable=False, timeout=context.time_remaining())
+        )
+        # Pieces are queued from the pipeline thread before its result is set, so the sentinel comes last.
+        generation.add_done_callback(lambda _: pieces.put_nowait(None))
+        try:
+            while (piece := await pieces.get()) is not None:
+                yield multimodal_pb2.StreamGenerateFromImageResponse(text=piece, model=instance.name)
+            generation.result()
+        finally:
+            if not generation.done():
+                generation.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await generation
+
+    @rpc(document_qa.TASK)
+    async def AnswerDocumentQuestion(
+        self,
+        request: multimodal_pb2.AnswerDocumentQuestionRequest,
+        context: grpc.aio.ServicerContext,
+        call: CallInfo,
+    ) -> multimodal_pb2.AnswerDocumentQuestionResponse:
+        instance = self.state.registry.ready(request.model, call.task)
+        call.model = instance.name
+        kwargs = document_qa.call_kwargs(request)
+        items = await document_qa.load_questions(request, self.state.config.images)
+        outputs = await run_items(instance, items, kwargs, context.time_remaining())
+        return multimodal_pb2.AnswerDocumentQuestionResponse(
+            results=[document_qa.answers(o) for o in outputs], model=instance.name
+        )

@@ -1,0 +1,73 @@
+"""document-question-answering: questions (image and/or word boxes) -> pipeline inputs, answers -> protos.
+
+The server runs no OCR: a question needs word boxes unless the model reads the page's pixels itself
+(Donut-style). Batching rule: the pipeline pads a batch to its longest token sequence, so only identical
+questions over identical words share a batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pipelined.v1 import multimodal_pb2
+
+from ..errors import InvalidInput
+from ..images import ImageLimits
+from .image_input import check_count, load_image_input
+from .options import positive
+from .submit import Item
+
+TASK = "document-question-answering"
+
+
+def call_kwargs(request: multimodal_pb2.AnswerDocumentQuestionRequest) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if request.HasField("top_k"):
+        kwargs["top_k"] = positive("top_k", request.top_k)
+    if request.HasField("max_answer_len"):
+        kwargs["max_answer_len"] = positive("max_answer_len", request.max_answer_len)
+    if request.handle_impossible_answer:
+        kwargs["handle_impossible_answer"] = True
+    return kwargs
+
+
+def _load(question: multimodal_pb2.DocumentQuestion, limits: ImageLimits) -> Item:
+    if not question.question.strip():
+        raise InvalidInput("the question is empty")
+    payload: dict[str, Any] = {"question": question.question, "image": None}
+    if question.HasField("image"):
+        payload["image"] = load_image_input(question.image, limits)
+    elif not question.word_boxes:
+        raise InvalidInput(
+            "a document question needs the page image or its word_boxes (the server runs no OCR)"
+        )
+    words = [(w.word, [w.x0, w.y0, w.x1, w.y1]) for w in question.word_boxes]
+    if words:
+        payload["word_boxes"] = words
+    key = (
+        "document",
+        question.question,
+        tuple((w, tuple(b)) for w, b in words),
+        getattr(payload["image"], "size", None),
+    )
+    return Item(payload, key=key)
+
+
+async def load_questions(
+    request: multimodal_pb2.AnswerDocumentQuestionRequest, limits: ImageLimits
+) -> list[Item]:
+    check_count(len(request.questions), "questions", limits)
+    return await asyncio.to_thread(lambda: [_load(q, limits) for q in request.questions])
+
+
+def answers(output: Any) -> multimodal_pb2.DocumentAnswers:
+    records = output if isinstance(output, list) else [output]
+    return multimodal_pb2.DocumentAnswers(
+        answers=[
+            multimodal_pb2.DocumentAnswer(
+                score=float(a["score"]), answer=str(a["answer"]), start=int(a["start"]), end=int(a["end"])
+            )
+            for a in records
+        ]
+    )

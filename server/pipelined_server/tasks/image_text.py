@@ -1,0 +1,115 @@
+"""image-text-to-text: prompts (images + text, or a chat) -> pipeline inputs, and token streaming.
+
+The server always asks the pipeline for the new text only (`return_full_text=False`); the SDK rebuilds
+the full text or chat from its own prompt exactly as the pipeline does, so images never travel back.
+
+Batching rule: prompts of different token lengths would be padded in one batch, and sampling draws from
+one random stream per batch, so only identical prompts (same text, same image sizes) decoded greedily or
+by beam search share a batch. Streaming calls always run alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable
+from typing import Any
+
+from pipelined.v1 import multimodal_pb2
+
+from ..errors import InvalidInput
+from ..images import ImageLimits
+from .image_input import load_image_input
+from .options import positive
+from .submit import Item
+
+TASK = "image-text-to-text"
+
+
+def call_kwargs(generation: multimodal_pb2.MultimodalGenerationOptions, request: Any) -> dict[str, Any]:
+    # Only the fields the caller set (all are `optional`), under their generate() names.
+    generate: dict[str, Any] = {field.name: value for field, value in generation.ListFields()}
+    for name in ("max_new_tokens", "num_beams", "top_k"):
+        if name in generate:
+            positive(name, generate[name])
+    kwargs: dict[str, Any] = {"return_full_text": False}
+    if generate:
+        kwargs["generate_kwargs"] = generate
+    if request.HasField("continue_final_message"):
+        kwargs["continue_final_message"] = request.continue_final_message
+    return kwargs
+
+
+def _load_prompt(prompt: multimodal_pb2.ImageTextPrompt, limits: ImageLimits) -> tuple[Any, Hashable]:
+    """Blocking: the pipeline input of one prompt and the key of the prompts it may batch with."""
+    kind = prompt.WhichOneof("prompt")
+    if kind == "input":
+        images = [load_image_input(i, limits) for i in prompt.input.images]
+        if not images:
+            raise InvalidInput("an image-text prompt needs at least one image (ImageTextInput.images)")
+        payload = {"images": images[0] if len(images) == 1 else images, "text": prompt.input.text}
+        return payload, ("input", prompt.input.text, tuple(i.size for i in images))
+    if kind == "chat":
+        if not prompt.chat.messages:
+            raise InvalidInput("a chat prompt needs at least one message")
+        messages: list[dict[str, Any]] = []
+        shape: list[Any] = []
+        for message in prompt.chat.messages:
+            if not message.parts:
+                messages.append({"role": message.role, "content": message.text})
+                shape.append((message.role, message.text))
+                continue
+            content: list[dict[str, Any]] = []
+            for part in message.parts:
+                if part.WhichOneof("part") == "image":
+                    image = load_image_input(part.image, limits)
+                    content.append({"type": "image", "image": image})
+                    shape.append(image.size)
+                else:
+                    content.append({"type": "text", "text": part.text})
+                    shape.append(part.text)
+            messages.append({"role": message.role, "content": content})
+        return messages, ("chat", tuple(shape))
+    raise InvalidInput("a prompt needs either `input` (images and text) or `chat` (messages)")
+
+
+def _count_images(prompt: multimodal_pb2.ImageTextPrompt) -> int:
+    if prompt.WhichOneof("prompt") == "input":
+        return len(prompt.input.images)
+    return sum(1 for m in prompt.chat.messages for p in m.parts if p.WhichOneof("part") == "image")
+
+
+async def load_prompts(
+    prompts: list[multimodal_pb2.ImageTextPrompt], kwargs: dict[str, Any], limits: ImageLimits
+) -> list[Item]:
+    images = sum(_count_images(p) for p in prompts)
+    if images > limits.max_inputs_per_request:
+        raise InvalidInput(
+            f"the request has {images} images; this server accepts at most {limits.max_inputs_per_request} "
+            "per request (images.max_inputs_per_request)"
+        )
+    loaded = await asyncio.to_thread(lambda: [_load_prompt(p, limits) for p in prompts])
+    sampling = bool(kwargs.get("generate_kwargs", {}).get("do_sample"))
+    return [Item(payload, key=key, batchable=not sampling) for payload, key in loaded]
+
+
+def generated_text(output: Any) -> str:
+    """The new text of one prompt's output (a one-element list of {"generated_text": ...})."""
+    record = output[0] if isinstance(output, list) else output
+    text = record["generated_text"]
+    if not isinstance(text, str):
+        raise TypeError(f"expected the new text, got {type(text).__name__}")
+    return text
+
+
+def make_streamer(tokenizer: Any, queue: asyncio.Queue[str | None]) -> Any:
+    """A TextStreamer whose pieces land on an asyncio queue; it is called from the pipeline's thread."""
+    from transformers import TextStreamer
+
+    loop = asyncio.get_running_loop()
+
+    class QueueStreamer(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if text:
+                loop.call_soon_threadsafe(queue.put_nowait, text)
+
+    return QueueStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)

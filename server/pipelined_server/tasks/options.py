@@ -1,0 +1,42 @@
+"""Options several tasks share: top_k, function_to_apply, candidate labels and their template."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import InvalidInput
+from .encoding import LOGIT_FUNCTIONS
+
+
+def positive(name: str, value: int) -> int:
+    if value < 1:
+        raise InvalidInput(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def candidate_labels(candidate_labels: Any) -> list[str]:
+    labels = [str(label) for label in candidate_labels]
+    if not labels:
+        raise InvalidInput("candidate_labels must hold at least one label")
+    return labels
+
+
+def classification_kwargs(request: Any) -> dict[str, Any]:
+    """top_k and function_to_apply (image- and audio-classification share them)."""
+    kwargs: dict[str, Any] = {}
+    if request.HasField("top_k"):
+        kwargs["top_k"] = positive("top_k", request.top_k)
+    if request.function_to_apply:
+        if request.function_to_apply not in LOGIT_FUNCTIONS:
+            raise InvalidInput(f"unknown function_to_apply value {request.function_to_apply}")
+        kwargs["function_to_apply"] = LOGIT_FUNCTIONS[request.function_to_apply]
+    return kwargs
+
+
+def zero_shot_classification_kwargs(request: Any) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"candidate_labels": candidate_labels(request.candidate_labels)}
+    if request.hypothesis_template:
+        if "{}" not in request.hypothesis_template:
+            raise InvalidInput('hypothesis_template must contain "{}" where the label goes')
+        kwargs["hypothesis_template"] = request.hypothesis_template
+    return kwargs
