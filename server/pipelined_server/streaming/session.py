@@ -79,6 +79,8 @@ class Utterance:
     end: int | None = None
     speech_end: int | None = None
     agreement: LocalAgreement = field(default_factory=LocalAgreement)
+    # The latest decode of the current window, reused as the final one when it already heard all the speech.
+    last: Hypothesis | None = None
 
 
 _DONE = object()
@@ -243,7 +245,7 @@ class StreamSession:
         except QueueFull:
             u.decoded_end = end  # the model is saturated: skip this interim, try again with more audio
             return
-        u.decoded_end = end
+        u.decoded_end, u.last = end, hyp
         tail: list[Word] = []
         if end - u.window_start >= self._hard_window:
             final = self._force(u, hyp, end)
@@ -258,14 +260,19 @@ class StreamSession:
         while end - u.window_start > self._hard_window:
             cut_end = u.window_start + self._hard_window
             self._send(self._force(u, await self._hypothesis(u, cut_end), cut_end), [], cut_end)
-        hyp = await self._hypothesis(u, end)
+        speech_end = u.speech_end if u.speech_end is not None else end
+        if u.last is not None and u.decoded_end >= min(end, speech_end + self._pad // 2):
+            hyp = (
+                u.last
+            )  # that decode heard the whole utterance and some silence after it: no need for another
+        else:
+            hyp = await self._hypothesis(u, end)
         final = u.agreement.finish(hyp.words)
         event = (
             speech_pb2.SPEECH_EVENT_SPEECH_ENDED
             if self.options.events
             else speech_pb2.SPEECH_EVENT_UNSPECIFIED
         )
-        speech_end = u.speech_end if u.speech_end is not None else end
         self._send(final, [], end, event=event, event_s=self._seconds(speech_end), always=bool(event))
         self.metrics.final_lag.labels(self.instance.name).observe(
             time.monotonic() - self.buffer.arrival_of(speech_end)
@@ -306,7 +313,7 @@ class StreamSession:
         return final
 
     def _move_window(self, u: Utterance, start: int) -> None:
-        u.window_start = min(start, self.buffer.end)
+        u.window_start, u.last = min(start, self.buffer.end), None
         u.agreement.keep_after(self._seconds(u.window_start))
         self._trim()
 
