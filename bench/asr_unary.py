@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import ServerProcess, clips, percentile, table
 
 
@@ -49,7 +48,9 @@ def in_process(model: str, paths: list[Path], rounds: int, threads: int) -> tupl
     return latencies, len(latencies) / elapsed
 
 
-def through_server(target: str, paths: list[Path], rounds: int, concurrency: int) -> tuple[list[float], float]:
+def through_server(
+    target: str, paths: list[Path], rounds: int, concurrency: int
+) -> tuple[list[float], float]:
     from pipelined import Client
 
     payloads = [p.read_bytes() for p in paths] * rounds
@@ -80,7 +81,9 @@ def through_server(target: str, paths: list[Path], rounds: int, concurrency: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="whisper-tiny.en")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
@@ -91,19 +94,53 @@ def main() -> None:
     paths = clips()
 
     base_lat, base_tput = in_process(args.model, paths, args.rounds, args.torch_threads)
-    rows = [["in-process (sequential)", 1, percentile(base_lat, 50), percentile(base_lat, 95), percentile(base_lat, 99),
-             base_tput, 1.0, 1.0]]
+    rows = [
+        [
+            "in-process (sequential)",
+            1,
+            percentile(base_lat, 50),
+            percentile(base_lat, 95),
+            percentile(base_lat, 99),
+            base_tput,
+            1.0,
+            1.0,
+        ]
+    ]
     server = ServerProcess(["--model", args.model], torch_threads=args.torch_threads)
     try:
         server.wait_ready()
         for c in args.concurrency:
             lat, tput = through_server(server.target, paths, args.rounds, c)
-            rows.append(["server", c, percentile(lat, 50), percentile(lat, 95), percentile(lat, 99), tput,
-                         statistics.median(lat) / statistics.median(base_lat), tput / base_tput])
+            rows.append(
+                [
+                    "server",
+                    c,
+                    percentile(lat, 50),
+                    percentile(lat, 95),
+                    percentile(lat, 99),
+                    tput,
+                    statistics.median(lat) / statistics.median(base_lat),
+                    tput / base_tput,
+                ]
+            )
     finally:
         server.stop()
     print(f"model={args.model} clips={len(paths)} rounds={args.rounds} torch_threads={args.torch_threads}")
-    print(table(["path", "concurrency", "p50 s", "p95 s", "p99 s", "clips/s", "p50 vs in-process", "throughput x"], rows))
+    print(
+        table(
+            [
+                "path",
+                "concurrency",
+                "p50 s",
+                "p95 s",
+                "p99 s",
+                "clips/s",
+                "p50 vs in-process",
+                "throughput x",
+            ],
+            rows,
+        )
+    )
 
 
 if __name__ == "__main__":

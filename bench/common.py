@@ -13,9 +13,17 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+# The word error rate helper and the tiny-model builders live with the tests; benchmarks reuse them.
+sys.path.insert(0, str(REPO / "tests"))
 SHARED_DATA = REPO.parent / "shared" / "data"
-DEFAULT_CLIPS = ["audio/jfk.flac", "audio/LJ001-0001.wav", "audio/LJ001-0002.wav", "audio/LJ001-0003.wav",
-                 "audio/LJ001-0004.wav", "audio/librispeech-1995-1837-0001.wav"]
+DEFAULT_CLIPS = [
+    "audio/jfk.flac",
+    "audio/LJ001-0001.wav",
+    "audio/LJ001-0002.wav",
+    "audio/LJ001-0003.wav",
+    "audio/LJ001-0004.wav",
+    "audio/librispeech-1995-1837-0001.wav",
+]
 
 
 def clips(names: Sequence[str] = DEFAULT_CLIPS) -> list[Path]:
@@ -38,8 +46,22 @@ class ServerProcess:
     def __init__(self, args: Sequence[str], torch_threads: int = 1) -> None:
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "pipelined_server.cli", "--host", "127.0.0.1", "--port", str(self.port),
-               "--metrics-port", "0", "--torch-threads", str(torch_threads), "--log-level", "WARNING", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pipelined_server.cli",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--metrics-port",
+            "0",
+            "--torch-threads",
+            str(torch_threads),
+            "--log-level",
+            "WARNING",
+            *args,
+        ]
         self.process = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
     def wait_ready(self, timeout: float = 600) -> None:
@@ -68,7 +90,9 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(h) for h in headers]] + [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    cells = [[str(h) for h in headers]] + [
+        [f"{c:.3f}" if isinstance(c, float) else str(c) for c in r] for r in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")

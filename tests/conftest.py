@@ -53,18 +53,28 @@ def tiny_ctc_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 WHISPER_KWARGS: dict[str, Any] = {"num_beams": 1}
 
 
-def asr_specs(whisper_dir: Path, ctc_dir: Path, batching: BatchingConfig | None = None) -> tuple[ModelSpec, ...]:
+def asr_specs(
+    whisper_dir: Path, ctc_dir: Path, batching: BatchingConfig | None = None
+) -> tuple[ModelSpec, ...]:
     batching = batching or BatchingConfig(max_batch_size=8, max_queue_delay_ms=20)
     return (
-        ModelSpec(name="tiny-whisper", task=ASR, source=str(whisper_dir), pipeline_kwargs=WHISPER_KWARGS,
-                  batching=batching, default=True),
+        ModelSpec(
+            name="tiny-whisper",
+            task=ASR,
+            source=str(whisper_dir),
+            pipeline_kwargs=WHISPER_KWARGS,
+            batching=batching,
+            default=True,
+        ),
         ModelSpec(name="tiny-ctc", task=ASR, source=str(ctc_dir), batching=batching),
     )
 
 
 @pytest.fixture(scope="session")
 def asr_server(tiny_whisper_dir: Path, tiny_ctc_dir: Path) -> Iterator[ServerThread]:
-    config = ServerConfig(host="127.0.0.1", port=0, metrics_port=0, models=asr_specs(tiny_whisper_dir, tiny_ctc_dir))
+    config = ServerConfig(
+        host="127.0.0.1", port=0, metrics_port=0, models=asr_specs(tiny_whisper_dir, tiny_ctc_dir)
+    )
     server = ServerThread(config)
     yield server
     server.stop()

@@ -15,7 +15,7 @@ from pipelined import Client, DeadlineExceeded, InvalidArgument, NotFound, Resou
 from pipelined.v1 import audio_pb2, speech_pb2, speech_pb2_grpc
 from pipelined_server.audio import AudioLimits
 from pipelined_server.config import BatchingConfig, ServerConfig
-from tiny_models import tiny_audio
+from tiny_models import build_tiny_whisper, tiny_audio
 
 ASR = "automatic-speech-recognition"
 
@@ -25,7 +25,9 @@ def stub(asr_server: ServerThread) -> speech_pb2_grpc.SpeechServiceStub:
     return speech_pb2_grpc.SpeechServiceStub(grpc.insecure_channel(asr_server.target))
 
 
-def raw(data: bytes, encoding: int = audio_pb2.AUDIO_ENCODING_LINEAR16, rate: int = 16000, channels: int = 1) -> Any:
+def raw(
+    data: bytes, encoding: int = audio_pb2.AUDIO_ENCODING_LINEAR16, rate: int = 16000, channels: int = 1
+) -> Any:
     fmt = audio_pb2.RawAudioFormat(encoding=encoding, sample_rate_hertz=rate, channel_count=channels)
     return audio_pb2.AudioInput(raw=audio_pb2.RawAudio(data=data, format=fmt))
 
@@ -33,37 +35,86 @@ def raw(data: bytes, encoding: int = audio_pb2.AUDIO_ENCODING_LINEAR16, rate: in
 GOOD = raw(np.zeros(8000, np.int16).tobytes())
 
 BAD_REQUESTS: list[tuple[str, speech_pb2.RecognizeRequest, grpc.StatusCode, str]] = [
-    ("undecodable", speech_pb2.RecognizeRequest(audio=audio_pb2.AudioInput(encoded=b"not audio at all" * 50)),
-     grpc.StatusCode.INVALID_ARGUMENT, "decode"),
-    ("empty encoded", speech_pb2.RecognizeRequest(audio=audio_pb2.AudioInput(encoded=b"")),
-     grpc.StatusCode.INVALID_ARGUMENT, "empty"),
+    (
+        "undecodable",
+        speech_pb2.RecognizeRequest(audio=audio_pb2.AudioInput(encoded=b"not audio at all" * 50)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "decode",
+    ),
+    (
+        "empty encoded",
+        speech_pb2.RecognizeRequest(audio=audio_pb2.AudioInput(encoded=b"")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "empty",
+    ),
     ("no audio", speech_pb2.RecognizeRequest(), grpc.StatusCode.INVALID_ARGUMENT, "audio is missing"),
-    ("odd raw length", speech_pb2.RecognizeRequest(audio=raw(b"\x00" * 1001)),
-     grpc.StatusCode.INVALID_ARGUMENT, "multiple"),
-    ("unspecified encoding", speech_pb2.RecognizeRequest(audio=raw(b"\x00" * 1000, encoding=0)),
-     grpc.StatusCode.INVALID_ARGUMENT, "AUDIO_ENCODING_UNSPECIFIED"),
-    ("sample rate too low", speech_pb2.RecognizeRequest(audio=raw(b"\x00" * 1000, rate=100)),
-     grpc.StatusCode.INVALID_ARGUMENT, "100"),
-    ("too many channels", speech_pb2.RecognizeRequest(audio=raw(b"\x00" * 1024, channels=64)),
-     grpc.StatusCode.INVALID_ARGUMENT, "64"),
-    ("unknown model", speech_pb2.RecognizeRequest(config=speech_pb2.RecognitionConfig(model="nope"), audio=GOOD),
-     grpc.StatusCode.NOT_FOUND, "nope"),
-    ("char timestamps on whisper",
-     speech_pb2.RecognizeRequest(config=speech_pb2.RecognitionConfig(timestamps=speech_pb2.TIMESTAMP_GRANULARITY_CHAR),
-                                 audio=GOOD), grpc.StatusCode.INVALID_ARGUMENT, "CHAR"),
-    ("language on ctc",
-     speech_pb2.RecognizeRequest(config=speech_pb2.RecognitionConfig(model="tiny-ctc", language="fr"), audio=GOOD),
-     grpc.StatusCode.INVALID_ARGUMENT, "generative"),
-    ("unknown language",
-     speech_pb2.RecognizeRequest(config=speech_pb2.RecognitionConfig(language="klingon"), audio=GOOD),
-     grpc.StatusCode.INVALID_ARGUMENT, "klingon"),
-    ("zero beams",
-     speech_pb2.RecognizeRequest(config=speech_pb2.RecognitionConfig(generation=speech_pb2.GenerationOptions(num_beams=0)),
-                                 audio=GOOD), grpc.StatusCode.INVALID_ARGUMENT, "num_beams"),
+    (
+        "odd raw length",
+        speech_pb2.RecognizeRequest(audio=raw(b"\x00" * 1001)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "multiple",
+    ),
+    (
+        "unspecified encoding",
+        speech_pb2.RecognizeRequest(audio=raw(b"\x00" * 1000, encoding=0)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "AUDIO_ENCODING_UNSPECIFIED",
+    ),
+    (
+        "sample rate too low",
+        speech_pb2.RecognizeRequest(audio=raw(b"\x00" * 1000, rate=100)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "100",
+    ),
+    (
+        "too many channels",
+        speech_pb2.RecognizeRequest(audio=raw(b"\x00" * 1024, channels=64)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "64",
+    ),
+    (
+        "unknown model",
+        speech_pb2.RecognizeRequest(config=speech_pb2.RecognitionConfig(model="nope"), audio=GOOD),
+        grpc.StatusCode.NOT_FOUND,
+        "nope",
+    ),
+    (
+        "char timestamps on whisper",
+        speech_pb2.RecognizeRequest(
+            config=speech_pb2.RecognitionConfig(timestamps=speech_pb2.TIMESTAMP_GRANULARITY_CHAR), audio=GOOD
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "CHAR",
+    ),
+    (
+        "language on ctc",
+        speech_pb2.RecognizeRequest(
+            config=speech_pb2.RecognitionConfig(model="tiny-ctc", language="fr"), audio=GOOD
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "generative",
+    ),
+    (
+        "unknown language",
+        speech_pb2.RecognizeRequest(config=speech_pb2.RecognitionConfig(language="klingon"), audio=GOOD),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "klingon",
+    ),
+    (
+        "zero beams",
+        speech_pb2.RecognizeRequest(
+            config=speech_pb2.RecognitionConfig(generation=speech_pb2.GenerationOptions(num_beams=0)),
+            audio=GOOD,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "num_beams",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "request_", "code", "needle"), BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+@pytest.mark.parametrize(
+    ("name", "request_", "code", "needle"), BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS]
+)
 def test_bad_request_status_then_next_request_served(
     stub: speech_pb2_grpc.SpeechServiceStub, name: str, request_: Any, code: grpc.StatusCode, needle: str
 ) -> None:
@@ -83,9 +134,10 @@ def test_sdk_raises_typed_errors(asr_server: ServerThread) -> None:
 
 
 @pytest.fixture(scope="module")
-def strict_server(tiny_whisper_dir: Any, tiny_ctc_dir: Any) -> Any:
-    """One request at a time, a queue of two, and small audio limits."""
-    specs = asr_specs(tiny_whisper_dir, tiny_ctc_dir, BatchingConfig(max_batch_size=1, max_queue_size=2))
+def strict_server(tmp_path_factory: pytest.TempPathFactory, tiny_ctc_dir: Any) -> Any:
+    """One request at a time, a queue of two, small audio limits, and a bigger (slower) Whisper to keep busy."""
+    slow = build_tiny_whisper(tmp_path_factory.mktemp("slow-whisper"), d_model=384, layers=4)
+    specs = asr_specs(slow, tiny_ctc_dir, BatchingConfig(max_batch_size=1, max_queue_size=2))
     limits = AudioLimits(max_payload_bytes=8_000_000, max_duration_s=200.0)
     server = ServerThread(ServerConfig(host="127.0.0.1", port=0, metrics_port=0, audio=limits, models=specs))
     yield server
@@ -96,15 +148,17 @@ def test_payload_and_duration_limits(strict_server: ServerThread) -> None:
     pipe = Client(strict_server.target).pipeline(ASR)
     with pytest.raises(InvalidArgument, match="payload"):
         pipe(b"\x00" * 9_000_000)
-    with pytest.raises(InvalidArgument, match="duration"):
+    with pytest.raises(InvalidArgument, match="over the limit of 200"):
         pipe({"raw": np.zeros(8000 * 201, np.float32), "sampling_rate": 8000})
     assert "text" in pipe(tiny_audio(1.0))
 
 
-def _busy(server: ServerThread, seconds: float = 150.0) -> threading.Thread:
+def _busy(server: ServerThread, seconds: float = 45.0) -> threading.Thread:
     """Occupies the one-at-a-time model with a long-form decode."""
     audio = tiny_audio(seconds, seed=99)
-    thread = threading.Thread(target=lambda: Client(server.target).pipeline(ASR)(audio, return_timestamps=True))
+    thread = threading.Thread(
+        target=lambda: Client(server.target).pipeline(ASR)(audio, return_timestamps=True)
+    )
     thread.start()
     time.sleep(0.5)
     return thread
@@ -129,7 +183,8 @@ def test_expired_or_cancelled_requests_are_never_computed(strict_server: ServerT
     model = "tiny-whisper"
     items_before = strict_server.metric("pipelined_pipeline_items_total", model=model)
     skipped_before = sum(
-        strict_server.metric("pipelined_requests_skipped_total", model=model, reason=r) for r in ("deadline", "cancelled")
+        strict_server.metric("pipelined_requests_skipped_total", model=model, reason=r)
+        for r in ("deadline", "cancelled")
     )
     busy = _busy(strict_server)
     request = speech_pb2.RecognizeRequest(audio=GOOD)
@@ -144,7 +199,8 @@ def test_expired_or_cancelled_requests_are_never_computed(strict_server: ServerT
     busy.join()
     time.sleep(0.2)
     skipped = sum(
-        strict_server.metric("pipelined_requests_skipped_total", model=model, reason=r) for r in ("deadline", "cancelled")
+        strict_server.metric("pipelined_requests_skipped_total", model=model, reason=r)
+        for r in ("deadline", "cancelled")
     )
     # Only the long-form request reached the pipeline.
     assert strict_server.metric("pipelined_pipeline_items_total", model=model) - items_before == 1

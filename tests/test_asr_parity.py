@@ -20,8 +20,8 @@ def assert_same(remote: Any, local: Any) -> None:
     """Equal structure, text and keys; timestamps equal to the nanosecond the wire carries."""
     if isinstance(local, list):
         assert isinstance(remote, list) and len(remote) == len(local)
-        for r, l in zip(remote, local, strict=True):
-            assert_same(r, l)
+        for r, loc in zip(remote, local, strict=True):
+            assert_same(r, loc)
         return
     assert remote.keys() == local.keys(), (remote, local)
     assert remote["text"] == local["text"]
@@ -29,7 +29,7 @@ def assert_same(remote: Any, local: Any) -> None:
         assert r_chunk.keys() == l_chunk.keys()
         assert r_chunk["text"] == l_chunk["text"]
         assert r_chunk.get("language") == l_chunk.get("language")
-        for r_t, l_t in zip(r_chunk["timestamp"], l_chunk["timestamp"], strict=True):
+        for r_t, l_t in zip(r_chunk.get("timestamp", ()), l_chunk.get("timestamp", ()), strict=True):
             assert (r_t is None) == (l_t is None)
             if l_t is not None:
                 assert r_t == pytest.approx(float(l_t), abs=1e-9)
@@ -99,9 +99,13 @@ def test_input_forms_give_the_same_result(client: Client, local_whisper: Any) ->
 def test_chunked_long_audio_with_batch_size(client: Client, local_whisper: Any, local_ctc: Any) -> None:
     audio = tiny_audio(42.0, seed=5)
     kwargs = {"chunk_length_s": 10, "batch_size": 2, "return_timestamps": True}
-    assert_same(client.pipeline(ASR, model="tiny-whisper")(audio, **kwargs), local_whisper(audio.copy(), **kwargs))
+    assert_same(
+        client.pipeline(ASR, model="tiny-whisper")(audio, **kwargs), local_whisper(audio.copy(), **kwargs)
+    )
     ctc_kwargs = {"chunk_length_s": 10, "stride_length_s": 2, "batch_size": 3, "return_timestamps": "word"}
-    assert_same(client.pipeline(ASR, model="tiny-ctc")(audio, **ctc_kwargs), local_ctc(audio.copy(), **ctc_kwargs))
+    assert_same(
+        client.pipeline(ASR, model="tiny-ctc")(audio, **ctc_kwargs), local_ctc(audio.copy(), **ctc_kwargs)
+    )
 
 
 def test_long_form_sequential_decoding(client: Client, local_whisper: Any) -> None:
@@ -145,7 +149,9 @@ def test_batching_never_changes_a_result(
     assert calls < len(clips), "concurrent requests were not batched"
 
 
-def test_whisper_language_detection_is_never_batched(asr_server: ServerThread, client: Client, local_whisper: Any) -> None:
+def test_whisper_language_detection_is_never_batched(
+    asr_server: ServerThread, client: Client, local_whisper: Any
+) -> None:
     clips = [tiny_audio(2.0 + i, seed=30 + i) for i in range(3)]
     expected = [local_whisper(c.copy(), return_language=True) for c in clips]
     pipe = client.pipeline(ASR, model="tiny-whisper", return_language=True)
@@ -179,3 +185,12 @@ def test_ctc_stream_file(client: Client, local_ctc: Any) -> None:
     segments = list(client.pipeline(ASR, model="tiny-ctc").stream_file(audio, return_timestamps="word"))
     assert len(segments) >= 2
     assert segments[-1]["audio_processed_s"] == pytest.approx(len(audio) / 16000)
+
+
+def test_long_audio_without_timestamps_is_transcribed(client: Client, local_whisper: Any) -> None:
+    """The local pipeline raises for > 30 s without timestamps; the service decodes long-form anyway."""
+    audio = tiny_audio(40.0, seed=11)
+    with pytest.raises(ValueError, match="3000 mel input features"):
+        local_whisper(audio.copy())
+    remote = client.pipeline(ASR, model="tiny-whisper")(audio)
+    assert remote == {"text": local_whisper(audio.copy(), return_timestamps=True)["text"]}

@@ -37,8 +37,14 @@ def test_yaml_and_toml_configs(tmp_path: Path) -> None:
         ({"models": [{"name": "a", "source": "x"}]}, "models[0].task"),
         ({"models": [{"name": "a", "source": "x", "task": "dance"}]}, "dance"),
         ({"models": [{"name": "a", "source": "x", "task": "fill-mask", "colour": 1}]}, "colour"),
-        ({"models": [{"name": "a", "source": "x", "task": "fill-mask", "batching": {"max_batch_size": 0}}]},
-         "max_batch_size"),
+        (
+            {
+                "models": [
+                    {"name": "a", "source": "x", "task": "fill-mask", "batching": {"max_batch_size": 0}}
+                ]
+            },
+            "max_batch_size",
+        ),
         ({"models": [{"name": "a", "source": "x", "task": "fill-mask", "dtype": "int3"}]}, "dtype"),
         ({"models": [{"name": "a", "source": "embedded:nope"}]}, "nope"),
         ({"models": [{"name": "a", "source": "embedded:whisper-base"}] * 2}, "duplicate"),
@@ -65,8 +71,11 @@ def test_flags_serve_one_model_without_a_file() -> None:
 
 
 def test_device_and_dtype_become_pipeline_arguments() -> None:
-    spec = parse_config({"models": [{"name": "a", "source": "x", "task": "fill-mask", "device": "auto",
-                                      "dtype": "bfloat16"}]}).models[0]
+    spec = parse_config(
+        {"models": [{"name": "a", "source": "x", "task": "fill-mask", "device": "auto", "dtype": "bfloat16"}]}
+    ).models[0]
     assert pipeline_kwargs_for(spec) == {"device_map": "auto", "dtype": "bfloat16"}
-    spec = parse_config({"models": [{"name": "a", "source": "x", "task": "fill-mask", "device": "cuda:1"}]}).models[0]
+    spec = parse_config(
+        {"models": [{"name": "a", "source": "x", "task": "fill-mask", "device": "cuda:1"}]}
+    ).models[0]
     assert pipeline_kwargs_for(spec) == {"device": "cuda:1"}

@@ -68,7 +68,7 @@ def _free_port() -> int:
 @pytest.fixture()
 def server_process(tmp_path: Path, tiny_whisper_dir: Path) -> Any:
     """A real `pipelined-server` process; its second model is bigger, so it is still loading for a while."""
-    slow = build_tiny_whisper(tmp_path / "slow", d_model=384, layers=4) if "d_model" in build_tiny_whisper.__code__.co_varnames else tiny_whisper_dir
+    slow = build_tiny_whisper(tmp_path / "slow", d_model=384, layers=4)
     config = tmp_path / "server.yaml"
     config.write_text(
         "grace_period_s: 30\nmodels:\n"
@@ -78,9 +78,23 @@ def server_process(tmp_path: Path, tiny_whisper_dir: Path) -> Any:
     port, metrics_port = _free_port(), _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipelined_server.cli", "--config", str(config), "--host", "127.0.0.1",
-         "--port", str(port), "--metrics-port", str(metrics_port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "pipelined_server.cli",
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--metrics-port",
+            str(metrics_port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     yield process, f"127.0.0.1:{port}", metrics_port
     if process.poll() is None:
@@ -105,7 +119,9 @@ def test_sigterm_during_load_drains_without_losing_a_request(server_process: Any
 
     results: list[Any] = []
     long_audio = tiny_audio(90.0, seed=5)
-    in_flight = threading.Thread(target=lambda: results.append(client.pipeline(ASR, model="fast")(long_audio)))
+    in_flight = threading.Thread(
+        target=lambda: results.append(client.pipeline(ASR, model="fast")(long_audio))
+    )
     in_flight.start()
     time.sleep(0.3)
     process.send_signal(signal.SIGTERM)

@@ -67,15 +67,20 @@ _WHISPER_LANGUAGE_COUNT = 99
 
 # Whole words of the tiny byte-level BPE vocabulary (each with the leading "Ġ" space marker, so the
 # decoded text reads as space-separated words).
-_WHISPER_WORDS = (
-    "the and of to a in is it you that he was for on are with as his they be at one have this from or "
-    "had by word but what some we can out other were all there when up use your how said an each she "
-    "which do their time if will way about many then them hello world music sound tone noise test "
-    "bonjour merci hallo danke"
-).split()
+# fmt: off
+_WHISPER_WORDS = [
+    "the", "and", "of", "to", "a", "in", "is", "it", "you", "that", "he", "was", "for", "on", "are", "with",
+    "as", "his", "they", "be", "at", "one", "have", "this", "from", "or", "had", "by", "word", "but", "what",
+    "some", "we", "can", "out", "other", "were", "all", "there", "when", "up", "use", "your", "how", "said",
+    "an", "each", "she", "which", "do", "their", "time", "if", "will", "way", "about", "many", "then",
+    "them", "hello", "world", "music", "sound", "tone", "noise", "test", "bonjour", "merci", "hallo", "danke",
+]
+# fmt: on
 
 # Punctuation that real Whisper generation configs suppress (GPT-2 byte-symbol ids, the same here).
+# fmt: off
 _WHISPER_SUPPRESSED_SYMBOLS = [1, 2, 7, 8, 9, 10, 14, 25, 26, 27, 28, 29, 31, 58, 59, 60, 61, 62, 63, 90, 91, 92, 93]
+# fmt: on
 
 _TIME_PRECISION = 0.02
 _NUM_TIMESTAMPS = 1501
@@ -153,7 +158,9 @@ def _whisper_tokenizer():
     # Not special: Whisper's decoding finds timestamps as the ids above the last special token.
     tokenizer.add_tokens(
         [
-            AddedToken(f"<|{i * _TIME_PRECISION:.2f}|>", special=False, normalized=False, lstrip=False, rstrip=False)
+            AddedToken(
+                f"<|{i * _TIME_PRECISION:.2f}|>", special=False, normalized=False, lstrip=False, rstrip=False
+            )
             for i in range(_NUM_TIMESTAMPS)
         ]
     )
@@ -175,7 +182,7 @@ _AFTER_TS_AMPLITUDE = 4.0
 _CROSS_ATTENTION_SHARPNESS = 4.0
 _CROSS_ATTENTION_GAIN = 1.0
 _ENCODER_CLOCK_AMPLITUDE = 2.0
-_ALIGNMENT_GAIN = 3.0
+_ALIGNMENT_GAIN = 2.0
 _POSITION_SCALE = 1.0
 
 
@@ -299,8 +306,6 @@ def _shape_whisper_output(
 ) -> None:
     import torch
 
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES  # noqa: F401
-
     vocab, _, words = _whisper_bpe()
     specials = tokenizer.convert_tokens_to_ids(_whisper_special_tokens())
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
@@ -341,8 +346,9 @@ def _shape_whisper_output(
 
 
 def _calibrate_whisper_decoder(model, tokenizer, generator) -> tuple[float, ...]:
-    """Measure, on word sequences over test audio, the final hidden state's clock radius, its stop-channel
-    value after a ".", and the norm of its random part, so the output layer can be set in logit units."""
+    """Measure, on word sequences over test audio, the final hidden state's clock radius, its flag values
+    after a "." and after a timestamp, the norm of its random part and its projection on the current token's
+    embedding, so the output layer can be set in logit units."""
     import torch
     from transformers import WhisperFeatureExtractor
 
@@ -365,11 +371,13 @@ def _calibrate_whisper_decoder(model, tokenizer, generator) -> tuple[float, ...]
     return radius, stop_level, after_ts_level, noise_norm, self_projection.mean().item()
 
 
-def build_tiny_whisper(path: Path, *, multilingual: bool = True, seed: int = 0) -> Path:
+def build_tiny_whisper(
+    path: Path, *, multilingual: bool = True, seed: int = 0, d_model: int = 64, layers: int = 2
+) -> Path:
     """Save a tiny WhisperForConditionalGeneration with its tokenizer, feature extractor and processor.
 
     The layout is a real Whisper's, scaled down: 80 mel bins, 1500 encoder positions (30 s windows),
-    d_model 64, 2 encoder and 2 decoder layers of 2 heads, 448 decoder positions. The tokenizer is a
+    d_model 64, 2 encoder and 2 decoder layers of 2 heads, 448 decoder positions (about 2.6 MB). The tokenizer is a
     byte-level BPE (GPT-2's 256 byte symbols plus merges spelling ~70 words) followed by Whisper's special
     tokens in Whisper's order (<|endoftext|>, <|startoftranscript|>, the 99 language tokens, <|translate|>,
     <|transcribe|>, <|startoflm|>, <|startofprev|>, <|nocaptions|>, <|notimestamps|>) and the 1501
@@ -377,6 +385,8 @@ def build_tiny_whisper(path: Path, *, multilingual: bool = True, seed: int = 0) 
     needs for timestamps, word timestamps (alignment heads), language detection, ``language=`` and
     ``task=``; ``max_length`` is 64 so decoding stays short. ``multilingual=False`` gives an English-only
     model (``is_multilingual`` false, no ``lang_to_id``/``task_to_id``), like ``whisper-*.en``.
+    ``d_model`` (a multiple of 2 heads, at least 16) and ``layers`` (per side) give bigger, slower
+    variants that behave the same way (e.g. a model that takes a while to load).
 
     The decoder is random but steered (weights set by hand, then scaled from a calibration pass):
 
@@ -390,6 +400,9 @@ def build_tiny_whisper(path: Path, *, multilingual: bool = True, seed: int = 0) 
     * the embedding of "." raises a stop flag that makes the timestamps' total probability beat any text
       token, so with timestamps a "." closes a segment; timestamps and prompt tokens raise another flag
       that forbids a "." right after them and lets end-of-text win after a closing timestamp;
+    * the last decoder layer's two cross-attention heads (the ``alignment_heads``) look at the encoder
+      frames whose own clock (two channels of the encoder's positional embedding) matches the decoder's,
+      so word timestamps move forward with the text (roughly, not precisely);
     * everything else (the rest of the embeddings, the attention layers, the output rows) is random, with
       cross-attention strong enough that the text depends on the audio, and a penalty against repeating
       the current token, so the text varies instead of looping.
@@ -412,13 +425,13 @@ def build_tiny_whisper(path: Path, *, multilingual: bool = True, seed: int = 0) 
     config = WhisperConfig(
         vocab_size=len(tokenizer),
         num_mel_bins=80,
-        d_model=64,
-        encoder_layers=2,
-        decoder_layers=2,
+        d_model=d_model,
+        encoder_layers=layers,
+        decoder_layers=layers,
         encoder_attention_heads=2,
         decoder_attention_heads=2,
-        encoder_ffn_dim=128,
-        decoder_ffn_dim=128,
+        encoder_ffn_dim=2 * d_model,
+        decoder_ffn_dim=2 * d_model,
         max_source_positions=1500,
         max_target_positions=448,
         decoder_start_token_id=sot,
@@ -467,7 +480,7 @@ def build_tiny_whisper(path: Path, *, multilingual: bool = True, seed: int = 0) 
             ]
         ),
         begin_suppress_tokens=begin_suppress,
-        alignment_heads=[[1, 0], [1, 1]],
+        alignment_heads=[[layers - 1, 0], [layers - 1, 1]],
         no_timestamps_token_id=token_id("<|notimestamps|>"),
         prev_sot_token_id=token_id("<|startofprev|>"),
         max_initial_timestamp_index=50,
@@ -478,4 +491,113 @@ def build_tiny_whisper(path: Path, *, multilingual: bool = True, seed: int = 0) 
     model.save_pretrained(path)
     feature_extractor = WhisperFeatureExtractor(feature_size=80, sampling_rate=SAMPLING_RATE)
     WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------- wav2vec2
+
+# facebook/wav2vec2-base-960h's vocabulary: specials, the word delimiter, then letters by frequency.
+_CTC_VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|", *"ETAONIHSRDLUMWCFGYPBVK'XJQZ"]
+# Logit biases of the tiny CTC head (see build_tiny_wav2vec2_ctc).
+_CTC_BLANK = 4.5
+_CTC_DELIMITER = 2.0
+_CTC_LETTER = 0.0
+_CTC_SPECIAL = -30.0
+_CTC_NOISE = 1.5
+_CTC_BLANK_ON_PADDING = 20.0
+
+
+def build_tiny_wav2vec2_ctc(path: Path, *, seed: int = 0) -> Path:
+    """Save a tiny Wav2Vec2ForCTC with a character tokenizer, feature extractor and processor.
+
+    Like wav2vec2-large-960h-lv60-self scaled down: layer-norm feature encoder (3 convolutions, strides
+    5 * 8 * 8 = 320 samples, so one frame per 20 ms as in the real models), 2 stable-layer-norm
+    transformer layers of width 32. The vocabulary is base-960h's: <pad> (the CTC blank), <s>, </s>,
+    <unk>, the "|" word delimiter, 26 upper-case letters and the apostrophe.
+
+    The CTC head is random but steered: its bias makes the blank the likeliest class, then letters and
+    the word delimiter, and never the special tokens; its weights are scaled so the per-frame argmax
+    changes with the audio. Greedy decoding of a few seconds of ``tiny_audio`` gives several short
+    "words". Padding frames (batched inputs of different lengths) decode to blanks, as with a trained
+    model, so a batch gives the same text as its inputs one by one.
+    """
+    import torch
+    from transformers import (
+        Wav2Vec2Config,
+        Wav2Vec2CTCTokenizer,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2ForCTC,
+        Wav2Vec2Processor,
+    )
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    vocab_file = path / "vocab.json"
+    vocab_file.write_text(json.dumps({token: i for i, token in enumerate(_CTC_VOCAB)}), encoding="utf-8")
+    tokenizer = Wav2Vec2CTCTokenizer(
+        str(vocab_file),
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        word_delimiter_token="|",
+        do_lower_case=False,
+    )
+    config = Wav2Vec2Config(
+        vocab_size=len(_CTC_VOCAB),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(32, 32, 32),
+        conv_stride=(5, 8, 8),
+        conv_kernel=(10, 8, 8),
+        conv_bias=True,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        ctc_loss_reduction="mean",
+        apply_spec_augment=False,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Wav2Vec2ForCTC(config).eval()
+    generator = torch.Generator().manual_seed(seed)
+    feature_extractor = Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=SAMPLING_RATE,
+        padding_value=0.0,
+        do_normalize=True,
+        return_attention_mask=True,
+    )
+    with torch.no_grad():
+        # Calibrate on test audio: centre the head on the mean hidden state and scale each class's
+        # random part to _CTC_NOISE, so the biases alone set how often each class wins.
+        audio = [tiny_audio(seconds, seed=seed + i) for i, seconds in enumerate((3.0, 7.0, 12.0))]
+        inputs = feature_extractor(audio, sampling_rate=SAMPLING_RATE, padding=True, return_tensors="pt")
+        hidden = model.wav2vec2(**inputs)[0]
+        valid = model._get_feature_vector_attention_mask(hidden.shape[1], inputs["attention_mask"]).bool()
+        speech, padding = hidden[valid], hidden[~valid]
+        centre = speech.mean(0)
+        head = model.lm_head
+        weight = torch.randn(head.weight.shape, generator=generator)
+        weight *= _CTC_NOISE / ((speech - centre) @ weight.T).std(0).unsqueeze(1)
+        bias = torch.full((len(_CTC_VOCAB),), _CTC_LETTER)
+        bias[0] = _CTC_BLANK
+        bias[1:4] = _CTC_SPECIAL
+        bias[4] = _CTC_DELIMITER
+        weight[1:4] = 0
+        # Like a trained model, emit blanks on the padding of a batch (whose frames look alike): without
+        # this, batching inputs of different lengths would add letters at the end of the shorter ones.
+        towards_padding = padding.mean(0) - centre
+        weight[0] += _CTC_BLANK_ON_PADDING * towards_padding / towards_padding.square().sum()
+        head.weight.copy_(weight)
+        head.bias.copy_(bias - weight @ centre)
+
+    model.save_pretrained(path)
+    Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(path)
     return path

@@ -86,14 +86,17 @@ def recognition_config(model: str, kwargs: dict[str, Any]) -> speech_pb2.Recogni
     return config
 
 
-def _chunk(chunk: speech_pb2.TranscriptChunk, with_language: bool) -> dict[str, Any]:
-    start = _seconds(chunk.start_offset) if chunk.HasField("start_offset") else None
-    end = _seconds(chunk.end_offset) if chunk.HasField("end_offset") else None
+def _chunk(
+    chunk: speech_pb2.TranscriptChunk, with_language: bool, with_timestamp: bool = True
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if with_language:
         out["language"] = chunk.language or None
     out["text"] = chunk.text
-    out["timestamp"] = (start, end)
+    if with_timestamp:
+        start = _seconds(chunk.start_offset) if chunk.HasField("start_offset") else None
+        end = _seconds(chunk.end_offset) if chunk.HasField("end_offset") else None
+        out["timestamp"] = (start, end)
     return out
 
 
@@ -101,8 +104,9 @@ def result_dict(response: speech_pb2.RecognizeResponse, kwargs: dict[str, Any]) 
     """The dict the local pipeline returns for the same call."""
     result: dict[str, Any] = {"text": response.text}
     with_language = bool(kwargs.get("return_language"))
-    if kwargs.get("return_timestamps") or with_language:
-        result["chunks"] = [_chunk(c, with_language) for c in response.chunks]
+    with_timestamps = bool(kwargs.get("return_timestamps"))
+    if with_timestamps or with_language:
+        result["chunks"] = [_chunk(c, with_language, with_timestamps) for c in response.chunks]
     return result
 
 

@@ -37,7 +37,13 @@ def model_dict(info: models_pb2.ModelInfo) -> dict[str, Any]:
 class Client:
     """`Client("host:port").pipeline(task)` behaves like `transformers.pipeline(task)`."""
 
-    def __init__(self, target: str = DEFAULT_TARGET, *, timeout: float | None = None, channel: grpc.Channel | None = None):
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = None,
+        channel: grpc.Channel | None = None,
+    ):
         self.target = target
         self.timeout = timeout
         self.channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
@@ -54,7 +60,9 @@ class Client:
 
     def models(self, task: str = "") -> list[dict[str, Any]]:
         try:
-            response = self.models_stub.ListModels(models_pb2.ListModelsRequest(task=task), timeout=self.timeout)
+            response = self.models_stub.ListModels(
+                models_pb2.ListModelsRequest(task=task), timeout=self.timeout
+            )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return [model_dict(m) for m in response.models]
@@ -69,7 +77,9 @@ class Client:
     def health(self, service: str = "") -> str:
         """SERVING, NOT_SERVING or SERVICE_UNKNOWN for the server ("") or one model by name."""
         try:
-            response = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+            response = self.health_stub.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=self.timeout
+            )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)

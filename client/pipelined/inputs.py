@@ -63,6 +63,6 @@ def audio_input(inputs: Any) -> audio_pb2.AudioInput:
 
 def is_single_audio(inputs: Any) -> bool:
     """True for one clip; False for a list, tuple, generator or other iterable of clips."""
-    return isinstance(inputs, str | os.PathLike | bytes | bytearray | memoryview | dict | audio_pb2.AudioInput) or (
-        hasattr(inputs, "__array__")
-    )
+    return isinstance(
+        inputs, str | os.PathLike | bytes | bytearray | memoryview | dict | audio_pb2.AudioInput
+    ) or (hasattr(inputs, "__array__"))

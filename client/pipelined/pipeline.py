@@ -26,8 +26,12 @@ class SpeechRecognitionPipeline:
 
     task = asr.TASK
 
-    def __init__(self, client: Client, model: str | None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, **defaults: Any):
-        asr.recognition_config(model or "", defaults)  # fail at construction on unknown defaults, as transformers does
+    def __init__(
+        self, client: Client, model: str | None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, **defaults: Any
+    ):
+        asr.recognition_config(
+            model or "", defaults
+        )  # fail at construction on unknown defaults, as transformers does
         self.client = client
         self.model = model or ""
         self.defaults = defaults
@@ -50,7 +54,9 @@ class SpeechRecognitionPipeline:
 
     def _one(self, inputs: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         try:
-            response = self.client.speech.Recognize(self._request(inputs, kwargs), timeout=self.client.timeout)
+            response = self.client.speech.Recognize(
+                self._request(inputs, kwargs), timeout=self.client.timeout
+            )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return asr.result_dict(response, kwargs)
@@ -59,7 +65,11 @@ class SpeechRecognitionPipeline:
         pending: deque[Any] = deque()
         try:
             for item in inputs:
-                pending.append(self.client.speech.Recognize.future(self._request(item, kwargs), timeout=self.client.timeout))
+                pending.append(
+                    self.client.speech.Recognize.future(
+                        self._request(item, kwargs), timeout=self.client.timeout
+                    )
+                )
                 if len(pending) >= self.max_in_flight:
                     yield self._result(pending.popleft(), kwargs)
             while pending:

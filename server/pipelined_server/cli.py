@@ -16,7 +16,9 @@ from .errors import ConfigError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="pipelined-server", description="Serve transformers pipelines over gRPC.")
+    parser = argparse.ArgumentParser(
+        prog="pipelined-server", description="Serve transformers pipelines over gRPC."
+    )
     parser.add_argument("--config", type=Path, help="YAML or TOML file naming the models to serve")
     parser.add_argument("--host", help="address to bind (default [::])")
     parser.add_argument("--port", type=int, help=f"gRPC port (default {DEFAULT_PORT}; 0 picks a free one)")
@@ -79,7 +81,9 @@ async def serve(config: ServerConfig) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         config = build_config(args)
     except ConfigError as exc:

@@ -129,7 +129,9 @@ def _build(cls: type, data: Any, where: str) -> Any:
     names = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+        raise ConfigError(
+            f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}"
+        )
     try:
         return cls(**data)
     except ValueError as exc:  # a dataclass's own validation (limits that admit nothing)

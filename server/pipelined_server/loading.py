@@ -64,7 +64,9 @@ def load_pipeline(spec: ModelSpec) -> LoadedPipeline:
 
     model = resolve_source(spec.source)
     log.info("loading %s (%s) from %s on %s", spec.name, spec.task, model, spec.device)
-    pipe = transformers.pipeline(spec.task, model=model, **pipeline_kwargs_for(spec))
+    # The task is a runtime string, so none of transformers' per-task overloads applies.
+    make_pipeline: Any = transformers.pipeline
+    pipe = make_pipeline(spec.task, model=model, **pipeline_kwargs_for(spec))
     torch_model = getattr(pipe, "model", None)
     device_map = getattr(torch_model, "hf_device_map", None)
     device = str(device_map) if device_map else str(getattr(pipe, "device", spec.device))

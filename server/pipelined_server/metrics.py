@@ -37,9 +37,15 @@ class Metrics:
             registry=r,
         )
         self.batch_size = Histogram(
-            "pipelined_batch_size", "Requests per pipeline call.", ["model"], buckets=_BATCH_BUCKETS, registry=r
+            "pipelined_batch_size",
+            "Requests per pipeline call.",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
         )
-        self.queue_depth = Gauge("pipelined_queue_depth", "Requests waiting per model.", ["model"], registry=r)
+        self.queue_depth = Gauge(
+            "pipelined_queue_depth", "Requests waiting per model.", ["model"], registry=r
+        )
         self.pipeline_calls = Counter(
             "pipelined_pipeline_calls_total", "Calls into the transformers pipeline.", ["model"], registry=r
         )
@@ -55,7 +61,9 @@ class Metrics:
         self.load_seconds = Gauge(
             "pipelined_model_load_seconds", "Time taken to load each model.", ["model"], registry=r
         )
-        self.model_ready = Gauge("pipelined_model_ready", "1 when the model serves requests.", ["model"], registry=r)
+        self.model_ready = Gauge(
+            "pipelined_model_ready", "1 when the model serves requests.", ["model"], registry=r
+        )
         self.active_streams = Gauge(
             "pipelined_active_streams", "Live recognition streams open.", ["model"], registry=r
         )
@@ -81,7 +89,10 @@ class Metrics:
             registry=r,
         )
         self.streams_ended = Counter(
-            "pipelined_streams_ended_total", "Live streams ended, by final status.", ["model", "code"], registry=r
+            "pipelined_streams_ended_total",
+            "Live streams ended, by final status.",
+            ["model", "code"],
+            registry=r,
         )
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:

@@ -30,7 +30,9 @@ class Client:
 
     async def models(self, task: str = "") -> list[dict[str, Any]]:
         try:
-            response = await self.models_stub.ListModels(models_pb2.ListModelsRequest(task=task), timeout=self.timeout)
+            response = await self.models_stub.ListModels(
+                models_pb2.ListModelsRequest(task=task), timeout=self.timeout
+            )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return [model_dict(m) for m in response.models]

@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 class SpeechRecognitionPipeline:
     task = asr.TASK
 
-    def __init__(self, client: Client, model: str | None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, **defaults: Any):
+    def __init__(
+        self, client: Client, model: str | None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, **defaults: Any
+    ):
         asr.recognition_config(model or "", defaults)
         self.client = client
         self.model = model or ""
@@ -29,7 +31,9 @@ class SpeechRecognitionPipeline:
         self.max_in_flight = max_in_flight
 
     async def _one(self, inputs: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        request = speech_pb2.RecognizeRequest(config=asr.recognition_config(self.model, kwargs), audio=audio_input(inputs))
+        request = speech_pb2.RecognizeRequest(
+            config=asr.recognition_config(self.model, kwargs), audio=audio_input(inputs)
+        )
         try:
             response = await self.client.speech.Recognize(request, timeout=self.client.timeout)
         except grpc.RpcError as error:
@@ -43,7 +47,9 @@ class SpeechRecognitionPipeline:
             return await self._one(inputs, merged)
         return [result async for result in self.iterate(inputs, **kwargs)]
 
-    async def iterate(self, inputs: Iterable[Any] | AsyncIterable[Any], **kwargs: Any) -> AsyncIterator[dict[str, Any]]:
+    async def iterate(
+        self, inputs: Iterable[Any] | AsyncIterable[Any], **kwargs: Any
+    ) -> AsyncIterator[dict[str, Any]]:
         """Results of a (possibly async) iterable of clips, in input order."""
         merged = {**self.defaults, **kwargs}
         pending: list[asyncio.Task[dict[str, Any]]] = []
@@ -64,7 +70,9 @@ class SpeechRecognitionPipeline:
             config=asr.recognition_config(self.model, merged), audio=audio_input(inputs)
         )
         try:
-            async for response in self.client.speech.StreamingRecognizeFile(request, timeout=self.client.timeout):
+            async for response in self.client.speech.StreamingRecognizeFile(
+                request, timeout=self.client.timeout
+            ):
                 yield asr.segment_dict(response)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None

@@ -33,17 +33,24 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
     ) -> speech_pb2.RecognizeResponse:
         instance = self._model(request.config, call)
         kwargs = asr.call_kwargs(request.config, asr.model_kind(instance))
-        samples = await decode_audio_input_async(request.audio, instance.sampling_rate, self.state.config.audio)
+        samples = await decode_audio_input_async(
+            request.audio, instance.sampling_rate, self.state.config.audio
+        )
         output = await asr.recognize(instance, samples, kwargs, context.time_remaining())
-        return asr.response_from_output(output, instance.name)
+        return asr.response_from_output(output, instance.name, kwargs)
 
     @rpc(asr.TASK)
     async def StreamingRecognizeFile(
-        self, request: speech_pb2.StreamingRecognizeFileRequest, context: grpc.aio.ServicerContext, call: CallInfo
+        self,
+        request: speech_pb2.StreamingRecognizeFileRequest,
+        context: grpc.aio.ServicerContext,
+        call: CallInfo,
     ) -> AsyncIterator[speech_pb2.StreamingRecognizeFileResponse]:
         instance = self._model(request.config, call)
         kwargs = asr.call_kwargs(request.config, asr.model_kind(instance))
-        samples = await decode_audio_input_async(request.audio, instance.sampling_rate, self.state.config.audio)
+        samples = await decode_audio_input_async(
+            request.audio, instance.sampling_rate, self.state.config.audio
+        )
         async for response in segment_stream(instance, samples, kwargs, context.time_remaining):
             yield response
 

@@ -31,7 +31,10 @@ _TIMESTAMPS: dict[int, Any] = {
     speech_pb2.TIMESTAMP_GRANULARITY_WORD: "word",
     speech_pb2.TIMESTAMP_GRANULARITY_CHAR: "char",
 }
-_SPEECH_TASKS = {speech_pb2.SPEECH_TASK_TRANSCRIBE: "transcribe", speech_pb2.SPEECH_TASK_TRANSLATE: "translate"}
+_SPEECH_TASKS = {
+    speech_pb2.SPEECH_TASK_TRANSCRIBE: "transcribe",
+    speech_pb2.SPEECH_TASK_TRANSLATE: "translate",
+}
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,11 @@ def plan(kwargs: dict[str, Any], kind: str, samples: np.ndarray, rate: int) -> A
     """How the scheduler may batch this recognition (see the module docstring)."""
     if kind == WHISPER:
         long_form = len(samples) > WHISPER_WINDOW_S * rate and "chunk_length_s" not in kwargs
+        if long_form and not kwargs.get("return_timestamps"):
+            # Whisper's long-form decoding needs timestamp tokens, and the local pipeline raises without them.
+            # A service should transcribe a long file anyway: decode with segment timestamps, and the
+            # response leaves out the chunks nobody asked for.
+            kwargs = {**kwargs, "return_timestamps": True}
         if long_form or kwargs.get("return_language"):
             return AsrCall(kwargs, key=None, batchable=False)
         return AsrCall(kwargs, key="whisper", batchable=True)
@@ -132,8 +140,12 @@ def chunk_to_proto(chunk: dict[str, Any], offset_s: float = 0.0) -> speech_pb2.T
     return proto
 
 
-def response_from_output(output: dict[str, Any], model: str) -> speech_pb2.RecognizeResponse:
-    chunks = output.get("chunks") or []
+def response_from_output(
+    output: dict[str, Any], model: str, requested: dict[str, Any]
+) -> speech_pb2.RecognizeResponse:
+    """`requested` is the caller's arguments: chunks are only sent when it asked for timestamps or language."""
+    wanted = requested.get("return_timestamps") or requested.get("return_language")
+    chunks = (output.get("chunks") or []) if wanted else []
     languages = {c.get("language") for c in chunks if c.get("language")}
     return speech_pb2.RecognizeResponse(
         text=output.get("text", ""),
@@ -143,11 +155,12 @@ def response_from_output(output: dict[str, Any], model: str) -> speech_pb2.Recog
     )
 
 
-async def recognize(instance: ModelInstance, samples: np.ndarray, kwargs: dict[str, Any], timeout: float | None) -> Any:
+async def recognize(
+    instance: ModelInstance, samples: np.ndarray, kwargs: dict[str, Any], timeout: float | None
+) -> Any:
     """One pipeline result through the model's scheduler."""
     assert instance.scheduler is not None
     call = plan(kwargs, model_kind(instance), samples, instance.sampling_rate)
     return await instance.scheduler.submit(
         samples, call.kwargs, key=call.key, batchable=call.batchable, timeout=timeout
     )
-

@@ -38,8 +38,17 @@ class WindowCommit:
     advance_s: float
 
 
+def _ordered(chunk: dict[str, Any]) -> dict[str, Any]:
+    """A segment never ends before it starts (a weak model can emit timestamps out of order)."""
+    start, end = chunk["timestamp"]
+    if start is not None and end is not None and end < start:
+        return {**chunk, "timestamp": (start, start)}
+    return chunk
+
+
 def commit_window(chunks: list[dict[str, Any]], window_s: float, is_last: bool) -> WindowCommit:
     """Applies Whisper's seek rule to a window's segment chunks."""
+    chunks = [_ordered(c) for c in chunks]
     if not chunks:
         return WindowCommit([], window_s)
     last_start, last_end = chunks[-1]["timestamp"]
@@ -69,7 +78,12 @@ def quiet_cut(samples: np.ndarray, start: int, window: int, rate: int) -> int:
 
 
 def _response(
-    segment: dict[str, Any], words: list[dict[str, Any]], offset_s: float, processed_s: float, total_s: float, model: str
+    segment: dict[str, Any],
+    words: list[dict[str, Any]],
+    offset_s: float,
+    processed_s: float,
+    total_s: float,
+    model: str,
 ) -> speech_pb2.StreamingRecognizeFileResponse:
     return speech_pb2.StreamingRecognizeFileResponse(
         segment=chunk_to_proto(segment, offset_s),
@@ -128,7 +142,9 @@ async def _whisper_segments(
         for segment in commit.segments:
             start, end = segment["timestamp"]
             seg_words = _words_in(words, start, end) if want_words else []
-            yield _response(segment, seg_words, offset_s, min(offset_s + end, total_s), total_s, instance.name)
+            yield _response(
+                segment, seg_words, offset_s, min(offset_s + end, total_s), total_s, instance.name
+            )
 
 
 async def _windowed_segments(
@@ -146,5 +162,7 @@ async def _windowed_segments(
         text = output.get("text", "")
         if text.strip():
             segment = {"text": text, "timestamp": (0.0, len(piece) / rate)}
-            yield _response(segment, output.get("chunks") or [], start / rate, end / rate, total_s, instance.name)
+            yield _response(
+                segment, output.get("chunks") or [], start / rate, end / rate, total_s, instance.name
+            )
         start = end

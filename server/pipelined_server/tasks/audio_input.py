@@ -42,5 +42,7 @@ def decode_audio_input(audio: audio_pb2.AudioInput, model_rate: int, limits: Aud
     raise InvalidInput("audio is missing: set audio.encoded (file bytes) or audio.raw (PCM with its format)")
 
 
-async def decode_audio_input_async(audio: audio_pb2.AudioInput, model_rate: int, limits: AudioLimits) -> np.ndarray:
+async def decode_audio_input_async(
+    audio: audio_pb2.AudioInput, model_rate: int, limits: AudioLimits
+) -> np.ndarray:
     return await asyncio.to_thread(decode_audio_input, audio, model_rate, limits)
