@@ -193,19 +193,24 @@ class StreamSession:
                 previous_end = self.utterances[-1].end if self.utterances else None
                 start = max(event.sample - self._pad, previous_end or 0, self.buffer.start)
                 self.utterances.append(Utterance(start, event.sample, start, start))
-                if self.options.events:
-                    self.outbox.put_nowait(
-                        responses.response(
-                            [],
-                            self._seconds(self.buffer.end),
-                            self.instance.name,
-                            event=speech_pb2.SPEECH_EVENT_SPEECH_STARTED,
-                            event_s=self._seconds(event.sample),
-                        )
-                    )
+                if len(self.utterances) == 1:
+                    self._announce(self.utterances[0])
+                # else: announced once the utterances before it are final, so events stay in stream order
             elif self.utterances and self.utterances[-1].end is None:
                 self.utterances[-1].speech_end = event.sample
                 self.utterances[-1].end = event.sample + self._pad
+
+    def _announce(self, u: Utterance) -> None:
+        if self.options.events:
+            self.outbox.put_nowait(
+                responses.response(
+                    [],
+                    self._seconds(self.buffer.end),
+                    self.instance.name,
+                    event=speech_pb2.SPEECH_EVENT_SPEECH_STARTED,
+                    event_s=self._seconds(u.speech_start),
+                )
+            )
 
     def _trim(self) -> None:
         """Drops audio no utterance can decode any more, keeping pre-roll for the next one."""
@@ -278,6 +283,8 @@ class StreamSession:
             time.monotonic() - self.buffer.arrival_of(speech_end)
         )
         self.utterances.popleft()
+        if self.utterances:
+            self._announce(self.utterances[0])
         self._trim()
 
     async def _hypothesis(self, u: Utterance, end: int) -> Hypothesis:
