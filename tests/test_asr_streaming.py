@@ -42,12 +42,17 @@ def pcm(samples: np.ndarray) -> bytes:
 
 def config_request(**fields: Any) -> speech_pb2.StreamingRecognizeRequest:
     fields.setdefault("audio_format", LINEAR16)
-    return speech_pb2.StreamingRecognizeRequest(streaming_config=speech_pb2.StreamingRecognitionConfig(**fields))
+    return speech_pb2.StreamingRecognizeRequest(
+        streaming_config=speech_pb2.StreamingRecognitionConfig(**fields)
+    )
 
 
 def audio_requests(samples: np.ndarray, chunk_s: float = 0.1) -> list[speech_pb2.StreamingRecognizeRequest]:
     step = int(chunk_s * RATE)
-    return [speech_pb2.StreamingRecognizeRequest(audio=pcm(samples[i : i + step])) for i in range(0, len(samples), step)]
+    return [
+        speech_pb2.StreamingRecognizeRequest(audio=pcm(samples[i : i + step]))
+        for i in range(0, len(samples), step)
+    ]
 
 
 def seconds(d: Any) -> float:
@@ -59,7 +64,9 @@ def stub(asr_server: ServerThread) -> speech_pb2_grpc.SpeechServiceStub:
     return speech_pb2_grpc.SpeechServiceStub(grpc.insecure_channel(asr_server.target))
 
 
-def check_semantics(responses: list[speech_pb2.StreamingRecognizeResponse], duration_s: float, words: bool) -> None:
+def check_semantics(
+    responses: list[speech_pb2.StreamingRecognizeResponse], duration_s: float, words: bool
+) -> None:
     """Events alternate and pair up, finals follow each other in time within the audio, interims follow finals."""
     last_final_end = 0.0
     in_speech = False
@@ -118,7 +125,9 @@ def test_half_close_mid_speech_flushes_a_final(stub: Any) -> None:
     assert seconds(last.speech_event_offset) <= 1.5 + 1e-6
     finals = [r for resp in responses for r in resp.results if r.is_final]
     assert finals and seconds(finals[-1].end_offset) <= 1.5 + 1e-6
-    assert not any(not r.is_final for resp in responses for r in resp.results), "interim results were not asked"
+    assert not any(not r.is_final for resp in responses for r in resp.results), (
+        "interim results were not asked"
+    )
 
 
 def test_silence_costs_no_decoding(asr_server: ServerThread, stub: Any) -> None:
@@ -136,7 +145,11 @@ def test_silence_costs_no_decoding(asr_server: ServerThread, stub: Any) -> None:
 def strict_server(tiny_whisper_dir: Path, tiny_ctc_dir: Path) -> Iterator[ServerThread]:
     limits = StreamingLimits(idle_timeout_s=1.0, max_chunk_bytes=32000, max_streams=2)
     config = ServerConfig(
-        host="127.0.0.1", port=0, metrics_port=0, streaming=limits, models=asr_specs(tiny_whisper_dir, tiny_ctc_dir)
+        host="127.0.0.1",
+        port=0,
+        metrics_port=0,
+        streaming=limits,
+        models=asr_specs(tiny_whisper_dir, tiny_ctc_dir),
     )
     server = ServerThread(config)
     yield server
@@ -151,31 +164,72 @@ def strict_stub(strict_server: ServerThread) -> speech_pb2_grpc.SpeechServiceStu
 SILENCE = speech_pb2.StreamingRecognizeRequest(audio=b"\x00\x00" * 1600)
 BAD_STREAMS = [
     ("audio before config", [SILENCE], grpc.StatusCode.INVALID_ARGUMENT, "first message"),
-    ("second config", [config_request(), SILENCE, config_request()], grpc.StatusCode.FAILED_PRECONDITION,
-     "already sent"),
-    ("unspecified encoding", [config_request(audio_format=audio_pb2.RawAudioFormat(sample_rate_hertz=RATE))],
-     grpc.StatusCode.INVALID_ARGUMENT, "AUDIO_ENCODING_UNSPECIFIED"),
-    ("unknown encoding", [config_request(audio_format=audio_pb2.RawAudioFormat(encoding=42))],
-     grpc.StatusCode.INVALID_ARGUMENT, "42"),
-    ("no audio format", [speech_pb2.StreamingRecognizeRequest(streaming_config=speech_pb2.StreamingRecognitionConfig())],
-     grpc.StatusCode.INVALID_ARGUMENT, "audio_format"),
-    ("chunk too large", [config_request(), speech_pb2.StreamingRecognizeRequest(audio=b"\x00\x00" * 16001)],
-     grpc.StatusCode.INVALID_ARGUMENT, "max_chunk_bytes"),
-    ("empty message", [config_request(), speech_pb2.StreamingRecognizeRequest()], grpc.StatusCode.INVALID_ARGUMENT,
-     "neither"),
+    (
+        "second config",
+        [config_request(), SILENCE, config_request()],
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "already sent",
+    ),
+    (
+        "unspecified encoding",
+        [config_request(audio_format=audio_pb2.RawAudioFormat(sample_rate_hertz=RATE))],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "AUDIO_ENCODING_UNSPECIFIED",
+    ),
+    (
+        "unknown encoding",
+        [config_request(audio_format=audio_pb2.RawAudioFormat(encoding=42))],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "42",
+    ),
+    (
+        "no audio format",
+        [speech_pb2.StreamingRecognizeRequest(streaming_config=speech_pb2.StreamingRecognitionConfig())],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "audio_format",
+    ),
+    (
+        "chunk too large",
+        [config_request(), speech_pb2.StreamingRecognizeRequest(audio=b"\x00\x00" * 16001)],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "max_chunk_bytes",
+    ),
+    (
+        "empty message",
+        [config_request(), speech_pb2.StreamingRecognizeRequest()],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "neither",
+    ),
     ("no messages", [], grpc.StatusCode.INVALID_ARGUMENT, "streaming_config"),
-    ("odd byte count at the end", [config_request(), speech_pb2.StreamingRecognizeRequest(audio=b"\x00" * 3)],
-     grpc.StatusCode.INVALID_ARGUMENT, "ended with"),
-    ("unknown model", [config_request(config=speech_pb2.RecognitionConfig(model="nope"))],
-     grpc.StatusCode.NOT_FOUND, "nope"),
-    ("chunk_length", [config_request(config=speech_pb2.RecognitionConfig(chunk_length={"seconds": 5}))],
-     grpc.StatusCode.INVALID_ARGUMENT, "chunk_length"),
+    (
+        "odd byte count at the end",
+        [config_request(), speech_pb2.StreamingRecognizeRequest(audio=b"\x00" * 3)],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "ended with",
+    ),
+    (
+        "unknown model",
+        [config_request(config=speech_pb2.RecognitionConfig(model="nope"))],
+        grpc.StatusCode.NOT_FOUND,
+        "nope",
+    ),
+    (
+        "chunk_length",
+        [config_request(config=speech_pb2.RecognitionConfig(chunk_length={"seconds": 5}))],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "chunk_length",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("name", "messages", "code", "needle"), BAD_STREAMS, ids=[b[0] for b in BAD_STREAMS])
 def test_bad_stream_status_then_server_keeps_serving(
-    strict_server: ServerThread, strict_stub: Any, name: str, messages: list[Any], code: grpc.StatusCode, needle: str
+    strict_server: ServerThread,
+    strict_stub: Any,
+    name: str,
+    messages: list[Any],
+    code: grpc.StatusCode,
+    needle: str,
 ) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         list(strict_stub.StreamingRecognize(iter(messages), timeout=60))

@@ -38,7 +38,12 @@ def test_keep_after_forgets_words_before_the_new_window() -> None:
 
 
 def test_segment_output_becomes_timed_words_and_cuts() -> None:
-    output = {"chunks": [{"text": " Hello big", "timestamp": (0.0, 1.0)}, {"text": " world", "timestamp": (1.0, None)}]}
+    output = {
+        "chunks": [
+            {"text": " Hello big", "timestamp": (0.0, 1.0)},
+            {"text": " world", "timestamp": (1.0, None)},
+        ]
+    }
     hyp = hypothesis(output, offset_s=10.0, duration_s=2.0)
     assert [w.text for w in hyp.words] == ["Hello", "big", "world"]
     assert hyp.words[0].start == 10.0 and hyp.words[1].end == 11.0 and hyp.words[2].end == 12.0
