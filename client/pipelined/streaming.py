@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from google.protobuf.duration_pb2 import Duration
 
 from . import asr
 from .v1 import audio_pb2, speech_pb2
@@ -79,14 +78,7 @@ class StreamingResult:
     event_time: float | None = None
 
 
-def _duration(seconds: float) -> Duration:
-    duration = Duration()
-    duration.FromNanoseconds(round(float(seconds) * 1e9))
-    return duration
-
-
-def _seconds(d: Duration) -> float:
-    return (d.seconds * 1_000_000_000 + d.nanos) / 1e9
+_duration, _seconds = asr._duration, asr._seconds
 
 
 def streaming_config(

@@ -87,7 +87,8 @@ class SpeechDetector:
             return events
         with torch.inference_mode():
             for i in range(frames):
-                frame = torch.from_numpy(np.ascontiguousarray(data[i * self.frame : (i + 1) * self.frame]))
+                # torch.tensor copies: chunks may be read-only views of the request bytes.
+                frame = torch.tensor(data[i * self.frame : (i + 1) * self.frame])
                 prob = float(self.model(frame, self.rate).item())
                 event = self._step(prob)
                 if event is not None:
