@@ -83,6 +83,40 @@ def run(client: Client, args: argparse.Namespace) -> int:
             continue
         assert pipe is not None
         print(json.dumps(pipe(value), default=_jsonable, ensure_ascii=False))
+
+
+def listen(client: Client, args: argparse.Namespace) -> int:
+    """Live transcript: interim text is rewritten in place (dim), finals stay; a line per utterance."""
+    from .streaming import FileSource, MicrophoneSource
+
+    if args.mic == bool(args.file):
+        print("pipelined listen: give either --mic or a FILE", file=sys.stderr)
+        return 2
+    source: Any = MicrophoneSource() if args.mic else FileSource(args.file, realtime=args.realtime)
+    options: dict[str, Any] = {"interim_results": not args.no_interim}
+    if args.language:
+        options["language"] = args.language
+    if args.decode_interval:
+        options["min_decode_interval_s"] = args.decode_interval
+    tty = sys.stdout.isatty()
+    line = ""
+    pipe = client.pipeline("automatic-speech-recognition", model=args.model)
+    try:
+        for result in pipe.stream(source, **options):
+            if result.event == "speech_ended":
+                if line:
+                    print(("\r\033[K" if tty else "") + line, flush=True)
+                line = ""
+            elif result.event is None and result.is_final:
+                line = f"{line} {result.text}".strip()
+                if tty:
+                    print("\r\033[K" + line, end="", flush=True)
+            elif result.event is None and tty:
+                print(f"\r\033[K{line} \033[2m{result.text}\033[0m", end="", flush=True)
+    except KeyboardInterrupt:
+        pass
+    if line:
+        print(("\r\033[K" if tty else "") + line, flush=True)
     return 0
 
 
@@ -124,6 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--param", action="append", type=_param, metavar="K=V", help="call argument; repeatable")
     r.add_argument("--stream", action="store_true", help="text-generation: print text as it is generated")
     r.set_defaults(run=run)
+    li = sub.add_parser(
+        "listen", help="live transcript of the microphone or of a file replayed as live audio"
+    )
+    li.add_argument("file", nargs="?", default=None, help="a recording to stream")
+    li.add_argument("--mic", action="store_true", help="stream the microphone (needs pipelined[mic])")
+    li.add_argument(
+        "--realtime", action="store_true", help="replay FILE at real-time pace (else as fast as read)"
+    )
+    li.add_argument("--model", default=None)
+    li.add_argument("--language", default=None)
+    li.add_argument("--no-interim", action="store_true", help="print final text only")
+    li.add_argument("--decode-interval", type=float, default=None, help="seconds of new speech per re-decode")
+    li.set_defaults(run=listen)
     m = sub.add_parser("models", help="list served models")
     m.set_defaults(run=models)
     h = sub.add_parser("health", help="server (or one model's) health")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from . import asr
+from . import asr, streaming
 from .errors import from_rpc_error
 from .inputs import audio_input, is_single_audio
 from .v1 import speech_pb2
@@ -96,3 +96,26 @@ class SpeechRecognitionPipeline:
                 yield asr.segment_dict(response)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
+
+    def stream(self, chunks: Iterable[Any], **options: Any) -> Iterator[streaming.StreamingResult]:
+        """Live recognition: sends audio chunks as the iterator yields them (a microphone, a file replayed
+        at real-time pace, ...) and yields interim and final results and speech events as they arrive.
+
+        Options: `sampling_rate`, `encoding` ("linear16"/"float32"), `channels` (else taken from the
+        source), `language`, `task`, `return_timestamps="word"`, `interim_results` (True),
+        `speech_events` (True), `min_decode_interval_s` (latency/accuracy knob, 1.0), `vad_threshold`,
+        `min_silence_s`, `speech_padding_s`, and the generation options.
+        """
+        merged = {**{k: v for k, v in self.defaults.items() if k in streaming.RECOGNITION_OPTIONS}, **options}
+        first, all_chunks = streaming.split_first(chunks)
+        config = streaming.streaming_config(self.model, merged, source=chunks, first=first)
+        responses = self.client.speech.StreamingRecognize(
+            streaming.requests(config, all_chunks), timeout=self.client.timeout
+        )
+        try:
+            for response in responses:
+                yield from streaming.results(response)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        finally:
+            responses.cancel()

@@ -53,6 +53,29 @@ class BatchingConfig:
 
 
 @dataclass(frozen=True)
+class StreamingLimits:
+    """Bounds on live recognition streams (SpeechService.StreamingRecognize)."""
+
+    # A stream that sends no message for this long ends with DEADLINE_EXCEEDED, freeing what it held.
+    idle_timeout_s: float = 30.0
+    # Largest audio message; live audio comes in pieces of a few seconds at most.
+    max_chunk_bytes: int = 1024 * 1024
+    # Streams open at once; one more is refused with RESOURCE_EXHAUSTED.
+    max_streams: int = 64
+    # The decoded window of a long utterance is trimmed at a committed boundary once it is this long...
+    max_window_s: float = 15.0
+    # ...and cut by force (its hypothesis made final) at this length, well under Whisper's 30 s window.
+    hard_window_s: float = 25.0
+
+    def __post_init__(self) -> None:
+        """Reject limits no stream could live with, so a bad config fails at start-up."""
+        if self.idle_timeout_s <= 0 or self.max_chunk_bytes <= 0 or self.max_streams <= 0:
+            raise ValueError(f"streaming limits must be positive: {self}")
+        if not 0 < self.max_window_s < self.hard_window_s <= 30.0:
+            raise ValueError(f"streaming limits need 0 < max_window_s < hard_window_s <= 30: {self}")
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One served model."""
 
@@ -92,6 +115,7 @@ class ServerConfig:
     audio: AudioLimits = field(default_factory=AudioLimits)
     images: ImageLimits = field(default_factory=ImageLimits)
     inputs: InputLimits = field(default_factory=InputLimits)
+    streaming: StreamingLimits = field(default_factory=StreamingLimits)
     models: tuple[ModelSpec, ...] = ()
 
     def default_model(self, task: str) -> ModelSpec | None:
@@ -149,7 +173,10 @@ def _build(cls: type, data: Any, where: str) -> Any:
         raise ConfigError(
             f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}"
         )
-    return cls(**data)
+    try:
+        return cls(**data)
+    except ValueError as exc:  # a dataclass's own validation (limits that admit nothing)
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def _model_from_dict(data: Any, index: int) -> ModelSpec:
@@ -245,6 +272,8 @@ def parse_config(data: Any) -> ServerConfig:
     if "inputs" in data:
         data["inputs"] = _build(InputLimits, data["inputs"], "inputs")
         _validate_inputs(data["inputs"])
+    if "streaming" in data:
+        data["streaming"] = _build(StreamingLimits, data["streaming"], "streaming")
     return _build(ServerConfig, {**data, "models": models}, "config")
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from .. import asr
+from .. import asr, streaming
 from ..errors import from_rpc_error
 from ..inputs import audio_input, is_single_audio
 from ..pipeline import DEFAULT_MAX_IN_FLIGHT
@@ -76,6 +76,43 @@ class SpeechRecognitionPipeline:
                 yield asr.segment_dict(response)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
+
+    async def stream(
+        self, chunks: Iterable[Any] | AsyncIterable[Any], **options: Any
+    ) -> AsyncIterator[streaming.StreamingResult]:
+        """Live recognition (see the synchronous `stream`); `chunks` may be sync or async. A sync iterator
+        is read on a worker thread, so sources that pace themselves (FileSource, MicrophoneSource) do not
+        block the event loop."""
+        merged = {**{k: v for k, v in self.defaults.items() if k in streaming.RECOGNITION_OPTIONS}, **options}
+        iterator = _threaded(chunks) if not isinstance(chunks, AsyncIterable) else chunks.__aiter__()
+        first = await anext(iterator, None)
+        config = streaming.streaming_config(self.model, merged, source=chunks, first=first)
+
+        async def requests() -> AsyncIterator[speech_pb2.StreamingRecognizeRequest]:
+            yield speech_pb2.StreamingRecognizeRequest(streaming_config=config)
+            if first is None:
+                return
+            encoding = config.audio_format.encoding
+            yield speech_pb2.StreamingRecognizeRequest(audio=streaming.chunk_bytes(first, encoding))
+            async for chunk in iterator:
+                yield speech_pb2.StreamingRecognizeRequest(audio=streaming.chunk_bytes(chunk, encoding))
+
+        call = self.client.speech.StreamingRecognize(requests(), timeout=self.client.timeout)
+        try:
+            async for response in call:
+                for result in streaming.results(response):
+                    yield result
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        finally:
+            call.cancel()
+
+
+async def _threaded(chunks: Iterable[Any]) -> AsyncIterator[Any]:
+    iterator = iter(chunks)
+    done = object()
+    while (item := await asyncio.to_thread(next, iterator, done)) is not done:
+        yield item
 
 
 async def _aiter(inputs: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:

@@ -73,6 +73,34 @@ TIMESTAMP_GRANULARITY_CHAR: TimestampGranularity.ValueType  # 3
 """One timestamp pair per character (CTC models, `return_timestamps="char"`)."""
 Global___TimestampGranularity: _TypeAlias = TimestampGranularity  # noqa: Y015
 
+class _SpeechEvent:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SpeechEventEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SpeechEvent.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SPEECH_EVENT_UNSPECIFIED: _SpeechEvent.ValueType  # 0
+    """No event in this response."""
+    SPEECH_EVENT_SPEECH_STARTED: _SpeechEvent.ValueType  # 1
+    """Speech began (sent as soon as the voice activity detector sees it)."""
+    SPEECH_EVENT_SPEECH_ENDED: _SpeechEvent.ValueType  # 2
+    """An utterance ended; sent with, or right after, the utterance's last final
+    result, so its text is complete when the client acts.
+    """
+
+class SpeechEvent(_SpeechEvent, metaclass=_SpeechEventEnumTypeWrapper):
+    """What happened to the speech at a point of the stream."""
+
+SPEECH_EVENT_UNSPECIFIED: SpeechEvent.ValueType  # 0
+"""No event in this response."""
+SPEECH_EVENT_SPEECH_STARTED: SpeechEvent.ValueType  # 1
+"""Speech began (sent as soon as the voice activity detector sees it)."""
+SPEECH_EVENT_SPEECH_ENDED: SpeechEvent.ValueType  # 2
+"""An utterance ended; sent with, or right after, the utterance's last final
+result, so its text is complete when the client acts.
+"""
+Global___SpeechEvent: _TypeAlias = SpeechEvent  # noqa: Y015
+
 @_typing.final
 class RecognitionConfig(_message.Message):
     """Options of one recognition, mirroring the pipeline's call arguments. Unset
@@ -367,3 +395,249 @@ class StreamingRecognizeFileResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamingRecognizeFileResponse: _TypeAlias = StreamingRecognizeFileResponse  # noqa: Y015
+
+@_typing.final
+class StreamingRecognizeRequest(_message.Message):
+    """One message of a live recognition stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAMING_CONFIG_FIELD_NUMBER: _builtins.int
+    AUDIO_FIELD_NUMBER: _builtins.int
+    audio: _builtins.bytes
+    """Raw PCM in the configured format, any whole or partial number of frames
+    (a frame split across messages is joined).
+    """
+    @_builtins.property
+    def streaming_config(self) -> Global___StreamingRecognitionConfig:
+        """How to read the audio and what to return; only in the first message."""
+
+    def __init__(
+        self,
+        *,
+        streaming_config: Global___StreamingRecognitionConfig | None = ...,
+        audio: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "streaming_config", b"streaming_config", "streaming_request", b"streaming_request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "streaming_config", b"streaming_config", "streaming_request", b"streaming_request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_streaming_request: _TypeAlias = _typing.Literal["streaming_config", "audio"]  # noqa: Y015
+    _WhichOneofArgType_streaming_request: _TypeAlias = _typing.Literal["streaming_request", b"streaming_request"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_streaming_request) -> _WhichOneofReturnType_streaming_request | None: ...
+
+Global___StreamingRecognizeRequest: _TypeAlias = StreamingRecognizeRequest  # noqa: Y015
+
+@_typing.final
+class StreamingRecognitionConfig(_message.Message):
+    """Configuration of a live recognition stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONFIG_FIELD_NUMBER: _builtins.int
+    AUDIO_FORMAT_FIELD_NUMBER: _builtins.int
+    INTERIM_RESULTS_FIELD_NUMBER: _builtins.int
+    ENDPOINTING_FIELD_NUMBER: _builtins.int
+    MIN_DECODE_INTERVAL_FIELD_NUMBER: _builtins.int
+    VOICE_ACTIVITY_EVENTS_FIELD_NUMBER: _builtins.int
+    interim_results: _builtins.bool
+    """Also send interim results: the latest hypothesis of words not yet final."""
+    voice_activity_events: _builtins.bool
+    """Send SPEECH_STARTED and SPEECH_ENDED events."""
+    @_builtins.property
+    def config(self) -> Global___RecognitionConfig:
+        """Model, language, task, generation options; `timestamps` WORD returns the
+        words of each result with their times. `chunk_length`, `stride_length`,
+        `batch_size` and `return_language` do not apply to live audio and are
+        rejected.
+        """
+
+    @_builtins.property
+    def audio_format(self) -> _audio_pb2.RawAudioFormat:
+        """Encoding, sample rate and channels of the audio messages; the encoding is
+        required.
+        """
+
+    @_builtins.property
+    def endpointing(self) -> Global___EndpointingConfig:
+        """Voice activity detection settings that split the audio into utterances."""
+
+    @_builtins.property
+    def min_decode_interval(self) -> _duration_pb2.Duration:
+        """Latency/accuracy knob: how much new speech must arrive before the
+        utterance is decoded again. Shorter gives faster, more frequent results
+        for more compute. Unset or zero means 1 s; at most 10 s.
+        """
+
+    def __init__(
+        self,
+        *,
+        config: Global___RecognitionConfig | None = ...,
+        audio_format: _audio_pb2.RawAudioFormat | None = ...,
+        interim_results: _builtins.bool = ...,
+        endpointing: Global___EndpointingConfig | None = ...,
+        min_decode_interval: _duration_pb2.Duration | None = ...,
+        voice_activity_events: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio_format", b"audio_format", "config", b"config", "endpointing", b"endpointing", "min_decode_interval", b"min_decode_interval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_format", b"audio_format", "config", b"config", "endpointing", b"endpointing", "interim_results", b"interim_results", "min_decode_interval", b"min_decode_interval", "voice_activity_events", b"voice_activity_events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamingRecognitionConfig: _TypeAlias = StreamingRecognitionConfig  # noqa: Y015
+
+@_typing.final
+class EndpointingConfig(_message.Message):
+    """How the stream is split into utterances by voice activity detection (Silero
+    VAD). Silence is never decoded.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEECH_THRESHOLD_FIELD_NUMBER: _builtins.int
+    MIN_SILENCE_FIELD_NUMBER: _builtins.int
+    SPEECH_PADDING_FIELD_NUMBER: _builtins.int
+    speech_threshold: _builtins.float
+    """Speech probability above which a 32 ms frame counts as speech, in (0, 1);
+    zero means 0.5.
+    """
+    @_builtins.property
+    def min_silence(self) -> _duration_pb2.Duration:
+        """Silence that ends an utterance; its words then become final. Unset or zero
+        means 0.5 s.
+        """
+
+    @_builtins.property
+    def speech_padding(self) -> _duration_pb2.Duration:
+        """Audio kept before detected speech starts and after it ends, so no word
+        edge is cut. Unset means 0.2 s.
+        """
+
+    def __init__(
+        self,
+        *,
+        speech_threshold: _builtins.float = ...,
+        min_silence: _duration_pb2.Duration | None = ...,
+        speech_padding: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["min_silence", b"min_silence", "speech_padding", b"speech_padding"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_silence", b"min_silence", "speech_padding", b"speech_padding", "speech_threshold", b"speech_threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndpointingConfig: _TypeAlias = EndpointingConfig  # noqa: Y015
+
+@_typing.final
+class StreamingRecognitionResult(_message.Message):
+    """A span of the live transcript."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    IS_FINAL_FIELD_NUMBER: _builtins.int
+    STABILITY_FIELD_NUMBER: _builtins.int
+    START_OFFSET_FIELD_NUMBER: _builtins.int
+    END_OFFSET_FIELD_NUMBER: _builtins.int
+    WORDS_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """The words of the span, separated by spaces."""
+    is_final: _builtins.bool
+    """True: the span never changes again and the next final follows it. False:
+    an interim hypothesis of the words after the last final; the next interim
+    or final replaces it.
+    """
+    stability: _builtins.float
+    """For interim results, an estimate in [0, 1] of how likely the text is to
+    stay as it is; 1 for finals.
+    """
+    language: _builtins.str
+    """Language of the span (the requested one, or the model's for English-only
+    models); empty when unknown.
+    """
+    @_builtins.property
+    def start_offset(self) -> _duration_pb2.Duration:
+        """Where the span starts, from the start of the stream."""
+
+    @_builtins.property
+    def end_offset(self) -> _duration_pb2.Duration:
+        """Where the span ends, from the start of the stream."""
+
+    @_builtins.property
+    def words(self) -> _containers.RepeatedCompositeFieldContainer[Global___TranscriptChunk]:
+        """The words with their times, when `timestamps` WORD was asked."""
+
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        is_final: _builtins.bool = ...,
+        stability: _builtins.float = ...,
+        start_offset: _duration_pb2.Duration | None = ...,
+        end_offset: _duration_pb2.Duration | None = ...,
+        words: _abc.Iterable[Global___TranscriptChunk] | None = ...,
+        language: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_offset", b"end_offset", "start_offset", b"start_offset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_offset", b"end_offset", "is_final", b"is_final", "language", b"language", "stability", b"stability", "start_offset", b"start_offset", "text", b"text", "words", b"words"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamingRecognitionResult: _TypeAlias = StreamingRecognitionResult  # noqa: Y015
+
+@_typing.final
+class StreamingRecognizeResponse(_message.Message):
+    """Results and events of a live recognition stream, in stream order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    SPEECH_EVENT_FIELD_NUMBER: _builtins.int
+    SPEECH_EVENT_OFFSET_FIELD_NUMBER: _builtins.int
+    AUDIO_PROCESSED_FIELD_NUMBER: _builtins.int
+    PROCESSING_LATENCY_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    speech_event: Global___SpeechEvent.ValueType
+    """A speech activity event, if any."""
+    model: _builtins.str
+    """Name of the model that serves the stream."""
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamingRecognitionResult]:
+        """Final results first (in time order), then at most one interim result."""
+
+    @_builtins.property
+    def speech_event_offset(self) -> _duration_pb2.Duration:
+        """Where in the stream the event happened."""
+
+    @_builtins.property
+    def audio_processed(self) -> _duration_pb2.Duration:
+        """How much of the stream's audio the server had decoded or, for events,
+        analysed when it sent this response.
+        """
+
+    @_builtins.property
+    def processing_latency(self) -> _duration_pb2.Duration:
+        """Time from the arrival of the newest audio these results cover to the
+        sending of this response.
+        """
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___StreamingRecognitionResult] | None = ...,
+        speech_event: Global___SpeechEvent.ValueType = ...,
+        speech_event_offset: _duration_pb2.Duration | None = ...,
+        audio_processed: _duration_pb2.Duration | None = ...,
+        processing_latency: _duration_pb2.Duration | None = ...,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio_processed", b"audio_processed", "processing_latency", b"processing_latency", "speech_event_offset", b"speech_event_offset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_processed", b"audio_processed", "model", b"model", "processing_latency", b"processing_latency", "results", b"results", "speech_event", b"speech_event", "speech_event_offset", b"speech_event_offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamingRecognizeResponse: _TypeAlias = StreamingRecognizeResponse  # noqa: Y015

@@ -46,6 +46,11 @@ class SpeechServiceStub:
                 request_serializer=pipelined_dot_v1_dot_speech__pb2.StreamingRecognizeFileRequest.SerializeToString,
                 response_deserializer=pipelined_dot_v1_dot_speech__pb2.StreamingRecognizeFileResponse.FromString,
                 _registered_method=True)
+        self.StreamingRecognize = channel.stream_stream(
+                '/pipelined.v1.SpeechService/StreamingRecognize',
+                request_serializer=pipelined_dot_v1_dot_speech__pb2.StreamingRecognizeRequest.SerializeToString,
+                response_deserializer=pipelined_dot_v1_dot_speech__pb2.StreamingRecognizeResponse.FromString,
+                _registered_method=True)
 
 
 class SpeechServiceServicer:
@@ -70,6 +75,18 @@ class SpeechServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamingRecognize(self, request_iterator, context):
+        """Live recognition of audio as it is captured. The first request carries
+        the configuration, every later one a piece of audio (10 ms to a few
+        seconds, at real-time pace or faster). Responses carry interim results
+        (may still change) and final results (never change), and speech activity
+        events. When the client half-closes, the server decodes what remains,
+        sends the last finals and ends the call with OK.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SpeechServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -82,6 +99,11 @@ def add_SpeechServiceServicer_to_server(servicer, server):
                     servicer.StreamingRecognizeFile,
                     request_deserializer=pipelined_dot_v1_dot_speech__pb2.StreamingRecognizeFileRequest.FromString,
                     response_serializer=pipelined_dot_v1_dot_speech__pb2.StreamingRecognizeFileResponse.SerializeToString,
+            ),
+            'StreamingRecognize': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamingRecognize,
+                    request_deserializer=pipelined_dot_v1_dot_speech__pb2.StreamingRecognizeRequest.FromString,
+                    response_serializer=pipelined_dot_v1_dot_speech__pb2.StreamingRecognizeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -140,6 +162,33 @@ class SpeechService:
             '/pipelined.v1.SpeechService/StreamingRecognizeFile',
             pipelined_dot_v1_dot_speech__pb2.StreamingRecognizeFileRequest.SerializeToString,
             pipelined_dot_v1_dot_speech__pb2.StreamingRecognizeFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamingRecognize(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/pipelined.v1.SpeechService/StreamingRecognize',
+            pipelined_dot_v1_dot_speech__pb2.StreamingRecognizeRequest.SerializeToString,
+            pipelined_dot_v1_dot_speech__pb2.StreamingRecognizeResponse.FromString,
             options,
             channel_credentials,
             insecure,

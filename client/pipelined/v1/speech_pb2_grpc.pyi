@@ -44,6 +44,14 @@ class SpeechServiceStub:
     order. Whisper models decode sequentially window after window (Whisper's
     own long-form algorithm), so no words are lost at chunk seams.
     """
+    StreamingRecognize: _grpc.StreamStreamMultiCallable[_speech_pb2.StreamingRecognizeRequest, _speech_pb2.StreamingRecognizeResponse]
+    """Live recognition of audio as it is captured. The first request carries
+    the configuration, every later one a piece of audio (10 ms to a few
+    seconds, at real-time pace or faster). Responses carry interim results
+    (may still change) and final results (never change), and speech activity
+    events. When the client half-closes, the server decodes what remains,
+    sends the last finals and ends the call with OK.
+    """
 
 @_typing.type_check_only
 class SpeechServiceAsyncStub(SpeechServiceStub):
@@ -60,6 +68,14 @@ class SpeechServiceAsyncStub(SpeechServiceStub):
     """Recognizes long audio and sends each segment as soon as it is decoded, in
     order. Whisper models decode sequentially window after window (Whisper's
     own long-form algorithm), so no words are lost at chunk seams.
+    """
+    StreamingRecognize: _aio.StreamStreamMultiCallable[_speech_pb2.StreamingRecognizeRequest, _speech_pb2.StreamingRecognizeResponse]  # type: ignore[assignment]
+    """Live recognition of audio as it is captured. The first request carries
+    the configuration, every later one a piece of audio (10 ms to a few
+    seconds, at real-time pace or faster). Responses carry interim results
+    (may still change) and final results (never change), and speech activity
+    events. When the client half-closes, the server decodes what remains,
+    sends the last finals and ends the call with OK.
     """
 
 class SpeechServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -86,6 +102,20 @@ class SpeechServiceServicer(metaclass=_abc_1.ABCMeta):
         """Recognizes long audio and sends each segment as soon as it is decoded, in
         order. Whisper models decode sequentially window after window (Whisper's
         own long-form algorithm), so no words are lost at chunk seams.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamingRecognize(
+        self,
+        request_iterator: _MaybeAsyncIterator[_speech_pb2.StreamingRecognizeRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_speech_pb2.StreamingRecognizeResponse], _abc.AsyncIterator[_speech_pb2.StreamingRecognizeResponse]]:
+        """Live recognition of audio as it is captured. The first request carries
+        the configuration, every later one a piece of audio (10 ms to a few
+        seconds, at real-time pace or faster). Responses carry interim results
+        (may still change) and final results (never change), and speech activity
+        events. When the client half-closes, the server decodes what remains,
+        sends the last finals and ends the call with OK.
         """
 
 def add_SpeechServiceServicer_to_server(servicer: SpeechServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

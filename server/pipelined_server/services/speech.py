@@ -8,6 +8,9 @@ import grpc
 from pipelined.v1 import speech_pb2, speech_pb2_grpc
 
 from ..registry import ModelInstance
+from ..streaming.options import stream_options
+from ..streaming.session import IdleGuard, StreamSession, read_config
+from ..streaming.streams import ActiveStreams
 from ..tasks import asr
 from ..tasks.asr_longform import segment_stream
 from ..tasks.audio_input import decode_audio_input_async
@@ -17,6 +20,7 @@ from .calls import CallInfo, ServerState, rpc
 class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
     def __init__(self, state: ServerState) -> None:
         self.state = state
+        self.streams = ActiveStreams(state.config.streaming.max_streams, state.metrics)
 
     def _model(self, config: speech_pb2.RecognitionConfig, call: CallInfo) -> ModelInstance:
         instance = self.state.registry.ready(config.model, asr.TASK)
@@ -49,3 +53,20 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         )
         async for response in segment_stream(instance, samples, kwargs, context.time_remaining):
             yield response
+
+    @rpc(asr.TASK)
+    async def StreamingRecognize(
+        self,
+        requests: AsyncIterator[speech_pb2.StreamingRecognizeRequest],
+        context: grpc.aio.ServicerContext,
+        call: CallInfo,
+    ) -> AsyncIterator[speech_pb2.StreamingRecognizeResponse]:
+        limits = self.state.config.streaming
+        guard = IdleGuard(requests, limits.idle_timeout_s)
+        config = await read_config(guard)
+        instance = self._model(config.config, call)
+        options = stream_options(config, instance)
+        with self.streams.open(instance.name):
+            session = StreamSession(instance, options, limits, self.state.config.audio, self.state.metrics)
+            async for response in session.run(guard):
+                yield response

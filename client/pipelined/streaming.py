@@ -1,0 +1,291 @@
+"""Live recognition on the client: options -> StreamingRecognitionConfig, audio chunks -> requests,
+responses -> `StreamingResult` objects, and two audio sources (a recording replayed at real-time pace, and
+the microphone through the optional `sounddevice` package: `pip install pipelined[mic]`).
+
+A chunk is raw PCM `bytes` in the declared format, or a numpy array (float -> FLOAT32, int16 -> LINEAR16;
+2-D arrays are frames x channels). A source object's `sample_rate`, `channels` and `encoding` attributes
+become the stream's format unless the call names them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import time
+import wave
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import asr
+from .v1 import audio_pb2, speech_pb2
+
+_ENCODINGS = {"linear16": audio_pb2.AUDIO_ENCODING_LINEAR16, "float32": audio_pb2.AUDIO_ENCODING_FLOAT32}
+_EVENTS = {
+    speech_pb2.SPEECH_EVENT_SPEECH_STARTED: "speech_started",
+    speech_pb2.SPEECH_EVENT_SPEECH_ENDED: "speech_ended",
+}
+# Options of a live stream beyond the recognition arguments it shares with the pipeline call.
+STREAM_OPTIONS = {
+    "sampling_rate",
+    "encoding",
+    "channels",
+    "interim_results",
+    "speech_events",
+    "min_decode_interval_s",
+    "vad_threshold",
+    "min_silence_s",
+    "speech_padding_s",
+}
+# Recognition arguments that make sense on a live stream.
+RECOGNITION_OPTIONS = {
+    "language",
+    "task",
+    "return_timestamps",
+    "generate_kwargs",
+    "num_beams",
+    "max_new_tokens",
+    "temperature",
+}
+DEFAULT_RATE = 16000
+
+
+@dataclass(frozen=True)
+class StreamingResult:
+    """One result of a live stream, or a speech activity event (`event` set, no text).
+
+    Interim results (`is_final` False) replace the previous interim; final results never change and
+    follow each other in time. Times are seconds from the start of the stream.
+    """
+
+    text: str = ""
+    is_final: bool = False
+    stability: float = 0.0
+    start: float | None = None
+    end: float | None = None
+    # {"text", "timestamp": (start, end)} per word, when `return_timestamps="word"` was asked.
+    words: list[dict[str, Any]] = field(default_factory=list)
+    language: str = ""
+    # Seconds of the stream's audio the server had processed when it sent this.
+    audio_processed: float = 0.0
+    # Seconds from the arrival of the newest audio this result covers to its sending.
+    latency: float | None = None
+    # "speech_started" or "speech_ended" for events, None for transcript results.
+    event: str | None = None
+    event_time: float | None = None
+
+
+_duration, _seconds = asr._duration, asr._seconds
+
+
+def streaming_config(
+    model: str, options: dict[str, Any], source: Any = None, first: Any = None
+) -> speech_pb2.StreamingRecognitionConfig:
+    """The first message of a stream, from call options, the source's format and the first chunk."""
+    unknown = set(options) - STREAM_OPTIONS - RECOGNITION_OPTIONS
+    if unknown:
+        raise TypeError(f"unsupported live-stream argument(s): {', '.join(sorted(unknown))}")
+    recognition = asr.recognition_config(
+        model, {k: v for k, v in options.items() if k in RECOGNITION_OPTIONS}
+    )
+    encoding = options.get("encoding") or getattr(source, "encoding", None) or _encoding_of(first)
+    if encoding not in _ENCODINGS:
+        raise ValueError(f"encoding must be 'linear16' or 'float32', got {encoding!r}")
+    rate = int(options.get("sampling_rate") or getattr(source, "sample_rate", None) or DEFAULT_RATE)
+    channels = int(options.get("channels") or getattr(source, "channels", None) or _channels_of(first))
+    config = speech_pb2.StreamingRecognitionConfig(
+        config=recognition,
+        audio_format=audio_pb2.RawAudioFormat(
+            encoding=_ENCODINGS[encoding], sample_rate_hertz=rate, channel_count=channels
+        ),
+        interim_results=bool(options.get("interim_results", True)),
+        voice_activity_events=bool(options.get("speech_events", True)),
+    )
+    if options.get("min_decode_interval_s"):
+        config.min_decode_interval.CopyFrom(_duration(options["min_decode_interval_s"]))
+    if options.get("vad_threshold"):
+        config.endpointing.speech_threshold = float(options["vad_threshold"])
+    if options.get("min_silence_s"):
+        config.endpointing.min_silence.CopyFrom(_duration(options["min_silence_s"]))
+    if options.get("speech_padding_s") is not None:
+        config.endpointing.speech_padding.CopyFrom(_duration(options["speech_padding_s"]))
+    return config
+
+
+def _encoding_of(chunk: Any) -> str:
+    if isinstance(chunk, np.ndarray) and chunk.dtype.kind == "f":
+        return "float32"
+    return "linear16"
+
+
+def _channels_of(chunk: Any) -> int:
+    return int(chunk.shape[1]) if isinstance(chunk, np.ndarray) and chunk.ndim == 2 else 1
+
+
+def chunk_bytes(chunk: Any, encoding: int) -> bytes:
+    """Raw little-endian PCM of one chunk in the stream's encoding."""
+    if isinstance(chunk, bytes | bytearray | memoryview):
+        return bytes(chunk)
+    if isinstance(chunk, np.ndarray):
+        if encoding == audio_pb2.AUDIO_ENCODING_FLOAT32:
+            return np.ascontiguousarray(chunk, dtype="<f4").tobytes()
+        if chunk.dtype.kind == "f":
+            chunk = np.clip(chunk * 32768.0, -32768, 32767)
+        return np.ascontiguousarray(chunk, dtype="<i2").tobytes()
+    raise TypeError(f"an audio chunk must be bytes or a numpy array, not {type(chunk).__name__}")
+
+
+def split_first(chunks: Iterable[Any]) -> tuple[Any, Iterator[Any]]:
+    """The first chunk (to infer the format from) and an iterator over all chunks."""
+    iterator = iter(chunks)
+    for first in iterator:
+        return first, itertools.chain([first], iterator)
+    return None, iter(())
+
+
+def requests(
+    config: speech_pb2.StreamingRecognitionConfig, chunks: Iterable[Any]
+) -> Iterator[speech_pb2.StreamingRecognizeRequest]:
+    yield speech_pb2.StreamingRecognizeRequest(streaming_config=config)
+    encoding = config.audio_format.encoding
+    for chunk in chunks:
+        yield speech_pb2.StreamingRecognizeRequest(audio=chunk_bytes(chunk, encoding))
+
+
+def results(response: speech_pb2.StreamingRecognizeResponse) -> list[StreamingResult]:
+    """The results of one response, then its event, in that order."""
+    processed = _seconds(response.audio_processed)
+    latency = _seconds(response.processing_latency) if response.HasField("processing_latency") else None
+    out = []
+    for r in response.results:
+        out.append(
+            StreamingResult(
+                text=r.text,
+                is_final=r.is_final,
+                stability=r.stability,
+                start=_seconds(r.start_offset) if r.HasField("start_offset") else None,
+                end=_seconds(r.end_offset) if r.HasField("end_offset") else None,
+                words=[
+                    {"text": w.text, "timestamp": (_seconds(w.start_offset), _seconds(w.end_offset))}
+                    for w in r.words
+                ],
+                language=r.language,
+                audio_processed=processed,
+                latency=latency,
+            )
+        )
+    if response.speech_event:
+        out.append(
+            StreamingResult(
+                audio_processed=processed,
+                event=_EVENTS.get(response.speech_event, str(response.speech_event)),
+                event_time=_seconds(response.speech_event_offset),
+            )
+        )
+    return out
+
+
+class FileSource:
+    """A recording as live audio: float32 chunks of `chunk_s` seconds, at real-time pace unless `realtime=False`.
+
+    Reads WAV with the standard library; other formats (FLAC, OGG, ...) need the `soundfile` package.
+    """
+
+    encoding = "float32"
+
+    def __init__(
+        self, path: str | Path, chunk_s: float = 0.1, realtime: bool = True, speed: float = 1.0
+    ) -> None:
+        self.path = Path(path)
+        self.samples, self.sample_rate = _read_audio(self.path)
+        self.channels = 1 if self.samples.ndim == 1 else int(self.samples.shape[1])
+        self.chunk_s = chunk_s
+        self.realtime = realtime
+        self.speed = speed
+        # time.monotonic() when the last chunk was handed out (the end of the audio "arrived").
+        self.finished_at: float | None = None
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        step = max(1, int(self.chunk_s * self.sample_rate))
+        started = time.monotonic()
+        for i, at in enumerate(range(0, len(self.samples), step)):
+            if self.realtime:
+                # A chunk is sent once it has been "recorded": at the time of its end.
+                due = started + (i + 1) * self.chunk_s / self.speed
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            yield self.samples[at : at + step]
+        self.finished_at = time.monotonic()
+
+
+def _read_audio(path: Path) -> tuple[np.ndarray, int]:
+    try:
+        import soundfile
+    except ImportError:
+        soundfile = None
+    if soundfile is not None:
+        data, rate = soundfile.read(str(path), dtype="float32", always_2d=False)
+        return np.asarray(data, dtype=np.float32), int(rate)
+    if path.suffix.lower() != ".wav":
+        raise ValueError(
+            f"{path}: reading {path.suffix} files needs the soundfile package (pip install soundfile)"
+        )
+    with wave.open(str(path)) as w:
+        if w.getsampwidth() != 2:
+            raise ValueError(f"{path}: only 16-bit PCM WAV is read without soundfile")
+        frames = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768.0
+        channels = w.getnchannels()
+        return (frames.reshape(-1, channels) if channels > 1 else frames), w.getframerate()
+
+
+class MicrophoneSource:
+    """The default (or a chosen) input device as 16-bit mono chunks; needs `sounddevice` (pipelined[mic])."""
+
+    encoding = "linear16"
+    channels = 1
+
+    def __init__(self, sample_rate: int = DEFAULT_RATE, chunk_s: float = 0.1, device: Any = None) -> None:
+        try:
+            import sounddevice
+        except (ImportError, OSError) as exc:
+            raise RuntimeError(
+                f"the microphone needs the sounddevice package and PortAudio: pip install 'pipelined[mic]' ({exc})"
+            ) from exc
+        self._sd = sounddevice
+        self.sample_rate = sample_rate
+        self.chunk_s = chunk_s
+        self.device = device
+        self._closed = False
+
+    def close(self) -> None:
+        """Stops the iteration after the current chunk (the stream then half-closes)."""
+        self._closed = True
+
+    def __iter__(self) -> Iterator[bytes]:
+        chunks: queue.Queue[bytes] = queue.Queue()
+
+        def on_audio(data: Any, frames: int, at: Any, status: Any) -> None:
+            chunks.put(bytes(data))
+
+        blocksize = int(self.chunk_s * self.sample_rate)
+        with self._sd.RawInputStream(
+            samplerate=self.sample_rate,
+            blocksize=blocksize,
+            channels=1,
+            dtype="int16",
+            device=self.device,
+            callback=on_audio,
+        ):
+            while not self._closed:
+                try:
+                    yield chunks.get(timeout=0.5)
+                except queue.Empty:
+                    continue

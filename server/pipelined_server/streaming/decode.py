@@ -1,0 +1,61 @@
+"""One decode step: a window of audio through the model's scheduler, and its output as timed words.
+
+Steps use the same batching key as unary short Whisper clips (`asr.plan`), so the steps of concurrent
+streams (and unary calls with the same arguments) share batches on the model's worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..registry import ModelInstance
+from ..tasks import asr
+from .agreement import Word
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """Words of a window, and where the window may be cut without splitting a word."""
+
+    words: list[Word]
+    # (number of words before the cut, cut time in seconds from the stream's start), in time order.
+    cuts: list[tuple[int, float]]
+
+
+async def decode_window(instance: ModelInstance, samples: np.ndarray, kwargs: dict[str, Any]) -> Any:
+    assert instance.scheduler is not None
+    call = asr.plan(kwargs, asr.model_kind(instance), samples, instance.sampling_rate)
+    return await instance.scheduler.submit(samples, call.kwargs, key=call.key, batchable=call.batchable)
+
+
+def hypothesis(output: dict[str, Any], offset_s: float, duration_s: float) -> Hypothesis:
+    """Pipeline output (segment or word chunks, times from the window's start) -> words on the stream's clock.
+
+    Segment chunks are split into words whose times are spread over the segment by length; every
+    closed segment end is a cut. Word chunks carry their own times; every word end is a cut.
+    """
+    chunks = output.get("chunks") or []
+    if not chunks and output.get("text", "").strip():
+        chunks = [{"text": output["text"], "timestamp": (0.0, duration_s)}]
+    words: list[Word] = []
+    cuts: list[tuple[int, float]] = []
+    for chunk in chunks:
+        start, end = chunk.get("timestamp") or (None, None)
+        start = min(max(0.0, start or 0.0), duration_s)
+        closed = end is not None
+        end = min(max(start, end if end is not None else duration_s), duration_s)
+        tokens = str(chunk.get("text", "")).split()
+        if not tokens:
+            continue
+        total = sum(len(t) for t in tokens)
+        at = start
+        for token in tokens:
+            span = (end - start) * len(token) / total
+            words.append(Word(token, offset_s + at, offset_s + at + span))
+            at += span
+        if closed and end > 0:
+            cuts.append((len(words), offset_s + end))
+    return Hypothesis(words, cuts)

@@ -1,0 +1,102 @@
+"""StreamingRecognitionConfig -> validated stream options and the pipeline arguments of its decode steps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pipelined.v1 import speech_pb2
+
+from ..audio import RawFormat
+from ..errors import InvalidInput
+from ..registry import ModelInstance
+from ..tasks import asr
+from ..tasks.audio_input import raw_format
+from ..tasks.durations import to_seconds
+
+DEFAULT_DECODE_INTERVAL_S = 1.0
+MAX_DECODE_INTERVAL_S = 10.0
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_MIN_SILENCE_S = 0.5
+DEFAULT_PADDING_S = 0.2
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    audio_format: RawFormat
+    # Pipeline call arguments of every decode step (timestamps always on: they place words and cuts).
+    kwargs: dict[str, Any]
+    interim_results: bool
+    word_times: bool
+    events: bool
+    decode_interval_s: float
+    threshold: float
+    min_silence_s: float
+    padding_s: float
+    language: str
+
+
+def _seconds(config: Any, name: str, default: float) -> float:
+    if not config.HasField(name):
+        return default
+    value = to_seconds(getattr(config, name))
+    if value < 0:
+        raise InvalidInput(f"{name} must not be negative, got {value} s")
+    return value
+
+
+def stream_options(config: speech_pb2.StreamingRecognitionConfig, instance: ModelInstance) -> StreamOptions:
+    if not config.HasField("audio_format"):
+        raise InvalidInput(
+            "streaming_config.audio_format is required (encoding, sample_rate_hertz, channel_count)"
+        )
+    recognition = config.config
+    for name in ("chunk_length", "stride_length"):
+        if recognition.HasField(name):
+            raise InvalidInput(
+                f"config.{name} does not apply to live audio (the server cuts utterances itself)"
+            )
+    if recognition.batch_size:
+        raise InvalidInput(
+            "config.batch_size does not apply to live audio (decode steps are batched across streams)"
+        )
+    if recognition.return_language:
+        raise InvalidInput("config.return_language is not supported on live streams")
+    kind = asr.model_kind(instance)
+    word_times = recognition.timestamps == speech_pb2.TIMESTAMP_GRANULARITY_WORD
+    if recognition.timestamps == speech_pb2.TIMESTAMP_GRANULARITY_CHAR:
+        raise InvalidInput("live streams return WORD timestamps or none, not CHAR")
+    kwargs = asr.call_kwargs(recognition, kind)
+    if kind == asr.WHISPER:
+        # Segment timestamps cost almost nothing and give the safe cut points; word times cost an alignment.
+        kwargs["return_timestamps"] = "word" if word_times else True
+    elif kind.startswith("ctc"):
+        kwargs["return_timestamps"] = "word"
+    else:
+        raise InvalidInput(
+            f"live streams need a Whisper or CTC model; {instance.name!r} is {kind or 'neither'}"
+        )
+
+    interval = _seconds(config, "min_decode_interval", 0.0) or DEFAULT_DECODE_INTERVAL_S
+    if interval > MAX_DECODE_INTERVAL_S:
+        raise InvalidInput(f"min_decode_interval must be at most {MAX_DECODE_INTERVAL_S} s, got {interval} s")
+    endpointing = config.endpointing
+    threshold = endpointing.speech_threshold or DEFAULT_THRESHOLD
+    if not 0 < threshold < 1:
+        raise InvalidInput(f"endpointing.speech_threshold must be in (0, 1), got {threshold}")
+    min_silence = _seconds(endpointing, "min_silence", 0.0) or DEFAULT_MIN_SILENCE_S
+    padding = _seconds(endpointing, "speech_padding", DEFAULT_PADDING_S)
+    if min_silence > 10 or padding > 2:
+        raise InvalidInput("endpointing.min_silence must be at most 10 s and speech_padding at most 2 s")
+    return StreamOptions(
+        audio_format=raw_format(config.audio_format, instance.sampling_rate),
+        kwargs=kwargs,
+        interim_results=config.interim_results,
+        word_times=word_times,
+        events=config.voice_activity_events,
+        decode_interval_s=interval,
+        threshold=threshold,
+        min_silence_s=min_silence,
+        padding_s=padding,
+        language=recognition.language,
+    )

@@ -1,0 +1,372 @@
+"""One live stream: a reader task turns requests into audio and speech events, a decoder task turns open
+utterances into results; both write to one outbox that the servicer sends from, in order.
+
+Each stream has at most one decode step in flight; the next step covers all audio that arrived in the
+meantime. So when the model is busy (many streams), steps grow longer instead of queueing up, and the
+lag stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Coroutine
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+from pipelined.v1 import speech_pb2
+
+from ..audio import AudioLimits, StreamResampler
+from ..config import StreamingLimits
+from ..errors import DeadlineExpired, FailedPrecondition, InvalidInput, QueueFull
+from ..metrics import Metrics
+from ..registry import ModelInstance
+from . import responses
+from .agreement import LocalAgreement, Word
+from .buffer import RollingBuffer
+from .decode import Hypothesis, decode_window, hypothesis
+from .options import StreamOptions
+from .vad import VAD_EXECUTOR, SpeechDetector, VadEvent
+
+# Windows shorter than this are not worth a decode (and too short for some CTC models' convolutions).
+_MIN_DECODE_S = 0.1
+
+
+class IdleGuard:
+    """Reads the next request, ending the stream when none comes within the idle timeout."""
+
+    def __init__(
+        self, requests: AsyncIterator[speech_pb2.StreamingRecognizeRequest], timeout_s: float
+    ) -> None:
+        self._requests = requests.__aiter__()
+        self.timeout_s = timeout_s
+
+    async def next(self) -> speech_pb2.StreamingRecognizeRequest | None:
+        """The next request, or None once the client half-closed."""
+        try:
+            return await asyncio.wait_for(anext(self._requests), self.timeout_s)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            raise DeadlineExpired(
+                f"the stream sent nothing for {self.timeout_s:g} s (streaming.idle_timeout_s) and was closed; "
+                "send audio (silence included) continuously, or half-close the stream when done"
+            ) from None
+
+
+async def read_config(guard: IdleGuard) -> speech_pb2.StreamingRecognitionConfig:
+    first = await guard.next()
+    if first is None:
+        raise InvalidInput("the stream ended before its first message, which must carry streaming_config")
+    if first.WhichOneof("streaming_request") != "streaming_config":
+        raise InvalidInput(
+            "the first message of a stream must carry streaming_config; audio may only follow it"
+        )
+    return first.streaming_config
+
+
+@dataclass
+class Utterance:
+    """A stretch of speech between silences, with its decode window (absolute samples)."""
+
+    start: int
+    speech_start: int
+    window_start: int
+    decoded_end: int
+    end: int | None = None
+    speech_end: int | None = None
+    agreement: LocalAgreement = field(default_factory=LocalAgreement)
+    # The latest decode of the current window, reused as the final one when it already heard all the speech.
+    last: Hypothesis | None = None
+
+
+_DONE = object()
+
+
+class StreamSession:
+    def __init__(
+        self,
+        instance: ModelInstance,
+        options: StreamOptions,
+        limits: StreamingLimits,
+        audio_limits: AudioLimits,
+        metrics: Metrics,
+    ) -> None:
+        self.instance = instance
+        self.options = options
+        self.limits = limits
+        self.metrics = metrics
+        self.rate = instance.sampling_rate
+        self.resampler = StreamResampler(options.audio_format, self.rate, audio_limits)
+        self.buffer = RollingBuffer()
+        self.detector: SpeechDetector | None = None
+        self.utterances: deque[Utterance] = deque()
+        self.outbox: asyncio.Queue[Any] = asyncio.Queue()
+        self.wake = asyncio.Event()
+        self.eof = False
+        self.final_end_s = 0.0
+        self.first_audio_at: float | None = None
+        self.answered = False
+        self._pad = int(options.padding_s * self.rate)
+        self._interval = int(options.decode_interval_s * self.rate)
+        self._max_window = int(limits.max_window_s * self.rate)
+        self._hard_window = int(limits.hard_window_s * self.rate)
+
+    # -- the call --------------------------------------------------------------------------------------
+
+    async def run(self, guard: IdleGuard) -> AsyncIterator[speech_pb2.StreamingRecognizeResponse]:
+        loop = asyncio.get_running_loop()
+        options = self.options
+        self.detector = await loop.run_in_executor(
+            VAD_EXECUTOR, partial(SpeechDetector, self.rate, options.threshold, options.min_silence_s)
+        )
+        tasks = [
+            loop.create_task(self._guarded(self._read(guard))),
+            loop.create_task(self._guarded(self._decode())),
+        ]
+        try:
+            while True:
+                item = await self.outbox.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.utterances.clear()
+            self.buffer = RollingBuffer()
+
+    async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self.outbox.put(exc)
+
+    # -- reading ---------------------------------------------------------------------------------------
+
+    async def _read(self, guard: IdleGuard) -> None:
+        limit = self.limits.max_chunk_bytes
+        while (request := await guard.next()) is not None:
+            kind = request.WhichOneof("streaming_request")
+            if kind == "streaming_config":
+                raise FailedPrecondition(
+                    "streaming_config was already sent: only the first message may carry it"
+                )
+            if kind != "audio":
+                raise InvalidInput("a stream message carries neither streaming_config nor audio")
+            if len(request.audio) > limit:
+                raise InvalidInput(
+                    f"an audio message of {len(request.audio)} bytes exceeds streaming.max_chunk_bytes={limit}; "
+                    "send live audio in pieces of a few seconds at most"
+                )
+            now = time.monotonic()
+            if self.first_audio_at is None:
+                self.first_audio_at = now
+            await self._ingest(self.resampler.push(request.audio), now)
+        await self._ingest(self.resampler.flush(), time.monotonic())
+        assert self.detector is not None
+        self._on_events(self.detector.flush(self.buffer.end))
+        self.eof = True
+        self.wake.set()
+
+    async def _ingest(self, samples: np.ndarray, arrived: float) -> None:
+        if len(samples) == 0:
+            return
+        assert self.detector is not None
+        self.buffer.append(samples, arrived)
+        events = await asyncio.get_running_loop().run_in_executor(VAD_EXECUTOR, self.detector.push, samples)
+        self._on_events(events)
+        self._trim()
+        self.wake.set()
+
+    def _on_events(self, events: list[VadEvent]) -> None:
+        for event in events:
+            if event.started:
+                previous_end = self.utterances[-1].end if self.utterances else None
+                start = max(event.sample - self._pad, previous_end or 0, self.buffer.start)
+                self.utterances.append(Utterance(start, event.sample, start, start))
+                if len(self.utterances) == 1:
+                    self._announce(self.utterances[0])
+                # else: announced once the utterances before it are final, so events stay in stream order
+            elif self.utterances and self.utterances[-1].end is None:
+                self.utterances[-1].speech_end = event.sample
+                self.utterances[-1].end = event.sample + self._pad
+
+    def _announce(self, u: Utterance) -> None:
+        if self.options.events:
+            self.outbox.put_nowait(
+                responses.response(
+                    [],
+                    self._seconds(self.buffer.end),
+                    self.instance.name,
+                    event=speech_pb2.SPEECH_EVENT_SPEECH_STARTED,
+                    event_s=self._seconds(u.speech_start),
+                )
+            )
+
+    def _trim(self) -> None:
+        """Drops audio no utterance can decode any more, keeping pre-roll for the next one."""
+        keep = self.utterances[0].window_start if self.utterances else self.buffer.end - self._pad
+        self.buffer.trim(keep)
+
+    # -- decoding --------------------------------------------------------------------------------------
+
+    async def _decode(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while (step := self._next_step()) is not None:
+                await step
+            if self.eof and not self.utterances:
+                await self.outbox.put(_DONE)
+                return
+
+    def _next_step(self) -> Awaitable[None] | None:
+        if not self.utterances:
+            return None
+        utterance = self.utterances[0]
+        if utterance.end is not None:
+            return self._final_step(utterance)
+        available = self.buffer.end
+        if (
+            available - utterance.window_start > self._hard_window
+            or available - utterance.decoded_end >= self._interval
+        ):
+            return self._interim_step(utterance)
+        return None
+
+    async def _interim_step(self, u: Utterance) -> None:
+        end = min(self.buffer.end, u.window_start + self._hard_window)
+        try:
+            hyp = await self._hypothesis(u, end)
+        except QueueFull:
+            u.decoded_end = end  # the model is saturated: skip this interim, try again with more audio
+            return
+        u.decoded_end, u.last = end, hyp
+        tail: list[Word] = []
+        if end - u.window_start >= self._hard_window:
+            final = self._force(u, hyp, end)
+        else:
+            final, tail = u.agreement.update(hyp.words)
+            self._slide(u, hyp)
+        self._send(final, tail, end)
+
+    async def _final_step(self, u: Utterance) -> None:
+        assert u.end is not None
+        end = min(u.end, self.buffer.end)
+        while end - u.window_start > self._hard_window:
+            cut_end = u.window_start + self._hard_window
+            self._send(self._force(u, await self._hypothesis(u, cut_end), cut_end), [], cut_end)
+        speech_end = u.speech_end if u.speech_end is not None else end
+        if u.last is not None and u.decoded_end >= min(end, speech_end + self._pad // 2):
+            hyp = (
+                u.last
+            )  # that decode heard the whole utterance and some silence after it: no need for another
+        else:
+            hyp = await self._hypothesis(u, end)
+        final = u.agreement.finish(hyp.words)
+        event = (
+            speech_pb2.SPEECH_EVENT_SPEECH_ENDED
+            if self.options.events
+            else speech_pb2.SPEECH_EVENT_UNSPECIFIED
+        )
+        self._send(final, [], end, event=event, event_s=self._seconds(speech_end), always=bool(event))
+        self.metrics.final_lag.labels(self.instance.name).observe(
+            time.monotonic() - self.buffer.arrival_of(speech_end)
+        )
+        self.utterances.popleft()
+        if self.utterances:
+            self._announce(self.utterances[0])
+        self._trim()
+
+    async def _hypothesis(self, u: Utterance, end: int) -> Hypothesis:
+        samples = self.buffer.slice(u.window_start, end)
+        duration = len(samples) / self.rate
+        if duration < _MIN_DECODE_S:
+            return Hypothesis([], [])
+        started = time.monotonic()
+        output = await decode_window(self.instance, samples, self.options.kwargs)
+        self.metrics.real_time_factor.labels(self.instance.name).observe(
+            (time.monotonic() - started) / duration
+        )
+        return hypothesis(output, self._seconds(u.window_start), duration)
+
+    def _slide(self, u: Utterance, hyp: Hypothesis) -> None:
+        """A long window moves its start to the latest cut before which every word is final."""
+        if u.decoded_end - u.window_start <= self._max_window:
+            return
+        done = u.agreement.after_committed(hyp.words)
+        cuts = [t for k, t in hyp.cuts if 0 < k <= done and int(t * self.rate) > u.window_start]
+        if cuts:
+            self._move_window(u, int(cuts[-1] * self.rate))
+
+    def _force(self, u: Utterance, hyp: Hypothesis, end: int) -> list[Word]:
+        """A window at the hard limit: its words up to the last cut become final, however unstable."""
+        cuts = [(k, t) for k, t in hyp.cuts if k > 0 and int(t * self.rate) > u.window_start]
+        if cuts and int(cuts[-1][1] * self.rate) < end:
+            upto, at = cuts[-1][0], int(cuts[-1][1] * self.rate)
+        else:
+            upto, at = len(hyp.words), end
+        final = u.agreement.force(hyp.words, upto)
+        self._move_window(u, at)
+        return final
+
+    def _move_window(self, u: Utterance, start: int) -> None:
+        u.window_start, u.last = min(start, self.buffer.end), None
+        u.agreement.keep_after(self._seconds(u.window_start))
+        self._trim()
+
+    # -- responses -------------------------------------------------------------------------------------
+
+    def _send(
+        self,
+        final: list[Word],
+        tail: list[Word],
+        end: int,
+        event: int = speech_pb2.SPEECH_EVENT_UNSPECIFIED,
+        event_s: float | None = None,
+        always: bool = False,
+    ) -> None:
+        end_s = self._seconds(end)
+        options = self.options
+        results = []
+        if final:
+            final = self._clamp(final, end_s)
+            self.final_end_s = final[-1].end
+            results.append(responses.result(final, True, options.word_times, options.language))
+        if tail and options.interim_results:
+            results.append(
+                responses.result(self._clamp(tail, end_s), False, options.word_times, options.language, end_s)
+            )
+        if not results and not always:
+            return
+        now = time.monotonic()
+        if results and not self.answered and self.first_audio_at is not None:
+            self.answered = True
+            self.metrics.time_to_first_result.labels(self.instance.name).observe(now - self.first_audio_at)
+        latency = now - self.buffer.arrival_of(end)
+        self.outbox.put_nowait(
+            responses.response(results, end_s, self.instance.name, latency, event=event, event_s=event_s)
+        )
+
+    def _clamp(self, words: list[Word], end_s: float) -> list[Word]:
+        """Times that never go back before the last final, nor past the decoded audio."""
+        out = []
+        floor = self.final_end_s
+        for w in words:
+            start = min(max(w.start, floor), end_s)
+            stop = min(max(w.end, start), end_s)
+            out.append(Word(w.text, start, stop))
+            floor = stop
+        return out
+
+    def _seconds(self, sample: int) -> float:
+        return sample / self.rate

@@ -1,0 +1,336 @@
+"""Live streaming (SpeechService.StreamingRecognize) on tiny random models: protocol and semantics.
+
+Voice activity detection needs real speech to open utterances, so the tests that decode replay a
+recording of ../shared/data (skipped without it); the bad-stream statuses need no speech.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from conftest import ASR, asr_specs, shared_file
+from harness import ServerThread
+from pipelined import Client
+from pipelined.aio import Client as AioClient
+from pipelined.streaming import FileSource, StreamingResult
+from pipelined.v1 import audio_pb2, speech_pb2, speech_pb2_grpc
+from pipelined_server.config import ServerConfig, StreamingLimits
+
+RATE = 16000
+LINEAR16 = audio_pb2.RawAudioFormat(encoding=audio_pb2.AUDIO_ENCODING_LINEAR16, sample_rate_hertz=RATE)
+
+
+def speech(clip: str = "audio/jfk.flac") -> np.ndarray:
+    """A real recording as 16 kHz mono float32."""
+    from pipelined_server.audio import decode_encoded
+
+    return decode_encoded(Path(shared_file(clip)).read_bytes(), RATE)
+
+
+def pcm(samples: np.ndarray) -> bytes:
+    return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def config_request(**fields: Any) -> speech_pb2.StreamingRecognizeRequest:
+    fields.setdefault("audio_format", LINEAR16)
+    return speech_pb2.StreamingRecognizeRequest(
+        streaming_config=speech_pb2.StreamingRecognitionConfig(**fields)
+    )
+
+
+def audio_requests(samples: np.ndarray, chunk_s: float = 0.1) -> list[speech_pb2.StreamingRecognizeRequest]:
+    step = int(chunk_s * RATE)
+    return [
+        speech_pb2.StreamingRecognizeRequest(audio=pcm(samples[i : i + step]))
+        for i in range(0, len(samples), step)
+    ]
+
+
+def seconds(d: Any) -> float:
+    return d.seconds + d.nanos / 1e9
+
+
+@pytest.fixture(scope="module")
+def stub(asr_server: ServerThread) -> speech_pb2_grpc.SpeechServiceStub:
+    return speech_pb2_grpc.SpeechServiceStub(grpc.insecure_channel(asr_server.target))
+
+
+def check_semantics(
+    responses: list[speech_pb2.StreamingRecognizeResponse], duration_s: float, words: bool
+) -> None:
+    """Events alternate and pair up, finals follow each other in time within the audio, interims follow finals."""
+    last_final_end = 0.0
+    in_speech = False
+    finals = 0
+    for response in responses:
+        for result in response.results:
+            start, end = seconds(result.start_offset), seconds(result.end_offset)
+            assert 0 <= start <= end <= duration_s + 1e-6, result
+            assert start >= last_final_end - 1e-6, "results never reach back before the last final"
+            assert result.text
+            if words:
+                assert result.words and all(start - 1e-6 <= seconds(w.start_offset) for w in result.words)
+            if result.is_final:
+                assert result.stability == 1.0
+                last_final_end = end
+                finals += 1
+            else:
+                assert 0 <= result.stability < 1
+            finals_first = [r.is_final for r in response.results]
+            assert finals_first == sorted(finals_first, reverse=True), "finals come before the interim"
+        if response.speech_event == speech_pb2.SPEECH_EVENT_SPEECH_STARTED:
+            assert not in_speech
+            in_speech = True
+        elif response.speech_event == speech_pb2.SPEECH_EVENT_SPEECH_ENDED:
+            assert in_speech
+            in_speech = False
+        assert seconds(response.audio_processed) <= duration_s + 1e-6
+    assert not in_speech, "every utterance ends, the last one at half-close"
+    assert finals > 0
+
+
+@pytest.mark.parametrize("model", ["tiny-whisper", "tiny-ctc"])
+@pytest.mark.parametrize("words", [False, True], ids=["text", "words"])
+def test_stream_ordering_offsets_and_ok_end(stub: Any, model: str, words: bool) -> None:
+    audio = speech()
+    timestamps = speech_pb2.TIMESTAMP_GRANULARITY_WORD if words else 0
+    config = config_request(
+        config=speech_pb2.RecognitionConfig(model=model, timestamps=timestamps),
+        interim_results=True,
+        voice_activity_events=True,
+    )
+    call = stub.StreamingRecognize(iter([config, *audio_requests(audio)]), timeout=300)
+    responses = list(call)
+    assert call.code() == grpc.StatusCode.OK
+    assert all(r.model == model for r in responses)
+    check_semantics(responses, len(audio) / RATE, words)
+    assert any(not r.is_final for resp in responses for r in resp.results), "interim results were asked"
+
+
+def test_half_close_mid_speech_flushes_a_final(stub: Any) -> None:
+    audio = speech()[: int(1.5 * RATE)]  # ends in the middle of "And so my fellow Americans"
+    config = config_request(voice_activity_events=True)
+    responses = list(stub.StreamingRecognize(iter([config, *audio_requests(audio)]), timeout=300))
+    last = responses[-1]
+    assert last.speech_event == speech_pb2.SPEECH_EVENT_SPEECH_ENDED
+    assert seconds(last.speech_event_offset) <= 1.5 + 1e-6
+    finals = [r for resp in responses for r in resp.results if r.is_final]
+    assert finals and seconds(finals[-1].end_offset) <= 1.5 + 1e-6
+    assert not any(not r.is_final for resp in responses for r in resp.results), (
+        "interim results were not asked"
+    )
+
+
+def test_silence_costs_no_decoding(asr_server: ServerThread, stub: Any) -> None:
+    before = asr_server.metric("pipelined_pipeline_items_total", model="tiny-whisper")
+    silence = np.zeros(3 * RATE, np.float32)
+    responses = list(stub.StreamingRecognize(iter([config_request(), *audio_requests(silence)]), timeout=60))
+    assert responses == []
+    assert asr_server.metric("pipelined_pipeline_items_total", model="tiny-whisper") == before
+
+
+# --------------------------------------------------------------------------------------- bad streams
+
+
+@pytest.fixture(scope="module")
+def strict_server(tiny_whisper_dir: Path, tiny_ctc_dir: Path) -> Iterator[ServerThread]:
+    limits = StreamingLimits(idle_timeout_s=1.0, max_chunk_bytes=32000, max_streams=2)
+    config = ServerConfig(
+        host="127.0.0.1",
+        port=0,
+        metrics_port=0,
+        streaming=limits,
+        models=asr_specs(tiny_whisper_dir, tiny_ctc_dir),
+    )
+    server = ServerThread(config)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def strict_stub(strict_server: ServerThread) -> speech_pb2_grpc.SpeechServiceStub:
+    return speech_pb2_grpc.SpeechServiceStub(grpc.insecure_channel(strict_server.target))
+
+
+SILENCE = speech_pb2.StreamingRecognizeRequest(audio=b"\x00\x00" * 1600)
+BAD_STREAMS = [
+    ("audio before config", [SILENCE], grpc.StatusCode.INVALID_ARGUMENT, "first message"),
+    (
+        "second config",
+        [config_request(), SILENCE, config_request()],
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "already sent",
+    ),
+    (
+        "unspecified encoding",
+        [config_request(audio_format=audio_pb2.RawAudioFormat(sample_rate_hertz=RATE))],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "AUDIO_ENCODING_UNSPECIFIED",
+    ),
+    (
+        "unknown encoding",
+        [config_request(audio_format=audio_pb2.RawAudioFormat(encoding=42))],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "42",
+    ),
+    (
+        "no audio format",
+        [speech_pb2.StreamingRecognizeRequest(streaming_config=speech_pb2.StreamingRecognitionConfig())],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "audio_format",
+    ),
+    (
+        "chunk too large",
+        [config_request(), speech_pb2.StreamingRecognizeRequest(audio=b"\x00\x00" * 16001)],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "max_chunk_bytes",
+    ),
+    (
+        "empty message",
+        [config_request(), speech_pb2.StreamingRecognizeRequest()],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "neither",
+    ),
+    ("no messages", [], grpc.StatusCode.INVALID_ARGUMENT, "streaming_config"),
+    (
+        "odd byte count at the end",
+        [config_request(), speech_pb2.StreamingRecognizeRequest(audio=b"\x00" * 3)],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "ended with",
+    ),
+    (
+        "unknown model",
+        [config_request(config=speech_pb2.RecognitionConfig(model="nope"))],
+        grpc.StatusCode.NOT_FOUND,
+        "nope",
+    ),
+    (
+        "chunk_length",
+        [config_request(config=speech_pb2.RecognitionConfig(chunk_length={"seconds": 5}))],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "chunk_length",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "messages", "code", "needle"), BAD_STREAMS, ids=[b[0] for b in BAD_STREAMS])
+def test_bad_stream_status_then_server_keeps_serving(
+    strict_server: ServerThread,
+    strict_stub: Any,
+    name: str,
+    messages: list[Any],
+    code: grpc.StatusCode,
+    needle: str,
+) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        list(strict_stub.StreamingRecognize(iter(messages), timeout=60))
+    assert caught.value.code() == code, caught.value.details()
+    assert needle.lower() in caught.value.details().lower()
+    ok = list(strict_stub.StreamingRecognize(iter([config_request(), SILENCE]), timeout=60))
+    assert ok == []
+    wait_until(lambda: strict_server.metric("pipelined_active_streams", model="tiny-whisper") == 0)
+
+
+def test_idle_stream_ends_with_deadline_exceeded(strict_stub: Any) -> None:
+    def slow() -> Iterator[speech_pb2.StreamingRecognizeRequest]:
+        yield config_request()
+        yield SILENCE
+        time.sleep(3)  # beyond idle_timeout_s=1
+
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as caught:
+        list(strict_stub.StreamingRecognize(slow(), timeout=60))
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "idle_timeout_s" in caught.value.details()
+    assert time.monotonic() - started < 2.9
+
+
+def test_too_many_streams_is_resource_exhausted(strict_server: ServerThread, strict_stub: Any) -> None:
+    gates = [threading.Event() for _ in range(2)]
+
+    def held(gate: threading.Event) -> Iterator[speech_pb2.StreamingRecognizeRequest]:
+        yield config_request()
+        while not gate.is_set():
+            yield SILENCE
+            time.sleep(0.2)
+
+    calls = [strict_stub.StreamingRecognize(held(g), timeout=60) for g in gates]
+    wait_until(lambda: strict_server.metric("pipelined_active_streams", model="tiny-whisper") == 2)
+    with pytest.raises(grpc.RpcError) as caught:
+        list(strict_stub.StreamingRecognize(iter([config_request(), SILENCE]), timeout=60))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_streams=2" in caught.value.details()
+    for gate in gates:
+        gate.set()
+    for call in calls:
+        assert list(call) == []
+    wait_until(lambda: strict_server.metric("pipelined_active_streams", model="tiny-whisper") == 0)
+
+
+def wait_until(condition: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------------------- resources
+
+
+def test_client_cancellation_frees_everything(asr_server: ServerThread, stub: Any) -> None:
+    audio = speech()
+    outgoing: queue.Queue[Any] = queue.Queue()
+
+    def requests() -> Iterator[speech_pb2.StreamingRecognizeRequest]:
+        yield config_request(interim_results=True, voice_activity_events=True)
+        for request in audio_requests(audio):
+            yield request
+            time.sleep(0.02)
+        outgoing.get()  # keep the stream open until cancelled
+
+    call = stub.StreamingRecognize(requests(), timeout=120)
+    first = next(call)  # speech started: the session holds a buffer and decodes
+    assert first.speech_event == speech_pb2.SPEECH_EVENT_SPEECH_STARTED
+    assert asr_server.metric("pipelined_active_streams", model="tiny-whisper") == 1
+    call.cancel()
+    outgoing.put(None)
+    wait_until(lambda: asr_server.metric("pipelined_active_streams", model="tiny-whisper") == 0)
+    wait_until(lambda: asr_server.metric("pipelined_queue_depth", model="tiny-whisper") == 0)
+    assert asr_server.metric("pipelined_streams_ended_total", model="tiny-whisper", code="CANCELLED") >= 1
+    # The scheduler keeps serving.
+    assert Client(asr_server.target).pipeline(ASR)(np.zeros(RATE, np.float32))["text"] is not None
+
+
+# --------------------------------------------------------------------------------------- SDK
+
+
+def test_sdk_stream_yields_results_and_events(asr_server: ServerThread) -> None:
+    pipe = Client(asr_server.target, timeout=300).pipeline(ASR)
+    source = FileSource(shared_file("audio/LJ001-0002.wav"), realtime=False)
+    got = list(pipe.stream(source, return_timestamps="word"))
+    assert all(isinstance(r, StreamingResult) for r in got)
+    assert got[0].event == "speech_started" and got[-1].event == "speech_ended"
+    finals = [r for r in got if r.is_final]
+    assert finals and all(r.words for r in finals)
+    assert all(r.end is not None and r.end <= source.duration_s + 1e-6 for r in finals)
+
+
+def test_aio_stream(asr_server: ServerThread) -> None:
+    path = shared_file("audio/LJ001-0002.wav")
+
+    async def run() -> list[StreamingResult]:
+        pipe = AioClient(asr_server.target).pipeline(ASR)
+        return [r async for r in pipe.stream(FileSource(path, realtime=False), interim_results=False)]
+
+    got = asyncio.run(run())
+    assert got[0].event == "speech_started" and got[-1].event == "speech_ended"
+    assert [r for r in got if r.is_final] and not [r for r in got if r.event is None and not r.is_final]
