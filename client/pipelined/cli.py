@@ -83,6 +83,7 @@ def run(client: Client, args: argparse.Namespace) -> int:
             continue
         assert pipe is not None
         print(json.dumps(pipe(value), default=_jsonable, ensure_ascii=False))
+    return 0
 
 
 def listen(client: Client, args: argparse.Namespace) -> int:
