@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import enum
 import logging
 import time
@@ -36,6 +37,9 @@ class ModelInstance:
     device: str = ""
     dtype: str = ""
     is_default: bool = False
+    # A tokenizer copy for the event loop (token counts, batching keys): a Rust tokenizer mutates its
+    # truncation state per call, so sharing one with a worker thread raises "Already borrowed".
+    tokenizer: Any = None
 
     @property
     def name(self) -> str:
@@ -81,6 +85,8 @@ class Registry:
             return
         instance.load_seconds = time.monotonic() - started
         instance.pipeline = loaded.pipeline
+        pipeline_tokenizer = getattr(loaded.pipeline, "tokenizer", None)
+        instance.tokenizer = copy.deepcopy(pipeline_tokenizer) if pipeline_tokenizer is not None else None
         instance.device, instance.dtype = loaded.device, loaded.dtype
         replicas = replicate(loaded.pipeline, instance.spec.replicas)
         instance.scheduler = Scheduler(

@@ -51,7 +51,7 @@ def pooling_of(request: text_pb2.ExtractFeaturesRequest, defaults: dict[str, Any
 
 
 def _token_count(instance: ModelInstance, text: str, truncation: bool) -> int:
-    tokenizer = instance.pipeline.tokenizer
+    tokenizer = instance.tokenizer
     count = len(tokenizer(text, truncation=truncation)["input_ids"])
     limit = getattr(tokenizer, "model_max_length", None)
     if not truncation and limit and limit < 1_000_000 and count > limit:

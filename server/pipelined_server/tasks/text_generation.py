@@ -112,7 +112,7 @@ def prompts_of(
 
 
 def _token_count(instance: ModelInstance, prompt: str | list[dict[str, str]]) -> int:
-    tokenizer = instance.pipeline.tokenizer
+    tokenizer = instance.tokenizer
     if isinstance(prompt, str):
         return len(tokenizer(prompt)["input_ids"])
     continue_final = prompt[-1]["role"] == "assistant"
@@ -156,7 +156,7 @@ async def generate(
     prompts = prompts_of(request, limits)
     call = call_kwargs(request.parameters, instance)
     assert instance.scheduler is not None
-    if call.sampling or instance.pipeline.tokenizer.pad_token_id is None:
+    if call.sampling or instance.tokenizer.pad_token_id is None:
         jobs = [
             instance.scheduler.submit_call(
                 partial(run_alone, prompt=p, kwargs=call.kwargs, seed=call.seed), timeout=timeout
