@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from pipelined_server.app import App
@@ -38,3 +38,20 @@ class ServerThread:
         self.run(self.app.drain(grace_s))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+
+
+def concurrently(fn: Callable[[Any], Any], inputs: list[Any]) -> list[Any]:
+    """Calls fn on every input from its own thread, all released together, so the server can batch them."""
+    results: list[Any] = [None] * len(inputs)
+    barrier = threading.Barrier(len(inputs))
+
+    def run(i: int) -> None:
+        barrier.wait()
+        results[i] = fn(inputs[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results

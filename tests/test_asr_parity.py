@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
-import threading
 from typing import Any
 
 import numpy as np
 import pytest
 import soundfile as sf
-from harness import ServerThread
+from harness import ServerThread, concurrently
 from pipelined import Client
 from tiny_models import tiny_audio
 
@@ -114,22 +113,6 @@ def test_long_form_sequential_decoding(client: Client, local_whisper: Any) -> No
     assert_same(remote, local_whisper(audio.copy(), return_timestamps=True))
 
 
-def _concurrently(fn: Any, inputs: list[Any]) -> list[Any]:
-    results: list[Any] = [None] * len(inputs)
-    barrier = threading.Barrier(len(inputs))
-
-    def run(i: int) -> None:
-        barrier.wait()
-        results[i] = fn(inputs[i])
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(inputs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
-
-
 @pytest.mark.parametrize("model", ["tiny-whisper", "tiny-ctc"])
 def test_batching_never_changes_a_result(
     asr_server: ServerThread, client: Client, local_whisper: Any, local_ctc: Any, model: str
@@ -142,7 +125,7 @@ def test_batching_never_changes_a_result(
     before = asr_server.metric("pipelined_batch_size_sum", model=model)
     calls_before = asr_server.metric("pipelined_pipeline_calls_total", model=model)
     pipe = client.pipeline(ASR, model=model)
-    assert_same(_concurrently(pipe, clips), expected)
+    assert_same(concurrently(pipe, clips), expected)
     items = asr_server.metric("pipelined_batch_size_sum", model=model) - before
     calls = asr_server.metric("pipelined_pipeline_calls_total", model=model) - calls_before
     assert items == len(clips)
@@ -155,7 +138,7 @@ def test_whisper_language_detection_is_never_batched(
     clips = [tiny_audio(2.0 + i, seed=30 + i) for i in range(3)]
     expected = [local_whisper(c.copy(), return_language=True) for c in clips]
     pipe = client.pipeline(ASR, model="tiny-whisper", return_language=True)
-    assert_same(_concurrently(pipe, clips), expected)
+    assert_same(concurrently(pipe, clips), expected)
 
 
 def test_stream_file_segments_arrive_in_order(client: Client) -> None:

@@ -3,12 +3,11 @@ text task and every parameter the contract exposes."""
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import numpy as np
 import pytest
-from harness import ServerThread
+from harness import ServerThread, concurrently
 from pipelined import Client
 from text_fixtures import assert_close, local_pipeline, text_server
 
@@ -256,22 +255,6 @@ def test_stream_cancelled_midway_frees_the_model(client: Client) -> None:
 # ------------------------------------------------------------------------------ batching never changes a result
 
 
-def _concurrently(fn: Any, inputs: list[Any]) -> list[Any]:
-    results: list[Any] = [None] * len(inputs)
-    barrier = threading.Barrier(len(inputs))
-
-    def run(i: int) -> None:
-        barrier.wait()
-        results[i] = fn(inputs[i])
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(inputs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
-
-
 @pytest.mark.parametrize(
     ("name", "task", "inputs", "kwargs"),
     [
@@ -292,7 +275,7 @@ def test_batching_never_changes_a_result(
     calls_before = server.metric("pipelined_pipeline_calls_total", model=name)
     items_before = server.metric("pipelined_pipeline_items_total", model=name)
     pipe = client.pipeline(task, model=name)
-    assert_close(_concurrently(lambda x: pipe(x, **kwargs), inputs), local)
+    assert_close(concurrently(lambda x: pipe(x, **kwargs), inputs), local)
     calls = server.metric("pipelined_pipeline_calls_total", model=name) - calls_before
     items = server.metric("pipelined_pipeline_items_total", model=name) - items_before
     assert items == len(inputs)

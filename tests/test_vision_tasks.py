@@ -5,7 +5,6 @@ requests that the server batches give the same results as unbatched in-process c
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 import tiny_vision_models as tiny  # noqa: E402
-from harness import ServerThread  # noqa: E402
+from harness import ServerThread, concurrently  # noqa: E402
 from pipelined import Client  # noqa: E402
 from pipelined_server.config import BatchingConfig, ModelSpec, ServerConfig  # noqa: E402
 from tiny_models import tiny_audio  # noqa: E402
@@ -112,22 +111,6 @@ def assert_same(remote: Any, local: Any, audio_atol: float = ABS) -> None:
         assert isinstance(remote, float) and remote == pytest.approx(local, rel=REL, abs=ABS), (remote, local)
         return
     assert type(remote) is type(local) and remote == local, (remote, local)
-
-
-def concurrently(fn: Any, inputs: list[Any]) -> list[Any]:
-    results: list[Any] = [None] * len(inputs)
-    barrier = threading.Barrier(len(inputs))
-
-    def run(i: int) -> None:
-        barrier.wait()
-        results[i] = fn(inputs[i])
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(inputs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
 
 
 IMAGES = [tiny.tiny_image(i, size) for i, size in enumerate([(40, 30), (32, 32), (40, 30), (25, 50)])]

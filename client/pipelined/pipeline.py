@@ -1,89 +1,46 @@
-"""transformers-like call semantics over gRPC: one input -> one result, a list -> a list, an iterator -> a
-generator (bounded requests in flight, results in input order). Call arguments override the defaults
-given to `client.pipeline()` for that call only."""
+"""automatic-speech-recognition over gRPC: the shared call semantics of TaskPipeline (one clip -> a dict, a
+list -> a list, an iterator -> a generator with bounded requests in flight, results in input order), plus
+long-audio segment streaming and live streaming."""
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
 from . import asr, streaming
 from .errors import from_rpc_error
 from .inputs import audio_input, is_single_audio
+from .task_pipeline import DEFAULT_MAX_IN_FLIGHT, TaskPipeline
 from .v1 import speech_pb2
 
-if TYPE_CHECKING:
-    from .client import Client
-
-DEFAULT_MAX_IN_FLIGHT = 8
+__all__ = ["DEFAULT_MAX_IN_FLIGHT", "SpeechRecognitionPipeline"]
 
 
-class SpeechRecognitionPipeline:
+class SpeechRecognitionPipeline(TaskPipeline):
     """`client.pipeline("automatic-speech-recognition")`."""
 
     task = asr.TASK
+    accepted = frozenset(asr.KNOWN)
 
-    def __init__(
-        self, client: Client, model: str | None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, **defaults: Any
-    ):
-        asr.recognition_config(
-            model or "", defaults
-        )  # fail at construction on unknown defaults, as transformers does
-        self.client = client
-        self.model = model or ""
-        self.defaults = defaults
-        self.max_in_flight = max_in_flight
+    def _check(self, kwargs: dict[str, Any]) -> None:
+        # Also rejects bad values (an unknown task, uneven strides) before anything is sent.
+        asr.recognition_config(self.model if hasattr(self, "model") else "", kwargs)
 
-    def _request(self, inputs: Any, kwargs: dict[str, Any]) -> speech_pb2.RecognizeRequest:
+    def method(self) -> Any:
+        return self.client.speech.Recognize
+
+    def is_single(self, inputs: Any) -> bool:
+        return is_single_audio(inputs)
+
+    def request(self, inputs: Any, kwargs: dict[str, Any]) -> speech_pb2.RecognizeRequest:
         return speech_pb2.RecognizeRequest(
             config=asr.recognition_config(self.model, kwargs), audio=audio_input(inputs)
         )
 
-    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
-        merged = {**self.defaults, **kwargs}
-        if is_single_audio(inputs):
-            return self._one(inputs, merged)
-        if isinstance(inputs, list | tuple):
-            return list(self._many(inputs, merged))
-        if isinstance(inputs, Iterable):
-            return self._many(inputs, merged)
-        raise TypeError(f"unsupported input of type {type(inputs).__name__}")
-
-    def _one(self, inputs: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        try:
-            response = self.client.speech.Recognize(
-                self._request(inputs, kwargs), timeout=self.client.timeout
-            )
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+    def result(self, response: Any, inputs: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         return asr.result_dict(response, kwargs)
-
-    def _many(self, inputs: Iterable[Any], kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        pending: deque[Any] = deque()
-        try:
-            for item in inputs:
-                pending.append(
-                    self.client.speech.Recognize.future(
-                        self._request(item, kwargs), timeout=self.client.timeout
-                    )
-                )
-                if len(pending) >= self.max_in_flight:
-                    yield self._result(pending.popleft(), kwargs)
-            while pending:
-                yield self._result(pending.popleft(), kwargs)
-        finally:
-            for future in pending:
-                future.cancel()
-
-    @staticmethod
-    def _result(future: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        try:
-            return asr.result_dict(future.result(), kwargs)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
 
     def stream_file(self, inputs: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
         """Long audio: yields each segment (`text`, `timestamp`, optional `words`) as soon as it is decoded."""
