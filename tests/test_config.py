@@ -107,3 +107,19 @@ def test_device_and_dtype_become_pipeline_arguments() -> None:
         {"models": [{"name": "a", "source": "x", "task": "fill-mask", "device": "cuda:1"}]}
     ).models[0]
     assert pipeline_kwargs_for(spec) == {"device": "cuda:1"}
+
+
+def test_embedded_defaults_survive_an_explicit_task_and_merge_with_overrides() -> None:
+    spec = parse_config(
+        {
+            "models": [
+                {
+                    "name": "a",
+                    "source": "embedded:whisper-tiny.en",
+                    "task": "automatic-speech-recognition",
+                    "pipeline_kwargs": {"max_new_tokens": 100},
+                }
+            ]
+        }
+    ).models[0]
+    assert spec.pipeline_kwargs == {"num_beams": 1, "max_new_tokens": 100}

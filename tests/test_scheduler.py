@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pipelined_server.batching import Scheduler
 from pipelined_server.config import BatchingConfig
-from pipelined_server.errors import DeadlineExpired, QueueFull
+from pipelined_server.errors import DeadlineExpired, InvalidInput, ModelNotReady, QueueFull
 from pipelined_server.metrics import Metrics
 
 
@@ -107,7 +107,7 @@ async def test_a_failing_input_fails_alone() -> None:
         scheduler.submit(1, {}), scheduler.submit("bad", {}), scheduler.submit(3, {}), return_exceptions=True
     )
     assert results[0] == 2 and results[2] == 6
-    assert isinstance(results[1], ValueError)
+    assert isinstance(results[1], InvalidInput) and "bad input" in str(results[1])
     await scheduler.close()
 
 
@@ -153,8 +153,49 @@ async def test_calls_run_alone_on_the_worker_thread_in_queue_order() -> None:
     recorder.gate.set()
     results = await asyncio.gather(first, *rest, return_exceptions=True)
     assert results[:3] == [2, "a", 4] and results[4] == 6
-    assert isinstance(results[3], ValueError)
+    assert isinstance(results[3], InvalidInput) and "bad call" in str(results[3])
     # Calls never join a batch, and the plain items queued around them still batch together.
     assert recorder.batches == [[1], ["call-a"], [2, 3]]
     assert all(name.startswith("pipeline-m") for name in threads)
     await scheduler.close()
+
+
+async def test_a_cancelled_caller_frees_its_queue_slot_at_once() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    scheduler = make(recorder, max_batch_size=1, max_queue_size=2)
+    busy = asyncio.ensure_future(scheduler.submit(1, {}))
+    await asyncio.sleep(0.05)
+    waiting = [asyncio.ensure_future(scheduler.submit(i, {})) for i in (2, 3)]
+    await asyncio.sleep(0)
+    assert scheduler.depth == 2
+    for task in waiting:
+        task.cancel()
+    await asyncio.sleep(0)
+    assert scheduler.depth == 0
+    with pytest.raises(QueueFull, match="adds 3"):
+        scheduler.ensure_room(3)
+    scheduler.ensure_room(2)
+    recorder.gate.set()
+    assert await busy == 2
+    assert recorder.batches == [[1]]
+    await scheduler.close()
+
+
+async def test_close_answers_the_batch_in_flight_and_refuses_the_rest() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    scheduler = make(recorder, max_batch_size=1)
+    running = asyncio.ensure_future(scheduler.submit(1, {}))
+    await asyncio.sleep(0.05)
+    queued = asyncio.ensure_future(scheduler.submit(2, {}))
+    await asyncio.sleep(0)
+    closing = asyncio.ensure_future(scheduler.close())
+    await asyncio.sleep(0.05)
+    recorder.gate.set()
+    await closing
+    assert await running == 2
+    with pytest.raises(ModelNotReady):
+        await queued
+    with pytest.raises(ModelNotReady):
+        await scheduler.submit(3, {})

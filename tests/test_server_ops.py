@@ -131,3 +131,24 @@ def test_sigterm_during_load_drains_without_losing_a_request(server_process: Any
     in_flight.join(120)
     assert results and "text" in results[0], "the in-flight request was lost"
     assert process.wait(60) == 0
+
+
+def test_a_model_that_fails_to_load_does_not_take_the_others_down(tiny_ctc_dir: Path) -> None:
+    from pipelined_server.config import ModelSpec, ServerConfig
+
+    specs = (
+        ModelSpec(name="broken", task=ASR, source="no-such-org/no-such-model"),
+        ModelSpec(name="ctc", task=ASR, source=str(tiny_ctc_dir), default=True),
+    )
+    server = ServerThread(ServerConfig(host="127.0.0.1", port=0, metrics_port=0, models=specs))
+    try:
+        client = Client(server.target)
+        assert client.health() == "SERVING"
+        assert client.health("broken") == "NOT_SERVING"
+        broken = client.model("broken")
+        assert broken["state"] == "failed" and "no-such-model" in broken["error"]
+        with pytest.raises(Unavailable, match="failed to load"):
+            client.pipeline(ASR, model="broken")(tiny_audio(1.0))
+        assert "text" in client.pipeline(ASR)(tiny_audio(1.0))
+    finally:
+        server.stop()

@@ -53,6 +53,22 @@ class Internal(PipelinedError):
     code = grpc.StatusCode.INTERNAL
 
 
+class PermissionDenied(PipelinedError, PermissionError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Aborted(PipelinedError):
+    code = grpc.StatusCode.ABORTED
+
+
+class OutOfRange(PipelinedError):
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class Unauthenticated(PipelinedError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
 _BY_CODE: dict[grpc.StatusCode, type[PipelinedError]] = {
     cls.code: cls
     for cls in (
@@ -65,6 +81,10 @@ _BY_CODE: dict[grpc.StatusCode, type[PipelinedError]] = {
         FailedPrecondition,
         Unimplemented,
         Internal,
+        PermissionDenied,
+        Aborted,
+        OutOfRange,
+        Unauthenticated,
     )
 }
 

@@ -10,10 +10,15 @@ import numpy as np
 
 from .v1 import audio_pb2
 
+# A URL that hangs fails the call instead of hanging it.
+URL_TIMEOUT_S = 30.0
+
 
 def _read_path_or_url(source: str) -> bytes:
     if source.startswith(("http://", "https://")):
-        with urllib.request.urlopen(source) as response:  # the client fetches; the server never does
+        with urllib.request.urlopen(
+            source, timeout=URL_TIMEOUT_S
+        ) as response:  # the client fetches; the server never does
             return bytes(response.read())
     with open(os.fspath(source), "rb") as handle:
         return handle.read()

@@ -54,20 +54,25 @@ class SpeechRecognitionPipeline(TaskPipeline):
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
-    def stream(self, chunks: Iterable[Any], **options: Any) -> Iterator[streaming.StreamingResult]:
+    def stream(
+        self, chunks: Iterable[Any], *, deadline_s: float | None = None, **options: Any
+    ) -> Iterator[streaming.StreamingResult]:
         """Live recognition: sends audio chunks as the iterator yields them (a microphone, a file replayed
         at real-time pace, ...) and yields interim and final results and speech events as they arrive.
 
         Options: `sampling_rate`, `encoding` ("linear16"/"float32"), `channels` (else taken from the
         source), `language`, `task`, `return_timestamps="word"`, `interim_results` (True),
         `speech_events` (True), `min_decode_interval_s` (latency/accuracy knob, 1.0), `vad_threshold`,
-        `min_silence_s`, `speech_padding_s`, and the generation options.
+        `min_silence_s`, `speech_padding_s`, and the generation options. `deadline_s` bounds the whole
+        stream (none by default: the client's per-call timeout does not apply to live audio).
         """
         merged = {**{k: v for k, v in self.defaults.items() if k in streaming.RECOGNITION_OPTIONS}, **options}
         first, all_chunks = streaming.split_first(chunks)
         config = streaming.streaming_config(self.model, merged, source=chunks, first=first)
         responses = self.client.speech.StreamingRecognize(
-            streaming.requests(config, all_chunks), timeout=self.client.timeout
+            # A live stream lasts as long as its audio (hours): the client's per-call timeout is not its deadline.
+            streaming.requests(config, all_chunks),
+            timeout=deadline_s,
         )
         try:
             for response in responses:

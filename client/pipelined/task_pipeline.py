@@ -15,7 +15,7 @@ from .errors import from_rpc_error
 if TYPE_CHECKING:
     from .client import Client
 
-DEFAULT_MAX_IN_FLIGHT = 8
+DEFAULT_MAX_IN_FLIGHT = 4
 
 
 class TaskPipeline:

@@ -20,9 +20,9 @@ from .v1 import text_pb2
 if TYPE_CHECKING:
     from .client import Client
 
-DEFAULT_MAX_IN_FLIGHT = 8
+DEFAULT_MAX_IN_FLIGHT = 4
 # Small enough that one request stays well under the server's default limit of inputs per request.
-DEFAULT_INPUTS_PER_REQUEST = 32
+DEFAULT_INPUTS_PER_REQUEST = 16
 
 # (model, inputs, kwargs) -> request; (response, kwargs) -> one result per input.
 RequestBuilder = Callable[[str, Sequence[Any], dict[str, Any]], Any]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -55,6 +55,7 @@ class App:
     health: health.aio.HealthServicer
     port: int = 0
     _load_task: asyncio.Task[None] | None = None
+    _health_tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
     def build(cls, config: ServerConfig, metrics: Metrics | None = None) -> App:
@@ -97,12 +98,15 @@ class App:
         return app
 
     def schedule_health(self, name: str, ok: bool) -> None:
-        asyncio.get_running_loop().create_task(self._update_health(name, ok))
+        task = asyncio.get_running_loop().create_task(self._update_health(name, ok))
+        # The loop keeps only weak references to tasks: hold it until it is done.
+        self._health_tasks.add(task)
+        task.add_done_callback(self._health_tasks.discard)
 
     async def _update_health(self, name: str, ok: bool) -> None:
         serving = ok and not self.state.draining
         await self.health.set(name, SERVING if serving else NOT_SERVING)
-        overall = self.state.registry.all_ready and not self.state.draining
+        overall = self.state.registry.serving and not self.state.draining
         await self.health.set("", SERVING if overall else NOT_SERVING)
 
     async def start(self) -> int:

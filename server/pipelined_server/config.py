@@ -49,7 +49,7 @@ class BatchingConfig:
     # How long the oldest waiting request may wait for others to join its batch.
     max_queue_delay_ms: float = 5.0
     # Requests waiting beyond this answer RESOURCE_EXHAUSTED at once, instead of piling up latency.
-    max_queue_size: int = 256
+    max_queue_size: int = 1024
 
 
 @dataclass(frozen=True)
@@ -190,10 +190,11 @@ def _model_from_dict(data: Any, index: int) -> ModelSpec:
     source = data.get("source")
     if not source:
         raise ConfigError(f"{where}.source is required ('embedded:<name>', a local directory or a Hub id)")
-    if str(source).startswith("embedded:") and "task" not in data:
+    if str(source).startswith("embedded:"):
         base = embedded_spec(str(source).split(":", 1)[1])
         data.setdefault("task", base.task)
-        data.setdefault("pipeline_kwargs", base.pipeline_kwargs)
+        # The embedded defaults (greedy decoding...) stay unless the file overrides them one by one.
+        data["pipeline_kwargs"] = {**base.pipeline_kwargs, **(data.get("pipeline_kwargs") or {})}
         data.setdefault("request_defaults", base.request_defaults)
     if not data.get("task"):
         raise ConfigError(f"{where}.task is required (a transformers pipeline task)")

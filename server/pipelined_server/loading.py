@@ -76,13 +76,18 @@ def load_pipeline(spec: ModelSpec) -> LoadedPipeline:
 
 
 def replicate(pipe: Any, count: int) -> list[Any]:
-    """`count` pipelines over the same weights. Each gets its own tokenizer copy: a Rust tokenizer's
-    padding/truncation state is mutated per call and raises "Already borrowed" when shared across threads."""
+    """`count` pipelines over the same weights. Each gets its own tokenizer and processor copies: a Rust
+    tokenizer's padding/truncation state is mutated per call and raises "Already borrowed" when shared
+    across threads (a processor holds a tokenizer too)."""
     replicas = [pipe]
     for _ in range(count - 1):
         twin = copy.copy(pipe)
+        processor = getattr(pipe, "processor", None)
+        if processor is not None:
+            twin.processor = copy.deepcopy(processor)
         if getattr(pipe, "tokenizer", None) is not None:
-            twin.tokenizer = copy.deepcopy(pipe.tokenizer)
+            shared = processor is not None and getattr(processor, "tokenizer", None) is pipe.tokenizer
+            twin.tokenizer = twin.processor.tokenizer if shared else copy.deepcopy(pipe.tokenizer)
         replicas.append(twin)
     return replicas
 

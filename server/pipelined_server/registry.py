@@ -80,7 +80,7 @@ class Registry:
         except Exception as exc:  # a model that fails to load must not take the others down
             log.exception("model %s failed to load", instance.name)
             instance.state = ModelState.FAILED
-            instance.error = f"{type(exc).__name__}: {exc}"
+            instance.error = f"cannot load {instance.spec.source!r}: {type(exc).__name__}: {exc}"
             self.on_health(instance.name, False)
             return
         instance.load_seconds = time.monotonic() - started
@@ -123,8 +123,12 @@ class Registry:
         return instance
 
     @property
-    def all_ready(self) -> bool:
-        return all(i.state is ModelState.READY for i in self.instances.values())
+    def serving(self) -> bool:
+        """Overall health: every model has finished loading and at least one serves. A model that failed
+        is NOT_SERVING under its own name and shows its error in ListModels, but does not take the
+        models that work out of rotation."""
+        states = [i.state for i in self.instances.values()]
+        return ModelState.LOADING not in states and ModelState.READY in states
 
     async def close(self) -> None:
         for instance in self.instances.values():

@@ -19,16 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import BatchingConfig
-from ..errors import Cancelled, DeadlineExpired, ModelNotReady, QueueFull
+from ..errors import Cancelled, DeadlineExpired, InvalidInput, ModelNotReady, QueueFull
 from ..metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 # Runs a list of inputs that share one key through a pipeline replica; returns one output per input.
 BatchRunner = Callable[[Any, Sequence[Any], dict[str, Any]], list[Any]]
@@ -106,6 +109,15 @@ class Scheduler:
         """
         return await self._enqueue(payload, kwargs, key, batchable, timeout, None)
 
+    def ensure_room(self, count: int) -> None:
+        """Refuses a request of `count` items up front when they cannot all be queued, so a request is
+        queued whole or not at all (half a request computed for nobody helps no one)."""
+        if len(self._queue) + count > self._config.max_queue_size:
+            raise QueueFull(
+                f"model {self.model!r} has {len(self._queue)} requests queued and this request adds {count} "
+                f"(max_queue_size={self._config.max_queue_size}); retry later or send fewer inputs"
+            )
+
     async def submit_call(self, call: ReplicaCall, *, timeout: float | None = None) -> Any:
         """Queues `call(pipeline)`, run alone on a worker thread with its replica; returns what it returns."""
         return await self._enqueue(None, {}, None, False, timeout, call)
@@ -144,46 +156,59 @@ class Scheduler:
             return await item.future
         except asyncio.CancelledError:
             item.future.cancel()
+            # A caller that left frees its queue slot at once, not when a worker reaches the item.
+            if item in self._queue:
+                self._queue.remove(item)
+                self._metrics.skipped.labels(self.model, "cancelled").inc()
+                self._metrics.queue_depth.labels(self.model).set(len(self._queue))
             raise
 
     async def close(self) -> None:
-        """Fails what is still queued, waits for the batch in flight, stops the worker thread."""
+        """Fails what is still queued, lets the batches in flight answer their callers, stops the threads."""
         self._closed = True
         while self._queue:
             item = self._queue.popleft()
             if not item.future.done():
                 item.future.set_exception(ModelNotReady(f"model {self.model!r} is shutting down"))
-        for worker in self._workers:
-            worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
+        self._metrics.queue_depth.labels(self.model).set(0)
+        self._wakeup.set()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        # Joining the threads blocks; keep the event loop (health checks, other calls) responsive.
         for executor in self._executors:
-            executor.shutdown(wait=True)
+            await asyncio.to_thread(executor.shutdown, wait=True)
 
     async def _run(self, replica: int) -> None:
-        loop = asyncio.get_running_loop()
         pipeline = self._replicas[replica]
-        while True:
+        while not self._closed:
             batch = await self._next_batch()
             self._metrics.queue_depth.labels(self.model).set(len(self._queue))
-            if not batch:
-                continue
-            started = time.monotonic()
-            for item in batch:
-                self._metrics.queue_time.labels(self.model).observe(started - item.enqueued_at)
-            self._metrics.batch_size.labels(self.model).observe(len(batch))
+            if batch:
+                await self._run_batch_on(replica, pipeline, batch)
+
+    async def _run_batch_on(self, replica: int, pipeline: Any, batch: list[WorkItem]) -> None:
+        started = time.monotonic()
+        for item in batch:
+            self._metrics.queue_time.labels(self.model).observe(started - item.enqueued_at)
+        self._metrics.batch_size.labels(self.model).observe(len(batch))
+        loop = asyncio.get_running_loop()
+        try:
             outcomes = await loop.run_in_executor(self._executors[replica], self._compute, pipeline, batch)
-            for item, (ok, value) in zip(batch, outcomes, strict=True):
-                if item.future.done():
-                    continue  # the caller left while we computed
-                if ok:
-                    item.future.set_result(value)
-                else:
-                    item.future.set_exception(value)
+        except Exception as exc:  # the worker must survive anything, or its replica stops serving
+            log.exception("scheduler %s: batch failed outside the pipeline", self.model)
+            outcomes = [(False, exc)] * len(batch)
+        for item, (ok, value) in zip(batch, outcomes, strict=True):
+            if item.future.done():
+                continue  # the caller left while we computed
+            if ok:
+                item.future.set_result(value)
+            else:
+                item.future.set_exception(value)
 
     async def _next_batch(self) -> list[WorkItem]:
         """Waits for the oldest item, then gathers compatible ones until full or its delay passes."""
         while not self._queue:
+            if self._closed:
+                return []
             self._wakeup.clear()
             await self._wakeup.wait()
         first = self._queue.popleft()
@@ -243,22 +268,40 @@ class Scheduler:
     def _call(self, pipeline: Any, batch: list[WorkItem]) -> list[Any]:
         self._metrics.pipeline_calls.labels(self.model).inc()
         self._metrics.pipeline_items.labels(self.model).inc(len(batch))
-        if batch[0].call is not None:
-            return [batch[0].call(pipeline)]
-        outputs = self._run_batch(pipeline, [item.payload for item in batch], batch[0].kwargs)
+        try:
+            if batch[0].call is not None:
+                return [batch[0].call(pipeline)]
+            outputs = self._run_batch(pipeline, [item.payload for item in batch], batch[0].kwargs)
+        except (ValueError, TypeError) as exc:
+            # transformers validates arguments and inputs by raising these: the caller's mistake. The same
+            # exception types from our own code elsewhere stay INTERNAL (services/calls.py).
+            raise InvalidInput(f"the pipeline rejected the request: {exc}") from exc
         if len(outputs) != len(batch):
             raise RuntimeError(f"pipeline returned {len(outputs)} outputs for {len(batch)} inputs")
         return outputs
 
 
+async def gather_or_cancel(awaitables: Iterable[Awaitable[Any]]) -> list[Any]:
+    """Results in order; the first failure cancels the rest, so their queue entries are freed at once."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
 def _freeze(value: Any) -> Hashable:
-    """A hashable form of nested call arguments, so equal arguments give equal batch keys."""
+    """A hashable form of nested call arguments: equal arguments give equal batch keys, and different
+    ones never do (types are part of the key; arrays by their bytes, not their abbreviated repr)."""
     if isinstance(value, dict):
-        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+        return ("dict", tuple(sorted((str(k), _freeze(v)) for k, v in value.items())))
     if isinstance(value, list | tuple):
-        return tuple(_freeze(v) for v in value)
+        return (type(value).__name__, tuple(_freeze(v) for v in value))
+    if hasattr(value, "tobytes") and hasattr(value, "shape"):
+        return ("array", str(getattr(value, "dtype", "")), tuple(value.shape), value.tobytes())
     try:
         hash(value)
     except TypeError:
-        return repr(value)
-    return value
+        return ("object", id(value))  # unknown unhashable: never batched with anything else
+    return (type(value).__name__, value)

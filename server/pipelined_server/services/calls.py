@@ -1,8 +1,8 @@
 """Every RPC passes through here: refusal while draining, error -> status mapping, metrics, in-flight count.
 
 This is the one place exceptions become gRPC status codes: typed PipelinedErrors keep their code and
-message; errors the pipeline raises for bad arguments (ValueError) become INVALID_ARGUMENT; anything
-else is INTERNAL and logged, and the server keeps serving.
+message (the scheduler turns the pipeline's own argument errors into InvalidInput); anything else is a
+server defect: INTERNAL, logged, and the server keeps serving.
 """
 
 from __future__ import annotations
@@ -56,8 +56,6 @@ class CallInfo:
 def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, PipelinedError):
         return exc.code, exc.message
-    if isinstance(exc, ValueError | TypeError):
-        return grpc.StatusCode.INVALID_ARGUMENT, f"the pipeline rejected the request: {exc}"
     log.exception("internal error", exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
 
@@ -85,9 +83,17 @@ class _Tracked:
             self.state.idle.set()
 
 
-async def _refuse_if_draining(state: ServerState, context: grpc.aio.ServicerContext) -> None:
+async def _refuse_if_draining(state: ServerState, context: grpc.aio.ServicerContext, info: CallInfo) -> None:
     if state.draining:
+        state.metrics.requests.labels("unknown", info.task, info.method, "UNAVAILABLE").inc()
         await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another instance")
+
+
+def _ended_early(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """Why a handler was interrupted: gRPC cancels it both when the caller cancels and at its deadline."""
+    remaining = context.time_remaining()
+    expired = remaining is not None and remaining <= 0
+    return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
 
 
 def rpc(task: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -99,14 +105,14 @@ def rpc(task: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             @functools.wraps(method)
             async def stream_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
                 state: ServerState = self.state
-                await _refuse_if_draining(state, context)
                 info = CallInfo(method.__name__, task)
+                await _refuse_if_draining(state, context, info)
                 with _Tracked(state, info) as tracked:
                     try:
                         async for response in method(self, request, context, info):
                             yield response
-                    except asyncio.CancelledError:
-                        tracked.finish(grpc.StatusCode.CANCELLED)
+                    except (asyncio.CancelledError, GeneratorExit):
+                        tracked.finish(_ended_early(context))
                         raise
                     except Exception as exc:
                         code, message = _status_of(exc)
@@ -119,13 +125,13 @@ def rpc(task: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         @functools.wraps(method)
         async def unary_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             state: ServerState = self.state
-            await _refuse_if_draining(state, context)
             info = CallInfo(method.__name__, task)
+            await _refuse_if_draining(state, context, info)
             with _Tracked(state, info) as tracked:
                 try:
                     response = await method(self, request, context, info)
                 except asyncio.CancelledError:
-                    tracked.finish(grpc.StatusCode.CANCELLED)
+                    tracked.finish(_ended_early(context))
                     raise
                 except Exception as exc:
                     code, message = _status_of(exc)

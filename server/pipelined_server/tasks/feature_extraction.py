@@ -15,6 +15,7 @@ first token, normalisation scales to unit L2 norm.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import numpy as np
@@ -86,7 +87,10 @@ async def extract(
     check_texts(request.inputs, limits)
     pooling, normalize = pooling_of(request, instance.spec.request_defaults)
     truncation = request.truncation if request.HasField("truncation") else False
-    counts = [_token_count(instance, text, truncation) for text in request.inputs]
+    # Tokenizing up to the input limits takes a while: keep the event loop free for other calls.
+    counts = await asyncio.to_thread(
+        lambda: [_token_count(instance, text, truncation) for text in request.inputs]
+    )
     kwargs: dict[str, Any] = {"return_tensors": True}
     if request.HasField("truncation"):
         kwargs["truncation"] = request.truncation

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..batching import gather_or_cancel
 from ..registry import ModelInstance
 
 
@@ -25,11 +25,7 @@ async def run_items(
     """Each item goes to the scheduler on its own, so items of this and other requests batch together."""
     assert instance.scheduler is not None
     scheduler = instance.scheduler
-    return list(
-        await asyncio.gather(
-            *(
-                scheduler.submit(i.payload, kwargs, key=i.key, batchable=i.batchable, timeout=timeout)
-                for i in items
-            )
-        )
+    scheduler.ensure_room(len(items))
+    return await gather_or_cancel(
+        scheduler.submit(i.payload, kwargs, key=i.key, batchable=i.batchable, timeout=timeout) for i in items
     )

@@ -19,6 +19,7 @@ from typing import Any
 
 from pipelined.v1 import text_pb2
 
+from ..batching import gather_or_cancel
 from ..config import InputLimits
 from ..errors import InvalidInput
 from ..registry import ModelInstance
@@ -157,15 +158,16 @@ async def generate(
     call = call_kwargs(request.parameters, instance)
     assert instance.scheduler is not None
     if call.sampling or instance.tokenizer.pad_token_id is None:
-        jobs = [
+        instance.scheduler.ensure_room(len(prompts))
+        outputs = await gather_or_cancel(
             instance.scheduler.submit_call(
                 partial(run_alone, prompt=p, kwargs=call.kwargs, seed=call.seed), timeout=timeout
             )
             for p in prompts
-        ]
-        outputs = list(await asyncio.gather(*jobs))
+        )
     else:
-        keys = [batch_key(instance, p) for p in prompts]
+        # Tokenizing (chat templates too) takes a while: keep the event loop free for other calls.
+        keys = await asyncio.to_thread(lambda: [batch_key(instance, p) for p in prompts])
         outputs = await run_all(instance, prompts, call.kwargs, timeout, keys=keys)
     return text_pb2.GenerateTextResponse(
         results=[

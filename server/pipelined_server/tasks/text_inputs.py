@@ -4,10 +4,10 @@ requests' inputs) while keeping their order."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Hashable, Sequence
 from typing import Any
 
+from ..batching import gather_or_cancel
 from ..config import InputLimits
 from ..errors import InvalidInput
 from ..registry import ModelInstance
@@ -54,16 +54,10 @@ async def run_all(
     """One scheduler item per input; results in input order. The first failure cancels the rest."""
     assert instance.scheduler is not None
     scheduler = instance.scheduler
-    tasks = [
-        asyncio.ensure_future(
-            scheduler.submit(
-                p, kwargs, key=None if keys is None else keys[i], batchable=batchable, timeout=timeout
-            )
+    scheduler.ensure_room(len(payloads))
+    return await gather_or_cancel(
+        scheduler.submit(
+            p, kwargs, key=None if keys is None else keys[i], batchable=batchable, timeout=timeout
         )
         for i, p in enumerate(payloads)
-    ]
-    try:
-        return list(await asyncio.gather(*tasks))
-    finally:
-        for task in tasks:
-            task.cancel()
+    )
