@@ -5,6 +5,7 @@ requests that the server batches give the same results as unbatched in-process c
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -231,6 +232,23 @@ def test_image_text_to_text_stream_pieces_add_up(client: Client, local: Any) -> 
     expected = local(task)(text=chat, max_new_tokens=8, return_full_text=False)[0]["generated_text"]
     assert len(pieces) >= 1
     assert "".join(pieces) == expected
+
+
+def test_image_text_to_text_cancelled_stream_frees_the_worker(client: Client, local: Any) -> None:
+    """A stream whose caller goes away stops at the next token: the next request is served long before
+    the abandoned generation's max_new_tokens would have finished (the tiny model never stops early)."""
+    task = "image-text-to-text"
+    pipe, chat = client.pipeline(task, model=task), _chat(IMAGES[2], "what is this")
+    started = time.monotonic()
+    pipe(text=chat, max_new_tokens=100)
+    abandoned_s = (time.monotonic() - started) * 40  # what 4000 tokens take on this machine, roughly
+    stream = pipe.stream(text=chat, max_new_tokens=4000)
+    next(stream)
+    stream.close()  # cancels the call
+    started = time.monotonic()
+    remote = pipe(text=chat, max_new_tokens=3)
+    assert time.monotonic() - started < abandoned_s / 4
+    assert_same(remote, local(task)(text=chat, max_new_tokens=3))
 
 
 def test_image_text_to_text_batching(server: ServerThread, client: Client, local: Any) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -43,6 +43,36 @@ def model_dict(info: models_pb2.ModelInfo) -> dict[str, Any]:
     }
 
 
+class Stubs(Protocol):
+    """What pipelines use of a client: the service stubs and the call timeout. The synchronous and the
+    asyncio client both have them, so one pipeline class builds requests and reads responses for both."""
+
+    timeout: float | None
+    speech: Any
+    text: Any
+    generic: Any
+    vision: Any
+    multimodal: Any
+    audio_tasks: Any
+
+
+def make_pipeline(client: Stubs, task: str, model: str | None, defaults: dict[str, Any]) -> Any:
+    """A typed pipeline for tasks with a typed call; the generic call for every other task."""
+    from .generic import GenericPipeline
+    from .pipeline import SpeechRecognitionPipeline
+    from .task_pipelines import PIPELINES as TASK_PIPELINES
+    from .text_pipeline import ALIASES, PIPELINES
+
+    task = ALIASES.get(task, task)
+    if task == SpeechRecognitionPipeline.task:
+        return SpeechRecognitionPipeline(client, model, **defaults)
+    if task in PIPELINES:
+        return PIPELINES[task](client, model, **defaults)
+    if task in TASK_PIPELINES:
+        return TASK_PIPELINES[task](client, model, **defaults)
+    return GenericPipeline(client, task, model, **defaults)
+
+
 class Client:
     """`Client("host:port").pipeline(task)` behaves like `transformers.pipeline(task)`."""
 
@@ -67,20 +97,7 @@ class Client:
 
     def pipeline(self, task: str, model: str | None = None, **defaults: Any) -> Any:
         """A typed pipeline for tasks with a typed call; the generic call for every other task."""
-        from .generic import GenericPipeline
-        from .pipeline import SpeechRecognitionPipeline
-        from .text_pipeline import ALIASES, PIPELINES
-
-        task = ALIASES.get(task, task)
-        if task == SpeechRecognitionPipeline.task:
-            return SpeechRecognitionPipeline(self, model, **defaults)
-        if task in PIPELINES:
-            return PIPELINES[task](self, model, **defaults)
-        from .task_pipelines import PIPELINES as TASK_PIPELINES
-
-        if task in TASK_PIPELINES:
-            return TASK_PIPELINES[task](self, model, **defaults)
-        return GenericPipeline(self, task, model, **defaults)
+        return make_pipeline(self, task, model, defaults)
 
     def models(self, task: str = "") -> list[dict[str, Any]]:
         try:

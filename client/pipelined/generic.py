@@ -22,7 +22,7 @@ from .errors import from_rpc_error
 from .v1 import generic_pb2
 
 if TYPE_CHECKING:
-    from .client import Client
+    from .client import Stubs
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def decode(value: struct_pb2.Value, blobs: dict[str, bytes]) -> Any:
 class GenericPipeline:
     """`pipe(inputs, **parameters)` runs `pipeline(task)(inputs, **parameters)` on the server."""
 
-    def __init__(self, client: Client, task: str, model: str | None, **defaults: Any) -> None:
+    def __init__(self, client: Stubs, task: str, model: str | None, **defaults: Any) -> None:
         self.client = client
         self.task = task
         self.model = model or ""
@@ -153,10 +153,20 @@ class GenericPipeline:
             request.blobs[name] = data
         return request
 
+    def arguments(self, inputs: Any = None, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        return inputs, {**self.defaults, **kwargs}
+
+    def is_single(self, inputs: Any) -> bool:
+        """Whatever the input, it goes whole to the server's pipeline in one call."""
+        return True
+
     def __call__(self, inputs: Any = None, **kwargs: Any) -> Any:
-        request = self.request(inputs, {**self.defaults, **kwargs})
+        request = self.request(*self.arguments(inputs, **kwargs))
         try:
             response = self.client.generic.Run(request, timeout=self.client.timeout)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
+        return self.result(response)
+
+    def result(self, response: generic_pb2.RunResponse) -> Any:
         return decode(response.outputs, dict(response.blobs))

@@ -128,13 +128,12 @@ class ImageTextToTextPipeline(TaskPipeline):
         {"max_new_tokens", "generate_kwargs", "return_full_text", "continue_final_message", "timeout"}
     )
 
-    def __call__(self, images: Any = None, text: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
-        merged = {**self.defaults, **kwargs}
-        self._check(merged)
+    def arguments(  # type: ignore[override]
+        self, images: Any = None, text: Any = None, **kwargs: Any
+    ) -> tuple[Any, dict[str, Any]]:
+        _, merged = super().arguments(None, **kwargs)
         prompts, single = _prompts(images, text)
-        if single:
-            return self._one(prompts[0], merged)
-        return list(self._many(prompts, merged))
+        return (prompts[0] if single else prompts), merged
 
     def is_single(self, inputs: Any) -> bool:
         return isinstance(inputs, _Prompt)
@@ -172,19 +171,23 @@ class ImageTextToTextPipeline(TaskPipeline):
     ) -> Any:
         return inputs.record(response.results[0].generated_text, kwargs)
 
-    def stream(self, images: Any = None, text: Any = None, **kwargs: Any) -> Iterator[str]:
-        """Yields the new text of one prompt piece by piece as it is generated."""
-        merged = {**self.defaults, **kwargs}
-        self._check(merged)
-        prompts, single = _prompts(images, text)
-        if not single:
+    def stream_request(
+        self, images: Any = None, text: Any = None, **kwargs: Any
+    ) -> multimodal_pb2.StreamGenerateFromImageRequest:
+        prompt, merged = self.arguments(images, text, **kwargs)
+        if not self.is_single(prompt):
             raise ValueError("stream() takes one prompt")
-        unary = self.request(prompts[0], merged)
+        unary = self.request(prompt, merged)
         request = multimodal_pb2.StreamGenerateFromImageRequest(
             model=self.model, prompt=unary.prompts[0], generation=unary.generation
         )
         if unary.HasField("continue_final_message"):
             request.continue_final_message = unary.continue_final_message
+        return request
+
+    def stream(self, images: Any = None, text: Any = None, **kwargs: Any) -> Iterator[str]:
+        """Yields the new text of one prompt piece by piece as it is generated."""
+        request = self.stream_request(images, text, **kwargs)
         try:
             for response in self.client.multimodal.StreamGenerateFromImage(
                 request, timeout=self.client.timeout
@@ -201,16 +204,16 @@ class DocumentQuestionAnsweringPipeline(TaskPipeline):
     task = "document-question-answering"
     accepted = frozenset({"top_k", "max_answer_len", "handle_impossible_answer", "timeout"})
 
-    def __call__(  # type: ignore[override]
+    def arguments(  # type: ignore[override]
         self, image: Any = None, question: str | None = None, word_boxes: Any = None, **kwargs: Any
-    ) -> Any:
+    ) -> tuple[Any, dict[str, Any]]:
         if isinstance(question, str):
             inputs: Any = {"question": question, "image": image}
             if word_boxes is not None:
                 inputs["word_boxes"] = word_boxes
         else:
             inputs = image
-        return super().__call__(inputs, **kwargs)
+        return super().arguments(inputs, **kwargs)
 
     def is_single(self, inputs: Any) -> bool:
         return isinstance(inputs, dict)

@@ -42,17 +42,26 @@ class SpeechRecognitionPipeline(TaskPipeline):
     def result(self, response: Any, inputs: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         return asr.result_dict(response, kwargs)
 
-    def stream_file(self, inputs: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
-        """Long audio: yields each segment (`text`, `timestamp`, optional `words`) as soon as it is decoded."""
+    def stream_file_request(
+        self, inputs: Any, kwargs: dict[str, Any]
+    ) -> speech_pb2.StreamingRecognizeFileRequest:
         merged = {**self.defaults, **kwargs}
-        request = speech_pb2.StreamingRecognizeFileRequest(
+        return speech_pb2.StreamingRecognizeFileRequest(
             config=asr.recognition_config(self.model, merged), audio=audio_input(inputs)
         )
+
+    def stream_file(self, inputs: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """Long audio: yields each segment (`text`, `timestamp`, optional `words`) as soon as it is decoded."""
+        request = self.stream_file_request(inputs, kwargs)
         try:
             for response in self.client.speech.StreamingRecognizeFile(request, timeout=self.client.timeout):
                 yield asr.segment_dict(response)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
+
+    def stream_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The live-stream options: the recognition defaults, overridden by this call's."""
+        return {**{k: v for k, v in self.defaults.items() if k in streaming.RECOGNITION_OPTIONS}, **options}
 
     def stream(
         self, chunks: Iterable[Any], *, deadline_s: float | None = None, **options: Any
@@ -66,7 +75,7 @@ class SpeechRecognitionPipeline(TaskPipeline):
         `min_silence_s`, `speech_padding_s`, and the generation options. `deadline_s` bounds the whole
         stream (none by default: the client's per-call timeout does not apply to live audio).
         """
-        merged = {**{k: v for k, v in self.defaults.items() if k in streaming.RECOGNITION_OPTIONS}, **options}
+        merged = self.stream_options(options)
         first, all_chunks = streaming.split_first(chunks)
         config = streaming.streaming_config(self.model, merged, source=chunks, first=first)
         responses = self.client.speech.StreamingRecognize(

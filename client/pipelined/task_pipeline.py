@@ -13,7 +13,7 @@ import grpc
 from .errors import from_rpc_error
 
 if TYPE_CHECKING:
-    from .client import Client
+    from .client import Stubs
 
 DEFAULT_MAX_IN_FLIGHT = 4
 
@@ -26,7 +26,7 @@ class TaskPipeline:
     accepted: frozenset[str] = frozenset()
 
     def __init__(
-        self, client: Client, model: str | None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, **defaults: Any
+        self, client: Stubs, model: str | None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, **defaults: Any
     ):
         self._check(defaults)
         self.client = client
@@ -41,8 +41,16 @@ class TaskPipeline:
 
     # ---- per task
     def method(self) -> Any:
-        """The unary stub method (callable, with `.future`)."""
+        """The unary stub method of `self.client`: the sync client's (callable, with `.future`) or the
+        asyncio client's (awaited by the asyncio twin)."""
         raise NotImplementedError
+
+    def arguments(self, inputs: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        """A call's input(s) and call arguments (defaults merged, checked) as the pipeline reads them;
+        tasks whose call takes more positional arguments say how."""
+        merged = {**self.defaults, **kwargs}
+        self._check(merged)
+        return inputs, merged
 
     def is_single(self, inputs: Any) -> bool:
         raise NotImplementedError
@@ -54,9 +62,8 @@ class TaskPipeline:
         raise NotImplementedError
 
     # ---- shared
-    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
-        merged = {**self.defaults, **kwargs}
-        self._check(merged)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        inputs, merged = self.arguments(*args, **kwargs)
         if self.is_single(inputs):
             return self._one(inputs, merged)
         if isinstance(inputs, list | tuple):

@@ -18,7 +18,7 @@ from .errors import from_rpc_error
 from .v1 import text_pb2
 
 if TYPE_CHECKING:
-    from .client import Client
+    from .client import Stubs
 
 DEFAULT_MAX_IN_FLIGHT = 4
 # Small enough that one request stays well under the server's default limit of inputs per request.
@@ -39,7 +39,7 @@ class TextPipeline:
 
     def __init__(
         self,
-        client: Client,
+        client: Stubs,
         model: str | None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         inputs_per_request: int = DEFAULT_INPUTS_PER_REQUEST,
@@ -55,47 +55,64 @@ class TextPipeline:
     def _validate(self, kwargs: dict[str, Any]) -> None:
         type(self).build(self.model, [], kwargs)
 
-    def _method(self) -> Any:
+    # ---- hooks the asyncio twin shares: request building and result reading, apart from the transport
+    def method(self) -> Any:
         return getattr(self.client.text, self.rpc)
+
+    def arguments(self, inputs: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        """A call's input(s) and call arguments (defaults merged) as the pipeline reads them."""
+        return inputs, {**self.defaults, **kwargs}
 
     def is_single(self, inputs: Any) -> bool:
         return isinstance(inputs, str | dict)
 
+    def request(self, items: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+        return type(self).build(self.model, items, kwargs)
+
+    def results(self, response: Any, kwargs: dict[str, Any]) -> list[Any]:
+        """One result per input of the request."""
+        return type(self).read(response, kwargs)
+
     def present_single(self, result: Any, inputs: Any, kwargs: dict[str, Any]) -> Any:
         return result
 
-    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
-        merged = {**self.defaults, **kwargs}
+    def chunks(self, items: Sequence[Any]) -> list[Sequence[Any]]:
+        """A list's inputs, in requests of up to `inputs_per_request`."""
+        size = max(1, self.inputs_per_request)
+        return [items[i : i + size] for i in range(0, len(items), size)]
+
+    # ---- the synchronous transport
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        inputs, merged = self.arguments(*args, **kwargs)
         if self.is_single(inputs):
             return self.present_single(self._send([inputs], merged)[0], inputs, merged)
         if isinstance(inputs, list | tuple):
-            return list(self._batches(list(inputs), merged))
+            return list(self._pipelined(self.chunks(list(inputs)), merged))
         if isinstance(inputs, Iterable):
-            return self._stream_items(inputs, merged)
+            return self._pipelined(([item] for item in inputs), merged)
         raise TypeError(f"unsupported {self.task} input of type {type(inputs).__name__}")
 
     def _send(self, items: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:
-        request = type(self).build(self.model, items, kwargs)
+        request = self.request(items, kwargs)
         try:
-            response = self._method()(request, timeout=self.client.timeout)
+            response = self.method()(request, timeout=self.client.timeout)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
-        return type(self).read(response, kwargs)
+        return self.results(response, kwargs)
 
     def _pipelined(self, groups: Iterable[Sequence[Any]], kwargs: dict[str, Any]) -> Iterator[Any]:
         pending: deque[Any] = deque()
-        method = self._method()
+        method = self.method()
 
         def results(future: Any) -> list[Any]:
             try:
-                return type(self).read(future.result(), kwargs)
+                return self.results(future.result(), kwargs)
             except grpc.RpcError as error:
                 raise from_rpc_error(error) from None
 
         try:
             for group in groups:
-                request = type(self).build(self.model, group, kwargs)
-                pending.append(method.future(request, timeout=self.client.timeout))
+                pending.append(method.future(self.request(group, kwargs), timeout=self.client.timeout))
                 if len(pending) >= self.max_in_flight:
                     yield from results(pending.popleft())
             while pending:
@@ -103,13 +120,6 @@ class TextPipeline:
         finally:
             for future in pending:
                 future.cancel()
-
-    def _batches(self, items: list[Any], kwargs: dict[str, Any]) -> Iterator[Any]:
-        size = max(1, self.inputs_per_request)
-        return self._pipelined((items[i : i + size] for i in range(0, len(items), size)), kwargs)
-
-    def _stream_items(self, inputs: Iterable[Any], kwargs: dict[str, Any]) -> Iterator[Any]:
-        return self._pipelined(([item] for item in inputs), kwargs)
 
 
 class TextClassificationPipeline(TextPipeline):
@@ -165,13 +175,13 @@ class ZeroShotClassificationPipeline(_StringInputs):
     def _validate(self, kwargs: dict[str, Any]) -> None:
         text.check_known(self.task, kwargs, text.ZERO_SHOT_KNOWN)
 
-    def __call__(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+    def arguments(self, inputs: Any, *args: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         # transformers accepts the candidate labels as the second positional argument.
         if args:
             if len(args) > 1 or "candidate_labels" in kwargs:
                 raise TypeError("give candidate_labels once: positionally or by name")
             kwargs["candidate_labels"] = args[0]
-        return super().__call__(inputs, **kwargs)
+        return super().arguments(inputs, **kwargs)
 
 
 class TextGenerationPipeline(TextPipeline):
@@ -186,14 +196,17 @@ class TextGenerationPipeline(TextPipeline):
     def is_single(self, inputs: Any) -> bool:
         return isinstance(inputs, str) or generation.is_chat(inputs)
 
-    def stream(self, prompt: Any, **kwargs: Any) -> Iterator[str]:
-        """Yields pieces of new text (prompt excluded) as the server generates them."""
+    def stream_request(self, prompt: Any, kwargs: dict[str, Any]) -> text_pb2.StreamGenerateTextRequest:
         merged = {k: v for k, v in {**self.defaults, **kwargs}.items() if k != "return_full_text"}
-        request = text_pb2.StreamGenerateTextRequest(
+        return text_pb2.StreamGenerateTextRequest(
             model=self.model,
             input=generation.generation_input(prompt),
             parameters=generation.parameters(merged),
         )
+
+    def stream(self, prompt: Any, **kwargs: Any) -> Iterator[str]:
+        """Yields pieces of new text (prompt excluded) as the server generates them."""
+        request = self.stream_request(prompt, kwargs)
         try:
             for response in self.client.text.StreamGenerateText(request, timeout=self.client.timeout):
                 yield response.text

@@ -126,10 +126,12 @@ class ZeroShotObjectDetectionPipeline(ImagePipeline):
     task = "zero-shot-object-detection"
     accepted = frozenset({"candidate_labels", "threshold", "top_k", "timeout"})
 
-    def __call__(self, image: Any, candidate_labels: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
+    def arguments(  # type: ignore[override]
+        self, image: Any, candidate_labels: Any = None, **kwargs: Any
+    ) -> tuple[Any, dict[str, Any]]:
         if candidate_labels is not None:
             kwargs["candidate_labels"] = candidate_labels
-        return super().__call__(image, **kwargs)
+        return super().arguments(image, **kwargs)
 
     def is_single(self, inputs: Any) -> bool:
         return isinstance(inputs, dict) or is_single_image(inputs)

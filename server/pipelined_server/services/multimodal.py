@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -49,26 +47,10 @@ class MultimodalServicer(multimodal_pb2_grpc.MultimodalServiceServicer):
     ) -> AsyncIterator[multimodal_pb2.StreamGenerateFromImageResponse]:
         instance = self.state.registry.ready(request.model, call.task)
         call.model = instance.name
-        assert instance.scheduler is not None
         kwargs = image_text.call_kwargs(request.generation, request)
         (item,) = await image_text.load_prompts([request.prompt], kwargs, self.state.config.images)
-        pieces: asyncio.Queue[str | None] = asyncio.Queue()
-        streamer = image_text.make_streamer(instance.pipeline.processor.tokenizer, pieces)
-        kwargs["generate_kwargs"] = {**kwargs.get("generate_kwargs", {}), "streamer": streamer}
-        generation = asyncio.ensure_future(
-            instance.scheduler.submit(item.payload, kwargs, batchable=False, timeout=context.time_remaining())
-        )
-        # Pieces are queued from the pipeline thread before its result is set, so the sentinel comes last.
-        generation.add_done_callback(lambda _: pieces.put_nowait(None))
-        try:
-            while (piece := await pieces.get()) is not None:
-                yield multimodal_pb2.StreamGenerateFromImageResponse(text=piece, model=instance.name)
-            generation.result()
-        finally:
-            if not generation.done():
-                generation.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await generation
+        async for piece in image_text.stream_text(instance, item, kwargs, context.time_remaining()):
+            yield multimodal_pb2.StreamGenerateFromImageResponse(text=piece, model=instance.name)
 
     @rpc(document_qa.TASK)
     async def AnswerDocumentQuestion(

@@ -1,5 +1,7 @@
-"""Streamed text generation: one prompt runs alone on the model's worker thread (scheduler.submit_call)
-with a streamer that hands each finished piece of text to the event loop as it is decoded.
+"""Streamed generation (text-generation, image-text-to-text): one prompt runs alone on the model's worker
+thread (scheduler.submit_call) with a streamer that hands each finished piece of text to the event loop as
+it is decoded. The streamer and the stopping criterion are built on that thread, from the replica that
+runs the job.
 
 The pieces are what transformers' TextStreamer prints (whole words where the tokenizer allows); joined
 they equal the unary call's new text for the same options. When the caller goes away, a stopping
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ..registry import ModelInstance
@@ -47,30 +49,31 @@ def _stop_when(event: threading.Event) -> Any:
     return StoppingCriteriaList([StopWhenSet()])
 
 
-async def stream_generation(
-    instance: ModelInstance,
-    prompt: str | list[dict[str, str]],
-    kwargs: dict[str, Any],
-    seed: int | None,
-    timeout: float | None,
+# generate(pipe, extra): one generation on the worker thread with this replica `pipe`; `extra` (a
+# streamer and stopping criteria) goes to generate().
+Generate = Callable[[Any, dict[str, Any]], Any]
+
+
+async def stream_pieces(
+    instance: ModelInstance, generate: Generate, tokenizer_of: Callable[[Any], Any], timeout: float | None
 ) -> AsyncIterator[str]:
-    """Yields new text as it is generated; raises what the generation raised."""
+    """Yields new text as `generate` produces it, alone on a worker (streamer and stopping criteria built
+    there, for the replica that runs it); raises what the generation raised. Leaving early stops the
+    generation at its next token."""
     assert instance.scheduler is not None
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()
     stop = threading.Event()
-    kwargs = {k: v for k, v in kwargs.items() if k not in ("return_full_text", "num_return_sequences")}
 
     def run(pipe: Any) -> None:
         try:
-            run_alone(
-                pipe,
-                prompt,
-                kwargs,
-                seed,
-                streamer=_streamer(pipe.tokenizer, loop, queue),
-                stopping_criteria=_stop_when(stop),
-            )
+            if stop.is_set():  # the caller left while the job was queued
+                return
+            extra = {
+                "streamer": _streamer(tokenizer_of(pipe), loop, queue),
+                "stopping_criteria": _stop_when(stop),
+            }
+            generate(pipe, extra)
         finally:
             loop.call_soon_threadsafe(queue.put_nowait, _END)
 
@@ -97,3 +100,20 @@ async def stream_generation(
         stop.set()
         if not job.done():
             job.cancel()
+
+
+def stream_generation(
+    instance: ModelInstance,
+    prompt: str | list[dict[str, str]],
+    kwargs: dict[str, Any],
+    seed: int | None,
+    timeout: float | None,
+) -> AsyncIterator[str]:
+    """text-generation: yields the new text of one prompt as it is generated."""
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("return_full_text", "num_return_sequences")}
+    return stream_pieces(
+        instance,
+        lambda pipe, extra: run_alone(pipe, prompt, kwargs, seed, **extra),
+        lambda pipe: pipe.tokenizer,
+        timeout,
+    )

@@ -11,13 +11,16 @@ by beam search share a batch. Streaming calls always run alone.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable
+from collections.abc import AsyncIterator, Hashable
 from typing import Any
 
 from pipelined.v1 import multimodal_pb2
 
 from ..errors import InvalidInput
 from ..images import ImageLimits
+from ..loading import run_batch
+from ..registry import ModelInstance
+from .generation_stream import stream_pieces
 from .image_input import load_image_input
 from .options import positive
 from .submit import Item
@@ -101,15 +104,14 @@ def generated_text(output: Any) -> str:
     return text
 
 
-def make_streamer(tokenizer: Any, queue: asyncio.Queue[str | None]) -> Any:
-    """A TextStreamer whose pieces land on an asyncio queue; it is called from the pipeline's thread."""
-    from transformers import TextStreamer
+def stream_text(
+    instance: ModelInstance, item: Item, kwargs: dict[str, Any], timeout: float | None
+) -> AsyncIterator[str]:
+    """The new text of one prompt as it is generated, on whichever replica runs it; stops at the next
+    token when the caller goes away."""
 
-    loop = asyncio.get_running_loop()
+    def generate(pipe: Any, extra: dict[str, Any]) -> Any:
+        call = {**kwargs, "generate_kwargs": {**kwargs.get("generate_kwargs", {}), **extra}}
+        return run_batch(pipe, [item.payload], call)
 
-    class QueueStreamer(TextStreamer):
-        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-            if text:
-                loop.call_soon_threadsafe(queue.put_nowait, text)
-
-    return QueueStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    return stream_pieces(instance, generate, lambda pipe: pipe.processor.tokenizer, timeout)
