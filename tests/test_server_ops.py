@@ -123,7 +123,18 @@ def test_sigterm_during_load_drains_without_losing_a_request(server_process: Any
         target=lambda: results.append(client.pipeline(ASR, model="fast")(long_audio))
     )
     in_flight.start()
-    time.sleep(0.3)
+    # SIGTERM only once the request is being computed (not merely sent), however loaded the machine is.
+    calls = re.compile(r'pipelined_pipeline_calls_total\{model="fast"\} ([0-9.]+)')
+    while (
+        not (
+            m := calls.search(
+                urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
+            )
+        )
+        or float(m.group(1)) < 1
+    ):
+        assert in_flight.is_alive(), "the request finished before SIGTERM could be sent"
+        time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     with pytest.raises(Unavailable):
