@@ -3,7 +3,8 @@
 Python values travel as google.protobuf.Value with binary parts in a side map (see generic.proto):
 bytes, numpy arrays, PIL images and `Audio(...)` go as blobs; tuples and integral floats are marked so
 they come back as the same types. Outputs come back the same way: numpy arrays for arrays and tensors,
-PIL images (when Pillow is installed, else PNG bytes).
+PIL images (when Pillow is installed, else PNG bytes). A Struct is a map that loses key order, so dicts
+whose keys are not sorted carry `"$keys"`, their order (a table's columns, an output's keys).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from .v1 import generic_pb2
 
 if TYPE_CHECKING:
     from .client import Stubs
+
+KEYS = "$keys"
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,13 @@ class ValueEncoder:
         elif isinstance(obj, Audio):
             value.struct_value.update({"$audio": self._add(obj.read())})
         elif isinstance(obj, dict):
-            for key, item in obj.items():
-                value.struct_value.fields[str(key)].CopyFrom(self.encode(item))
+            keys = [str(key) for key in obj]
+            for key, item in zip(keys, obj.values(), strict=True):
+                value.struct_value.fields[key].CopyFrom(self.encode(item))
+            if keys != sorted(keys):
+                value.struct_value.fields[KEYS].list_value.values.extend(
+                    struct_pb2.Value(string_value=key) for key in keys
+                )
         elif isinstance(obj, tuple):
             value.struct_value.fields["$tuple"].CopyFrom(self.encode(list(obj)))
         elif isinstance(obj, list):
@@ -130,7 +138,11 @@ def decode(value: struct_pb2.Value, blobs: dict[str, bytes]) -> Any:
         image = Image.open(io.BytesIO(data))
         image.load()
         return image
-    return {key: decode(item, blobs) for key, item in fields.items()}
+    if KEYS in fields:
+        keys = [v.string_value for v in fields[KEYS].list_value.values]
+    else:
+        keys = sorted(fields)
+    return {key: decode(fields[key], blobs) for key in keys}
 
 
 class GenericPipeline:

@@ -43,6 +43,9 @@ class GenericServiceStub:
     `{"$ndarray": name, "dtype": "float32", "shape": [2, 3]}`: a numpy array,
     little-endian, row-major (tensors come back this way too).
     - `{"$tuple": [..]}` is a tuple (e.g. the ASR pipeline's timestamps).
+    - Key order: a Struct is a map and does not keep it, so an object whose keys
+    are not in sorted order also holds `"$keys": [names in order]` (a table's
+    columns, an output's keys); without `$keys` the keys are taken sorted.
     - Outputs: PIL images come back as `$image` PNG blobs, numpy arrays and torch
     tensors as `$ndarray`, numpy scalars as numbers.
     """
@@ -78,6 +81,9 @@ class GenericServiceServicer:
     `{"$ndarray": name, "dtype": "float32", "shape": [2, 3]}`: a numpy array,
     little-endian, row-major (tensors come back this way too).
     - `{"$tuple": [..]}` is a tuple (e.g. the ASR pipeline's timestamps).
+    - Key order: a Struct is a map and does not keep it, so an object whose keys
+    are not in sorted order also holds `"$keys": [names in order]` (a table's
+    columns, an output's keys); without `$keys` the keys are taken sorted.
     - Outputs: PIL images come back as `$image` PNG blobs, numpy arrays and torch
     tensors as `$ndarray`, numpy scalars as numbers.
     """
@@ -124,6 +130,9 @@ class GenericService:
     `{"$ndarray": name, "dtype": "float32", "shape": [2, 3]}`: a numpy array,
     little-endian, row-major (tensors come back this way too).
     - `{"$tuple": [..]}` is a tuple (e.g. the ASR pipeline's timestamps).
+    - Key order: a Struct is a map and does not keep it, so an object whose keys
+    are not in sorted order also holds `"$keys": [names in order]` (a table's
+    columns, an output's keys); without `$keys` the keys are taken sorted.
     - Outputs: PIL images come back as `$image` PNG blobs, numpy arrays and torch
     tensors as `$ndarray`, numpy scalars as numbers.
     """

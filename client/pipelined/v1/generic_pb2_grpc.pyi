@@ -44,6 +44,9 @@ class GenericServiceStub:
       `{"$ndarray": name, "dtype": "float32", "shape": [2, 3]}`: a numpy array,
         little-endian, row-major (tensors come back this way too).
     - `{"$tuple": [..]}` is a tuple (e.g. the ASR pipeline's timestamps).
+    - Key order: a Struct is a map and does not keep it, so an object whose keys
+      are not in sorted order also holds `"$keys": [names in order]` (a table's
+      columns, an output's keys); without `$keys` the keys are taken sorted.
     - Outputs: PIL images come back as `$image` PNG blobs, numpy arrays and torch
       tensors as `$ndarray`, numpy scalars as numbers.
     """
@@ -76,6 +79,9 @@ class GenericServiceAsyncStub(GenericServiceStub):
       `{"$ndarray": name, "dtype": "float32", "shape": [2, 3]}`: a numpy array,
         little-endian, row-major (tensors come back this way too).
     - `{"$tuple": [..]}` is a tuple (e.g. the ASR pipeline's timestamps).
+    - Key order: a Struct is a map and does not keep it, so an object whose keys
+      are not in sorted order also holds `"$keys": [names in order]` (a table's
+      columns, an output's keys); without `$keys` the keys are taken sorted.
     - Outputs: PIL images come back as `$image` PNG blobs, numpy arrays and torch
       tensors as `$ndarray`, numpy scalars as numbers.
     """
@@ -104,6 +110,9 @@ class GenericServiceServicer(metaclass=_abc_1.ABCMeta):
       `{"$ndarray": name, "dtype": "float32", "shape": [2, 3]}`: a numpy array,
         little-endian, row-major (tensors come back this way too).
     - `{"$tuple": [..]}` is a tuple (e.g. the ASR pipeline's timestamps).
+    - Key order: a Struct is a map and does not keep it, so an object whose keys
+      are not in sorted order also holds `"$keys": [names in order]` (a table's
+      columns, an output's keys); without `$keys` the keys are taken sorted.
     - Outputs: PIL images come back as `$image` PNG blobs, numpy arrays and torch
       tensors as `$ndarray`, numpy scalars as numbers.
     """

@@ -3,7 +3,8 @@
 The conventions (documented in generic.proto): integral numbers become ints, `{"$float": x}` forces a
 float, `{"$tuple": [...]}` is a tuple, and `{"$bytes"|"$image"|"$audio"|"$ndarray": name, ...}` refer
 to a blob. Outputs convert numpy arrays and torch tensors to `$ndarray`, PIL images to `$image` (PNG),
-numpy scalars to numbers.
+numpy scalars to numbers. A Struct is a map, so key order is lost on the wire; an object whose keys are not
+in sorted order carries `"$keys": [...]`, their order (a pandas table's columns, an output dict's keys).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..errors import InvalidInput
 # Decodes an encoded audio file into what audio pipelines accept; given by the caller (needs the model rate).
 AudioDecoder = Callable[[bytes], Any]
 _MARKERS = ("$bytes", "$image", "$audio", "$ndarray")
+KEYS = "$keys"
 
 
 def _blob(blobs: Mapping[str, bytes], name: Any) -> bytes:
@@ -76,10 +78,22 @@ def to_python(value: struct_pb2.Value, blobs: Mapping[str, bytes], decode_audio:
     return struct_to_python(value.struct_value, blobs, decode_audio)
 
 
+def _key_order(struct: struct_pb2.Struct) -> list[str]:
+    """The object's keys in the sender's order: `$keys` when sent, else sorted (never the map's order)."""
+    keys = sorted(k for k in struct.fields if k != KEYS)
+    if KEYS not in struct.fields:
+        return keys
+    order = struct.fields[KEYS]
+    names = [v.string_value for v in order.list_value.values] if order.HasField("list_value") else None
+    if names is None or sorted(names) != keys:
+        raise InvalidInput(f"{KEYS} must list the object's other keys once each: {names} vs {keys}")
+    return names
+
+
 def struct_to_python(
     struct: struct_pb2.Struct, blobs: Mapping[str, bytes], decode_audio: AudioDecoder
 ) -> Any:
-    data = {k: to_python(v, blobs, decode_audio) for k, v in struct.fields.items()}
+    data = {k: to_python(struct.fields[k], blobs, decode_audio) for k in _key_order(struct)}
     if any(marker in data for marker in ("$float", "$tuple", *_MARKERS)):
         return _from_marker(data, blobs, decode_audio)
     return data
@@ -115,8 +129,13 @@ class OutputEncoder:
         elif isinstance(obj, bytes | bytearray):
             value.struct_value.update({"$bytes": self._add(bytes(obj))})
         elif isinstance(obj, Mapping):
-            for key, item in obj.items():
-                value.struct_value.fields[str(key)].CopyFrom(self.encode(item))
+            keys = [str(key) for key in obj]
+            for key, item in zip(keys, obj.values(), strict=True):
+                value.struct_value.fields[key].CopyFrom(self.encode(item))
+            if keys != sorted(keys):
+                value.struct_value.fields[KEYS].list_value.values.extend(
+                    struct_pb2.Value(string_value=key) for key in keys
+                )
         elif isinstance(obj, tuple):
             value.struct_value.fields["$tuple"].CopyFrom(self.encode(list(obj)))
         elif isinstance(obj, list):
