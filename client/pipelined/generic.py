@@ -73,6 +73,7 @@ class ValueEncoder:
             value.struct_value.update({"$audio": self._add(obj.read())})
         elif isinstance(obj, dict):
             keys = [str(key) for key in obj]
+            value.struct_value.SetInParent()  # an empty dict stays a dict, not null
             for key, item in zip(keys, obj.values(), strict=True):
                 value.struct_value.fields[key].CopyFrom(self.encode(item))
             if keys != sorted(keys):
@@ -82,6 +83,7 @@ class ValueEncoder:
         elif isinstance(obj, tuple):
             value.struct_value.fields["$tuple"].CopyFrom(self.encode(list(obj)))
         elif isinstance(obj, list):
+            value.list_value.SetInParent()  # an empty list stays a list, not null
             value.list_value.values.extend(self.encode(item) for item in obj)
         elif isinstance(obj, np.ndarray):
             array = np.ascontiguousarray(obj)

@@ -130,6 +130,7 @@ class OutputEncoder:
             value.struct_value.update({"$bytes": self._add(bytes(obj))})
         elif isinstance(obj, Mapping):
             keys = [str(key) for key in obj]
+            value.struct_value.SetInParent()  # an empty dict stays a dict, not null
             for key, item in zip(keys, obj.values(), strict=True):
                 value.struct_value.fields[key].CopyFrom(self.encode(item))
             if keys != sorted(keys):
@@ -139,6 +140,7 @@ class OutputEncoder:
         elif isinstance(obj, tuple):
             value.struct_value.fields["$tuple"].CopyFrom(self.encode(list(obj)))
         elif isinstance(obj, list):
+            value.list_value.SetInParent()  # an empty list stays a list, not null
             value.list_value.values.extend(self.encode(item) for item in obj)
         elif isinstance(obj, np.ndarray) or hasattr(obj, "detach"):
             array = obj.detach().cpu().numpy() if hasattr(obj, "detach") else obj
