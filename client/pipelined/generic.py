@@ -140,10 +140,8 @@ def decode(value: struct_pb2.Value, blobs: dict[str, bytes]) -> Any:
         image = Image.open(io.BytesIO(data))
         image.load()
         return image
-    if KEYS in fields:
-        keys = [v.string_value for v in fields[KEYS].list_value.values]
-    else:
-        keys = sorted(fields)
+    ordered = KEYS in fields
+    keys = [v.string_value for v in fields[KEYS].list_value.values] if ordered else sorted(fields)
     return {key: decode(fields[key], blobs) for key in keys}
 
 
