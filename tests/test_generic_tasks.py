@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tiny_vision_models as tiny
 from harness import ServerThread
-from pipelined import Client, InvalidArgument
+from pipelined import Client, InvalidArgument, PermissionDenied
 from pipelined.aio import Client as AioClient
 from pipelined.generic import Audio, GenericPipeline
 from pipelined_server.config import ModelSpec, ServerConfig
@@ -240,12 +240,16 @@ def test_bad_binary_parts_are_invalid_argument(client: Client) -> None:
 # ------------------------------------------------------------------------------ video-classification
 
 
-def test_video_classification_by_server_path(client: Client, local: Any, tmp_path: Path) -> None:
-    """The pipeline takes only a path or URL (no bytes), so the generic call can only name a file the server
-    can read: here the test server shares this machine's file system."""
+def test_server_side_paths_and_urls_are_refused(client: Client, tmp_path: Path) -> None:
+    """video-classification's pipeline takes only a path or URL, so over the generic call a client could make
+    the server read its files or fetch other hosts: both are refused, and the server keeps serving."""
     task = "video-classification"
-    clips = [str(write_tiny_video(tmp_path / f"clip{i}.mp4", seed=i)) for i in range(2)]
+    clip = str(write_tiny_video(tmp_path / "clip.mp4", seed=0))
     pipe = client.pipeline(task, model=task)
     assert isinstance(pipe, GenericPipeline)
-    assert_close(pipe(clips[0], top_k=2), local(task)(clips[0], top_k=2))
-    assert_close(pipe(clips, frame_sampling_rate=2), local(task)(clips, frame_sampling_rate=2))
+    with pytest.raises(InvalidArgument, match="does not read files on the server"):
+        pipe(clip)
+    with pytest.raises(PermissionDenied, match="does not fetch"):
+        pipe("http://169.254.169.254/latest/meta-data")
+    with pytest.raises(InvalidArgument, match="does not read files"):
+        GenericPipeline(client, "image-classification", "image-classification")("/etc/passwd")

@@ -7,13 +7,15 @@ list stays a list: the pipeline batches within the call, as it would in-process)
 
 from __future__ import annotations
 
+import os
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from pipelined.v1 import generic_pb2
 
 from ..config import ServerConfig
-from ..errors import InvalidInput
+from ..errors import InvalidInput, PermissionDenied
 from ..registry import ModelInstance
 from .generic_values import OutputEncoder, struct_to_python, to_python
 from .text_inputs import check_count, check_text
@@ -30,6 +32,53 @@ def _check_sizes(value: Any, config: ServerConfig, where: str = "inputs") -> Non
     elif isinstance(value, dict):
         for key, item in value.items():
             _check_sizes(item, config, f"{where}.{key}")
+
+
+# Tasks whose pipelines read a string input as a file path on the server or a URL to fetch.
+_MEDIA_TASKS = frozenset(
+    {
+        "automatic-speech-recognition",
+        "audio-classification",
+        "zero-shot-audio-classification",
+        "image-classification",
+        "image-feature-extraction",
+        "image-segmentation",
+        "image-text-to-text",
+        "depth-estimation",
+        "document-question-answering",
+        "object-detection",
+        "zero-shot-image-classification",
+        "zero-shot-object-detection",
+        "mask-generation",
+        "keypoint-matching",
+        "video-classification",
+        "any-to-any",
+    }
+)
+
+
+def _refuse_server_side_sources(value: Any, config: ServerConfig) -> None:
+    """A media pipeline would open a string as a server file or fetch it as a URL: a client must not make
+    the server read its files or reach other hosts. URLs pass only for `images.allowed_url_hosts`."""
+    if isinstance(value, str):
+        parts = urlsplit(value)
+        if parts.scheme in {"http", "https"}:
+            if (parts.hostname or "").lower() not in config.images.allowed_url_hosts:
+                raise PermissionDenied(
+                    f"the server does not fetch {parts.hostname!r}: send the content as a binary part "
+                    "($image/$audio/$bytes) or list the host in images.allowed_url_hosts"
+                )
+        elif parts.scheme in {"file", "ftp"} or (len(value) < 4096 and os.path.exists(value)):
+            raise InvalidInput(
+                "the generic call does not read files on the server: send the content as a binary part "
+                "($image/$audio/$bytes)"
+            )
+    elif isinstance(value, list):
+        for item in value:
+            _refuse_server_side_sources(item, config)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _refuse_server_side_sources(item, config)
 
 
 def _audio_decoder(instance: ModelInstance, config: ServerConfig) -> Any:
@@ -59,6 +108,9 @@ async def run(
         raise InvalidInput("parameters must be an object of keyword arguments")
     _check_sizes(inputs, config)
     _check_sizes(parameters, config, "parameters")
+    if instance.spec.task in _MEDIA_TASKS:
+        _refuse_server_side_sources(inputs, config)
+        _refuse_server_side_sources(parameters, config)
     output = await instance.scheduler.submit_call(
         lambda pipe: _run(pipe, inputs, parameters), timeout=timeout
     )
