@@ -13,7 +13,8 @@ Latency of finals (what a user waits for once they stop talking), measured with 
 - when a pause begins inside speech, the audio up to the pause (plus padding) is decoded at once, at
   final priority: the end of speech is only declared after `min_silence_s`, and by then this decode,
   which heard exactly what the final decode would, is done or under way;
-- the first decode of an utterance comes after `_FIRST_DECODE_S` of speech, not a whole interval.
+- the first decode of an utterance comes after `_FIRST_DECODE_S` of speech, not a whole interval;
+- a periodic re-decode waits while other work is queued for the model (see `_model_busy`).
 """
 
 from __future__ import annotations
@@ -266,7 +267,9 @@ class StreamSession:
             if available - u.speech_start < self._first:
                 return
             end, priority = available, 0
-        elif available - u.window_start > self._hard_window or available - u.decoded_end >= self._interval:
+        elif available - u.window_start > self._hard_window or (
+            available - u.decoded_end >= self._interval and not self._model_busy()
+        ):
             end, priority = available, 0
         else:
             return
@@ -275,6 +278,15 @@ class StreamSession:
             self._interim_step(u, self._interim_end, priority)
         )
         self._interim.add_done_callback(lambda _task: self.wake.set())
+
+    def _model_busy(self) -> bool:
+        """Work is already waiting for the model: every worker is busy, so a re-decode now would only queue.
+
+        Waiting instead (the check is repeated at every chunk) stretches each stream's interval under
+        load, keeps batches (which a final decode may wait for) small, and leaves the queue to finals.
+        """
+        assert self.instance.scheduler is not None
+        return self.instance.scheduler.depth > 0
 
     def _covers(self, decoded_end: int, speech_end: int) -> bool:
         """Whether a decode up to `decoded_end` heard all speech ending at `speech_end`, and some silence."""
