@@ -1,7 +1,10 @@
 """Live streaming: recordings replayed at real-time pace over 1, 2, 4 and 8 concurrent streams.
 
     python bench/asr_streaming.py [--model whisper-tiny.en] [--streams 1 2 4 8] [--clips-per-stream 3]
-                                  [--torch-threads 1] [--decode-interval 1.0]
+                                  [--torch-threads 1] [--replicas N] [--decode-interval 1.0]
+
+The server runs `--replicas` pipelines of the model (default: cores / torch threads, 2 on a 2-core CPU),
+one worker thread each, so a final decode can start while another stream's decode is running.
 
 Each stream plays `--clips-per-stream` recordings one after another (a new call per recording, clips
 rotated so concurrent streams play different ones). Per recording it measures the time from its first
@@ -78,15 +81,19 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--clips-per-stream", type=int, default=3)
     parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--replicas", type=int, default=None, help="default: cores / torch threads")
     parser.add_argument("--decode-interval", type=float, default=1.0)
     args = parser.parse_args()
+    replicas = args.replicas or max(1, (os.cpu_count() or 1) // args.torch_threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     paths = clips(CLIPS)
     manifest = {e["file"]: e["reference"] for e in json.loads((SHARED_DATA / "manifest.json").read_text())}
     references = {Path(c).name: manifest[c] for c in CLIPS}
     options = {"min_decode_interval_s": args.decode_interval}
 
-    server = ServerProcess(["--model", args.model], torch_threads=args.torch_threads)
+    server = ServerProcess(
+        ["--model", args.model, "--replicas", str(replicas)], torch_threads=args.torch_threads
+    )
     rows = []
     try:
         server.wait_ready()
@@ -140,9 +147,11 @@ def main() -> None:
     finally:
         server.stop()
     print(
-        f"model={args.model} torch_threads={args.torch_threads} decode_interval={args.decode_interval}s "
+        f"model={args.model} torch_threads={args.torch_threads} replicas={replicas} "
+        f"decode_interval={args.decode_interval}s "
         f"clips_per_stream={args.clips_per_stream} cores={os.cpu_count()}"
     )
+    print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()}")
     print(
         table(
             [

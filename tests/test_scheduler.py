@@ -199,3 +199,23 @@ async def test_close_answers_the_batch_in_flight_and_refuses_the_rest() -> None:
         await queued
     with pytest.raises(ModelNotReady):
         await scheduler.submit(3, {})
+
+
+async def test_higher_priority_runs_first_and_never_waits_for_lower_batchmates() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    scheduler = make(recorder, max_queue_delay_ms=0)
+    busy = asyncio.ensure_future(scheduler.submit(1, {}))
+    await asyncio.sleep(0.05)  # the worker holds item 1; the rest queue up behind it
+    queued = [
+        asyncio.ensure_future(scheduler.submit(2, {})),
+        asyncio.ensure_future(scheduler.submit(3, {}, priority=1)),
+        asyncio.ensure_future(scheduler.submit(4, {})),
+        asyncio.ensure_future(scheduler.submit(5, {}, priority=1)),
+    ]
+    await asyncio.sleep(0)
+    recorder.gate.set()
+    assert await asyncio.gather(busy, *queued) == [2, 4, 6, 8, 10]
+    # The two priority items overtake the older ones and batch only with each other.
+    assert recorder.batches == [[1], [3, 5], [2, 4]]
+    await scheduler.close()

@@ -1,11 +1,15 @@
-"""The commit rule and the rolling buffer, on their own."""
+"""The commit rule, the rolling buffer and the speech detector, on their own."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+from conftest import shared_file
 from pipelined_server.streaming.agreement import LocalAgreement, Word
 from pipelined_server.streaming.buffer import RollingBuffer
 from pipelined_server.streaming.decode import hypothesis
+from pipelined_server.streaming.vad import SpeechDetector
 
 
 def words(text: str, start: float = 0.0) -> list[Word]:
@@ -58,3 +62,22 @@ def test_rolling_buffer_addresses_absolute_samples_and_trims() -> None:
     assert buffer.start == 450 and buffer.end == 1000 and buffer.held == 550
     assert buffer.slice(400, 520).tolist() == [4.0] * 50 + [5.0] * 20
     assert buffer.arrival_of(1000) == 9.0 and buffer.arrival_of(501) == 5.0
+
+
+def test_a_pause_is_seen_where_the_speech_end_is_later_declared() -> None:
+    """The session decodes up to a pause at once (final priority) so the final can reuse that decode:
+    this holds only if the pause starts exactly where the end of speech is declared `min_silence` later."""
+    from pipelined_server.audio import decode_encoded
+
+    audio = decode_encoded(Path(shared_file("audio/jfk.flac")).read_bytes(), 16000)
+    detector = SpeechDetector(16000, 0.5, 0.5)
+    pauses: set[int] = set()
+    ends = []
+    for i in range(0, len(audio), 1600):
+        for event in detector.push(audio[i : i + 1600]):
+            if not event.started:
+                ends.append(event.sample)
+        if detector.pause_from is not None:
+            pauses.add(detector.pause_from)
+    assert len(ends) >= 2, "jfk.flac has pauses between its sentences"
+    assert set(ends) <= pauses

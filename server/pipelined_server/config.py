@@ -63,7 +63,11 @@ class StreamingLimits:
     # Streams open at once; one more is refused with RESOURCE_EXHAUSTED.
     max_streams: int = 64
     # The decoded window of a long utterance is trimmed at a committed boundary once it is this long...
-    max_window_s: float = 15.0
+    # Short, because every re-decode and the final one generate tokens for the whole window (Whisper's
+    # encoder costs the same for any window, padded to 30 s): on a 2-core CPU with whisper-tiny.en, 5 s
+    # instead of 15 s cut the one-stream final lag from ~1.7 s to ~1.1 s (bench/asr_streaming.py), and
+    # the transcript changed by one word in 250.
+    max_window_s: float = 5.0
     # ...and cut by force (its hypothesis made final) at this length, well under Whisper's 30 s window.
     hard_window_s: float = 25.0
 

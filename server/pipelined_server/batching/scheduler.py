@@ -13,6 +13,10 @@ Some work is not "one input through the pipeline": a streamed generation pushes 
 seeded sampled generation must seed the RNG right before it, a generic call passes its input as is.
 `submit_call(fn)` queues such a callable; it runs alone, in queue order, on a worker thread, and receives
 that worker's own pipeline replica, so no pipeline object ever runs twice at once.
+
+Items carry a `priority`: a worker takes the oldest item of the highest priority first, and batches it only
+with items of at least that priority. Live streams use it so that the decode that ends an utterance (a
+user waits on it) overtakes interim re-decodes, and never waits for lower-priority batchmates.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ class WorkItem:
     enqueued_at: float = field(default_factory=time.monotonic)
     # Runs instead of the batch runner (see submit_call); such items are never batched.
     call: ReplicaCall | None = None
+    # Higher runs first (see the module docstring); 0 for ordinary requests.
+    priority: int = 0
 
 
 class Scheduler:
@@ -101,13 +107,14 @@ class Scheduler:
         key: Hashable = None,
         batchable: bool = True,
         timeout: float | None = None,
+        priority: int = 0,
     ) -> Any:
         """Queues one input and waits for its output.
 
         `timeout` is the caller's remaining deadline in seconds. Cancelling the awaiting task (the
         gRPC call was cancelled) removes the item before it is computed.
         """
-        return await self._enqueue(payload, kwargs, key, batchable, timeout, None)
+        return await self._enqueue(payload, kwargs, key, batchable, timeout, None, priority)
 
     def ensure_room(self, count: int) -> None:
         """Refuses a request of `count` items up front when they cannot all be queued, so a request is
@@ -130,6 +137,7 @@ class Scheduler:
         batchable: bool,
         timeout: float | None,
         call: ReplicaCall | None,
+        priority: int = 0,
     ) -> Any:
         if self._closed:
             raise ModelNotReady(f"model {self.model!r} is shutting down")
@@ -148,6 +156,7 @@ class Scheduler:
             deadline=None if timeout is None else now + timeout,
             enqueued_at=now,
             call=call,
+            priority=priority,
         )
         self._queue.append(item)
         self._metrics.queue_depth.labels(self.model).set(len(self._queue))
@@ -211,7 +220,8 @@ class Scheduler:
                 return []
             self._wakeup.clear()
             await self._wakeup.wait()
-        first = self._queue.popleft()
+        first = max(self._queue, key=lambda item: item.priority)  # max() keeps the oldest of equals
+        self._queue.remove(first)
         batch = [first]
         if first.batchable and self._config.max_batch_size > 1:
             close_at = first.enqueued_at + self._config.max_queue_delay_ms / 1000.0
@@ -229,7 +239,7 @@ class Scheduler:
         for item in list(self._queue):
             if len(batch) >= self._config.max_batch_size:
                 return
-            if item.batchable and item.key == first.key:
+            if item.batchable and item.key == first.key and item.priority >= first.priority:
                 self._queue.remove(item)
                 batch.append(item)
 

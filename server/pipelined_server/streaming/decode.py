@@ -25,10 +25,14 @@ class Hypothesis:
     cuts: list[tuple[int, float]]
 
 
-async def decode_window(instance: ModelInstance, samples: np.ndarray, kwargs: dict[str, Any]) -> Any:
+async def decode_window(
+    instance: ModelInstance, samples: np.ndarray, kwargs: dict[str, Any], priority: int = 0
+) -> Any:
     assert instance.scheduler is not None
     call = asr.plan(kwargs, asr.model_kind(instance), samples, instance.sampling_rate)
-    return await instance.scheduler.submit(samples, call.kwargs, key=call.key, batchable=call.batchable)
+    return await instance.scheduler.submit(
+        samples, call.kwargs, key=call.key, batchable=call.batchable, priority=priority
+    )
 
 
 def hypothesis(output: dict[str, Any], offset_s: float, duration_s: float) -> Hypothesis:

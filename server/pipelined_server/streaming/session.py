@@ -4,6 +4,17 @@ utterances into results; both write to one outbox that the servicer sends from, 
 Each stream has at most one decode step in flight; the next step covers all audio that arrived in the
 meantime. So when the model is busy (many streams), steps grow longer instead of queueing up, and the
 lag stays bounded.
+
+Latency of finals (what a user waits for once they stop talking), measured with bench/asr_streaming.py:
+- the final decode runs at a higher scheduler priority than interim re-decodes (of every stream), so it
+  waits at most for the batch already running, not behind the queue;
+- an interim step in flight when the utterance ends is abandoned (dropped if still queued) unless it
+  already heard all the speech, in which case its hypothesis is the final one and no decode is needed;
+- when a pause begins inside speech, the audio up to the pause (plus padding) is decoded at once, at
+  final priority: the end of speech is only declared after `min_silence_s`, and by then this decode,
+  which heard exactly what the final decode would, is done or under way;
+- the first decode of an utterance comes after `_FIRST_DECODE_S` of speech, not a whole interval;
+- a periodic re-decode waits while other work is queued for the model (see `_model_busy`).
 """
 
 from __future__ import annotations
@@ -11,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -33,6 +44,10 @@ from .vad import VAD_EXECUTOR, SpeechDetector, VadEvent
 
 # Windows shorter than this are not worth a decode (and too short for some CTC models' convolutions).
 _MIN_DECODE_S = 0.1
+# Speech heard before an utterance's first (interim) decode: enough for Whisper to hear a word or two.
+_FIRST_DECODE_S = 0.6
+# Scheduler priority of decodes whose result is (probably) final; interim re-decodes run at 0.
+_FINAL_PRIORITY = 1
 
 
 class IdleGuard:
@@ -110,6 +125,10 @@ class StreamSession:
         self.final_end_s = 0.0
         self.first_audio_at: float | None = None
         self.answered = False
+        # The interim decode step in flight, if any, and the sample its window ends at.
+        self._interim: asyncio.Task[None] | None = None
+        self._interim_end = 0
+        self._first = int(_FIRST_DECODE_S * self.rate)
         self._pad = int(options.padding_s * self.rate)
         self._interval = int(options.decode_interval_s * self.rate)
         self._max_window = int(limits.max_window_s * self.rate)
@@ -136,6 +155,8 @@ class StreamSession:
                     raise item
                 yield item
         finally:
+            if self._interim is not None:
+                tasks.append(self._interim)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -223,30 +244,89 @@ class StreamSession:
         while True:
             await self.wake.wait()
             self.wake.clear()
-            while (step := self._next_step()) is not None:
-                await step
+            if self._interim is not None and self._interim.done():
+                self._interim.result()  # raises what the step raised
+                self._interim = None
+            while self.utterances and self.utterances[0].end is not None:
+                await self._final_step(self.utterances[0])
+            if self.utterances and self._interim is None:
+                self._start_interim(self.utterances[0])
             if self.eof and not self.utterances:
                 await self.outbox.put(_DONE)
                 return
 
-    def _next_step(self) -> Awaitable[None] | None:
-        if not self.utterances:
-            return None
-        utterance = self.utterances[0]
-        if utterance.end is not None:
-            return self._final_step(utterance)
+    def _start_interim(self, u: Utterance) -> None:
         available = self.buffer.end
-        if (
-            available - utterance.window_start > self._hard_window
-            or available - utterance.decoded_end >= self._interval
+        pause = self.detector.pause_from if self.detector is not None else None
+        if pause is not None and pause > u.speech_start and not self._covers(u.decoded_end, pause):
+            # A pause began: decode what the final decode would, if speech does not resume (see top).
+            if available < pause + self._pad:
+                return
+            end, priority = pause + self._pad, _FINAL_PRIORITY
+        elif u.decoded_end <= u.speech_start:
+            if available - u.speech_start < self._first:
+                return
+            end, priority = available, 0
+        elif available - u.window_start > self._hard_window or (
+            available - u.decoded_end >= self._interval and not self._model_busy()
         ):
-            return self._interim_step(utterance)
-        return None
+            end, priority = available, 0
+        else:
+            return
+        self._interim_end = min(end, u.window_start + self._hard_window)
+        self._interim = asyncio.get_running_loop().create_task(
+            self._interim_step(u, self._interim_end, priority)
+        )
+        self._interim.add_done_callback(lambda _task: self.wake.set())
 
-    async def _interim_step(self, u: Utterance) -> None:
-        end = min(self.buffer.end, u.window_start + self._hard_window)
+    def _model_busy(self) -> bool:
+        """Work is already waiting for the model: every worker is busy, so a re-decode now would only queue.
+
+        Waiting instead (the check is repeated at every chunk) stretches each stream's interval under
+        load, keeps batches (which a final decode may wait for) small, and leaves the queue to finals.
+        """
+        assert self.instance.scheduler is not None
+        return self.instance.scheduler.depth > 0
+
+    def _covers(self, decoded_end: int, speech_end: int) -> bool:
+        """Whether a decode up to `decoded_end` heard all speech ending at `speech_end`, and some silence."""
+        return decoded_end >= speech_end + self._pad // 2
+
+    def _heard(self, decoded_end: int, u: Utterance) -> bool:
+        """Whether a decode up to `decoded_end` heard all of the ended utterance `u`."""
+        assert u.end is not None
+        end = min(u.end, self.buffer.end)
+        speech_end = u.speech_end if u.speech_end is not None else end
+        return decoded_end >= end or self._covers(decoded_end, speech_end)
+
+    async def _final_hypothesis(self, u: Utterance, end: int) -> Hypothesis:
+        """Decodes the ended utterance at final priority, beside the interim step still in flight, if any.
+
+        The interim step is not awaited first: queued, it would delay the final; running (on another
+        replica, or on the only one), its result still comes before the final's and is sent as usual.
+        Whichever way, the final decode starts now. An interim step still unfinished once the final
+        hypothesis is in is abandoned (dropped by the scheduler if queued; a running one finishes unheard).
+        """
+        interim, self._interim = self._interim, None
+        if interim is None:
+            return await self._hypothesis(u, end, _FINAL_PRIORITY)
+        window = u.window_start
+        final = asyncio.get_running_loop().create_task(self._hypothesis(u, end, _FINAL_PRIORITY))
         try:
-            hyp = await self._hypothesis(u, end)
+            await asyncio.wait({interim, final}, return_when=asyncio.FIRST_COMPLETED)
+            if interim.done():
+                interim.result()  # raises what the step raised
+                if u.window_start != window:  # it cut the window (hard limit): decode the rest again
+                    final.cancel()
+                    return await self._hypothesis(u, end, _FINAL_PRIORITY)
+            return await final
+        finally:
+            for task in (interim, final):
+                task.cancel()  # no-op once done
+
+    async def _interim_step(self, u: Utterance, end: int, priority: int) -> None:
+        try:
+            hyp = await self._hypothesis(u, end, priority)
         except QueueFull:
             u.decoded_end = end  # the model is saturated: skip this interim, try again with more audio
             return
@@ -262,16 +342,23 @@ class StreamSession:
     async def _final_step(self, u: Utterance) -> None:
         assert u.end is not None
         end = min(u.end, self.buffer.end)
+        speech_end = u.speech_end if u.speech_end is not None else end
+        interim = self._interim
+        if interim is not None and (
+            interim.done() or end - u.window_start > self._hard_window or self._heard(self._interim_end, u)
+        ):
+            # Done, or its hypothesis may serve as the final one: wait for it (raises what it raised).
+            await interim
+            self._interim = interim = None
         while end - u.window_start > self._hard_window:
             cut_end = u.window_start + self._hard_window
-            self._send(self._force(u, await self._hypothesis(u, cut_end), cut_end), [], cut_end)
-        speech_end = u.speech_end if u.speech_end is not None else end
-        if u.last is not None and u.decoded_end >= min(end, speech_end + self._pad // 2):
-            hyp = (
-                u.last
-            )  # that decode heard the whole utterance and some silence after it: no need for another
+            hyp = await self._hypothesis(u, cut_end, _FINAL_PRIORITY)
+            self._send(self._force(u, hyp, cut_end), [], cut_end)
+        if u.last is not None and self._heard(u.decoded_end, u):
+            # That decode heard the whole utterance and some silence after it: no need for another.
+            hyp = u.last
         else:
-            hyp = await self._hypothesis(u, end)
+            hyp = await self._final_hypothesis(u, end)
         final = u.agreement.finish(hyp.words)
         event = (
             speech_pb2.SPEECH_EVENT_SPEECH_ENDED
@@ -287,13 +374,13 @@ class StreamSession:
             self._announce(self.utterances[0])
         self._trim()
 
-    async def _hypothesis(self, u: Utterance, end: int) -> Hypothesis:
+    async def _hypothesis(self, u: Utterance, end: int, priority: int = 0) -> Hypothesis:
         samples = self.buffer.slice(u.window_start, end)
         duration = len(samples) / self.rate
         if duration < _MIN_DECODE_S:
             return Hypothesis([], [])
         started = time.monotonic()
-        output = await decode_window(self.instance, samples, self.options.kwargs)
+        output = await decode_window(self.instance, samples, self.options.kwargs, priority)
         self.metrics.real_time_factor.labels(self.instance.name).observe(
             (time.monotonic() - started) / duration
         )

@@ -96,6 +96,11 @@ class SpeechDetector:
                 self.position += self.frame
         return events
 
+    @property
+    def pause_from(self) -> int | None:
+        """Where the silence inside the current speech began, while it lasts: a likely end of speech."""
+        return self._silence_from if self.in_speech else None
+
     def _step(self, prob: float) -> VadEvent | None:
         if prob >= self.threshold:
             self._silence_from = None
