@@ -334,3 +334,50 @@ def test_aio_stream(asr_server: ServerThread) -> None:
     got = asyncio.run(run())
     assert got[0].event == "speech_started" and got[-1].event == "speech_ended"
     assert [r for r in got if r.is_final] and not [r for r in got if r.event is None and not r.is_final]
+
+
+def test_drain_flushes_open_streams_and_ends_them_unavailable(tiny_whisper_dir: Path) -> None:
+    """SIGTERM's drain does not wait out the grace for a live stream: the stream stops reading, sends its
+    last finals for the speech so far, and ends UNAVAILABLE so the client reconnects elsewhere."""
+    import queue
+    import threading
+    import time
+
+    from pipelined_server.config import ModelSpec, ServerConfig
+
+    spec = ModelSpec(
+        name="w",
+        task="automatic-speech-recognition",
+        source=str(tiny_whisper_dir),
+        pipeline_kwargs={"num_beams": 1},
+    )
+    server = ServerThread(
+        ServerConfig(host="127.0.0.1", port=0, metrics_port=0, grace_period_s=30, models=(spec,))
+    )
+    audio = speech()[: int(3 * RATE)]
+    outgoing: queue.Queue[Any] = queue.Queue()
+    for request in [config_request(), *audio_requests(audio)]:
+        outgoing.put(request)
+    stub = speech_pb2_grpc.SpeechServiceStub(grpc.insecure_channel(server.target))
+    responses = stub.StreamingRecognize(iter(outgoing.get, None), timeout=120)  # never half-closes by itself
+    received: list[Any] = []
+    outcome: list[Any] = []
+
+    def read() -> None:
+        try:
+            received.extend(responses)
+            outcome.append(grpc.StatusCode.OK)
+        except grpc.RpcError as error:
+            outcome.append(error.code())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    wait_until(lambda: server.metric("pipelined_active_streams", model="w") == 1)
+    time.sleep(1.0)
+    started = time.monotonic()
+    server.stop(grace_s=30)
+    reader.join(30)
+    outgoing.put(None)
+    assert time.monotonic() - started < 15, "drain waited for the live stream instead of ending it"
+    assert outcome == [grpc.StatusCode.UNAVAILABLE]
+    assert any(r.is_final for resp in received for r in resp.results), "the speech so far was not flushed"

@@ -130,6 +130,7 @@ class App:
         """NOT_SERVING, refuse new calls (UNAVAILABLE), let calls in flight finish within the grace, stop."""
         grace = self.config.grace_period_s if grace_s is None else grace_s
         self.state.draining = True
+        self.state.drain_started.set()
         await self.health.enter_graceful_shutdown()
         try:
             await asyncio.wait_for(self.state.idle.wait(), grace)

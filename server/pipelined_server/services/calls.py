@@ -34,6 +34,8 @@ class ServerState:
     registry: Registry
     metrics: Metrics
     draining: bool = False
+    # Set when draining starts: live streams stop reading, flush, and end (services/speech.py).
+    drain_started: asyncio.Event = field(default_factory=asyncio.Event)
     inflight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import grpc
 from pipelined.v1 import speech_pb2, speech_pb2_grpc
 
+from ..errors import ModelNotReady
 from ..registry import ModelInstance
 from ..streaming.options import stream_options
 from ..streaming.session import IdleGuard, StreamSession, read_config
@@ -62,7 +63,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         call: CallInfo,
     ) -> AsyncIterator[speech_pb2.StreamingRecognizeResponse]:
         limits = self.state.config.streaming
-        guard = IdleGuard(requests, limits.idle_timeout_s)
+        guard = IdleGuard(requests, limits.idle_timeout_s, self.state.drain_started)
         config = await read_config(guard)
         instance = self._model(config.config, call)
         options = stream_options(config, instance)
@@ -70,3 +71,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
             session = StreamSession(instance, options, limits, self.state.config.audio, self.state.metrics)
             async for response in session.run(guard):
                 yield response
+        if guard.drained:
+            raise ModelNotReady(
+                "the server is shutting down: this stream's audio so far was transcribed; reconnect"
+            )

@@ -32,7 +32,7 @@ from pipelined.v1 import speech_pb2
 
 from ..audio import AudioLimits, StreamResampler
 from ..config import StreamingLimits
-from ..errors import DeadlineExpired, FailedPrecondition, InvalidInput, QueueFull
+from ..errors import DeadlineExpired, FailedPrecondition, InvalidInput, ModelNotReady, QueueFull
 from ..metrics import Metrics
 from ..registry import ModelInstance
 from . import responses
@@ -42,6 +42,8 @@ from .decode import Hypothesis, decode_window, hypothesis
 from .options import StreamOptions
 from .vad import VAD_EXECUTOR, SpeechDetector, VadEvent
 
+# How long a final decode waits before retrying when the model's queue is full.
+_FULL_QUEUE_RETRY_S = 0.1
 # Windows shorter than this are not worth a decode (and too short for some CTC models' convolutions).
 _MIN_DECODE_S = 0.1
 # Speech heard before an utterance's first (interim) decode: enough for Whisper to hear a word or two.
@@ -54,26 +56,50 @@ class IdleGuard:
     """Reads the next request, ending the stream when none comes within the idle timeout."""
 
     def __init__(
-        self, requests: AsyncIterator[speech_pb2.StreamingRecognizeRequest], timeout_s: float
+        self,
+        requests: AsyncIterator[speech_pb2.StreamingRecognizeRequest],
+        timeout_s: float,
+        draining: asyncio.Event | None = None,
     ) -> None:
         self._requests = requests.__aiter__()
         self.timeout_s = timeout_s
+        self._draining = draining or asyncio.Event()
+        # True once the stream stopped reading because the server drains (not because the client half-closed).
+        self.drained = False
 
     async def next(self) -> speech_pb2.StreamingRecognizeRequest | None:
-        """The next request, or None once the client half-closed."""
-        try:
-            return await asyncio.wait_for(anext(self._requests), self.timeout_s)
-        except StopAsyncIteration:
+        """The next request, or None once the client half-closed or the server began to drain: either way
+        the session flushes what it holds and sends its last finals."""
+        if self._draining.is_set():
+            self.drained = True
             return None
-        except TimeoutError:
-            raise DeadlineExpired(
-                f"the stream sent nothing for {self.timeout_s:g} s (streaming.idle_timeout_s) and was closed; "
-                "send audio (silence included) continuously, or half-close the stream when done"
-            ) from None
+        read = asyncio.ensure_future(anext(self._requests))
+        drain = asyncio.ensure_future(self._draining.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {read, drain}, timeout=self.timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            drain.cancel()
+        if read in done:
+            try:
+                return read.result()
+            except StopAsyncIteration:
+                return None
+        read.cancel()
+        if drain in done:
+            self.drained = True
+            return None
+        raise DeadlineExpired(
+            f"the stream sent nothing for {self.timeout_s:g} s (streaming.idle_timeout_s) and was closed; "
+            "send audio (silence included) continuously, or half-close the stream when done"
+        )
 
 
 async def read_config(guard: IdleGuard) -> speech_pb2.StreamingRecognitionConfig:
     first = await guard.next()
+    if first is None and guard.drained:
+        raise ModelNotReady("the server is shutting down; open the stream on another instance")
     if first is None:
         raise InvalidInput("the stream ended before its first message, which must carry streaming_config")
     if first.WhichOneof("streaming_request") != "streaming_config":
@@ -380,7 +406,15 @@ class StreamSession:
         if duration < _MIN_DECODE_S:
             return Hypothesis([], [])
         started = time.monotonic()
-        output = await decode_window(self.instance, samples, self.options.kwargs, priority)
+        while True:
+            try:
+                output = await decode_window(self.instance, samples, self.options.kwargs, priority)
+                break
+            except QueueFull:
+                if priority < _FINAL_PRIORITY:
+                    raise
+                # A busy model must not cost the stream an utterance: wait for room and try again.
+                await asyncio.sleep(_FULL_QUEUE_RETRY_S)
         self.metrics.real_time_factor.labels(self.instance.name).observe(
             (time.monotonic() - started) / duration
         )
