@@ -182,9 +182,9 @@ class Scheduler:
         self._metrics.queue_depth.labels(self.model).set(0)
         self._wakeup.set()
         await asyncio.gather(*self._workers, return_exceptions=True)
-        # Joining the threads blocks; keep the event loop (health checks, other calls) responsive.
+        # The workers have returned, so the threads are idle: release them without blocking the event loop.
         for executor in self._executors:
-            await asyncio.to_thread(executor.shutdown, wait=True)
+            executor.shutdown(wait=False)
 
     async def _run(self, replica: int) -> None:
         pipeline = self._replicas[replica]
