@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import ServerProcess, clips, percentile, table
+from common import ServerProcess, clips, concurrent_pass, percentile, table, timed
 
 
 def local_pipeline(model: str, threads: int) -> Callable[[bytes], Any]:
@@ -32,39 +30,6 @@ def local_pipeline(model: str, threads: int) -> Callable[[bytes], Any]:
     torch.set_num_threads(threads)
     pipe = load_pipeline(embedded_spec(model)).pipeline
     return lambda data: pipe(decode_encoded(data, 16000, AudioLimits()))
-
-
-def timed(fn: Callable[[], Any]) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
-
-
-def concurrent_pass(
-    call: Callable[[bytes], Any], payloads: list[bytes], concurrency: int
-) -> tuple[list[float], float]:
-    """All payloads through `call` from `concurrency` threads; returns latencies and throughput."""
-    latencies: list[float] = []
-    lock = threading.Lock()
-    indices = iter(range(len(payloads)))
-
-    def worker() -> None:
-        while True:
-            with lock:
-                i = next(indices, None)
-            if i is None:
-                return
-            latency = timed(lambda i=i: call(payloads[i]))
-            with lock:
-                latencies.append(latency)
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return latencies, len(payloads) / (time.perf_counter() - started)
 
 
 def main() -> None:

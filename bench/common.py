@@ -6,9 +6,11 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -97,3 +99,36 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def concurrent_pass(
+    call: Callable[[Any], Any], payloads: list[Any], concurrency: int
+) -> tuple[list[float], float]:
+    """All payloads through `call` from `concurrency` threads; returns latencies and throughput."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    indices = iter(range(len(payloads)))
+
+    def worker() -> None:
+        while True:
+            with lock:
+                i = next(indices, None)
+            if i is None:
+                return
+            latency = timed(lambda i=i: call(payloads[i]))
+            with lock:
+                latencies.append(latency)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, len(payloads) / (time.perf_counter() - started)

@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
-from common import ServerProcess, percentile, table
+from common import ServerProcess, concurrent_pass, percentile, table
 
 SENTENCES = [
     "the movie was great",
@@ -82,29 +81,8 @@ def through_server(
     client = Client(target, timeout=120)
     pipe = client.pipeline(task, model=model)
     pipe(SENTENCES[0])  # warm-up
-    latencies: list[float] = []
-    lock = threading.Lock()
-    counter = iter(range(requests))
-
-    def worker() -> None:
-        while True:
-            with lock:
-                i = next(counter, None)
-            if i is None:
-                return
-            t0 = time.perf_counter()
-            pipe(SENTENCES[i % len(SENTENCES)])
-            elapsed = time.perf_counter() - t0
-            with lock:
-                latencies.append(elapsed)
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    throughput = requests / (time.perf_counter() - started)
+    inputs = [SENTENCES[i % len(SENTENCES)] for i in range(requests)]
+    latencies, throughput = concurrent_pass(pipe, inputs, concurrency)
     client.close()
     return latencies, throughput
 

@@ -86,7 +86,7 @@ _TIME_PRECISION = 0.02
 _NUM_TIMESTAMPS = 1501
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character table, in GPT-2's vocabulary order."""
     bs = (
         list(range(ord("!"), ord("~") + 1))
@@ -105,7 +105,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def _whisper_bpe() -> tuple[dict[str, int], list[tuple[str, str]], list[str]]:
     """256 byte symbols, then left-to-right merges that spell each of `_WHISPER_WORDS` with a leading space."""
-    vocab = {ch: i for i, ch in enumerate(_bytes_to_unicode().values())}
+    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
     merges: list[tuple[str, str]] = []
     words = []
     for word in _WHISPER_WORDS:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tiny_models import bytes_to_unicode
 
 IMAGE_SIZE = 32
 AUDIO_RATE = 16000
@@ -79,27 +80,11 @@ def _labels(n: int) -> tuple[dict[int, str], dict[str, int]]:
 # --------------------------------------------------------------------------------------- tokenizers
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs), strict=True))
-
-
 def clip_tokenizer() -> Any:
     """A CLIP tokenizer over single characters (plus their end-of-word forms) and a few merged words."""
     from transformers import CLIPTokenizer
 
-    chars = list(_bytes_to_unicode().values())
+    chars = list(bytes_to_unicode().values())
     vocab: dict[str, int] = {}
     for token in [*chars, *(c + "</w>" for c in chars)]:
         vocab.setdefault(token, len(vocab))
@@ -123,7 +108,7 @@ def roberta_tokenizer() -> Any:
     from transformers import RobertaTokenizer
 
     vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
-    for ch in _bytes_to_unicode().values():
+    for ch in bytes_to_unicode().values():
         vocab.setdefault(ch, len(vocab))
     merges: list[tuple[str, str]] = []
     for word in _WORDS:
