@@ -25,4 +25,7 @@ TWINS: list[tuple[type, type[AsyncPipeline]]] = [
 
 def twin(sync: Any) -> AsyncPipeline:
     """The asyncio twin of a sync pipeline (most specific class first)."""
-    return next((cls(sync) for base, cls in TWINS if isinstance(sync, base)), None) or AsyncPipeline(sync)
+    for base, cls in TWINS:
+        if isinstance(sync, base):
+            return cls(sync)
+    return AsyncPipeline(sync)

@@ -22,7 +22,7 @@ class SpeechRecognitionPipeline(RemotePipeline):
 
     def check_arguments(self, kwargs: dict[str, Any]) -> None:
         # Also rejects bad values (an unknown task, uneven strides) before anything is sent.
-        asr.recognition_config(self.model if hasattr(self, "model") else "", kwargs)
+        asr.recognition_config(self.model, kwargs)
 
     def method(self) -> Any:
         return self.client.speech.Recognize
