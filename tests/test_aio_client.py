@@ -16,9 +16,9 @@ import test_vision_tasks
 from harness import ServerThread
 from pipelined import Client, NotFound
 from pipelined.aio import Client as AioClient
+from pipelined.aio.base import AsyncPipeline
 from pipelined.aio.generic import AsyncGenericPipeline
-from pipelined.aio.task_pipeline import AsyncPipeline
-from pipelined.generic import GenericPipeline
+from pipelined.pipelines.generic import GenericPipeline
 from test_vision_tasks import CLIPS, IMAGES, WORDS, _chat, assert_same
 from text_fixtures import text_server
 from tiny_models import tiny_audio
@@ -184,7 +184,7 @@ async def test_generic_call() -> None:
         assert isinstance(pipe, AsyncGenericPipeline)
         with pytest.raises(NotFound, match="table-question-answering"):
             await pipe({"table": {"a": ["1"]}, "query": "what?"})
-        from pipelined.aio.client import twin
+        from pipelined.aio.registry import twin
 
         generic: AsyncPipeline = twin(GenericPipeline(aio, "token-classification", "tiny-ner"))
         remote = await generic(TEXTS, aggregation_strategy="simple")

@@ -16,7 +16,7 @@ import tiny_vision_models as tiny
 from harness import ServerThread
 from pipelined import Client, InvalidArgument, PermissionDenied
 from pipelined.aio import Client as AioClient
-from pipelined.generic import Audio, GenericPipeline
+from pipelined.pipelines.generic import Audio, GenericPipeline
 from pipelined_server.config import ModelSpec, ServerConfig
 from test_vision_tasks import assert_same
 from text_fixtures import assert_close
@@ -103,7 +103,7 @@ def _fresh(inputs: Any) -> Any:
 
 def test_dict_key_order_survives_the_wire() -> None:
     """A Struct is a map: serialized, its keys come back in any order. Columns are a table's order."""
-    from pipelined.generic import ValueEncoder, decode
+    from pipelined.pipelines.generic import ValueEncoder, decode
     from pipelined.v1 import generic_pb2
     from pipelined_server.tasks.generic_values import OutputEncoder, to_python
 
@@ -125,7 +125,7 @@ def test_dict_key_order_survives_the_wire() -> None:
 
 
 def test_a_bad_key_order_is_invalid_argument(client: Client) -> None:
-    request = GenericPipeline(client, TQA, TQA).request({"table": TABLE, "query": QUERIES[0]}, {})
+    request = GenericPipeline(client, TQA, TQA).build_request({"table": TABLE, "query": QUERIES[0]}, {})
     order = request.inputs.struct_value.fields["table"].struct_value.fields["$keys"].list_value
     order.values.pop()
     with pytest.raises(grpc.RpcError) as caught:
@@ -228,7 +228,7 @@ def test_bad_binary_parts_are_invalid_argument(client: Client) -> None:
     with pytest.raises(InvalidArgument, match="could not decode the audio"):
         GenericPipeline(client, "audio-classification", "audio-classification")(Audio(b"not audio at all"))
     pipe = GenericPipeline(client, "image-classification", "image-classification")
-    request = pipe.request(IMAGES[0], {})
+    request = pipe.build_request(IMAGES[0], {})
     request.blobs["in0"] = b"not an image"
     with pytest.raises(grpc.RpcError) as caught:
         client.generic.Run(request, timeout=60)

@@ -197,7 +197,7 @@ def test_bad_requests_are_invalid_argument(client: Client, rpc: str, request_: A
 
 
 def test_generic_limits_and_bad_blobs(client: Client) -> None:
-    from pipelined.generic import GenericPipeline
+    from pipelined.pipelines.generic import GenericPipeline
     from pipelined.v1 import generic_pb2
 
     pipe = GenericPipeline(client, "feature-extraction", "tiny-encoder")
@@ -205,7 +205,7 @@ def test_generic_limits_and_bad_blobs(client: Client) -> None:
         pipe("x" * (LIMITS.max_text_chars + 1))
     with pytest.raises(InvalidArgument, match="max_batch_inputs"):
         pipe(["a"] * (LIMITS.max_batch_inputs + 1))
-    request = pipe.request({"$image": "missing"}, {})
+    request = pipe.build_request({"$image": "missing"}, {})
     with pytest.raises(grpc.RpcError) as caught:
         client.generic.Run(request, timeout=60)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "missing" in caught.value.details()

@@ -316,7 +316,7 @@ def test_long_lists_are_split_into_requests(client: Client) -> None:
 def test_generic_call_equals_the_local_pipeline(
     client: Client, name: str, task: str, inputs: Any, kwargs: dict[str, Any]
 ) -> None:
-    from pipelined.generic import GenericPipeline
+    from pipelined.pipelines.generic import GenericPipeline
 
     remote = GenericPipeline(client, task, name)(inputs, **kwargs)
     local = local_pipeline(name)(inputs, **kwargs)
@@ -327,7 +327,7 @@ def test_generic_call_equals_the_local_pipeline(
 
 def test_generic_values_round_trip(client: Client) -> None:
     from google.protobuf import struct_pb2
-    from pipelined.generic import ValueEncoder, decode
+    from pipelined.pipelines.generic import ValueEncoder, decode
     from pipelined_server.tasks.generic_values import OutputEncoder, to_python
 
     value = {
@@ -355,7 +355,7 @@ def test_generic_values_round_trip(client: Client) -> None:
 
 def test_tasks_without_a_typed_call_use_the_generic_call(client: Client) -> None:
     from pipelined import NotFound
-    from pipelined.generic import GenericPipeline
+    from pipelined.pipelines.generic import GenericPipeline
 
     pipe = client.pipeline("table-question-answering")
     assert isinstance(pipe, GenericPipeline)

@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
-from .errors import from_rpc_error
-from .v1 import (
-    audio_tasks_pb2_grpc,
-    generic_pb2_grpc,
-    models_pb2,
-    models_pb2_grpc,
-    multimodal_pb2_grpc,
-    speech_pb2_grpc,
-    text_pb2_grpc,
-    vision_pb2_grpc,
-)
+from . import _transport
+from .pipelines.registry import make_pipeline
+from .v1 import models_pb2
 
-DEFAULT_TARGET = "localhost:50051"
-# Audio files can be large; match the server's default limit.
-CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-]
+DEFAULT_TARGET = _transport.DEFAULT_TARGET
+CHANNEL_OPTIONS = _transport.CHANNEL_OPTIONS
 
 
 def model_dict(info: models_pb2.ModelInfo) -> dict[str, Any]:
@@ -43,38 +31,18 @@ def model_dict(info: models_pb2.ModelInfo) -> dict[str, Any]:
     }
 
 
-class Stubs(Protocol):
-    """What pipelines use of a client: the service stubs and the call timeout. The synchronous and the
-    asyncio client both have them, so one pipeline class builds requests and reads responses for both."""
+class Client:
+    """`Client("host:port").pipeline(task)` behaves like `transformers.pipeline(task)`."""
 
-    timeout: float | None
+    # The service stubs (see `_transport.STUBS`), attached to the channel at construction.
     speech: Any
+    models_stub: Any
+    health_stub: Any
     text: Any
     generic: Any
     vision: Any
     multimodal: Any
     audio_tasks: Any
-
-
-def make_pipeline(client: Stubs, task: str, model: str | None, defaults: dict[str, Any]) -> Any:
-    """A typed pipeline for tasks with a typed call; the generic call for every other task."""
-    from .generic import GenericPipeline
-    from .pipeline import SpeechRecognitionPipeline
-    from .task_pipelines import PIPELINES as TASK_PIPELINES
-    from .text_pipeline import ALIASES, PIPELINES
-
-    task = ALIASES.get(task, task)
-    if task == SpeechRecognitionPipeline.task:
-        return SpeechRecognitionPipeline(client, model, **defaults)
-    if task in PIPELINES:
-        return PIPELINES[task](client, model, **defaults)
-    if task in TASK_PIPELINES:
-        return TASK_PIPELINES[task](client, model, **defaults)
-    return GenericPipeline(client, task, model, **defaults)
-
-
-class Client:
-    """`Client("host:port").pipeline(task)` behaves like `transformers.pipeline(task)`."""
 
     def __init__(
         self,
@@ -86,43 +54,26 @@ class Client:
         self.target = target
         self.timeout = timeout
         self.channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
-        self.speech = speech_pb2_grpc.SpeechServiceStub(self.channel)
-        self.models_stub = models_pb2_grpc.ModelsServiceStub(self.channel)
-        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
-        self.text = text_pb2_grpc.TextServiceStub(self.channel)
-        self.generic = generic_pb2_grpc.GenericServiceStub(self.channel)
-        self.vision = vision_pb2_grpc.VisionServiceStub(self.channel)
-        self.multimodal = multimodal_pb2_grpc.MultimodalServiceStub(self.channel)
-        self.audio_tasks = audio_tasks_pb2_grpc.AudioServiceStub(self.channel)
+        _transport.attach_stubs(self, self.channel)
 
     def pipeline(self, task: str, model: str | None = None, **defaults: Any) -> Any:
         """A typed pipeline for tasks with a typed call; the generic call for every other task."""
         return make_pipeline(self, task, model, defaults)
 
     def models(self, task: str = "") -> list[dict[str, Any]]:
-        try:
-            response = self.models_stub.ListModels(
-                models_pb2.ListModelsRequest(task=task), timeout=self.timeout
-            )
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+        request = models_pb2.ListModelsRequest(task=task)
+        response = _transport.call(self.models_stub.ListModels, request, self.timeout)
         return [model_dict(m) for m in response.models]
 
     def model(self, name: str) -> dict[str, Any]:
-        try:
-            response = self.models_stub.GetModel(models_pb2.GetModelRequest(name=name), timeout=self.timeout)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+        request = models_pb2.GetModelRequest(name=name)
+        response = _transport.call(self.models_stub.GetModel, request, self.timeout)
         return model_dict(response.model)
 
     def health(self, service: str = "") -> str:
         """SERVING, NOT_SERVING or SERVICE_UNKNOWN for the server ("") or one model by name."""
-        try:
-            response = self.health_stub.Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=self.timeout
-            )
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+        request = health_pb2.HealthCheckRequest(service=service)
+        response = _transport.call(self.health_stub.Check, request, self.timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     def close(self) -> None:

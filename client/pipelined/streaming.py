@@ -20,8 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from . import asr
 from .v1 import audio_pb2, speech_pb2
+from .wire import speech as asr
+from .wire.durations import duration as _duration
+from .wire.durations import seconds as _seconds
 
 _ENCODINGS = {"linear16": audio_pb2.AUDIO_ENCODING_LINEAR16, "float32": audio_pb2.AUDIO_ENCODING_FLOAT32}
 _EVENTS = {
@@ -76,9 +78,6 @@ class StreamingResult:
     # "speech_started" or "speech_ended" for events, None for transcript results.
     event: str | None = None
     event_time: float | None = None
-
-
-_duration, _seconds = asr._duration, asr._seconds
 
 
 def streaming_config(

@@ -9,34 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .images import array_from_float32, image_input, is_single_image, pil_from_png
-from .task_pipeline import TaskPipeline
-from .v1 import image_pb2, vision_pb2
+from ..v1 import vision_pb2
+from ..wire.images import array_from_float32, image_input, is_single_image, pil_from_png
+from ..wire.labels import label_scores, logit_function
+from .base import RemotePipeline
 
-LOGIT_FUNCTIONS: dict[Any, image_pb2.LogitFunction.ValueType] = {
-    None: image_pb2.LOGIT_FUNCTION_UNSPECIFIED,
-    "softmax": image_pb2.LOGIT_FUNCTION_SOFTMAX,
-    "sigmoid": image_pb2.LOGIT_FUNCTION_SIGMOID,
-    "none": image_pb2.LOGIT_FUNCTION_NONE,
-}
 _SUBTASKS = {
     None: vision_pb2.SEGMENTATION_SUBTASK_UNSPECIFIED,
     "panoptic": vision_pb2.SEGMENTATION_SUBTASK_PANOPTIC,
     "instance": vision_pb2.SEGMENTATION_SUBTASK_INSTANCE,
     "semantic": vision_pb2.SEGMENTATION_SUBTASK_SEMANTIC,
 }
-
-
-def logit_function(value: Any) -> image_pb2.LogitFunction.ValueType:
-    if value not in LOGIT_FUNCTIONS:
-        raise ValueError(f"function_to_apply must be 'softmax', 'sigmoid' or 'none', got {value!r}")
-    return LOGIT_FUNCTIONS[value]
-
-
-def label_scores(scores: image_pb2.ClassScores, score_first: bool) -> list[dict[str, Any]]:
-    if score_first:
-        return [{"score": s.score, "label": s.label} for s in scores.scores]
-    return [{"label": s.label, "score": s.score} for s in scores.scores]
 
 
 def detected(objects: vision_pb2.DetectedObjects) -> list[dict[str, Any]]:
@@ -50,7 +33,7 @@ def detected(objects: vision_pb2.DetectedObjects) -> list[dict[str, Any]]:
     ]
 
 
-class ImagePipeline(TaskPipeline):
+class ImagePipeline(RemotePipeline):
     """Inputs are images; `timeout` (the pipeline's URL timeout) is accepted and unused: URLs are fetched here."""
 
     def is_single(self, inputs: Any) -> bool:
@@ -67,7 +50,7 @@ class ImageClassificationPipeline(ImagePipeline):
     def method(self) -> Callable[..., Any]:
         return self.stub().ClassifyImage
 
-    def request(self, inputs: Any, kwargs: dict[str, Any]) -> vision_pb2.ClassifyImageRequest:
+    def build_request(self, inputs: Any, kwargs: dict[str, Any]) -> vision_pb2.ClassifyImageRequest:
         request = vision_pb2.ClassifyImageRequest(
             model=self.model,
             images=[image_input(inputs)],
@@ -77,8 +60,10 @@ class ImageClassificationPipeline(ImagePipeline):
             request.top_k = int(kwargs["top_k"])
         return request
 
-    def result(self, response: vision_pb2.ClassifyImageResponse, inputs: Any, kwargs: dict[str, Any]) -> Any:
-        return label_scores(response.results[0], score_first=False)
+    def read_results(
+        self, response: vision_pb2.ClassifyImageResponse, inputs: Any, kwargs: dict[str, Any]
+    ) -> list[Any]:
+        return [label_scores(response.results[0], score_first=False)]
 
 
 class ObjectDetectionPipeline(ImagePipeline):
@@ -88,14 +73,16 @@ class ObjectDetectionPipeline(ImagePipeline):
     def method(self) -> Callable[..., Any]:
         return self.stub().DetectObjects
 
-    def request(self, inputs: Any, kwargs: dict[str, Any]) -> vision_pb2.DetectObjectsRequest:
+    def build_request(self, inputs: Any, kwargs: dict[str, Any]) -> vision_pb2.DetectObjectsRequest:
         request = vision_pb2.DetectObjectsRequest(model=self.model, images=[image_input(inputs)])
         if kwargs.get("threshold") is not None:
             request.threshold = float(kwargs["threshold"])
         return request
 
-    def result(self, response: vision_pb2.DetectObjectsResponse, inputs: Any, kwargs: dict[str, Any]) -> Any:
-        return detected(response.results[0])
+    def read_results(
+        self, response: vision_pb2.DetectObjectsResponse, inputs: Any, kwargs: dict[str, Any]
+    ) -> list[Any]:
+        return [detected(response.results[0])]
 
 
 class ZeroShotImageClassificationPipeline(ImagePipeline):
@@ -105,7 +92,7 @@ class ZeroShotImageClassificationPipeline(ImagePipeline):
     def method(self) -> Callable[..., Any]:
         return self.stub().ClassifyImageZeroShot
 
-    def request(self, inputs: Any, kwargs: dict[str, Any]) -> vision_pb2.ClassifyImageZeroShotRequest:
+    def build_request(self, inputs: Any, kwargs: dict[str, Any]) -> vision_pb2.ClassifyImageZeroShotRequest:
         labels = kwargs.get("candidate_labels") or []
         return vision_pb2.ClassifyImageZeroShotRequest(
             model=self.model,
@@ -114,10 +101,10 @@ class ZeroShotImageClassificationPipeline(ImagePipeline):
             hypothesis_template=kwargs.get("hypothesis_template") or "",
         )
 
-    def result(
+    def read_results(
         self, response: vision_pb2.ClassifyImageZeroShotResponse, inputs: Any, kwargs: dict[str, Any]
-    ) -> Any:
-        return label_scores(response.results[0], score_first=True)
+    ) -> list[Any]:
+        return [label_scores(response.results[0], score_first=True)]
 
 
 class ZeroShotObjectDetectionPipeline(ImagePipeline):
@@ -126,12 +113,12 @@ class ZeroShotObjectDetectionPipeline(ImagePipeline):
     task = "zero-shot-object-detection"
     accepted = frozenset({"candidate_labels", "threshold", "top_k", "timeout"})
 
-    def arguments(  # type: ignore[override]
+    def parse_call(  # type: ignore[override]
         self, image: Any, candidate_labels: Any = None, **kwargs: Any
     ) -> tuple[Any, dict[str, Any]]:
         if candidate_labels is not None:
             kwargs["candidate_labels"] = candidate_labels
-        return super().arguments(image, **kwargs)
+        return super().parse_call(image, **kwargs)
 
     def is_single(self, inputs: Any) -> bool:
         return isinstance(inputs, dict) or is_single_image(inputs)
@@ -139,7 +126,7 @@ class ZeroShotObjectDetectionPipeline(ImagePipeline):
     def method(self) -> Callable[..., Any]:
         return self.stub().DetectObjectsZeroShot
 
-    def request(self, inputs: Any, kwargs: dict[str, Any]) -> vision_pb2.DetectObjectsZeroShotRequest:
+    def build_request(self, inputs: Any, kwargs: dict[str, Any]) -> vision_pb2.DetectObjectsZeroShotRequest:
         labels = kwargs.get("candidate_labels")
         if isinstance(inputs, dict):
             labels = inputs.get("candidate_labels", labels)
@@ -154,10 +141,10 @@ class ZeroShotObjectDetectionPipeline(ImagePipeline):
             request.top_k = int(kwargs["top_k"])
         return request
 
-    def result(
+    def read_results(
         self, response: vision_pb2.DetectObjectsZeroShotResponse, inputs: Any, kwargs: dict[str, Any]
-    ) -> Any:
-        return detected(response.results[0])
+    ) -> list[Any]:
+        return [detected(response.results[0])]
 
 
 class ImageSegmentationPipeline(ImagePipeline):
@@ -167,7 +154,7 @@ class ImageSegmentationPipeline(ImagePipeline):
     def method(self) -> Callable[..., Any]:
         return self.stub().SegmentImage
 
-    def request(self, inputs: Any, kwargs: dict[str, Any]) -> vision_pb2.SegmentImageRequest:
+    def build_request(self, inputs: Any, kwargs: dict[str, Any]) -> vision_pb2.SegmentImageRequest:
         subtask = kwargs.get("subtask")
         if subtask not in _SUBTASKS:
             raise ValueError(f"subtask must be 'panoptic', 'instance' or 'semantic', got {subtask!r}")
@@ -179,14 +166,18 @@ class ImageSegmentationPipeline(ImagePipeline):
                 setattr(request, name, float(kwargs[name]))
         return request
 
-    def result(self, response: vision_pb2.SegmentImageResponse, inputs: Any, kwargs: dict[str, Any]) -> Any:
+    def read_results(
+        self, response: vision_pb2.SegmentImageResponse, inputs: Any, kwargs: dict[str, Any]
+    ) -> list[Any]:
         return [
-            {
-                "score": s.score if s.HasField("score") else None,
-                "label": s.label,
-                "mask": pil_from_png(s.mask_png),
-            }
-            for s in response.results[0].segments
+            [
+                {
+                    "score": s.score if s.HasField("score") else None,
+                    "label": s.label,
+                    "mask": pil_from_png(s.mask_png),
+                }
+                for s in response.results[0].segments
+            ]
         ]
 
 
@@ -197,15 +188,19 @@ class DepthEstimationPipeline(ImagePipeline):
     def method(self) -> Callable[..., Any]:
         return self.stub().EstimateDepth
 
-    def request(self, inputs: Any, kwargs: dict[str, Any]) -> vision_pb2.EstimateDepthRequest:
+    def build_request(self, inputs: Any, kwargs: dict[str, Any]) -> vision_pb2.EstimateDepthRequest:
         return vision_pb2.EstimateDepthRequest(model=self.model, images=[image_input(inputs)])
 
-    def result(self, response: vision_pb2.EstimateDepthResponse, inputs: Any, kwargs: dict[str, Any]) -> Any:
+    def read_results(
+        self, response: vision_pb2.EstimateDepthResponse, inputs: Any, kwargs: dict[str, Any]
+    ) -> list[Any]:
         depth = response.results[0]
-        return {
-            "predicted_depth": array_from_float32(depth.predicted_depth),
-            "depth": pil_from_png(depth.depth_png),
-        }
+        return [
+            {
+                "predicted_depth": array_from_float32(depth.predicted_depth),
+                "depth": pil_from_png(depth.depth_png),
+            }
+        ]
 
 
 class ImageFeatureExtractionPipeline(ImagePipeline):
@@ -217,21 +212,21 @@ class ImageFeatureExtractionPipeline(ImagePipeline):
     def method(self) -> Callable[..., Any]:
         return self.stub().ExtractImageFeatures
 
-    def request(self, inputs: Any, kwargs: dict[str, Any]) -> vision_pb2.ExtractImageFeaturesRequest:
+    def build_request(self, inputs: Any, kwargs: dict[str, Any]) -> vision_pb2.ExtractImageFeaturesRequest:
         if kwargs.get("image_processor_kwargs"):
             raise TypeError("image_processor_kwargs are not supported over gRPC")
         return vision_pb2.ExtractImageFeaturesRequest(
             model=self.model, images=[image_input(inputs)], pool=bool(kwargs.get("pool"))
         )
 
-    def result(
+    def read_results(
         self, response: vision_pb2.ExtractImageFeaturesResponse, inputs: Any, kwargs: dict[str, Any]
-    ) -> Any:
+    ) -> list[Any]:
         array = array_from_float32(response.results[0])
-        return array if kwargs.get("return_tensors") else array.tolist()
+        return [array if kwargs.get("return_tensors") else array.tolist()]
 
 
-PIPELINES: dict[str, type[TaskPipeline]] = {
+PIPELINES: dict[str, type[RemotePipeline]] = {
     cls.task: cls
     for cls in (
         ImageClassificationPipeline,

@@ -1,14 +1,17 @@
-"""What users pass to a pipeline -> the bytes the wire carries. Same inputs as transformers accepts."""
+"""Audio both ways: what users pass to a pipeline -> the AudioInput the wire carries (the same inputs as
+transformers accepts), and generated WAV clips -> float32 arrays."""
 
 from __future__ import annotations
 
+import io
 import os
 import urllib.request
+import wave
 from typing import Any
 
 import numpy as np
 
-from .v1 import audio_pb2
+from ..v1 import audio_pb2
 
 # A URL that hangs fails the call instead of hanging it.
 URL_TIMEOUT_S = 30.0
@@ -71,3 +74,14 @@ def is_single_audio(inputs: Any) -> bool:
     return isinstance(
         inputs, str | os.PathLike | bytes | bytearray | memoryview | dict | audio_pb2.AudioInput
     ) or (hasattr(inputs, "__array__"))
+
+
+def decode_wav(data: bytes, shape: list[int]) -> np.ndarray:
+    """PCM16 WAV -> float32 in [-1, 1], in the pipeline's shape (channels first for 2-D)."""
+    with wave.open(io.BytesIO(data)) as reader:
+        channels = reader.getnchannels()
+        frames = np.frombuffer(reader.readframes(reader.getnframes()), dtype="<i2")
+    samples = (frames.astype(np.float32) / 32767.0).reshape(-1, channels)
+    if len(shape) == 2 and shape[0] == channels and channels != shape[1]:
+        samples = samples.T
+    return np.ascontiguousarray(samples.reshape(tuple(shape)))

@@ -1,4 +1,4 @@
-"""asyncio twin of automatic-speech-recognition: the TaskPipeline twin (`await pipe(x)`,
+"""asyncio twin of automatic-speech-recognition: the remote-pipeline twin (`await pipe(x)`,
 `pipe.iterate(xs)`), plus `async for r in pipe.stream_file(x)` and live `pipe.stream(chunks)`."""
 
 from __future__ import annotations
@@ -6,22 +6,23 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any
 
-from .. import streaming
-from ..asr import segment_dict
-from ..pipeline import SpeechRecognitionPipeline
+from .. import _transport, streaming
+from ..pipelines.speech import SpeechRecognitionPipeline
 from ..v1 import speech_pb2
-from .calls import streamed, threaded
-from .task_pipeline import AsyncTaskPipeline
+from ..wire.speech import segment_dict
+from .base import AsyncPipeline, threaded
 
 
-class AsyncSpeechRecognitionPipeline(AsyncTaskPipeline):
+class AsyncSpeechRecognitionPipeline(AsyncPipeline):
     sync: SpeechRecognitionPipeline
 
     async def stream_file(self, inputs: Any, **kwargs: Any) -> AsyncIterator[dict[str, Any]]:
         """Long audio: yields each segment as soon as it is decoded."""
         client = self.sync.client
         request = self.sync.stream_file_request(inputs, kwargs)
-        async for response in streamed(client.speech.StreamingRecognizeFile(request, timeout=client.timeout)):
+        async for response in _transport.astream(
+            client.speech.StreamingRecognizeFile(request, timeout=client.timeout)
+        ):
             yield segment_dict(response)
 
     async def stream(
@@ -47,6 +48,8 @@ class AsyncSpeechRecognitionPipeline(AsyncTaskPipeline):
 
         client = self.sync.client
         # A live stream lasts as long as its audio: the client's per-call timeout is not its deadline.
-        async for response in streamed(client.speech.StreamingRecognize(requests(), timeout=deadline_s)):
+        async for response in _transport.astream(
+            client.speech.StreamingRecognize(requests(), timeout=deadline_s)
+        ):
             for result in streaming.results(response):
                 yield result

@@ -13,17 +13,13 @@ import io
 import math
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import grpc
 import numpy as np
 from google.protobuf import struct_pb2
 
-from .errors import from_rpc_error
-from .v1 import generic_pb2
-
-if TYPE_CHECKING:
-    from .client import Stubs
+from ..v1 import generic_pb2
+from .base import DEFAULT_MAX_IN_FLIGHT, RemotePipeline, Stubs
 
 KEYS = "$keys"
 
@@ -145,16 +141,31 @@ def decode(value: struct_pb2.Value, blobs: dict[str, bytes]) -> Any:
     return {key: decode(fields[key], blobs) for key in keys}
 
 
-class GenericPipeline:
+class GenericPipeline(RemotePipeline):
     """`pipe(inputs, **parameters)` runs `pipeline(task)(inputs, **parameters)` on the server."""
 
     def __init__(self, client: Stubs, task: str, model: str | None, **defaults: Any) -> None:
+        # Every argument is the server pipeline's: none is checked here, none is the transport's.
         self.client = client
         self.task = task
         self.model = model or ""
         self.defaults = defaults
+        self.max_in_flight = DEFAULT_MAX_IN_FLIGHT
 
-    def request(self, inputs: Any, parameters: dict[str, Any]) -> generic_pb2.RunRequest:
+    def check_arguments(self, kwargs: dict[str, Any]) -> None:
+        """The server's pipeline checks its own arguments."""
+
+    def parse_call(self, inputs: Any = None, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        return inputs, {**self.defaults, **kwargs}
+
+    def is_single(self, inputs: Any) -> bool:
+        """Whatever the input, it goes whole to the server's pipeline in one call."""
+        return True
+
+    def method(self) -> Any:
+        return self.client.generic.Run
+
+    def build_request(self, inputs: Any, parameters: dict[str, Any]) -> generic_pb2.RunRequest:
         encoder = ValueEncoder()
         request = generic_pb2.RunRequest(task=self.task, model=self.model)
         if inputs is not None:
@@ -165,20 +176,5 @@ class GenericPipeline:
             request.blobs[name] = data
         return request
 
-    def arguments(self, inputs: Any = None, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
-        return inputs, {**self.defaults, **kwargs}
-
-    def is_single(self, inputs: Any) -> bool:
-        """Whatever the input, it goes whole to the server's pipeline in one call."""
-        return True
-
-    def __call__(self, inputs: Any = None, **kwargs: Any) -> Any:
-        request = self.request(*self.arguments(inputs, **kwargs))
-        try:
-            response = self.client.generic.Run(request, timeout=self.client.timeout)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
-        return self.result(response)
-
-    def result(self, response: generic_pb2.RunResponse) -> Any:
-        return decode(response.outputs, dict(response.blobs))
+    def read_results(self, response: generic_pb2.RunResponse, unit: Any, kwargs: dict[str, Any]) -> list[Any]:
+        return [decode(response.outputs, dict(response.blobs))]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf.duration_pb2 import Duration
-
-from .v1 import speech_pb2
+from ..v1 import speech_pb2
+from .durations import duration as _duration
+from .durations import seconds as _seconds
 
 TASK = "automatic-speech-recognition"
 _TIMESTAMPS = {
@@ -29,16 +29,6 @@ KNOWN = {
     "task",
     *_GENERATION,
 }
-
-
-def _duration(seconds: float) -> Duration:
-    duration = Duration()
-    duration.FromNanoseconds(round(float(seconds) * 1e9))
-    return duration
-
-
-def _seconds(duration: Duration) -> float:
-    return (duration.seconds * 1_000_000_000 + duration.nanos) / 1e9
 
 
 def recognition_config(model: str, kwargs: dict[str, Any]) -> speech_pb2.RecognitionConfig:

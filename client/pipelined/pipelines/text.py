@@ -1,14 +1,28 @@
-"""Text tasks: the transformers pipelines' call arguments -> TextService requests, responses -> the
-pipelines' output dicts (same keys, same nesting, Python floats for scores)."""
+"""Text tasks over the TextService: the transformers pipelines' call arguments -> requests, responses ->
+the pipelines' output dicts (same keys, same nesting, Python floats for scores), and the pipelines.
+
+One input -> its result; a list -> a list, sent in requests of up to `inputs_per_request` inputs with at
+most `max_in_flight` requests at once; an iterator -> a generator (one request per input, bounded in
+flight, results in order). Call arguments override the defaults given to `client.pipeline()`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from .v1 import text_pb2
+from ..v1 import text_pb2
+from ..wire.labels import parse_labels
+from .base import DEFAULT_MAX_IN_FLIGHT, RemotePipeline, Stubs, check_known
+
+# Small enough that one request stays well under the server's default limit of inputs per request.
+DEFAULT_INPUTS_PER_REQUEST = 16
+
+# (model, inputs, kwargs) -> request; (response, kwargs) -> one result per input.
+RequestBuilder = Callable[[str, Sequence[Any], dict[str, Any]], Any]
+ResultReader = Callable[[Any, dict[str, Any]], list[Any]]
 
 _FUNCTIONS = {
     "sigmoid": text_pb2.SCORE_FUNCTION_SIGMOID,
@@ -28,12 +42,6 @@ _POOLINGS = {
     "mean": text_pb2.POOLING_MEAN,
     "cls": text_pb2.POOLING_CLS,
 }
-
-
-def check_known(task: str, kwargs: dict[str, Any], known: Sequence[str]) -> None:
-    unknown = set(kwargs) - set(known)
-    if unknown:
-        raise TypeError(f"unsupported {task} argument(s) over gRPC: {', '.join(sorted(unknown))}")
 
 
 def _enum_name(value: Any) -> str:
@@ -206,13 +214,6 @@ def features_results(response: text_pb2.ExtractFeaturesResponse, kwargs: dict[st
 ZERO_SHOT_KNOWN = ("candidate_labels", "hypothesis_template", "multi_label")
 
 
-def parse_labels(labels: Any) -> list[str]:
-    """As the pipeline does: a comma-separated string or a list."""
-    if isinstance(labels, str):
-        return [label.strip() for label in labels.split(",") if label.strip()]
-    return [str(label) for label in labels]
-
-
 def zero_shot_request(
     model: str, inputs: Sequence[str], kwargs: dict[str, Any]
 ) -> text_pb2.ClassifyZeroShotRequest:
@@ -233,3 +234,126 @@ def zero_shot_results(response: text_pb2.ClassifyZeroShotResponse, kwargs: dict[
         {"sequence": r.sequence, "labels": list(r.labels), "scores": [float(s) for s in r.scores]}
         for r in response.results
     ]
+
+
+# ------------------------------------------------------------------------------ pipelines
+
+
+class TextPipeline(RemotePipeline):
+    """Text call semantics; subclasses name the task, the RPC and the conversions."""
+
+    rpc = ""
+    build: RequestBuilder
+    read: ResultReader
+
+    def __init__(
+        self,
+        client: Stubs,
+        model: str | None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        inputs_per_request: int = DEFAULT_INPUTS_PER_REQUEST,
+        **defaults: Any,
+    ) -> None:
+        self.inputs_per_request = inputs_per_request
+        super().__init__(client, model, max_in_flight, **defaults)
+
+    def check_arguments(self, kwargs: dict[str, Any]) -> None:
+        type(self).build(self.model, [], kwargs)
+
+    def parse_call(self, inputs: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        # Checked when the request is built.
+        return inputs, {**self.defaults, **kwargs}
+
+    def method(self) -> Any:
+        return getattr(self.client.text, self.rpc)
+
+    def is_single(self, inputs: Any) -> bool:
+        return isinstance(inputs, str | dict)
+
+    def request_unit(self, one: Any) -> list[Any]:
+        return [one]
+
+    def request_units(self, items: list[Any]) -> list[Any]:
+        """A list's inputs, in requests of up to `inputs_per_request`."""
+        size = max(1, self.inputs_per_request)
+        return [items[i : i + size] for i in range(0, len(items), size)]
+
+    def build_request(self, unit: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+        return type(self).build(self.model, unit, kwargs)
+
+    def read_results(self, response: Any, unit: Any, kwargs: dict[str, Any]) -> list[Any]:
+        return type(self).read(response, kwargs)
+
+
+class TextClassificationPipeline(TextPipeline):
+    task = "text-classification"
+    rpc = "ClassifyText"
+    build = staticmethod(classify_request)
+    read = staticmethod(classify_results)
+
+    def present(self, result: Any, inputs: Any, kwargs: dict[str, Any]) -> Any:
+        # transformers wraps the best label of a single string (not of a text pair) in a list.
+        if isinstance(inputs, str) and "top_k" not in kwargs:
+            return [result]
+        return result
+
+
+class _StringInputs(TextPipeline):
+    """Tasks whose one input is a string (anything else is a batch)."""
+
+    def is_single(self, inputs: Any) -> bool:
+        return isinstance(inputs, str)
+
+
+class TokenClassificationPipeline(_StringInputs):
+    task = "token-classification"
+    rpc = "ClassifyTokens"
+    build = staticmethod(tokens_request)
+    read = staticmethod(tokens_results)
+
+
+class FillMaskPipeline(_StringInputs):
+    task = "fill-mask"
+    rpc = "FillMask"
+    build = staticmethod(fill_request)
+    read = staticmethod(fill_results)
+
+
+class FeatureExtractionPipeline(_StringInputs):
+    """Extras over transformers: `pooling` ("none", "mean", "cls") and `normalize` give ready-to-use
+    sentence embeddings (1-D numpy arrays); a model may default them (the embedded MiniLM does)."""
+
+    task = "feature-extraction"
+    rpc = "ExtractFeatures"
+    build = staticmethod(features_request)
+    read = staticmethod(features_results)
+
+
+class ZeroShotClassificationPipeline(_StringInputs):
+    task = "zero-shot-classification"
+    rpc = "ClassifyZeroShot"
+    build = staticmethod(zero_shot_request)
+    read = staticmethod(zero_shot_results)
+
+    def check_arguments(self, kwargs: dict[str, Any]) -> None:
+        check_known(self.task, kwargs, ZERO_SHOT_KNOWN)
+
+    def parse_call(self, inputs: Any, *args: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        # transformers accepts the candidate labels as the second positional argument.
+        if args:
+            if len(args) > 1 or "candidate_labels" in kwargs:
+                raise TypeError("give candidate_labels once: positionally or by name")
+            kwargs["candidate_labels"] = args[0]
+        return super().parse_call(inputs, **kwargs)
+
+
+PIPELINES: dict[str, type[TextPipeline]] = {
+    cls.task: cls
+    for cls in (
+        TextClassificationPipeline,
+        TokenClassificationPipeline,
+        FillMaskPipeline,
+        FeatureExtractionPipeline,
+        ZeroShotClassificationPipeline,
+    )
+}

@@ -10,12 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import grpc
-
-from .errors import from_rpc_error
-from .images import image_input, is_single_image
-from .task_pipeline import TaskPipeline
-from .v1 import multimodal_pb2
+from .. import _transport
+from ..v1 import multimodal_pb2
+from ..wire.images import image_input, is_single_image
+from .base import RemotePipeline
 
 _GENERATION = (
     "max_new_tokens",
@@ -120,7 +118,7 @@ def _prompts(images: Any, text: Any) -> tuple[list[_Prompt], bool]:
     return [_Prompt(images=i, text=t) for i, t in zip(images, text, strict=True)], False
 
 
-class ImageTextToTextPipeline(TaskPipeline):
+class ImageTextToTextPipeline(RemotePipeline):
     """`pipe(images=..., text=...)`, `pipe(chat)` or lists of those; `pipe.stream(...)` yields text pieces."""
 
     task = "image-text-to-text"
@@ -128,10 +126,10 @@ class ImageTextToTextPipeline(TaskPipeline):
         {"max_new_tokens", "generate_kwargs", "return_full_text", "continue_final_message", "timeout"}
     )
 
-    def arguments(  # type: ignore[override]
+    def parse_call(  # type: ignore[override]
         self, images: Any = None, text: Any = None, **kwargs: Any
     ) -> tuple[Any, dict[str, Any]]:
-        _, merged = super().arguments(None, **kwargs)
+        _, merged = super().parse_call(None, **kwargs)
         prompts, single = _prompts(images, text)
         return (prompts[0] if single else prompts), merged
 
@@ -158,7 +156,9 @@ class ImageTextToTextPipeline(TaskPipeline):
                 setattr(options, name, value)
         return options
 
-    def request(self, inputs: _Prompt, kwargs: dict[str, Any]) -> multimodal_pb2.GenerateFromImageRequest:
+    def build_request(
+        self, inputs: _Prompt, kwargs: dict[str, Any]
+    ) -> multimodal_pb2.GenerateFromImageRequest:
         request = multimodal_pb2.GenerateFromImageRequest(
             model=self.model, prompts=[inputs.proto()], generation=self._options(kwargs)
         )
@@ -166,18 +166,18 @@ class ImageTextToTextPipeline(TaskPipeline):
             request.continue_final_message = bool(kwargs["continue_final_message"])
         return request
 
-    def result(
+    def read_results(
         self, response: multimodal_pb2.GenerateFromImageResponse, inputs: _Prompt, kwargs: dict[str, Any]
-    ) -> Any:
-        return inputs.record(response.results[0].generated_text, kwargs)
+    ) -> list[Any]:
+        return [inputs.record(response.results[0].generated_text, kwargs)]
 
     def stream_request(
         self, images: Any = None, text: Any = None, **kwargs: Any
     ) -> multimodal_pb2.StreamGenerateFromImageRequest:
-        prompt, merged = self.arguments(images, text, **kwargs)
+        prompt, merged = self.parse_call(images, text, **kwargs)
         if not self.is_single(prompt):
             raise ValueError("stream() takes one prompt")
-        unary = self.request(prompt, merged)
+        unary = self.build_request(prompt, merged)
         request = multimodal_pb2.StreamGenerateFromImageRequest(
             model=self.model, prompt=unary.prompts[0], generation=unary.generation
         )
@@ -188,23 +188,20 @@ class ImageTextToTextPipeline(TaskPipeline):
     def stream(self, images: Any = None, text: Any = None, **kwargs: Any) -> Iterator[str]:
         """Yields the new text of one prompt piece by piece as it is generated."""
         request = self.stream_request(images, text, **kwargs)
-        try:
-            for response in self.client.multimodal.StreamGenerateFromImage(
-                request, timeout=self.client.timeout
-            ):
-                yield response.text
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+        for response in _transport.stream(
+            self.client.multimodal.StreamGenerateFromImage(request, timeout=self.client.timeout)
+        ):
+            yield response.text
 
 
-class DocumentQuestionAnsweringPipeline(TaskPipeline):
+class DocumentQuestionAnsweringPipeline(RemotePipeline):
     """`pipe(image, question, word_boxes=...)` or `pipe({"image", "question", "word_boxes"})` (or a list of
     those dicts). No OCR runs anywhere: give `word_boxes` unless the model reads pixels itself."""
 
     task = "document-question-answering"
     accepted = frozenset({"top_k", "max_answer_len", "handle_impossible_answer", "timeout"})
 
-    def arguments(  # type: ignore[override]
+    def parse_call(  # type: ignore[override]
         self, image: Any = None, question: str | None = None, word_boxes: Any = None, **kwargs: Any
     ) -> tuple[Any, dict[str, Any]]:
         if isinstance(question, str):
@@ -213,7 +210,7 @@ class DocumentQuestionAnsweringPipeline(TaskPipeline):
                 inputs["word_boxes"] = word_boxes
         else:
             inputs = image
-        return super().arguments(inputs, **kwargs)
+        return super().parse_call(inputs, **kwargs)
 
     def is_single(self, inputs: Any) -> bool:
         return isinstance(inputs, dict)
@@ -221,7 +218,7 @@ class DocumentQuestionAnsweringPipeline(TaskPipeline):
     def method(self) -> Callable[..., Any]:
         return self.client.multimodal.AnswerDocumentQuestion
 
-    def request(
+    def build_request(
         self, inputs: dict[str, Any], kwargs: dict[str, Any]
     ) -> multimodal_pb2.AnswerDocumentQuestionRequest:
         question = multimodal_pb2.DocumentQuestion(question=inputs["question"])
@@ -240,15 +237,17 @@ class DocumentQuestionAnsweringPipeline(TaskPipeline):
                 setattr(request, name, int(kwargs[name]))
         return request
 
-    def result(
+    def read_results(
         self, response: multimodal_pb2.AnswerDocumentQuestionResponse, inputs: Any, kwargs: dict[str, Any]
-    ) -> Any:
+    ) -> list[Any]:
         return [
-            {"score": a.score, "answer": a.answer, "start": a.start, "end": a.end}
-            for a in response.results[0].answers
+            [
+                {"score": a.score, "answer": a.answer, "start": a.start, "end": a.end}
+                for a in response.results[0].answers
+            ]
         ]
 
 
-PIPELINES: dict[str, type[TaskPipeline]] = {
+PIPELINES: dict[str, type[RemotePipeline]] = {
     cls.task: cls for cls in (ImageTextToTextPipeline, DocumentQuestionAnsweringPipeline)
 }

@@ -6,31 +6,16 @@ outside [-1, 1] are clipped)."""
 
 from __future__ import annotations
 
-import io
-import wave
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
-from .inputs import audio_input, is_single_audio
-from .task_pipeline import TaskPipeline
-from .v1 import audio_tasks_pb2
-from .vision import label_scores, logit_function
+from ..v1 import audio_tasks_pb2
+from ..wire.audio import audio_input, decode_wav, is_single_audio
+from ..wire.labels import label_scores, logit_function
+from .base import RemotePipeline
 
 
-def decode_wav(data: bytes, shape: list[int]) -> np.ndarray:
-    """PCM16 WAV -> float32 in [-1, 1], in the pipeline's shape (channels first for 2-D)."""
-    with wave.open(io.BytesIO(data)) as reader:
-        channels = reader.getnchannels()
-        frames = np.frombuffer(reader.readframes(reader.getnframes()), dtype="<i2")
-    samples = (frames.astype(np.float32) / 32767.0).reshape(-1, channels)
-    if len(shape) == 2 and shape[0] == channels and channels != shape[1]:
-        samples = samples.T
-    return np.ascontiguousarray(samples.reshape(tuple(shape)))
-
-
-class AudioClassificationPipeline(TaskPipeline):
+class AudioClassificationPipeline(RemotePipeline):
     task = "audio-classification"
     accepted = frozenset({"top_k", "function_to_apply"})
 
@@ -40,7 +25,7 @@ class AudioClassificationPipeline(TaskPipeline):
     def method(self) -> Callable[..., Any]:
         return self.client.audio_tasks.ClassifyAudio
 
-    def request(self, inputs: Any, kwargs: dict[str, Any]) -> audio_tasks_pb2.ClassifyAudioRequest:
+    def build_request(self, inputs: Any, kwargs: dict[str, Any]) -> audio_tasks_pb2.ClassifyAudioRequest:
         request = audio_tasks_pb2.ClassifyAudioRequest(
             model=self.model,
             audios=[audio_input(inputs)],
@@ -50,10 +35,10 @@ class AudioClassificationPipeline(TaskPipeline):
             request.top_k = int(kwargs["top_k"])
         return request
 
-    def result(
+    def read_results(
         self, response: audio_tasks_pb2.ClassifyAudioResponse, inputs: Any, kwargs: dict[str, Any]
-    ) -> Any:
-        return label_scores(response.results[0], score_first=True)
+    ) -> list[Any]:
+        return [label_scores(response.results[0], score_first=True)]
 
 
 class ZeroShotAudioClassificationPipeline(AudioClassificationPipeline):
@@ -63,7 +48,7 @@ class ZeroShotAudioClassificationPipeline(AudioClassificationPipeline):
     def method(self) -> Callable[..., Any]:
         return self.client.audio_tasks.ClassifyAudioZeroShot
 
-    def request(self, inputs: Any, kwargs: dict[str, Any]) -> Any:
+    def build_request(self, inputs: Any, kwargs: dict[str, Any]) -> Any:
         labels = kwargs.get("candidate_labels") or []
         return audio_tasks_pb2.ClassifyAudioZeroShotRequest(
             model=self.model,
@@ -76,7 +61,7 @@ class ZeroShotAudioClassificationPipeline(AudioClassificationPipeline):
 _GENERATION = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "guidance_scale")
 
 
-class TextToAudioPipeline(TaskPipeline):
+class TextToAudioPipeline(RemotePipeline):
     """`generate_kwargs` (and `forward_params` holding only generation options) map to AudioGenerationOptions."""
 
     task = "text-to-audio"
@@ -88,7 +73,7 @@ class TextToAudioPipeline(TaskPipeline):
     def method(self) -> Callable[..., Any]:
         return self.client.audio_tasks.GenerateAudio
 
-    def request(self, inputs: Any, kwargs: dict[str, Any]) -> audio_tasks_pb2.GenerateAudioRequest:
+    def build_request(self, inputs: Any, kwargs: dict[str, Any]) -> audio_tasks_pb2.GenerateAudioRequest:
         options = {**(kwargs.get("forward_params") or {}), **(kwargs.get("generate_kwargs") or {})}
         unknown = set(options) - set(_GENERATION)
         if unknown:
@@ -100,14 +85,14 @@ class TextToAudioPipeline(TaskPipeline):
             setattr(request.generation, name, value)
         return request
 
-    def result(
+    def read_results(
         self, response: audio_tasks_pb2.GenerateAudioResponse, inputs: Any, kwargs: dict[str, Any]
-    ) -> Any:
+    ) -> list[Any]:
         clip = response.results[0]
-        return {"audio": decode_wav(clip.wav, list(clip.shape)), "sampling_rate": clip.sampling_rate_hertz}
+        return [{"audio": decode_wav(clip.wav, list(clip.shape)), "sampling_rate": clip.sampling_rate_hertz}]
 
 
-PIPELINES: dict[str, type[TaskPipeline]] = {
+PIPELINES: dict[str, type[RemotePipeline]] = {
     cls.task: cls
     for cls in (AudioClassificationPipeline, ZeroShotAudioClassificationPipeline, TextToAudioPipeline)
 }

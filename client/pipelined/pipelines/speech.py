@@ -1,4 +1,4 @@
-"""automatic-speech-recognition over gRPC: the shared call semantics of TaskPipeline (one clip -> a dict, a
+"""automatic-speech-recognition over gRPC: the shared call semantics of RemotePipeline (one clip -> a dict, a
 list -> a list, an iterator -> a generator with bounded requests in flight, results in input order), plus
 long-audio segment streaming and live streaming."""
 
@@ -7,26 +7,22 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import grpc
-
-from . import asr, streaming
-from .errors import from_rpc_error
-from .inputs import audio_input, is_single_audio
-from .task_pipeline import DEFAULT_MAX_IN_FLIGHT, TaskPipeline
-from .v1 import speech_pb2
-
-__all__ = ["DEFAULT_MAX_IN_FLIGHT", "SpeechRecognitionPipeline"]
+from .. import _transport, streaming
+from ..v1 import speech_pb2
+from ..wire import speech as asr
+from ..wire.audio import audio_input, is_single_audio
+from .base import RemotePipeline
 
 
-class SpeechRecognitionPipeline(TaskPipeline):
+class SpeechRecognitionPipeline(RemotePipeline):
     """`client.pipeline("automatic-speech-recognition")`."""
 
     task = asr.TASK
     accepted = frozenset(asr.KNOWN)
 
-    def _check(self, kwargs: dict[str, Any]) -> None:
+    def check_arguments(self, kwargs: dict[str, Any]) -> None:
         # Also rejects bad values (an unknown task, uneven strides) before anything is sent.
-        asr.recognition_config(self.model if hasattr(self, "model") else "", kwargs)
+        asr.recognition_config(self.model, kwargs)
 
     def method(self) -> Any:
         return self.client.speech.Recognize
@@ -34,13 +30,13 @@ class SpeechRecognitionPipeline(TaskPipeline):
     def is_single(self, inputs: Any) -> bool:
         return is_single_audio(inputs)
 
-    def request(self, inputs: Any, kwargs: dict[str, Any]) -> speech_pb2.RecognizeRequest:
+    def build_request(self, inputs: Any, kwargs: dict[str, Any]) -> speech_pb2.RecognizeRequest:
         return speech_pb2.RecognizeRequest(
             config=asr.recognition_config(self.model, kwargs), audio=audio_input(inputs)
         )
 
-    def result(self, response: Any, inputs: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        return asr.result_dict(response, kwargs)
+    def read_results(self, response: Any, inputs: Any, kwargs: dict[str, Any]) -> list[Any]:
+        return [asr.result_dict(response, kwargs)]
 
     def stream_file_request(
         self, inputs: Any, kwargs: dict[str, Any]
@@ -53,11 +49,10 @@ class SpeechRecognitionPipeline(TaskPipeline):
     def stream_file(self, inputs: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
         """Long audio: yields each segment (`text`, `timestamp`, optional `words`) as soon as it is decoded."""
         request = self.stream_file_request(inputs, kwargs)
-        try:
-            for response in self.client.speech.StreamingRecognizeFile(request, timeout=self.client.timeout):
-                yield asr.segment_dict(response)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+        for response in _transport.stream(
+            self.client.speech.StreamingRecognizeFile(request, timeout=self.client.timeout)
+        ):
+            yield asr.segment_dict(response)
 
     def stream_options(self, options: dict[str, Any]) -> dict[str, Any]:
         """The live-stream options: the recognition defaults, overridden by this call's."""
@@ -83,10 +78,5 @@ class SpeechRecognitionPipeline(TaskPipeline):
             streaming.requests(config, all_chunks),
             timeout=deadline_s,
         )
-        try:
-            for response in responses:
-                yield from streaming.results(response)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
-        finally:
-            responses.cancel()
+        for response in _transport.stream(responses):
+            yield from streaming.results(response)

@@ -1,13 +1,15 @@
 """text-generation: prompts, chats and the pipeline's generation arguments -> GenerateText requests,
-responses -> the pipeline's `[{"generated_text": ...}]` records."""
+responses -> the pipeline's `[{"generated_text": ...}]` records; the pipeline, and its token stream."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .text import check_known
-from .v1 import text_pb2
+from .. import _transport
+from ..v1 import text_pb2
+from .base import check_known
+from .text import TextPipeline
 
 _GENERATION = (
     "do_sample",
@@ -68,3 +70,32 @@ def _record(generation: text_pb2.Generation) -> dict[str, Any]:
 
 def generate_results(response: text_pb2.GenerateTextResponse, kwargs: dict[str, Any]) -> list[Any]:
     return [[_record(g) for g in result.generations] for result in response.results]
+
+
+class TextGenerationPipeline(TextPipeline):
+    """Extras over transformers: `seed` makes sampled generations reproducible; `stream()` yields the
+    new text piece by piece as it is generated."""
+
+    task = "text-generation"
+    rpc = "GenerateText"
+    build = staticmethod(generate_request)
+    read = staticmethod(generate_results)
+
+    def is_single(self, inputs: Any) -> bool:
+        return isinstance(inputs, str) or is_chat(inputs)
+
+    def stream_request(self, prompt: Any, kwargs: dict[str, Any]) -> text_pb2.StreamGenerateTextRequest:
+        merged = {k: v for k, v in {**self.defaults, **kwargs}.items() if k != "return_full_text"}
+        return text_pb2.StreamGenerateTextRequest(
+            model=self.model,
+            input=generation_input(prompt),
+            parameters=parameters(merged),
+        )
+
+    def stream(self, prompt: Any, **kwargs: Any) -> Iterator[str]:
+        """Yields pieces of new text (prompt excluded) as the server generates them."""
+        request = self.stream_request(prompt, kwargs)
+        for response in _transport.stream(
+            self.client.text.StreamGenerateText(request, timeout=self.client.timeout)
+        ):
+            yield response.text

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .v1 import image_pb2
+from ..v1 import image_pb2
 
 _PNG_COLOR_TYPES = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type (grey, RGB, RGBA)
 

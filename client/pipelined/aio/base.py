@@ -1,0 +1,111 @@
+"""The asyncio twin of the remote pipeline, built on the same steps (see `pipelines/base.py`): the sync
+pipeline (made with the asyncio client, so its `method()` is the asyncio stub method) parses each call,
+builds each request and reads each response; the twin only awaits. `await pipe(x)`: one input -> its
+result, a list (or any iterable) -> a list, at most `max_in_flight` requests at once, results in input
+order; `pipe.iterate(inputs)`: results of a (possibly async) iterable as they come, in input order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable
+from typing import Any, TypeVar
+
+from .. import _transport
+from ..pipelines.base import DEFAULT_MAX_IN_FLIGHT, RemotePipeline
+
+R = TypeVar("R")
+
+
+class AsyncPipeline:
+    """The twin of any RemotePipeline; families with streams add their awaited streams."""
+
+    sync: RemotePipeline
+
+    def __init__(self, sync: Any) -> None:
+        self.sync = sync
+        self.max_in_flight: int = getattr(sync, "max_in_flight", DEFAULT_MAX_IN_FLIGHT)
+
+    @property
+    def task(self) -> str:
+        return str(self.sync.task)
+
+    @property
+    def model(self) -> str:
+        return str(self.sync.model)
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return dict(self.sync.defaults)
+
+    async def send(self, unit: Any, kwargs: dict[str, Any]) -> list[Any]:
+        """Sends one request; its results, one per input of the unit."""
+        sync = self.sync
+        response = await _transport.acall(
+            sync.method(), sync.build_request(unit, kwargs), sync.client.timeout
+        )
+        return list(sync.read_results(response, unit, kwargs))
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        inputs, merged = self.sync.parse_call(*args, **kwargs)
+        if self.sync.is_single(inputs):
+            results = await self.send(self.sync.request_unit(inputs), merged)
+            return self.sync.present(results[0], inputs, merged)
+        if isinstance(inputs, list | tuple):
+            calls = (self.send(unit, merged) for unit in self.sync.request_units(list(inputs)))
+            return [result async for result in in_order(calls, self.max_in_flight)]
+        if isinstance(inputs, Iterable | AsyncIterable):
+            return [result async for result in self.iterate(inputs, **merged)]
+        raise TypeError(f"unsupported {self.task} input of type {type(inputs).__name__}")
+
+    def iterate(self, inputs: Iterable[Any] | AsyncIterable[Any], **kwargs: Any) -> AsyncIterator[Any]:
+        """Results of a (possibly async, possibly endless) iterable of single inputs, in input order."""
+
+        async def calls() -> AsyncIterator[Awaitable[list[Any]]]:
+            async for item in aiter_of(inputs):
+                one, merged = self.sync.parse_call(item, **kwargs)
+                if not self.sync.is_single(one):
+                    raise TypeError(
+                        f"iterate() takes one {self.task} input per item, got {type(item).__name__}"
+                    )
+                yield self.send(self.sync.request_unit(one), merged)
+
+        return in_order(calls(), self.max_in_flight)
+
+
+async def in_order(
+    calls: Iterable[Awaitable[list[R]]] | AsyncIterable[Awaitable[list[R]]], max_in_flight: int
+) -> AsyncIterator[R]:
+    """Runs the calls (each giving the results of one request) at most `max_in_flight` at once and yields
+    their results in call order. Calls are created only as fast as they are consumed: the source may be
+    endless."""
+    pending: deque[asyncio.Future[list[R]]] = deque()
+    try:
+        async for call in aiter_of(calls):
+            pending.append(asyncio.ensure_future(call))
+            if len(pending) >= max(1, max_in_flight):
+                for result in await pending.popleft():
+                    yield result
+        while pending:
+            for result in await pending.popleft():
+                yield result
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+async def aiter_of(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
+
+
+async def threaded(items: Iterable[Any]) -> AsyncIterator[Any]:
+    """A sync iterable read on a worker thread, for sources that block while they pace themselves."""
+    iterator = iter(items)
+    done = object()
+    while (item := await asyncio.to_thread(next, iterator, done)) is not done:
+        yield item

@@ -1,0 +1,134 @@
+"""The one remote pipeline: transformers' call semantics over a gRPC call, with one set of steps that
+every task family (and its asyncio twin) fills in.
+
+One input -> its result; a list -> a list, in requests of `request_units` (one input per request
+unless a family batches, as text does), at most `max_in_flight` requests at once; an iterator -> a
+generator (one request per input, bounded in flight, results in input order).
+
+The steps, in call order:
+  parse_call(*args, **kwargs) -> (inputs, merged call arguments), checked with check_arguments
+  is_single(inputs)           -> one input, or a batch
+  request_unit(one) / request_units(items) -> what each request carries
+  build_request(unit, kwargs) -> the request proto
+  method()                    -> the stub method (sync or asyncio: the asyncio twin awaits it)
+  read_results(response, unit, kwargs) -> one result per input of the unit
+  present(result, inputs, kwargs) -> the result of a single-input call
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
+
+from .. import _transport
+
+DEFAULT_MAX_IN_FLIGHT = 4
+
+
+class Stubs(Protocol):
+    """What pipelines use of a client: the service stubs and the call timeout. The synchronous and the
+    asyncio client both have them, so one pipeline class builds requests and reads responses for both."""
+
+    timeout: float | None
+    speech: Any
+    text: Any
+    generic: Any
+    vision: Any
+    multimodal: Any
+    audio_tasks: Any
+
+
+def check_known(task: str, kwargs: dict[str, Any], known: Iterable[str]) -> None:
+    unknown = set(kwargs) - set(known)
+    if unknown:
+        raise TypeError(f"unsupported {task} argument(s) over gRPC: {', '.join(sorted(unknown))}")
+
+
+class RemotePipeline:
+    """Subclasses name the task and fill in the steps."""
+
+    task: str = ""
+    # Call arguments accepted (beyond the input); others raise TypeError as transformers would.
+    accepted: frozenset[str] = frozenset()
+
+    def __init__(
+        self, client: Stubs, model: str | None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, **defaults: Any
+    ) -> None:
+        self.client = client
+        self.model = model or ""
+        self.defaults = defaults
+        self.max_in_flight = max_in_flight
+        self.check_arguments(defaults)  # fail at construction on unknown defaults, as transformers does
+
+    # ---- the steps
+    def check_arguments(self, kwargs: dict[str, Any]) -> None:
+        unknown = set(kwargs) - self.accepted
+        if unknown:
+            raise TypeError(f"unsupported {self.task} argument(s): {', '.join(sorted(unknown))}")
+
+    def parse_call(self, inputs: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        """A call's input(s) and call arguments (defaults merged, checked) as the pipeline reads them;
+        tasks whose call takes more positional arguments say how."""
+        merged = {**self.defaults, **kwargs}
+        self.check_arguments(merged)
+        return inputs, merged
+
+    def is_single(self, inputs: Any) -> bool:
+        raise NotImplementedError
+
+    def request_unit(self, one: Any) -> Any:
+        """What the request for one input carries."""
+        return one
+
+    def request_units(self, items: list[Any]) -> list[Any]:
+        """What the requests for a list carry."""
+        return items
+
+    def method(self) -> Any:
+        """The unary stub method of `self.client`: the sync client's (callable, with `.future`) or the
+        asyncio client's (awaited by the asyncio twin)."""
+        raise NotImplementedError
+
+    def build_request(self, unit: Any, kwargs: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def read_results(self, response: Any, unit: Any, kwargs: dict[str, Any]) -> list[Any]:
+        """One result per input of the unit."""
+        raise NotImplementedError
+
+    def present(self, result: Any, inputs: Any, kwargs: dict[str, Any]) -> Any:
+        return result
+
+    # ---- the synchronous call
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        inputs, merged = self.parse_call(*args, **kwargs)
+        if self.is_single(inputs):
+            return self.present(self.send(self.request_unit(inputs), merged)[0], inputs, merged)
+        if isinstance(inputs, list | tuple):
+            return list(self.pipelined(self.request_units(list(inputs)), merged))
+        if isinstance(inputs, Iterable):
+            return self.pipelined((self.request_unit(item) for item in inputs), merged)
+        raise TypeError(f"unsupported {self.task} input of type {type(inputs).__name__}")
+
+    def send(self, unit: Any, kwargs: dict[str, Any]) -> list[Any]:
+        response = _transport.call(self.method(), self.build_request(unit, kwargs), self.client.timeout)
+        return self.read_results(response, unit, kwargs)
+
+    def pipelined(self, units: Iterable[Any], kwargs: dict[str, Any]) -> Iterator[Any]:
+        pending: deque[tuple[Any, Any]] = deque()
+
+        def finish(unit: Any, future: Any) -> list[Any]:
+            return self.read_results(_transport.result(future), unit, kwargs)
+
+        try:
+            for unit in units:
+                request = self.build_request(unit, kwargs)
+                pending.append((unit, _transport.submit(self.method(), request, self.client.timeout)))
+                if len(pending) >= self.max_in_flight:
+                    yield from finish(*pending.popleft())
+            while pending:
+                yield from finish(*pending.popleft())
+        finally:
+            for _, future in pending:
+                future.cancel()
