@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -218,4 +219,62 @@ async def test_higher_priority_runs_first_and_never_waits_for_lower_batchmates()
     assert await asyncio.gather(busy, *queued) == [2, 4, 6, 8, 10]
     # The two priority items overtake the older ones and batch only with each other.
     assert recorder.batches == [[1], [3, 5], [2, 4]]
+    await scheduler.close()
+
+
+async def test_a_lone_item_on_an_idle_worker_runs_without_waiting_the_delay() -> None:
+    """With a 2 s delay, an idle worker still dispatches at once (the policy, not a timing race)."""
+    recorder = Recorder()
+    scheduler = make(recorder, max_queue_delay_ms=2000)
+    for value in (1, 2):  # the first call and one after the worker went idle again
+        started = time.monotonic()
+        assert await scheduler.submit(value, {}) == value * 2
+        assert time.monotonic() - started < 1.0
+    assert recorder.batches == [[1], [2]]
+    await scheduler.close()
+
+
+async def test_items_queued_while_a_batch_runs_form_the_next_batch_at_once() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    scheduler = make(recorder, max_batch_size=8, max_queue_delay_ms=2000)
+    running = asyncio.ensure_future(scheduler.submit(0, {}))
+    await asyncio.sleep(0.05)  # the worker runs item 0 alone: it was idle
+    queued = [asyncio.ensure_future(scheduler.submit(i, {})) for i in range(1, 4)]
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    recorder.gate.set()
+    assert await asyncio.gather(running, *queued) == [0, 2, 4, 6]
+    # The previous batch was not full, so the next one does not wait the 2 s for more batchmates.
+    assert time.monotonic() - started < 1.0
+    assert recorder.batches == [[0], [1, 2, 3]]
+    await scheduler.close()
+
+
+async def test_after_a_full_batch_the_next_waits_for_batchmates_and_drops_cancelled_ones() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    metrics = Metrics()
+    config = BatchingConfig(max_batch_size=2, max_queue_delay_ms=2000)
+    scheduler = Scheduler("m", [None], recorder, config, metrics)
+    scheduler.start()
+    full = [asyncio.ensure_future(scheduler.submit(i, {})) for i in (1, 2)]
+    await asyncio.sleep(0.05)  # the worker runs [1, 2]: a full batch
+    third = asyncio.ensure_future(scheduler.submit(3, {}))
+    await asyncio.sleep(0)
+    recorder.gate.set()
+    assert [await f for f in full] == [2, 4]
+    await asyncio.sleep(0.05)  # under load: item 3 is gathering batchmates
+    assert recorder.batches == [[1, 2]]
+    third.cancel()
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    fourth, fifth = (asyncio.ensure_future(scheduler.submit(i, {})) for i in (4, 5))
+    assert await asyncio.gather(fourth, fifth) == [8, 10]
+    assert time.monotonic() - started < 1.0  # the batch filled: no wait for the delay
+    with pytest.raises(asyncio.CancelledError):
+        await third
+    # The cancelled item gave its place to item 5: the batch is full and 3 is never computed.
+    assert recorder.batches == [[1, 2], [4, 5]]
+    assert metrics.value("pipelined_requests_skipped_total", {"model": "m", "reason": "cancelled"}) == 1
     await scheduler.close()

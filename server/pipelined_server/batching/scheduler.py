@@ -17,6 +17,15 @@ that worker's own pipeline replica, so no pipeline object ever runs twice at onc
 Items carry a `priority`: a worker takes the oldest item of the highest priority first, and batches it only
 with items of at least that priority. Live streams use it so that the decode that ends an utterance (a
 user waits on it) overtakes interim re-decodes, and never waits for lower-priority batchmates.
+
+When a batch waits (`max_queue_delay_ms`): only under load. A worker that had to wait for work is idle, and
+the item that wakes it runs at once, with whatever compatible items are already queued; items that arrive
+while a batch runs form the next batch, which starts as soon as the worker is free (natural batching, as in
+TF Serving's "batch what queued while busy"). The delay applies only when the worker goes straight from a
+*full* batch to the next one: arrivals then outpace the model, so waiting (counted from the oldest item's
+arrival, so time spent queued behind the running batch counts) is likely to fill the batch. Triton and
+TorchServe wait the delay even on an idle model; measured on the tiny text classifier at concurrency 1
+(2 CPU cores), that wait made a call take 10.96 ms p50 against 0.83 ms in process (2.55 ms with no delay).
 """
 
 from __future__ import annotations
@@ -86,6 +95,14 @@ class Scheduler:
         ]
         self._workers: list[asyncio.Task[None]] = []
         self._closed = False
+        # Labelled metric children, looked up once instead of per item.
+        self._queue_depth = metrics.queue_depth.labels(model)
+        self._queue_time = metrics.queue_time.labels(model)
+        self._batch_size = metrics.batch_size.labels(model)
+        self._skipped_cancelled = metrics.skipped.labels(model, "cancelled")
+        self._skipped_deadline = metrics.skipped.labels(model, "deadline")
+        self._pipeline_calls = metrics.pipeline_calls.labels(model)
+        self._pipeline_items = metrics.pipeline_items.labels(model)
 
     @property
     def depth(self) -> int:
@@ -159,7 +176,7 @@ class Scheduler:
             priority=priority,
         )
         self._queue.append(item)
-        self._metrics.queue_depth.labels(self.model).set(len(self._queue))
+        self._queue_depth.set(len(self._queue))
         self._wakeup.set()
         try:
             return await item.future
@@ -168,8 +185,8 @@ class Scheduler:
             # A caller that left frees its queue slot at once, not when a worker reaches the item.
             if item in self._queue:
                 self._queue.remove(item)
-                self._metrics.skipped.labels(self.model, "cancelled").inc()
-                self._metrics.queue_depth.labels(self.model).set(len(self._queue))
+                self._skipped_cancelled.inc()
+                self._queue_depth.set(len(self._queue))
             raise
 
     async def close(self) -> None:
@@ -179,7 +196,7 @@ class Scheduler:
             item = self._queue.popleft()
             if not item.future.done():
                 item.future.set_exception(ModelNotReady(f"model {self.model!r} is shutting down"))
-        self._metrics.queue_depth.labels(self.model).set(0)
+        self._queue_depth.set(0)
         self._wakeup.set()
         await asyncio.gather(*self._workers, return_exceptions=True)
         # The workers have returned, so the threads are idle: release them without blocking the event loop.
@@ -188,17 +205,21 @@ class Scheduler:
 
     async def _run(self, replica: int) -> None:
         pipeline = self._replicas[replica]
+        last_full = False  # whether this worker's previous batch was full (see the module docstring)
         while not self._closed:
-            batch = await self._next_batch()
-            self._metrics.queue_depth.labels(self.model).set(len(self._queue))
+            batch = await self._next_batch(under_load=last_full)
+            self._queue_depth.set(len(self._queue))
             if batch:
+                last_full = len(batch) >= self._config.max_batch_size
                 await self._run_batch_on(replica, pipeline, batch)
+            else:
+                last_full = False
 
     async def _run_batch_on(self, replica: int, pipeline: Any, batch: list[WorkItem]) -> None:
         started = time.monotonic()
         for item in batch:
-            self._metrics.queue_time.labels(self.model).observe(started - item.enqueued_at)
-        self._metrics.batch_size.labels(self.model).observe(len(batch))
+            self._queue_time.observe(started - item.enqueued_at)
+        self._batch_size.observe(len(batch))
         loop = asyncio.get_running_loop()
         try:
             outcomes = await loop.run_in_executor(self._executors[replica], self._compute, pipeline, batch)
@@ -213,27 +234,44 @@ class Scheduler:
             else:
                 item.future.set_exception(value)
 
-    async def _next_batch(self) -> list[WorkItem]:
-        """Waits for the oldest item, then gathers compatible ones until full or its delay passes."""
-        while not self._queue:
-            if self._closed:
-                return []
-            self._wakeup.clear()
-            await self._wakeup.wait()
-        first = max(self._queue, key=lambda item: item.priority)  # max() keeps the oldest of equals
+    async def _next_batch(self, under_load: bool) -> list[WorkItem]:
+        """Takes the oldest item of the highest priority and the compatible items queued with it. Waits up
+        to its delay for more only when `under_load` (the previous batch was full) and the worker did not
+        have to wait for work; an idle worker runs what it finds at once."""
+        if not self._queue:
+            under_load = False  # the worker is idle: the next item runs without waiting for batchmates
+            while not self._queue:
+                if self._closed:
+                    return []
+                self._wakeup.clear()
+                await self._wakeup.wait()
+        first = max(self._queue, key=_priority)  # max() keeps the oldest of equals
         self._queue.remove(first)
         batch = [first]
-        if first.batchable and self._config.max_batch_size > 1:
-            close_at = first.enqueued_at + self._config.max_queue_delay_ms / 1000.0
-            while True:
-                self._take_compatible(first, batch)
-                remaining = close_at - time.monotonic()
-                if len(batch) >= self._config.max_batch_size or remaining <= 0:
-                    break
-                self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+        limit = self._config.max_batch_size
+        if first.batchable and limit > 1:
+            self._take_compatible(first, batch)
+            if under_load and len(batch) < limit and self._config.max_queue_delay_ms > 0:
+                close_at = first.enqueued_at + self._config.max_queue_delay_ms / 1000.0
+                while True:
+                    remaining = close_at - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._wakeup.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), remaining)
+                    # A caller that left while we gathered frees its place in the batch.
+                    batch = self._drop_cancelled(batch)
+                    self._take_compatible(first, batch)
+                    if len(batch) >= limit:
+                        break
         return self._drop_dead(batch)
+
+    def _drop_cancelled(self, batch: list[WorkItem]) -> list[WorkItem]:
+        alive = [item for item in batch if not item.future.done()]
+        if len(alive) != len(batch):
+            self._skipped_cancelled.inc(len(batch) - len(alive))
+        return alive
 
     def _take_compatible(self, first: WorkItem, batch: list[WorkItem]) -> None:
         for item in list(self._queue):
@@ -249,9 +287,9 @@ class Scheduler:
         alive = []
         for item in batch:
             if item.future.done():
-                self._metrics.skipped.labels(self.model, "cancelled").inc()
+                self._skipped_cancelled.inc()
             elif item.deadline is not None and item.deadline <= now:
-                self._metrics.skipped.labels(self.model, "deadline").inc()
+                self._skipped_deadline.inc()
                 item.future.set_exception(DeadlineExpired("deadline passed while the request was queued"))
             else:
                 alive.append(item)
@@ -276,8 +314,8 @@ class Scheduler:
         return outcomes
 
     def _call(self, pipeline: Any, batch: list[WorkItem]) -> list[Any]:
-        self._metrics.pipeline_calls.labels(self.model).inc()
-        self._metrics.pipeline_items.labels(self.model).inc(len(batch))
+        self._pipeline_calls.inc()
+        self._pipeline_items.inc(len(batch))
         try:
             if batch[0].call is not None:
                 return [batch[0].call(pipeline)]
@@ -299,6 +337,10 @@ async def gather_or_cancel(awaitables: Iterable[Awaitable[Any]]) -> list[Any]:
     finally:
         for task in tasks:
             task.cancel()
+
+
+def _priority(item: WorkItem) -> int:
+    return item.priority
 
 
 def _freeze(value: Any) -> Hashable:
