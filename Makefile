@@ -48,3 +48,24 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .tools build *.egg-info
+
+# --- Deployment: Kubernetes manifests (deploy/kubernetes) and the container image (Dockerfile). ---
+IMAGE ?= pipelined-server:latest
+IMAGE_ARGS ?=
+
+.PHONY: deploy-check image image-test
+
+# Installs what it needs: kubernetes-validate into the venv, and kubectl (Debian's kubernetes-client) when
+# neither kubectl nor kustomize is on the PATH.
+deploy-check: setup
+	@$(BIN)/python -c "import kubernetes_validate" 2>/dev/null || $(BIN)/pip install -q kubernetes-validate
+	@command -v kubectl >/dev/null || command -v kustomize >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq kubernetes-client; } || \
+	  { echo "install kubectl or kustomize" >&2; exit 1; }
+	PATH="$(abspath $(BIN)):$$PATH" bash scripts/check_manifests.sh
+
+image:
+	bash scripts/image_build.sh $(IMAGE) $(IMAGE_ARGS)
+
+image-test: setup
+	bash scripts/image_test.sh $(IMAGE)
