@@ -48,6 +48,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument(
+        "--max-queue-delay-ms", type=float, default=None, help="override the default batching delay"
+    )
     a = ap.parse_args()
     if not (HARNESS / "loadgen.py").exists():
         raise SystemExit(f"peers harness not found in {HARNESS} (set $PEERS)")
@@ -65,6 +68,9 @@ def main() -> None:
             "models:\n"
             f"  - name: tiny-textcls\n    task: text-classification\n    source: {model}\n    default: true\n"
         )
+        if a.max_queue_delay_ms is not None:
+            with config.open("a") as f:
+                f.write(f"    batching: {{max_queue_delay_ms: {a.max_queue_delay_ms}}}\n")
         py = sys.executable
         rows: dict[str, list[dict[str, Any]]] = {"in-process": [], "pipelined (default config)": []}
         torchserve = HARNESS / "venv-torchserve" / "bin" / "torchserve"
