@@ -27,7 +27,7 @@ from pathlib import Path
 
 from common import SHARED_DATA, ServerProcess, clips, percentile, table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fixtures"))
 from wer import wer  # noqa: E402
 
 CLIPS = [

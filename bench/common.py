@@ -16,7 +16,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 # The word error rate helper and the tiny-model builders live with the tests; benchmarks reuse them.
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "fixtures"))
 SHARED_DATA = REPO.parent / "shared" / "data"
 DEFAULT_CLIPS = [
     "audio/jfk.flac",

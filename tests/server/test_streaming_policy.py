@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from conftest import shared_file
+from paths import shared_file
 from pipelined_server.streaming.agreement import LocalAgreement, Word
 from pipelined_server.streaming.buffer import RollingBuffer
 from pipelined_server.streaming.decode import hypothesis

@@ -27,7 +27,7 @@ from pipelined_server.config import ModelSpec, ServerConfig, parse_config  # noq
 from pipelined_server.errors import ConfigError  # noqa: E402
 from pipelined_server.images import ImageLimits  # noqa: E402
 
-SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
+SHARED_IMAGES = Path(__file__).resolve().parents[3] / "shared" / "data" / "images"
 TASKS = {
     "image-classification": tiny.build_tiny_image_classifier,
     "object-detection": tiny.build_tiny_object_detector,

@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from conftest import asr_specs
+from asr_specs import asr_specs
 from harness import ServerThread
 from pipelined import Client, DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted
 from pipelined.v1 import audio_pb2, speech_pb2, speech_pb2_grpc

@@ -17,8 +17,9 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from conftest import ASR, asr_specs, shared_file
+from asr_specs import ASR, asr_specs
 from harness import ServerThread
+from paths import shared_file
 from pipelined import Client
 from pipelined.aio import Client as AioClient
 from pipelined.streaming import FileSource, StreamingResult

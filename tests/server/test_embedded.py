@@ -34,7 +34,7 @@ from pipelined_server.sources.embedded import (  # noqa: E402
 )
 
 ASR = "automatic-speech-recognition"
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 # --------------------------------------------------------------------------------------------- catalogue

@@ -15,14 +15,14 @@ import soundfile as sf
 
 # Lets the tests run from a plain checkout where the package is not pip-installed.
 if importlib.util.find_spec("pipelined_server") is None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "server"))
 
 from pipelined_server import audio  # noqa: E402
 from pipelined_server.audio import AudioLimits, RawFormat, StreamResampler  # noqa: E402
 from pipelined_server.errors import InvalidInput  # noqa: E402
 
 TARGET = 16000
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 # ---------------------------------------------------------------------------------------------------------
