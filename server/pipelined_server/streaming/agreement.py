@@ -12,6 +12,8 @@ import difflib
 import string
 from dataclasses import dataclass, field
 
+# How far past the last committed word's end a hypothesis word may start and still be aligned with it.
+_ALIGN_SLACK_S = 1.0
 _PUNCTUATION = str.maketrans("", "", string.punctuation + "¿¡…“”‘’")
 
 
@@ -55,6 +57,10 @@ class LocalAgreement:
         words = [normalize(w.text) for w in hypothesis]
         if words[: len(done)] == done:
             return len(done)
+        # Only words heard around the committed ones may be them: a common word ("the", "you") seconds
+        # later must not match, or every word before it would be skipped as already final (speech lost).
+        edge = self.committed[-1].end + _ALIGN_SLACK_S
+        words = words[: sum(1 for w in hypothesis if w.start <= edge)]
         blocks = [
             b
             for b in difflib.SequenceMatcher(None, done, words, autojunk=False).get_matching_blocks()
@@ -66,7 +72,9 @@ class LocalAgreement:
             return sum(1 for w in hypothesis if w.end <= edge + 0.05)
         last = blocks[-1]
         unmatched_committed = len(done) - (last.a + last.size)
-        return min(len(words), last.b + last.size + unmatched_committed)
+        after = last.b + last.size
+        # Committed words after the last match count as heard only where the hypothesis has words in time.
+        return min(len(words), after + unmatched_committed)
 
     def update(self, hypothesis: list[Word]) -> tuple[list[Word], list[Word]]:
         """Commits what this and the previous hypothesis agree on; returns (newly final, still interim)."""

@@ -50,6 +50,8 @@ _MIN_DECODE_S = 0.1
 _FIRST_DECODE_S = 0.6
 # Scheduler priority of decodes whose result is (probably) final; interim re-decodes run at 0.
 _FINAL_PRIORITY = 1
+# Inside an utterance, a stretch this long without words in a hypothesis is speech the decoder skipped.
+_MAX_WORD_GAP_S = 1.0
 
 
 class IdleGuard:
@@ -425,9 +427,35 @@ class StreamSession:
         if u.decoded_end - u.window_start <= self._max_window:
             return
         done = u.agreement.after_committed(hyp.words)
-        cuts = [t for k, t in hyp.cuts if 0 < k <= done and int(t * self.rate) > u.window_start]
-        if cuts:
-            self._move_window(u, int(cuts[-1] * self.rate))
+        limit = self._safe_cut_limit(u, hyp.words, done)
+        cuts = [t for k, t in hyp.cuts if 0 < k <= done]
+        if not cuts:
+            return
+        # Times of one word differ a little between decodes: starting the window a bit early only
+        # re-hears the end of a final word (aligned away), starting it late would lose speech.
+        start = int(min(cuts[-1], limit) * self.rate)
+        if start > u.window_start:
+            self._move_window(u, start)
+
+    def _safe_cut_limit(self, u: Utterance, words: list[Word], done: int) -> float:
+        """The latest time a window may start at without dropping speech no final result holds yet.
+
+        Never past the end of the last committed word, nor past the start of the first word still
+        uncommitted, nor past a gap in the hypothesis: inside an utterance (no pause the detector
+        accepted) a stretch with no words is speech the decoder skipped, and it must stay in the window.
+        """
+        if not u.agreement.committed or done == 0:
+            return float("-inf")
+        limit = u.agreement.committed[-1].end
+        if done < len(words):
+            limit = min(limit, words[done].start)
+        gap = max(_MAX_WORD_GAP_S, self.options.min_silence_s + 2 * self.options.padding_s)
+        previous = self._seconds(u.window_start)
+        for w in words[:done]:
+            if w.start - previous > gap:
+                return min(limit, previous)
+            previous = w.end
+        return limit
 
     def _force(self, u: Utterance, hyp: Hypothesis, end: int) -> list[Word]:
         """A window at the hard limit: its words up to the last cut become final, however unstable."""
