@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import ASR, shared_file, shared_reference
+from asr_specs import ASR
 from harness import ServerThread
+from paths import shared_file, shared_reference
 from pipelined import Client
 from pipelined.streaming import FileSource
 from pipelined_server.config import ServerConfig, embedded_spec
