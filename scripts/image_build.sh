@@ -7,10 +7,12 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 IMAGE="${1:-pipelined-server:latest}"
 BASE="${BASE:-debian-bookworm-python:local}"
 SUITE="${SUITE:-bookworm}"
+# The Debian mirror this host already uses (deb822 URIs: or a classic deb line), unless MIRROR is given.
+MIRROR="${MIRROR:-$(grep -hoE '^URIs: *[^ ]+|^deb +[^ ]+' /etc/apt/sources.list.d/* /etc/apt/sources.list 2>/dev/null | head -1 | awk '{print $2}')}"
 PIP="${PIP:-$root/.venv/bin/pip}"
 [ -x "$PIP" ] || PIP="/work/main/.venv/bin/pip"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
-if [ "${2:-}" = "--cuda" ]; then TORCH_SPEC="${TORCH_SPEC_CUDA:-torch==2.13.0+cu126 --extra-index-url https://download.pytorch.org/whl/cu126}"; fi
+if [ "${2:-}" = "--cuda" ]; then TORCH_SPEC="${TORCH_SPEC_CUDA:?set TORCH_SPEC_CUDA, e.g. torch==2.13.0+cu126 --extra-index-url <PyTorch CUDA wheel index>}"; fi
 
 command -v docker >/dev/null || { echo "image_build: install docker (apt-get install docker.io)" >&2; exit 3; }
 "$root/scripts/dockerd_up.sh"
@@ -19,7 +21,7 @@ if ! docker image inspect "$BASE" >/dev/null 2>&1; then
   command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap
   rootfs="$(mktemp -d)"
   debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,libsndfile1,passwd \
-    "$SUITE" "$rootfs" http://deb.debian.org/debian
+    "$SUITE" "$rootfs" "$MIRROR"
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
   tar -C "$rootfs" -c . | docker import -c 'ENV LANG=C.UTF-8' -c 'CMD ["/bin/bash"]' - "$BASE"
   rm -rf "$rootfs"

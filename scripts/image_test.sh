@@ -5,9 +5,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 IMAGE="${1:-pipelined-server:latest}"
-AUDIO="${AUDIO:-/work/shared/data/audio/jfk.flac}"
+AUDIO="${AUDIO:-$root/../shared/data/audio/jfk.flac}"
 PIPELINED="${PIPELINED:-$root/.venv/bin/pipelined}"
-[ -x "$PIPELINED" ] || PIPELINED="/work/main/.venv/bin/pipelined"
 PORT="${PORT:-50151}"
 METRICS_PORT="${METRICS_PORT:-19464}"
 name="pipelined-image-test-$$"
