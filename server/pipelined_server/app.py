@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -40,6 +41,26 @@ from .services.vision import VisionServicer
 
 log = logging.getLogger(__name__)
 
+# Every pipelined service, once: (servicer class, messages module, stubs module). The service name, the
+# registration function and the reflection entry all come from the module's descriptor.
+SERVICES: tuple[tuple[Any, Any, Any], ...] = (
+    (SpeechServicer, speech_pb2, speech_pb2_grpc),
+    (ModelsServicer, models_pb2, models_pb2_grpc),
+    (VisionServicer, vision_pb2, vision_pb2_grpc),
+    (MultimodalServicer, multimodal_pb2, multimodal_pb2_grpc),
+    (AudioServicer, audio_tasks_pb2, audio_tasks_pb2_grpc),
+    (TextServicer, text_pb2, text_pb2_grpc),
+    (GenericServicer, generic_pb2, generic_pb2_grpc),
+)
+
+
+def _add(servicer: Any, pb2: Any, pb2_grpc: Any, server: grpc.aio.Server) -> str:
+    """Registers a servicer under the one service its proto file defines; returns the full service name."""
+    (service,) = pb2.DESCRIPTOR.services_by_name.values()
+    getattr(pb2_grpc, f"add_{service.name}Servicer_to_server")(servicer, server)
+    return str(service.full_name)
+
+
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -73,25 +94,9 @@ class App:
 
         registry = Registry(config, metrics, on_health=on_health)
         state = ServerState(config=config, registry=registry, metrics=metrics)
-        speech_pb2_grpc.add_SpeechServiceServicer_to_server(SpeechServicer(state), server)
-        models_pb2_grpc.add_ModelsServiceServicer_to_server(ModelsServicer(state), server)
-        vision_pb2_grpc.add_VisionServiceServicer_to_server(VisionServicer(state), server)
-        multimodal_pb2_grpc.add_MultimodalServiceServicer_to_server(MultimodalServicer(state), server)
-        audio_tasks_pb2_grpc.add_AudioServiceServicer_to_server(AudioServicer(state), server)
-        text_pb2_grpc.add_TextServiceServicer_to_server(TextServicer(state), server)
-        generic_pb2_grpc.add_GenericServiceServicer_to_server(GenericServicer(state), server)
+        services = [_add(servicer(state), pb2, pb2_grpc, server) for servicer, pb2, pb2_grpc in SERVICES]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        services = [
-            speech_pb2.DESCRIPTOR.services_by_name["SpeechService"].full_name,
-            models_pb2.DESCRIPTOR.services_by_name["ModelsService"].full_name,
-            vision_pb2.DESCRIPTOR.services_by_name["VisionService"].full_name,
-            multimodal_pb2.DESCRIPTOR.services_by_name["MultimodalService"].full_name,
-            audio_tasks_pb2.DESCRIPTOR.services_by_name["AudioService"].full_name,
-            text_pb2.DESCRIPTOR.services_by_name["TextService"].full_name,
-            generic_pb2.DESCRIPTOR.services_by_name["GenericService"].full_name,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ]
+        services += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(services, server)
         app = cls(config=config, metrics=metrics, server=server, state=state, health=health_servicer)
         app_holder.append(app)
