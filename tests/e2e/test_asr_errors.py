@@ -12,7 +12,7 @@ import pytest
 from asr_specs import asr_specs
 from harness import ServerThread
 from pipelined import Client, DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted
-from pipelined.v1 import audio_pb2, speech_pb2, speech_pb2_grpc
+from pipelined.v1 import audio_pb2, common_pb2, speech_pb2, speech_pb2_grpc
 from pipelined_server.audio import AudioLimits
 from pipelined_server.config import BatchingConfig, ServerConfig
 from tiny_models import build_tiny_whisper, tiny_audio
@@ -103,7 +103,7 @@ BAD_REQUESTS: list[tuple[str, speech_pb2.RecognizeRequest, grpc.StatusCode, str]
     (
         "zero beams",
         speech_pb2.RecognizeRequest(
-            config=speech_pb2.RecognitionConfig(generation=speech_pb2.GenerationOptions(num_beams=0)),
+            config=speech_pb2.RecognitionConfig(generation=common_pb2.DecodingOptions(num_beams=0)),
             audio=GOOD,
         ),
         grpc.StatusCode.INVALID_ARGUMENT,

@@ -8,7 +8,7 @@ import grpc
 import pytest
 from harness import ServerThread
 from pipelined import Client, InvalidArgument
-from pipelined.v1 import text_pb2
+from pipelined.v1 import common_pb2, text_pb2
 from text_fixtures import LIMITS, local_pipeline, text_server
 
 
@@ -119,7 +119,7 @@ def _status(call: Any, request: Any) -> grpc.RpcError:
             text_pb2.GenerateTextRequest(
                 model="tiny-lm",
                 inputs=[text_pb2.GenerationInput(prompt="a")],
-                parameters=text_pb2.GenerationParameters(temperature=-1),
+                parameters=text_pb2.GenerationParameters(decoding=common_pb2.DecodingOptions(temperature=-1)),
             ),
             "temperature",
         ),
@@ -128,7 +128,7 @@ def _status(call: Any, request: Any) -> grpc.RpcError:
             text_pb2.GenerateTextRequest(
                 model="tiny-lm",
                 inputs=[text_pb2.GenerationInput(prompt="a")],
-                parameters=text_pb2.GenerationParameters(top_p=1.5),
+                parameters=text_pb2.GenerationParameters(decoding=common_pb2.DecodingOptions(top_p=1.5)),
             ),
             "top_p",
         ),
@@ -172,7 +172,9 @@ def _status(call: Any, request: Any) -> grpc.RpcError:
             text_pb2.StreamGenerateTextRequest(
                 model="tiny-lm",
                 input=text_pb2.GenerationInput(prompt="a"),
-                parameters=text_pb2.GenerationParameters(max_new_tokens=0),
+                parameters=text_pb2.GenerationParameters(
+                    decoding=common_pb2.DecodingOptions(max_new_tokens=0)
+                ),
             ),
             "max_new_tokens",
         ),

@@ -62,7 +62,7 @@ _GENERATION = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "
 
 
 class TextToAudioPipeline(RemotePipeline):
-    """`generate_kwargs` (and `forward_params` holding only generation options) map to AudioGenerationOptions."""
+    """`generate_kwargs` (and `forward_params` holding only generation options) map to DecodingOptions and guidance_scale."""
 
     task = "text-to-audio"
     accepted = frozenset({"generate_kwargs", "forward_params"})
@@ -82,7 +82,7 @@ class TextToAudioPipeline(RemotePipeline):
             )
         request = audio_tasks_pb2.GenerateAudioRequest(model=self.model, texts=[inputs])
         for name, value in options.items():
-            setattr(request.generation, name, value)
+            setattr(request if name == "guidance_scale" else request.generation, name, value)
         return request
 
     def read_results(

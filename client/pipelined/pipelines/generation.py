@@ -21,6 +21,8 @@ _GENERATION = (
     "num_return_sequences",
     "seed",
 )
+# The ones DecodingOptions (common.proto) holds; the rest are fields of GenerationParameters.
+_SHARED = frozenset({"do_sample", "temperature", "top_k", "top_p", "max_new_tokens", "repetition_penalty"})
 KNOWN = (*_GENERATION, "stop_sequence", "return_full_text")
 
 
@@ -46,7 +48,10 @@ def parameters(kwargs: dict[str, Any]) -> text_pb2.GenerationParameters:
     params = text_pb2.GenerationParameters()
     for name in _GENERATION:
         if merged.get(name) is not None:
-            setattr(params, name, merged[name])
+            if name in _SHARED:
+                setattr(params.decoding, name, merged[name])
+            else:
+                setattr(params, name, merged[name])
     if stop:
         params.stop_sequences.extend([stop] if isinstance(stop, str) else list(stop))
     if merged.get("return_full_text") is not None:

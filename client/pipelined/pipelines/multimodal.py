@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .. import _transport
-from ..v1 import multimodal_pb2
+from ..v1 import common_pb2, multimodal_pb2
 from ..wire.images import image_input, is_single_image
 from .base import RemotePipeline
 
@@ -139,7 +139,7 @@ class ImageTextToTextPipeline(RemotePipeline):
     def method(self) -> Callable[..., Any]:
         return self.client.multimodal.GenerateFromImage
 
-    def _options(self, kwargs: dict[str, Any]) -> multimodal_pb2.MultimodalGenerationOptions:
+    def _options(self, kwargs: dict[str, Any]) -> common_pb2.DecodingOptions:
         generate = dict(kwargs.get("generate_kwargs") or {})
         if kwargs.get("max_new_tokens") is not None:
             if "max_new_tokens" in generate:
@@ -150,7 +150,7 @@ class ImageTextToTextPipeline(RemotePipeline):
         unknown = set(generate) - set(_GENERATION)
         if unknown:
             raise TypeError(f"unsupported generate_kwargs over gRPC: {', '.join(sorted(unknown))}")
-        options = multimodal_pb2.MultimodalGenerationOptions()
+        options = common_pb2.DecodingOptions()
         for name, value in generate.items():
             if value is not None:
                 setattr(options, name, value)

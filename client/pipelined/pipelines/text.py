@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..v1 import text_pb2
+from ..v1 import common_pb2, text_pb2
 from ..wire.labels import parse_labels
 from .base import DEFAULT_MAX_IN_FLIGHT, RemotePipeline, Stubs, check_known
 
@@ -25,9 +25,9 @@ RequestBuilder = Callable[[str, Sequence[Any], dict[str, Any]], Any]
 ResultReader = Callable[[Any, dict[str, Any]], list[Any]]
 
 _FUNCTIONS = {
-    "sigmoid": text_pb2.SCORE_FUNCTION_SIGMOID,
-    "softmax": text_pb2.SCORE_FUNCTION_SOFTMAX,
-    "none": text_pb2.SCORE_FUNCTION_NONE,
+    "sigmoid": common_pb2.SCORE_FUNCTION_SIGMOID,
+    "softmax": common_pb2.SCORE_FUNCTION_SOFTMAX,
+    "none": common_pb2.SCORE_FUNCTION_NONE,
 }
 _STRATEGIES = {
     "none": text_pb2.AGGREGATION_STRATEGY_NONE,
@@ -195,7 +195,7 @@ def features_request(
     return request
 
 
-def tensor_array(tensor: text_pb2.Float32Tensor) -> np.ndarray:
+def tensor_array(tensor: common_pb2.Float32Tensor) -> np.ndarray:
     """The packed float32 bytes as a numpy array (a copy, so it is writable)."""
     return np.frombuffer(tensor.data, dtype="<f4").reshape(tuple(tensor.shape)).astype(np.float32)
 

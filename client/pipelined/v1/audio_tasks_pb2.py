@@ -23,32 +23,30 @@ _sym_db = _symbol_database.Default()
 
 
 from pipelined.v1 import audio_pb2 as pipelined_dot_v1_dot_audio__pb2
-from pipelined.v1 import image_pb2 as pipelined_dot_v1_dot_image__pb2
+from pipelined.v1 import common_pb2 as pipelined_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1epipelined/v1/audio_tasks.proto\x12\x0cpipelined.v1\x1a\x18pipelined/v1/audio.proto\x1a\x18pipelined/v1/image.proto\"\xa5\x01\n\x14\x43lassifyAudioRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x06\x61udios\x18\x02 \x03(\x0b\x32\x18.pipelined.v1.AudioInput\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x36\n\x11\x66unction_to_apply\x18\x04 \x01(\x0e\x32\x1b.pipelined.v1.LogitFunctionB\x08\n\x06_top_k\"R\n\x15\x43lassifyAudioResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.pipelined.v1.ClassScores\x12\r\n\x05model\x18\x02 \x01(\t\"\x8e\x01\n\x1c\x43lassifyAudioZeroShotRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x06\x61udios\x18\x02 \x03(\x0b\x32\x18.pipelined.v1.AudioInput\x12\x18\n\x10\x63\x61ndidate_labels\x18\x03 \x03(\t\x12\x1b\n\x13hypothesis_template\x18\x04 \x01(\t\"Z\n\x1d\x43lassifyAudioZeroShotResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.pipelined.v1.ClassScores\x12\r\n\x05model\x18\x02 \x01(\t\"\x84\x02\n\x16\x41udioGenerationOptions\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x16\n\tdo_sample\x18\x02 \x01(\x08H\x01\x88\x01\x01\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x06 \x01(\x02H\x05\x88\x01\x01\x42\x11\n\x0f_max_new_tokensB\x0c\n\n_do_sampleB\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x11\n\x0f_guidance_scale\"n\n\x14GenerateAudioRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x38\n\ngeneration\x18\x03 \x01(\x0b\x32$.pipelined.v1.AudioGenerationOptions\"I\n\x0eGeneratedAudio\x12\x0b\n\x03wav\x18\x01 \x01(\x0c\x12\x1b\n\x13sampling_rate_hertz\x18\x02 \x01(\x05\x12\r\n\x05shape\x18\x03 \x03(\x03\"U\n\x15GenerateAudioResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.pipelined.v1.GeneratedAudio\x12\r\n\x05model\x18\x02 \x01(\t2\xb4\x02\n\x0c\x41udioService\x12X\n\rClassifyAudio\x12\".pipelined.v1.ClassifyAudioRequest\x1a#.pipelined.v1.ClassifyAudioResponse\x12p\n\x15\x43lassifyAudioZeroShot\x12*.pipelined.v1.ClassifyAudioZeroShotRequest\x1a+.pipelined.v1.ClassifyAudioZeroShotResponse\x12X\n\rGenerateAudio\x12\".pipelined.v1.GenerateAudioRequest\x1a#.pipelined.v1.GenerateAudioResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1epipelined/v1/audio_tasks.proto\x12\x0cpipelined.v1\x1a\x18pipelined/v1/audio.proto\x1a\x19pipelined/v1/common.proto\"\xa5\x01\n\x14\x43lassifyAudioRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x06\x61udios\x18\x02 \x03(\x0b\x32\x18.pipelined.v1.AudioInput\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x36\n\x11\x66unction_to_apply\x18\x04 \x01(\x0e\x32\x1b.pipelined.v1.ScoreFunctionB\x08\n\x06_top_k\"R\n\x15\x43lassifyAudioResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.pipelined.v1.LabelScores\x12\r\n\x05model\x18\x02 \x01(\t\"\x8e\x01\n\x1c\x43lassifyAudioZeroShotRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x06\x61udios\x18\x02 \x03(\x0b\x32\x18.pipelined.v1.AudioInput\x12\x18\n\x10\x63\x61ndidate_labels\x18\x03 \x03(\t\x12\x1b\n\x13hypothesis_template\x18\x04 \x01(\t\"Z\n\x1d\x43lassifyAudioZeroShotResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.pipelined.v1.LabelScores\x12\r\n\x05model\x18\x02 \x01(\t\"\x97\x01\n\x14GenerateAudioRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x31\n\ngeneration\x18\x03 \x01(\x0b\x32\x1d.pipelined.v1.DecodingOptions\x12\x1b\n\x0eguidance_scale\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\x11\n\x0f_guidance_scale\"I\n\x0eGeneratedAudio\x12\x0b\n\x03wav\x18\x01 \x01(\x0c\x12\x1b\n\x13sampling_rate_hertz\x18\x02 \x01(\x05\x12\r\n\x05shape\x18\x03 \x03(\x03\"U\n\x15GenerateAudioResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.pipelined.v1.GeneratedAudio\x12\r\n\x05model\x18\x02 \x01(\t2\xb4\x02\n\x0c\x41udioService\x12X\n\rClassifyAudio\x12\".pipelined.v1.ClassifyAudioRequest\x1a#.pipelined.v1.ClassifyAudioResponse\x12p\n\x15\x43lassifyAudioZeroShot\x12*.pipelined.v1.ClassifyAudioZeroShotRequest\x1a+.pipelined.v1.ClassifyAudioZeroShotResponse\x12X\n\rGenerateAudio\x12\".pipelined.v1.GenerateAudioRequest\x1a#.pipelined.v1.GenerateAudioResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pipelined.v1.audio_tasks_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CLASSIFYAUDIOREQUEST']._serialized_start=101
-  _globals['_CLASSIFYAUDIOREQUEST']._serialized_end=266
-  _globals['_CLASSIFYAUDIORESPONSE']._serialized_start=268
-  _globals['_CLASSIFYAUDIORESPONSE']._serialized_end=350
-  _globals['_CLASSIFYAUDIOZEROSHOTREQUEST']._serialized_start=353
-  _globals['_CLASSIFYAUDIOZEROSHOTREQUEST']._serialized_end=495
-  _globals['_CLASSIFYAUDIOZEROSHOTRESPONSE']._serialized_start=497
-  _globals['_CLASSIFYAUDIOZEROSHOTRESPONSE']._serialized_end=587
-  _globals['_AUDIOGENERATIONOPTIONS']._serialized_start=590
-  _globals['_AUDIOGENERATIONOPTIONS']._serialized_end=850
-  _globals['_GENERATEAUDIOREQUEST']._serialized_start=852
-  _globals['_GENERATEAUDIOREQUEST']._serialized_end=962
-  _globals['_GENERATEDAUDIO']._serialized_start=964
-  _globals['_GENERATEDAUDIO']._serialized_end=1037
-  _globals['_GENERATEAUDIORESPONSE']._serialized_start=1039
-  _globals['_GENERATEAUDIORESPONSE']._serialized_end=1124
-  _globals['_AUDIOSERVICE']._serialized_start=1127
-  _globals['_AUDIOSERVICE']._serialized_end=1435
+  _globals['_CLASSIFYAUDIOREQUEST']._serialized_start=102
+  _globals['_CLASSIFYAUDIOREQUEST']._serialized_end=267
+  _globals['_CLASSIFYAUDIORESPONSE']._serialized_start=269
+  _globals['_CLASSIFYAUDIORESPONSE']._serialized_end=351
+  _globals['_CLASSIFYAUDIOZEROSHOTREQUEST']._serialized_start=354
+  _globals['_CLASSIFYAUDIOZEROSHOTREQUEST']._serialized_end=496
+  _globals['_CLASSIFYAUDIOZEROSHOTRESPONSE']._serialized_start=498
+  _globals['_CLASSIFYAUDIOZEROSHOTRESPONSE']._serialized_end=588
+  _globals['_GENERATEAUDIOREQUEST']._serialized_start=591
+  _globals['_GENERATEAUDIOREQUEST']._serialized_end=742
+  _globals['_GENERATEDAUDIO']._serialized_start=744
+  _globals['_GENERATEDAUDIO']._serialized_end=817
+  _globals['_GENERATEAUDIORESPONSE']._serialized_start=819
+  _globals['_GENERATEAUDIORESPONSE']._serialized_end=904
+  _globals['_AUDIOSERVICE']._serialized_start=907
+  _globals['_AUDIOSERVICE']._serialized_end=1215
 # @@protoc_insertion_point(module_scope)

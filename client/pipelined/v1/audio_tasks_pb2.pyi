@@ -8,7 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from pipelined.v1 import audio_pb2 as _audio_pb2
-from pipelined.v1 import image_pb2 as _image_pb2
+from pipelined.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -34,7 +34,7 @@ class ClassifyAudioRequest(_message.Message):
     """Name of a served model; empty picks the default audio-classification model."""
     top_k: _builtins.int
     """Number of labels returned per clip; unset means the pipeline's default (5)."""
-    function_to_apply: _image_pb2.LogitFunction.ValueType
+    function_to_apply: _common_pb2.ScoreFunction.ValueType
     """How logits become scores."""
     @_builtins.property
     def audios(self) -> _containers.RepeatedCompositeFieldContainer[_audio_pb2.AudioInput]:
@@ -46,7 +46,7 @@ class ClassifyAudioRequest(_message.Message):
         model: _builtins.str = ...,
         audios: _abc.Iterable[_audio_pb2.AudioInput] | None = ...,
         top_k: _builtins.int | None = ...,
-        function_to_apply: _image_pb2.LogitFunction.ValueType = ...,
+        function_to_apply: _common_pb2.ScoreFunction.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_top_k", b"_top_k", "top_k", b"top_k"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -69,13 +69,13 @@ class ClassifyAudioResponse(_message.Message):
     model: _builtins.str
     """Name of the model that served the request."""
     @_builtins.property
-    def results(self) -> _containers.RepeatedCompositeFieldContainer[_image_pb2.ClassScores]:
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.LabelScores]:
         """One entry per clip, in request order."""
 
     def __init__(
         self,
         *,
-        results: _abc.Iterable[_image_pb2.ClassScores] | None = ...,
+        results: _abc.Iterable[_common_pb2.LabelScores] | None = ...,
         model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -137,13 +137,13 @@ class ClassifyAudioZeroShotResponse(_message.Message):
     model: _builtins.str
     """Name of the model that served the request."""
     @_builtins.property
-    def results(self) -> _containers.RepeatedCompositeFieldContainer[_image_pb2.ClassScores]:
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.LabelScores]:
         """One entry per clip, in request order; all candidates, best first."""
 
     def __init__(
         self,
         *,
-        results: _abc.Iterable[_image_pb2.ClassScores] | None = ...,
+        results: _abc.Iterable[_common_pb2.LabelScores] | None = ...,
         model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -155,74 +155,6 @@ class ClassifyAudioZeroShotResponse(_message.Message):
 Global___ClassifyAudioZeroShotResponse: _TypeAlias = ClassifyAudioZeroShotResponse  # noqa: Y015
 
 @_typing.final
-class AudioGenerationOptions(_message.Message):
-    """Decoding options of generative text-to-audio models (`generate_kwargs`);
-    unset fields use the model's generation config. Models that do not generate
-    (e.g. VITS) refuse them.
-    """
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    MAX_NEW_TOKENS_FIELD_NUMBER: _builtins.int
-    DO_SAMPLE_FIELD_NUMBER: _builtins.int
-    TEMPERATURE_FIELD_NUMBER: _builtins.int
-    TOP_K_FIELD_NUMBER: _builtins.int
-    TOP_P_FIELD_NUMBER: _builtins.int
-    GUIDANCE_SCALE_FIELD_NUMBER: _builtins.int
-    max_new_tokens: _builtins.int
-    """Upper bound on generated tokens (audio frames for MusicGen)."""
-    do_sample: _builtins.bool
-    """Sample instead of greedy decoding."""
-    temperature: _builtins.float
-    """Sampling temperature."""
-    top_k: _builtins.int
-    """Sample among the k likeliest tokens."""
-    top_p: _builtins.float
-    """Nucleus sampling probability mass."""
-    guidance_scale: _builtins.float
-    """Classifier-free guidance scale (MusicGen)."""
-    def __init__(
-        self,
-        *,
-        max_new_tokens: _builtins.int | None = ...,
-        do_sample: _builtins.bool | None = ...,
-        temperature: _builtins.float | None = ...,
-        top_k: _builtins.int | None = ...,
-        top_p: _builtins.float | None = ...,
-        guidance_scale: _builtins.float | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_do_sample", b"_do_sample", "_guidance_scale", b"_guidance_scale", "_max_new_tokens", b"_max_new_tokens", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "do_sample", b"do_sample", "guidance_scale", b"guidance_scale", "max_new_tokens", b"max_new_tokens", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_do_sample", b"_do_sample", "_guidance_scale", b"_guidance_scale", "_max_new_tokens", b"_max_new_tokens", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "do_sample", b"do_sample", "guidance_scale", b"guidance_scale", "max_new_tokens", b"max_new_tokens", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__do_sample: _TypeAlias = _typing.Literal["do_sample"]  # noqa: Y015
-    _WhichOneofArgType__do_sample: _TypeAlias = _typing.Literal["_do_sample", b"_do_sample"]  # noqa: Y015
-    _WhichOneofReturnType__guidance_scale: _TypeAlias = _typing.Literal["guidance_scale"]  # noqa: Y015
-    _WhichOneofArgType__guidance_scale: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale"]  # noqa: Y015
-    _WhichOneofReturnType__max_new_tokens: _TypeAlias = _typing.Literal["max_new_tokens"]  # noqa: Y015
-    _WhichOneofArgType__max_new_tokens: _TypeAlias = _typing.Literal["_max_new_tokens", b"_max_new_tokens"]  # noqa: Y015
-    _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
-    _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
-    _WhichOneofReturnType__top_k: _TypeAlias = _typing.Literal["top_k"]  # noqa: Y015
-    _WhichOneofArgType__top_k: _TypeAlias = _typing.Literal["_top_k", b"_top_k"]  # noqa: Y015
-    _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
-    _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__do_sample) -> _WhichOneofReturnType__do_sample | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__guidance_scale) -> _WhichOneofReturnType__guidance_scale | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_new_tokens) -> _WhichOneofReturnType__max_new_tokens | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_k) -> _WhichOneofReturnType__top_k | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
-
-Global___AudioGenerationOptions: _TypeAlias = AudioGenerationOptions  # noqa: Y015
-
-@_typing.final
 class GenerateAudioRequest(_message.Message):
     """Texts to turn into audio."""
 
@@ -231,28 +163,38 @@ class GenerateAudioRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     TEXTS_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
+    GUIDANCE_SCALE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Name of a served model; empty picks the default text-to-audio model."""
+    guidance_scale: _builtins.float
+    """Classifier-free guidance scale (`guidance_scale`, MusicGen); unset uses the
+    model's generation config.
+    """
     @_builtins.property
     def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The texts; each gets one clip."""
 
     @_builtins.property
-    def generation(self) -> Global___AudioGenerationOptions:
-        """Decoding options."""
+    def generation(self) -> _common_pb2.DecodingOptions:
+        """Decoding options of generative models (`generate_kwargs`); models that do
+        not generate (e.g. VITS) refuse them.
+        """
 
     def __init__(
         self,
         *,
         model: _builtins.str = ...,
         texts: _abc.Iterable[_builtins.str] | None = ...,
-        generation: Global___AudioGenerationOptions | None = ...,
+        generation: _common_pb2.DecodingOptions | None = ...,
+        guidance_scale: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "generation", b"generation", "guidance_scale", b"guidance_scale"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "model", b"model", "texts", b"texts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "generation", b"generation", "guidance_scale", b"guidance_scale", "model", b"model", "texts", b"texts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__guidance_scale: _TypeAlias = _typing.Literal["guidance_scale"]  # noqa: Y015
+    _WhichOneofArgType__guidance_scale: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__guidance_scale) -> _WhichOneofReturnType__guidance_scale | None: ...
 
 Global___GenerateAudioRequest: _TypeAlias = GenerateAudioRequest  # noqa: Y015
 

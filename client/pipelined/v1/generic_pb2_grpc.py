@@ -48,6 +48,9 @@ class GenericServiceStub:
     columns, an output's keys); without `$keys` the keys are taken sorted.
     - Outputs: PIL images come back as `$image` PNG blobs, numpy arrays and torch
     tensors as `$ndarray`, numpy scalars as numbers.
+    - Outputs only: `{"$repr": "..."}` is an object of no other kind (a custom
+    class), sent as its Python `repr()`; SDKs return that string. It cannot
+    be sent back as an input.
     """
 
     def __init__(self, channel):
@@ -86,6 +89,9 @@ class GenericServiceServicer:
     columns, an output's keys); without `$keys` the keys are taken sorted.
     - Outputs: PIL images come back as `$image` PNG blobs, numpy arrays and torch
     tensors as `$ndarray`, numpy scalars as numbers.
+    - Outputs only: `{"$repr": "..."}` is an object of no other kind (a custom
+    class), sent as its Python `repr()`; SDKs return that string. It cannot
+    be sent back as an input.
     """
 
     def Run(self, request, context):
@@ -135,6 +141,9 @@ class GenericService:
     columns, an output's keys); without `$keys` the keys are taken sorted.
     - Outputs: PIL images come back as `$image` PNG blobs, numpy arrays and torch
     tensors as `$ndarray`, numpy scalars as numbers.
+    - Outputs only: `{"$repr": "..."}` is an object of no other kind (a custom
+    class), sent as its Python `repr()`; SDKs return that string. It cannot
+    be sent back as an input.
     """
 
     @staticmethod

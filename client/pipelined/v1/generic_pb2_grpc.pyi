@@ -49,6 +49,9 @@ class GenericServiceStub:
       columns, an output's keys); without `$keys` the keys are taken sorted.
     - Outputs: PIL images come back as `$image` PNG blobs, numpy arrays and torch
       tensors as `$ndarray`, numpy scalars as numbers.
+    - Outputs only: `{"$repr": "..."}` is an object of no other kind (a custom
+      class), sent as its Python `repr()`; SDKs return that string. It cannot
+      be sent back as an input.
     """
 
     @_typing.overload
@@ -84,6 +87,9 @@ class GenericServiceAsyncStub(GenericServiceStub):
       columns, an output's keys); without `$keys` the keys are taken sorted.
     - Outputs: PIL images come back as `$image` PNG blobs, numpy arrays and torch
       tensors as `$ndarray`, numpy scalars as numbers.
+    - Outputs only: `{"$repr": "..."}` is an object of no other kind (a custom
+      class), sent as its Python `repr()`; SDKs return that string. It cannot
+      be sent back as an input.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -115,6 +121,9 @@ class GenericServiceServicer(metaclass=_abc_1.ABCMeta):
       columns, an output's keys); without `$keys` the keys are taken sorted.
     - Outputs: PIL images come back as `$image` PNG blobs, numpy arrays and torch
       tensors as `$ndarray`, numpy scalars as numbers.
+    - Outputs only: `{"$repr": "..."}` is an object of no other kind (a custom
+      class), sent as its Python `repr()`; SDKs return that string. It cannot
+      be sent back as an input.
     """
 
     @_abc_1.abstractmethod

@@ -24,21 +24,13 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pipelined/v1/image.proto\x12\x0cpipelined.v1\"8\n\nImageInput\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12\r\n\x03url\x18\x02 \x01(\tH\x00\x42\x08\n\x06source\"+\n\x0c\x46loat32Array\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x03\"*\n\nClassScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\"7\n\x0b\x43lassScores\x12(\n\x06scores\x18\x01 \x03(\x0b\x32\x18.pipelined.v1.ClassScore*\x80\x01\n\rLogitFunction\x12\x1e\n\x1aLOGIT_FUNCTION_UNSPECIFIED\x10\x00\x12\x1a\n\x16LOGIT_FUNCTION_SOFTMAX\x10\x01\x12\x1a\n\x16LOGIT_FUNCTION_SIGMOID\x10\x02\x12\x17\n\x13LOGIT_FUNCTION_NONE\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pipelined/v1/image.proto\x12\x0cpipelined.v1\"8\n\nImageInput\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12\r\n\x03url\x18\x02 \x01(\tH\x00\x42\x08\n\x06sourceb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pipelined.v1.image_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOGITFUNCTION']._serialized_start=247
-  _globals['_LOGITFUNCTION']._serialized_end=375
   _globals['_IMAGEINPUT']._serialized_start=42
   _globals['_IMAGEINPUT']._serialized_end=98
-  _globals['_FLOAT32ARRAY']._serialized_start=100
-  _globals['_FLOAT32ARRAY']._serialized_end=143
-  _globals['_CLASSSCORE']._serialized_start=145
-  _globals['_CLASSSCORE']._serialized_end=187
-  _globals['_CLASSSCORES']._serialized_start=189
-  _globals['_CLASSSCORES']._serialized_end=244
 # @@protoc_insertion_point(module_scope)

@@ -3,49 +3,18 @@
 isort:skip_file
 """
 
-from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from google.protobuf.internal import containers as _containers
-from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
 
-if sys.version_info >= (3, 11):
-    from typing import TypeAlias as _TypeAlias, Never as _Never
+if sys.version_info >= (3, 10):
+    from typing import TypeAlias as _TypeAlias
 else:
-    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
+    from typing_extensions import TypeAlias as _TypeAlias
 
 DESCRIPTOR: _descriptor.FileDescriptor
-
-class _LogitFunction:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _LogitFunctionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LogitFunction.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    LOGIT_FUNCTION_UNSPECIFIED: _LogitFunction.ValueType  # 0
-    """The model's default (softmax for single-label, sigmoid for multi-label)."""
-    LOGIT_FUNCTION_SOFTMAX: _LogitFunction.ValueType  # 1
-    """Softmax over the labels."""
-    LOGIT_FUNCTION_SIGMOID: _LogitFunction.ValueType  # 2
-    """Independent sigmoid per label."""
-    LOGIT_FUNCTION_NONE: _LogitFunction.ValueType  # 3
-    """Raw logits."""
-
-class LogitFunction(_LogitFunction, metaclass=_LogitFunctionEnumTypeWrapper):
-    """How classification logits become scores (`function_to_apply`)."""
-
-LOGIT_FUNCTION_UNSPECIFIED: LogitFunction.ValueType  # 0
-"""The model's default (softmax for single-label, sigmoid for multi-label)."""
-LOGIT_FUNCTION_SOFTMAX: LogitFunction.ValueType  # 1
-"""Softmax over the labels."""
-LOGIT_FUNCTION_SIGMOID: LogitFunction.ValueType  # 2
-"""Independent sigmoid per label."""
-LOGIT_FUNCTION_NONE: LogitFunction.ValueType  # 3
-"""Raw logits."""
-Global___LogitFunction: _TypeAlias = LogitFunction  # noqa: Y015
 
 @_typing.final
 class ImageInput(_message.Message):
@@ -80,81 +49,3 @@ class ImageInput(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
 
 Global___ImageInput: _TypeAlias = ImageInput  # noqa: Y015
-
-@_typing.final
-class Float32Array(_message.Message):
-    """A dense array of 32-bit floats."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    DATA_FIELD_NUMBER: _builtins.int
-    SHAPE_FIELD_NUMBER: _builtins.int
-    data: _builtins.bytes
-    """Little-endian IEEE 754 float32 values in row-major (C) order."""
-    @_builtins.property
-    def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Size of each dimension; the product equals the number of values."""
-
-    def __init__(
-        self,
-        *,
-        data: _builtins.bytes = ...,
-        shape: _abc.Iterable[_builtins.int] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "shape", b"shape"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Float32Array: _TypeAlias = Float32Array  # noqa: Y015
-
-@_typing.final
-class ClassScore(_message.Message):
-    """One class label with its score."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    LABEL_FIELD_NUMBER: _builtins.int
-    SCORE_FIELD_NUMBER: _builtins.int
-    label: _builtins.str
-    """The label's name."""
-    score: _builtins.float
-    """Its score, exactly as the pipeline returned it."""
-    def __init__(
-        self,
-        *,
-        label: _builtins.str = ...,
-        score: _builtins.float = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "score", b"score"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ClassScore: _TypeAlias = ClassScore  # noqa: Y015
-
-@_typing.final
-class ClassScores(_message.Message):
-    """Scores of one input, best first."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    SCORES_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClassScore]:
-        """At most `top_k` labels, highest score first."""
-
-    def __init__(
-        self,
-        *,
-        scores: _abc.Iterable[Global___ClassScore] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["scores", b"scores"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ClassScores: _TypeAlias = ClassScores  # noqa: Y015

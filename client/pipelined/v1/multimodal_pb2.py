@@ -22,50 +22,49 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from pipelined.v1 import common_pb2 as pipelined_dot_v1_dot_common__pb2
 from pipelined.v1 import image_pb2 as pipelined_dot_v1_dot_image__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dpipelined/v1/multimodal.proto\x12\x0cpipelined.v1\x1a\x18pipelined/v1/image.proto\"H\n\x0eImageTextInput\x12(\n\x06images\x18\x01 \x03(\x0b\x32\x18.pipelined.v1.ImageInput\x12\x0c\n\x04text\x18\x02 \x01(\t\"T\n\x0f\x43hatContentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12)\n\x05image\x18\x02 \x01(\x0b\x32\x18.pipelined.v1.ImageInputH\x00\x42\x06\n\x04part\"a\n\x15MultimodalChatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12,\n\x05parts\x18\x03 \x03(\x0b\x32\x1d.pipelined.v1.ChatContentPart\"G\n\x0eMultimodalChat\x12\x35\n\x08messages\x18\x01 \x03(\x0b\x32#.pipelined.v1.MultimodalChatMessage\"x\n\x0fImageTextPrompt\x12-\n\x05input\x18\x01 \x01(\x0b\x32\x1c.pipelined.v1.ImageTextInputH\x00\x12,\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x1c.pipelined.v1.MultimodalChatH\x00\x42\x08\n\x06prompt\"\xb7\x02\n\x1bMultimodalGenerationOptions\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x16\n\tdo_sample\x18\x02 \x01(\x08H\x01\x88\x01\x01\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x16\n\tnum_beams\x18\x06 \x01(\x05H\x05\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x07 \x01(\x02H\x06\x88\x01\x01\x42\x11\n\x0f_max_new_tokensB\x0c\n\n_do_sampleB\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x0c\n\n_num_beamsB\x15\n\x13_repetition_penalty\"\xd8\x01\n\x18GenerateFromImageRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12.\n\x07prompts\x18\x02 \x03(\x0b\x32\x1d.pipelined.v1.ImageTextPrompt\x12=\n\ngeneration\x18\x03 \x01(\x0b\x32).pipelined.v1.MultimodalGenerationOptions\x12#\n\x16\x63ontinue_final_message\x18\x04 \x01(\x08H\x00\x88\x01\x01\x42\x19\n\x17_continue_final_message\",\n\x12GeneratedImageText\x12\x16\n\x0egenerated_text\x18\x01 \x01(\t\"]\n\x19GenerateFromImageResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .pipelined.v1.GeneratedImageText\x12\r\n\x05model\x18\x02 \x01(\t\"\xdd\x01\n\x1eStreamGenerateFromImageRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12-\n\x06prompt\x18\x02 \x01(\x0b\x32\x1d.pipelined.v1.ImageTextPrompt\x12=\n\ngeneration\x18\x03 \x01(\x0b\x32).pipelined.v1.MultimodalGenerationOptions\x12#\n\x16\x63ontinue_final_message\x18\x04 \x01(\x08H\x00\x88\x01\x01\x42\x19\n\x17_continue_final_message\">\n\x1fStreamGenerateFromImageResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"L\n\x0c\x44ocumentWord\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\n\n\x02x0\x18\x02 \x01(\x05\x12\n\n\x02y0\x18\x03 \x01(\x05\x12\n\n\x02x1\x18\x04 \x01(\x05\x12\n\n\x02y1\x18\x05 \x01(\x05\"}\n\x10\x44ocumentQuestion\x12\'\n\x05image\x18\x01 \x01(\x0b\x32\x18.pipelined.v1.ImageInput\x12\x10\n\x08question\x18\x02 \x01(\t\x12.\n\nword_boxes\x18\x03 \x03(\x0b\x32\x1a.pipelined.v1.DocumentWord\"\xd1\x01\n\x1d\x41nswerDocumentQuestionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x31\n\tquestions\x18\x02 \x03(\x0b\x32\x1e.pipelined.v1.DocumentQuestion\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x1b\n\x0emax_answer_len\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12 \n\x18handle_impossible_answer\x18\x05 \x01(\x08\x42\x08\n\x06_top_kB\x11\n\x0f_max_answer_len\"K\n\x0e\x44ocumentAnswer\x12\r\n\x05score\x18\x01 \x01(\x01\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x05\"@\n\x0f\x44ocumentAnswers\x12-\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x1c.pipelined.v1.DocumentAnswer\"_\n\x1e\x41nswerDocumentQuestionResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.pipelined.v1.DocumentAnswers\x12\r\n\x05model\x18\x02 \x01(\t2\xe8\x02\n\x11MultimodalService\x12\x64\n\x11GenerateFromImage\x12&.pipelined.v1.GenerateFromImageRequest\x1a\'.pipelined.v1.GenerateFromImageResponse\x12x\n\x17StreamGenerateFromImage\x12,.pipelined.v1.StreamGenerateFromImageRequest\x1a-.pipelined.v1.StreamGenerateFromImageResponse0\x01\x12s\n\x16\x41nswerDocumentQuestion\x12+.pipelined.v1.AnswerDocumentQuestionRequest\x1a,.pipelined.v1.AnswerDocumentQuestionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dpipelined/v1/multimodal.proto\x12\x0cpipelined.v1\x1a\x19pipelined/v1/common.proto\x1a\x18pipelined/v1/image.proto\"H\n\x0eImageTextInput\x12(\n\x06images\x18\x01 \x03(\x0b\x32\x18.pipelined.v1.ImageInput\x12\x0c\n\x04text\x18\x02 \x01(\t\"T\n\x0f\x43hatContentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12)\n\x05image\x18\x02 \x01(\x0b\x32\x18.pipelined.v1.ImageInputH\x00\x42\x06\n\x04part\"a\n\x15MultimodalChatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12,\n\x05parts\x18\x03 \x03(\x0b\x32\x1d.pipelined.v1.ChatContentPart\"G\n\x0eMultimodalChat\x12\x35\n\x08messages\x18\x01 \x03(\x0b\x32#.pipelined.v1.MultimodalChatMessage\"x\n\x0fImageTextPrompt\x12-\n\x05input\x18\x01 \x01(\x0b\x32\x1c.pipelined.v1.ImageTextInputH\x00\x12,\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x1c.pipelined.v1.MultimodalChatH\x00\x42\x08\n\x06prompt\"\xcc\x01\n\x18GenerateFromImageRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12.\n\x07prompts\x18\x02 \x03(\x0b\x32\x1d.pipelined.v1.ImageTextPrompt\x12\x31\n\ngeneration\x18\x03 \x01(\x0b\x32\x1d.pipelined.v1.DecodingOptions\x12#\n\x16\x63ontinue_final_message\x18\x04 \x01(\x08H\x00\x88\x01\x01\x42\x19\n\x17_continue_final_message\",\n\x12GeneratedImageText\x12\x16\n\x0egenerated_text\x18\x01 \x01(\t\"]\n\x19GenerateFromImageResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .pipelined.v1.GeneratedImageText\x12\r\n\x05model\x18\x02 \x01(\t\"\xd1\x01\n\x1eStreamGenerateFromImageRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12-\n\x06prompt\x18\x02 \x01(\x0b\x32\x1d.pipelined.v1.ImageTextPrompt\x12\x31\n\ngeneration\x18\x03 \x01(\x0b\x32\x1d.pipelined.v1.DecodingOptions\x12#\n\x16\x63ontinue_final_message\x18\x04 \x01(\x08H\x00\x88\x01\x01\x42\x19\n\x17_continue_final_message\">\n\x1fStreamGenerateFromImageResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"L\n\x0c\x44ocumentWord\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\n\n\x02x0\x18\x02 \x01(\x05\x12\n\n\x02y0\x18\x03 \x01(\x05\x12\n\n\x02x1\x18\x04 \x01(\x05\x12\n\n\x02y1\x18\x05 \x01(\x05\"}\n\x10\x44ocumentQuestion\x12\'\n\x05image\x18\x01 \x01(\x0b\x32\x18.pipelined.v1.ImageInput\x12\x10\n\x08question\x18\x02 \x01(\t\x12.\n\nword_boxes\x18\x03 \x03(\x0b\x32\x1a.pipelined.v1.DocumentWord\"\xd1\x01\n\x1d\x41nswerDocumentQuestionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x31\n\tquestions\x18\x02 \x03(\x0b\x32\x1e.pipelined.v1.DocumentQuestion\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x1b\n\x0emax_answer_len\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12 \n\x18handle_impossible_answer\x18\x05 \x01(\x08\x42\x08\n\x06_top_kB\x11\n\x0f_max_answer_len\"K\n\x0e\x44ocumentAnswer\x12\r\n\x05score\x18\x01 \x01(\x01\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x05\"@\n\x0f\x44ocumentAnswers\x12-\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x1c.pipelined.v1.DocumentAnswer\"_\n\x1e\x41nswerDocumentQuestionResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.pipelined.v1.DocumentAnswers\x12\r\n\x05model\x18\x02 \x01(\t2\xe8\x02\n\x11MultimodalService\x12\x64\n\x11GenerateFromImage\x12&.pipelined.v1.GenerateFromImageRequest\x1a\'.pipelined.v1.GenerateFromImageResponse\x12x\n\x17StreamGenerateFromImage\x12,.pipelined.v1.StreamGenerateFromImageRequest\x1a-.pipelined.v1.StreamGenerateFromImageResponse0\x01\x12s\n\x16\x41nswerDocumentQuestion\x12+.pipelined.v1.AnswerDocumentQuestionRequest\x1a,.pipelined.v1.AnswerDocumentQuestionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pipelined.v1.multimodal_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IMAGETEXTINPUT']._serialized_start=73
-  _globals['_IMAGETEXTINPUT']._serialized_end=145
-  _globals['_CHATCONTENTPART']._serialized_start=147
-  _globals['_CHATCONTENTPART']._serialized_end=231
-  _globals['_MULTIMODALCHATMESSAGE']._serialized_start=233
-  _globals['_MULTIMODALCHATMESSAGE']._serialized_end=330
-  _globals['_MULTIMODALCHAT']._serialized_start=332
-  _globals['_MULTIMODALCHAT']._serialized_end=403
-  _globals['_IMAGETEXTPROMPT']._serialized_start=405
-  _globals['_IMAGETEXTPROMPT']._serialized_end=525
-  _globals['_MULTIMODALGENERATIONOPTIONS']._serialized_start=528
-  _globals['_MULTIMODALGENERATIONOPTIONS']._serialized_end=839
-  _globals['_GENERATEFROMIMAGEREQUEST']._serialized_start=842
-  _globals['_GENERATEFROMIMAGEREQUEST']._serialized_end=1058
-  _globals['_GENERATEDIMAGETEXT']._serialized_start=1060
-  _globals['_GENERATEDIMAGETEXT']._serialized_end=1104
-  _globals['_GENERATEFROMIMAGERESPONSE']._serialized_start=1106
-  _globals['_GENERATEFROMIMAGERESPONSE']._serialized_end=1199
-  _globals['_STREAMGENERATEFROMIMAGEREQUEST']._serialized_start=1202
-  _globals['_STREAMGENERATEFROMIMAGEREQUEST']._serialized_end=1423
-  _globals['_STREAMGENERATEFROMIMAGERESPONSE']._serialized_start=1425
-  _globals['_STREAMGENERATEFROMIMAGERESPONSE']._serialized_end=1487
-  _globals['_DOCUMENTWORD']._serialized_start=1489
-  _globals['_DOCUMENTWORD']._serialized_end=1565
-  _globals['_DOCUMENTQUESTION']._serialized_start=1567
-  _globals['_DOCUMENTQUESTION']._serialized_end=1692
-  _globals['_ANSWERDOCUMENTQUESTIONREQUEST']._serialized_start=1695
-  _globals['_ANSWERDOCUMENTQUESTIONREQUEST']._serialized_end=1904
-  _globals['_DOCUMENTANSWER']._serialized_start=1906
-  _globals['_DOCUMENTANSWER']._serialized_end=1981
-  _globals['_DOCUMENTANSWERS']._serialized_start=1983
-  _globals['_DOCUMENTANSWERS']._serialized_end=2047
-  _globals['_ANSWERDOCUMENTQUESTIONRESPONSE']._serialized_start=2049
-  _globals['_ANSWERDOCUMENTQUESTIONRESPONSE']._serialized_end=2144
-  _globals['_MULTIMODALSERVICE']._serialized_start=2147
-  _globals['_MULTIMODALSERVICE']._serialized_end=2507
+  _globals['_IMAGETEXTINPUT']._serialized_start=100
+  _globals['_IMAGETEXTINPUT']._serialized_end=172
+  _globals['_CHATCONTENTPART']._serialized_start=174
+  _globals['_CHATCONTENTPART']._serialized_end=258
+  _globals['_MULTIMODALCHATMESSAGE']._serialized_start=260
+  _globals['_MULTIMODALCHATMESSAGE']._serialized_end=357
+  _globals['_MULTIMODALCHAT']._serialized_start=359
+  _globals['_MULTIMODALCHAT']._serialized_end=430
+  _globals['_IMAGETEXTPROMPT']._serialized_start=432
+  _globals['_IMAGETEXTPROMPT']._serialized_end=552
+  _globals['_GENERATEFROMIMAGEREQUEST']._serialized_start=555
+  _globals['_GENERATEFROMIMAGEREQUEST']._serialized_end=759
+  _globals['_GENERATEDIMAGETEXT']._serialized_start=761
+  _globals['_GENERATEDIMAGETEXT']._serialized_end=805
+  _globals['_GENERATEFROMIMAGERESPONSE']._serialized_start=807
+  _globals['_GENERATEFROMIMAGERESPONSE']._serialized_end=900
+  _globals['_STREAMGENERATEFROMIMAGEREQUEST']._serialized_start=903
+  _globals['_STREAMGENERATEFROMIMAGEREQUEST']._serialized_end=1112
+  _globals['_STREAMGENERATEFROMIMAGERESPONSE']._serialized_start=1114
+  _globals['_STREAMGENERATEFROMIMAGERESPONSE']._serialized_end=1176
+  _globals['_DOCUMENTWORD']._serialized_start=1178
+  _globals['_DOCUMENTWORD']._serialized_end=1254
+  _globals['_DOCUMENTQUESTION']._serialized_start=1256
+  _globals['_DOCUMENTQUESTION']._serialized_end=1381
+  _globals['_ANSWERDOCUMENTQUESTIONREQUEST']._serialized_start=1384
+  _globals['_ANSWERDOCUMENTQUESTIONREQUEST']._serialized_end=1593
+  _globals['_DOCUMENTANSWER']._serialized_start=1595
+  _globals['_DOCUMENTANSWER']._serialized_end=1670
+  _globals['_DOCUMENTANSWERS']._serialized_start=1672
+  _globals['_DOCUMENTANSWERS']._serialized_end=1736
+  _globals['_ANSWERDOCUMENTQUESTIONRESPONSE']._serialized_start=1738
+  _globals['_ANSWERDOCUMENTQUESTIONRESPONSE']._serialized_end=1833
+  _globals['_MULTIMODALSERVICE']._serialized_start=1836
+  _globals['_MULTIMODALSERVICE']._serialized_end=2196
 # @@protoc_insertion_point(module_scope)

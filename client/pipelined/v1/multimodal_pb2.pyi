@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from pipelined.v1 import common_pb2 as _common_pb2
 from pipelined.v1 import image_pb2 as _image_pb2
 import builtins as _builtins
 import sys
@@ -166,81 +167,6 @@ class ImageTextPrompt(_message.Message):
 Global___ImageTextPrompt: _TypeAlias = ImageTextPrompt  # noqa: Y015
 
 @_typing.final
-class MultimodalGenerationOptions(_message.Message):
-    """Decoding options passed to `generate`; unset fields use the model's
-    generation config.
-    """
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    MAX_NEW_TOKENS_FIELD_NUMBER: _builtins.int
-    DO_SAMPLE_FIELD_NUMBER: _builtins.int
-    TEMPERATURE_FIELD_NUMBER: _builtins.int
-    TOP_K_FIELD_NUMBER: _builtins.int
-    TOP_P_FIELD_NUMBER: _builtins.int
-    NUM_BEAMS_FIELD_NUMBER: _builtins.int
-    REPETITION_PENALTY_FIELD_NUMBER: _builtins.int
-    max_new_tokens: _builtins.int
-    """Upper bound on generated tokens."""
-    do_sample: _builtins.bool
-    """Sample instead of greedy or beam search."""
-    temperature: _builtins.float
-    """Sampling temperature."""
-    top_k: _builtins.int
-    """Sample among the k likeliest tokens."""
-    top_p: _builtins.float
-    """Nucleus sampling probability mass."""
-    num_beams: _builtins.int
-    """Beam width; 1 is greedy."""
-    repetition_penalty: _builtins.float
-    """Penalty on repeated tokens; 1 is none."""
-    def __init__(
-        self,
-        *,
-        max_new_tokens: _builtins.int | None = ...,
-        do_sample: _builtins.bool | None = ...,
-        temperature: _builtins.float | None = ...,
-        top_k: _builtins.int | None = ...,
-        top_p: _builtins.float | None = ...,
-        num_beams: _builtins.int | None = ...,
-        repetition_penalty: _builtins.float | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_do_sample", b"_do_sample", "_max_new_tokens", b"_max_new_tokens", "_num_beams", b"_num_beams", "_repetition_penalty", b"_repetition_penalty", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "do_sample", b"do_sample", "max_new_tokens", b"max_new_tokens", "num_beams", b"num_beams", "repetition_penalty", b"repetition_penalty", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_do_sample", b"_do_sample", "_max_new_tokens", b"_max_new_tokens", "_num_beams", b"_num_beams", "_repetition_penalty", b"_repetition_penalty", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "do_sample", b"do_sample", "max_new_tokens", b"max_new_tokens", "num_beams", b"num_beams", "repetition_penalty", b"repetition_penalty", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__do_sample: _TypeAlias = _typing.Literal["do_sample"]  # noqa: Y015
-    _WhichOneofArgType__do_sample: _TypeAlias = _typing.Literal["_do_sample", b"_do_sample"]  # noqa: Y015
-    _WhichOneofReturnType__max_new_tokens: _TypeAlias = _typing.Literal["max_new_tokens"]  # noqa: Y015
-    _WhichOneofArgType__max_new_tokens: _TypeAlias = _typing.Literal["_max_new_tokens", b"_max_new_tokens"]  # noqa: Y015
-    _WhichOneofReturnType__num_beams: _TypeAlias = _typing.Literal["num_beams"]  # noqa: Y015
-    _WhichOneofArgType__num_beams: _TypeAlias = _typing.Literal["_num_beams", b"_num_beams"]  # noqa: Y015
-    _WhichOneofReturnType__repetition_penalty: _TypeAlias = _typing.Literal["repetition_penalty"]  # noqa: Y015
-    _WhichOneofArgType__repetition_penalty: _TypeAlias = _typing.Literal["_repetition_penalty", b"_repetition_penalty"]  # noqa: Y015
-    _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
-    _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
-    _WhichOneofReturnType__top_k: _TypeAlias = _typing.Literal["top_k"]  # noqa: Y015
-    _WhichOneofArgType__top_k: _TypeAlias = _typing.Literal["_top_k", b"_top_k"]  # noqa: Y015
-    _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
-    _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__do_sample) -> _WhichOneofReturnType__do_sample | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_new_tokens) -> _WhichOneofReturnType__max_new_tokens | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__num_beams) -> _WhichOneofReturnType__num_beams | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__repetition_penalty) -> _WhichOneofReturnType__repetition_penalty | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_k) -> _WhichOneofReturnType__top_k | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
-
-Global___MultimodalGenerationOptions: _TypeAlias = MultimodalGenerationOptions  # noqa: Y015
-
-@_typing.final
 class GenerateFromImageRequest(_message.Message):
     """Prompts to complete."""
 
@@ -261,7 +187,7 @@ class GenerateFromImageRequest(_message.Message):
         """The prompts; each gets one generated text."""
 
     @_builtins.property
-    def generation(self) -> Global___MultimodalGenerationOptions:
+    def generation(self) -> _common_pb2.DecodingOptions:
         """How to decode."""
 
     def __init__(
@@ -269,7 +195,7 @@ class GenerateFromImageRequest(_message.Message):
         *,
         model: _builtins.str = ...,
         prompts: _abc.Iterable[Global___ImageTextPrompt] | None = ...,
-        generation: Global___MultimodalGenerationOptions | None = ...,
+        generation: _common_pb2.DecodingOptions | None = ...,
         continue_final_message: _builtins.bool | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_continue_final_message", b"_continue_final_message", "continue_final_message", b"continue_final_message", "generation", b"generation"]  # noqa: Y015
@@ -353,7 +279,7 @@ class StreamGenerateFromImageRequest(_message.Message):
         """The prompt."""
 
     @_builtins.property
-    def generation(self) -> Global___MultimodalGenerationOptions:
+    def generation(self) -> _common_pb2.DecodingOptions:
         """How to decode."""
 
     def __init__(
@@ -361,7 +287,7 @@ class StreamGenerateFromImageRequest(_message.Message):
         *,
         model: _builtins.str = ...,
         prompt: Global___ImageTextPrompt | None = ...,
-        generation: Global___MultimodalGenerationOptions | None = ...,
+        generation: _common_pb2.DecodingOptions | None = ...,
         continue_final_message: _builtins.bool | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_continue_final_message", b"_continue_final_message", "continue_final_message", b"continue_final_message", "generation", b"generation", "prompt", b"prompt"]  # noqa: Y015

@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from pipelined.v1 import audio_pb2 as _audio_pb2
+from pipelined.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -145,7 +146,7 @@ class RecognitionConfig(_message.Message):
         """
 
     @_builtins.property
-    def generation(self) -> Global___GenerationOptions:
+    def generation(self) -> _common_pb2.DecodingOptions:
         """Decoding options passed to `generate`."""
 
     def __init__(
@@ -158,7 +159,7 @@ class RecognitionConfig(_message.Message):
         chunk_length: _duration_pb2.Duration | None = ...,
         stride_length: _duration_pb2.Duration | None = ...,
         batch_size: _builtins.int = ...,
-        generation: Global___GenerationOptions | None = ...,
+        generation: _common_pb2.DecodingOptions | None = ...,
         return_language: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["chunk_length", b"chunk_length", "generation", b"generation", "stride_length", b"stride_length"]  # noqa: Y015
@@ -168,49 +169,6 @@ class RecognitionConfig(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecognitionConfig: _TypeAlias = RecognitionConfig  # noqa: Y015
-
-@_typing.final
-class GenerationOptions(_message.Message):
-    """Decoding options for generative models; unset fields use the model's
-    generation config (greedy decoding for the embedded models).
-    """
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    NUM_BEAMS_FIELD_NUMBER: _builtins.int
-    MAX_NEW_TOKENS_FIELD_NUMBER: _builtins.int
-    TEMPERATURE_FIELD_NUMBER: _builtins.int
-    num_beams: _builtins.int
-    """Beam width; 1 is greedy decoding."""
-    max_new_tokens: _builtins.int
-    """Upper bound on generated tokens per window."""
-    temperature: _builtins.float
-    """Sampling temperature; 0 or unset disables sampling."""
-    def __init__(
-        self,
-        *,
-        num_beams: _builtins.int | None = ...,
-        max_new_tokens: _builtins.int | None = ...,
-        temperature: _builtins.float | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_new_tokens", b"_max_new_tokens", "_num_beams", b"_num_beams", "_temperature", b"_temperature", "max_new_tokens", b"max_new_tokens", "num_beams", b"num_beams", "temperature", b"temperature"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_new_tokens", b"_max_new_tokens", "_num_beams", b"_num_beams", "_temperature", b"_temperature", "max_new_tokens", b"max_new_tokens", "num_beams", b"num_beams", "temperature", b"temperature"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__max_new_tokens: _TypeAlias = _typing.Literal["max_new_tokens"]  # noqa: Y015
-    _WhichOneofArgType__max_new_tokens: _TypeAlias = _typing.Literal["_max_new_tokens", b"_max_new_tokens"]  # noqa: Y015
-    _WhichOneofReturnType__num_beams: _TypeAlias = _typing.Literal["num_beams"]  # noqa: Y015
-    _WhichOneofArgType__num_beams: _TypeAlias = _typing.Literal["_num_beams", b"_num_beams"]  # noqa: Y015
-    _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
-    _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_new_tokens) -> _WhichOneofReturnType__max_new_tokens | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__num_beams) -> _WhichOneofReturnType__num_beams | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
-
-Global___GenerationOptions: _TypeAlias = GenerationOptions  # noqa: Y015
 
 @_typing.final
 class TranscriptChunk(_message.Message):

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from pipelined.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,38 +19,6 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
-
-class _ScoreFunction:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _ScoreFunctionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ScoreFunction.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    SCORE_FUNCTION_UNSPECIFIED: _ScoreFunction.ValueType  # 0
-    """The model's default: softmax for several labels, sigmoid for one or for
-    multi-label models, none for regression.
-    """
-    SCORE_FUNCTION_SIGMOID: _ScoreFunction.ValueType  # 1
-    """Sigmoid of each logit."""
-    SCORE_FUNCTION_SOFTMAX: _ScoreFunction.ValueType  # 2
-    """Softmax over the labels."""
-    SCORE_FUNCTION_NONE: _ScoreFunction.ValueType  # 3
-    """Raw logits."""
-
-class ScoreFunction(_ScoreFunction, metaclass=_ScoreFunctionEnumTypeWrapper):
-    """Function applied to the model's logits to give scores (`function_to_apply`)."""
-
-SCORE_FUNCTION_UNSPECIFIED: ScoreFunction.ValueType  # 0
-"""The model's default: softmax for several labels, sigmoid for one or for
-multi-label models, none for regression.
-"""
-SCORE_FUNCTION_SIGMOID: ScoreFunction.ValueType  # 1
-"""Sigmoid of each logit."""
-SCORE_FUNCTION_SOFTMAX: ScoreFunction.ValueType  # 2
-"""Softmax over the labels."""
-SCORE_FUNCTION_NONE: ScoreFunction.ValueType  # 3
-"""Raw logits."""
-Global___ScoreFunction: _TypeAlias = ScoreFunction  # noqa: Y015
 
 class _AggregationStrategy:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -180,7 +149,7 @@ class ClassifyTextRequest(_message.Message):
     """
     all_labels: _builtins.bool
     """Return every label, best first (`top_k=None`); overrides `top_k`."""
-    function_to_apply: Global___ScoreFunction.ValueType
+    function_to_apply: _common_pb2.ScoreFunction.ValueType
     """How logits become scores."""
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TextPairInput]:
@@ -193,7 +162,7 @@ class ClassifyTextRequest(_message.Message):
         inputs: _abc.Iterable[Global___TextPairInput] | None = ...,
         top_k: _builtins.int | None = ...,
         all_labels: _builtins.bool = ...,
-        function_to_apply: Global___ScoreFunction.ValueType = ...,
+        function_to_apply: _common_pb2.ScoreFunction.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_top_k", b"_top_k", "top_k", b"top_k"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -206,32 +175,6 @@ class ClassifyTextRequest(_message.Message):
 Global___ClassifyTextRequest: _TypeAlias = ClassifyTextRequest  # noqa: Y015
 
 @_typing.final
-class LabelScore(_message.Message):
-    """A label with its score."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    LABEL_FIELD_NUMBER: _builtins.int
-    SCORE_FIELD_NUMBER: _builtins.int
-    label: _builtins.str
-    """The label's name (the model's `id2label`)."""
-    score: _builtins.float
-    """Its score; float32, as the pipeline computes it."""
-    def __init__(
-        self,
-        *,
-        label: _builtins.str = ...,
-        score: _builtins.float = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "score", b"score"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___LabelScore: _TypeAlias = LabelScore  # noqa: Y015
-
-@_typing.final
 class TextClassification(_message.Message):
     """The labels of one input, best first."""
 
@@ -239,13 +182,13 @@ class TextClassification(_message.Message):
 
     LABELS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def labels(self) -> _containers.RepeatedCompositeFieldContainer[Global___LabelScore]:
+    def labels(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.LabelScore]:
         """One label unless `top_k` or `all_labels` asked for more."""
 
     def __init__(
         self,
         *,
-        labels: _abc.Iterable[Global___LabelScore] | None = ...,
+        labels: _abc.Iterable[_common_pb2.LabelScore] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -657,37 +600,6 @@ class ExtractFeaturesRequest(_message.Message):
 Global___ExtractFeaturesRequest: _TypeAlias = ExtractFeaturesRequest  # noqa: Y015
 
 @_typing.final
-class Float32Tensor(_message.Message):
-    """A dense float32 array. Packed bytes, not `repeated float`: the client maps
-    them into numpy without a per-value loop, which for 384-dim embeddings of
-    every token is many times faster to encode and decode, and the same size.
-    """
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    DATA_FIELD_NUMBER: _builtins.int
-    SHAPE_FIELD_NUMBER: _builtins.int
-    data: _builtins.bytes
-    """Little-endian float32 values in row-major (C) order."""
-    @_builtins.property
-    def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Dimensions; their product times 4 is the length of `data`."""
-
-    def __init__(
-        self,
-        *,
-        data: _builtins.bytes = ...,
-        shape: _abc.Iterable[_builtins.int] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "shape", b"shape"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Float32Tensor: _TypeAlias = Float32Tensor  # noqa: Y015
-
-@_typing.final
 class ExtractFeaturesResponse(_message.Message):
     """One embedding per input."""
 
@@ -704,13 +616,13 @@ class ExtractFeaturesResponse(_message.Message):
     model: _builtins.str
     """Name of the model that served the request."""
     @_builtins.property
-    def embeddings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Float32Tensor]:
+    def embeddings(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Float32Tensor]:
         """In input order."""
 
     def __init__(
         self,
         *,
-        embeddings: _abc.Iterable[Global___Float32Tensor] | None = ...,
+        embeddings: _abc.Iterable[_common_pb2.Float32Tensor] | None = ...,
         pooling: Global___Pooling.ValueType = ...,
         normalized: _builtins.bool = ...,
         model: _builtins.str = ...,
@@ -923,28 +835,11 @@ class GenerationParameters(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    DO_SAMPLE_FIELD_NUMBER: _builtins.int
-    TEMPERATURE_FIELD_NUMBER: _builtins.int
-    TOP_K_FIELD_NUMBER: _builtins.int
-    TOP_P_FIELD_NUMBER: _builtins.int
-    MAX_NEW_TOKENS_FIELD_NUMBER: _builtins.int
-    REPETITION_PENALTY_FIELD_NUMBER: _builtins.int
+    DECODING_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     STOP_SEQUENCES_FIELD_NUMBER: _builtins.int
     RETURN_FULL_TEXT_FIELD_NUMBER: _builtins.int
     NUM_RETURN_SEQUENCES_FIELD_NUMBER: _builtins.int
-    do_sample: _builtins.bool
-    """Sample instead of picking the likeliest token (`do_sample`)."""
-    temperature: _builtins.float
-    """Sampling temperature, > 0."""
-    top_k: _builtins.int
-    """Sample among the k likeliest tokens (`top_k`), >= 0 (0 disables)."""
-    top_p: _builtins.float
-    """Nucleus sampling mass (`top_p`), in (0, 1]."""
-    max_new_tokens: _builtins.int
-    """Most new tokens to generate (`max_new_tokens`), >= 1."""
-    repetition_penalty: _builtins.float
-    """Penalty for repeated tokens (`repetition_penalty`), > 0; 1 disables."""
     seed: _builtins.int
     """Seeds torch's random generator before a sampled generation, so the same
     request gives the same text. Sampled requests are never batched.
@@ -956,6 +851,10 @@ class GenerationParameters(_message.Message):
     num_return_sequences: _builtins.int
     """Sequences generated per prompt (`num_return_sequences`), >= 1."""
     @_builtins.property
+    def decoding(self) -> _common_pb2.DecodingOptions:
+        """Options shared with the other generating tasks."""
+
+    @_builtins.property
     def stop_sequences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Stop once any of these strings is generated (`stop_sequence`); the stop
         string is kept in the output.
@@ -964,57 +863,28 @@ class GenerationParameters(_message.Message):
     def __init__(
         self,
         *,
-        do_sample: _builtins.bool | None = ...,
-        temperature: _builtins.float | None = ...,
-        top_k: _builtins.int | None = ...,
-        top_p: _builtins.float | None = ...,
-        max_new_tokens: _builtins.int | None = ...,
-        repetition_penalty: _builtins.float | None = ...,
+        decoding: _common_pb2.DecodingOptions | None = ...,
         seed: _builtins.int | None = ...,
         stop_sequences: _abc.Iterable[_builtins.str] | None = ...,
         return_full_text: _builtins.bool | None = ...,
         num_return_sequences: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_do_sample", b"_do_sample", "_max_new_tokens", b"_max_new_tokens", "_num_return_sequences", b"_num_return_sequences", "_repetition_penalty", b"_repetition_penalty", "_return_full_text", b"_return_full_text", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "do_sample", b"do_sample", "max_new_tokens", b"max_new_tokens", "num_return_sequences", b"num_return_sequences", "repetition_penalty", b"repetition_penalty", "return_full_text", b"return_full_text", "seed", b"seed", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_num_return_sequences", b"_num_return_sequences", "_return_full_text", b"_return_full_text", "_seed", b"_seed", "decoding", b"decoding", "num_return_sequences", b"num_return_sequences", "return_full_text", b"return_full_text", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_do_sample", b"_do_sample", "_max_new_tokens", b"_max_new_tokens", "_num_return_sequences", b"_num_return_sequences", "_repetition_penalty", b"_repetition_penalty", "_return_full_text", b"_return_full_text", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "do_sample", b"do_sample", "max_new_tokens", b"max_new_tokens", "num_return_sequences", b"num_return_sequences", "repetition_penalty", b"repetition_penalty", "return_full_text", b"return_full_text", "seed", b"seed", "stop_sequences", b"stop_sequences", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_num_return_sequences", b"_num_return_sequences", "_return_full_text", b"_return_full_text", "_seed", b"_seed", "decoding", b"decoding", "num_return_sequences", b"num_return_sequences", "return_full_text", b"return_full_text", "seed", b"seed", "stop_sequences", b"stop_sequences"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__do_sample: _TypeAlias = _typing.Literal["do_sample"]  # noqa: Y015
-    _WhichOneofArgType__do_sample: _TypeAlias = _typing.Literal["_do_sample", b"_do_sample"]  # noqa: Y015
-    _WhichOneofReturnType__max_new_tokens: _TypeAlias = _typing.Literal["max_new_tokens"]  # noqa: Y015
-    _WhichOneofArgType__max_new_tokens: _TypeAlias = _typing.Literal["_max_new_tokens", b"_max_new_tokens"]  # noqa: Y015
     _WhichOneofReturnType__num_return_sequences: _TypeAlias = _typing.Literal["num_return_sequences"]  # noqa: Y015
     _WhichOneofArgType__num_return_sequences: _TypeAlias = _typing.Literal["_num_return_sequences", b"_num_return_sequences"]  # noqa: Y015
-    _WhichOneofReturnType__repetition_penalty: _TypeAlias = _typing.Literal["repetition_penalty"]  # noqa: Y015
-    _WhichOneofArgType__repetition_penalty: _TypeAlias = _typing.Literal["_repetition_penalty", b"_repetition_penalty"]  # noqa: Y015
     _WhichOneofReturnType__return_full_text: _TypeAlias = _typing.Literal["return_full_text"]  # noqa: Y015
     _WhichOneofArgType__return_full_text: _TypeAlias = _typing.Literal["_return_full_text", b"_return_full_text"]  # noqa: Y015
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
-    _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
-    _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
-    _WhichOneofReturnType__top_k: _TypeAlias = _typing.Literal["top_k"]  # noqa: Y015
-    _WhichOneofArgType__top_k: _TypeAlias = _typing.Literal["_top_k", b"_top_k"]  # noqa: Y015
-    _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
-    _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__do_sample) -> _WhichOneofReturnType__do_sample | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_new_tokens) -> _WhichOneofReturnType__max_new_tokens | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__num_return_sequences) -> _WhichOneofReturnType__num_return_sequences | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__repetition_penalty) -> _WhichOneofReturnType__repetition_penalty | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__return_full_text) -> _WhichOneofReturnType__return_full_text | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_k) -> _WhichOneofReturnType__top_k | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
 
 Global___GenerationParameters: _TypeAlias = GenerationParameters  # noqa: Y015
 

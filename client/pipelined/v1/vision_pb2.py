@@ -22,58 +22,59 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from pipelined.v1 import common_pb2 as pipelined_dot_v1_dot_common__pb2
 from pipelined.v1 import image_pb2 as pipelined_dot_v1_dot_image__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pipelined/v1/vision.proto\x12\x0cpipelined.v1\x1a\x18pipelined/v1/image.proto\"\xa5\x01\n\x14\x43lassifyImageRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x06images\x18\x02 \x03(\x0b\x32\x18.pipelined.v1.ImageInput\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x36\n\x11\x66unction_to_apply\x18\x04 \x01(\x0e\x32\x1b.pipelined.v1.LogitFunctionB\x08\n\x06_top_k\"R\n\x15\x43lassifyImageResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.pipelined.v1.ClassScores\x12\r\n\x05model\x18\x02 \x01(\t\"B\n\x08PixelBox\x12\x0c\n\x04xmin\x18\x01 \x01(\x05\x12\x0c\n\x04ymin\x18\x02 \x01(\x05\x12\x0c\n\x04xmax\x18\x03 \x01(\x05\x12\x0c\n\x04ymax\x18\x04 \x01(\x05\"S\n\x0e\x44\x65tectedObject\x12\r\n\x05score\x18\x01 \x01(\x01\x12\r\n\x05label\x18\x02 \x01(\t\x12#\n\x03\x62ox\x18\x03 \x01(\x0b\x32\x16.pipelined.v1.PixelBox\"@\n\x0f\x44\x65tectedObjects\x12-\n\x07objects\x18\x01 \x03(\x0b\x32\x1c.pipelined.v1.DetectedObject\"u\n\x14\x44\x65tectObjectsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x06images\x18\x02 \x03(\x0b\x32\x18.pipelined.v1.ImageInput\x12\x16\n\tthreshold\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x0c\n\n_threshold\"V\n\x15\x44\x65tectObjectsResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.pipelined.v1.DetectedObjects\x12\r\n\x05model\x18\x02 \x01(\t\"\x8e\x01\n\x1c\x43lassifyImageZeroShotRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x06images\x18\x02 \x03(\x0b\x32\x18.pipelined.v1.ImageInput\x12\x18\n\x10\x63\x61ndidate_labels\x18\x03 \x03(\t\x12\x1b\n\x13hypothesis_template\x18\x04 \x01(\t\"Z\n\x1d\x43lassifyImageZeroShotResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.pipelined.v1.ClassScores\x12\r\n\x05model\x18\x02 \x01(\t\"\xb5\x01\n\x1c\x44\x65tectObjectsZeroShotRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x06images\x18\x02 \x03(\x0b\x32\x18.pipelined.v1.ImageInput\x12\x18\n\x10\x63\x61ndidate_labels\x18\x03 \x03(\t\x12\x16\n\tthreshold\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x05 \x01(\x05H\x01\x88\x01\x01\x42\x0c\n\n_thresholdB\x08\n\x06_top_k\"^\n\x1d\x44\x65tectObjectsZeroShotResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.pipelined.v1.DetectedObjects\x12\r\n\x05model\x18\x02 \x01(\t\"\xa2\x02\n\x13SegmentImageRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x06images\x18\x02 \x03(\x0b\x32\x18.pipelined.v1.ImageInput\x12\x32\n\x07subtask\x18\x03 \x01(\x0e\x32!.pipelined.v1.SegmentationSubtask\x12\x16\n\tthreshold\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x1b\n\x0emask_threshold\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12(\n\x1boverlap_mask_area_threshold\x18\x06 \x01(\x02H\x02\x88\x01\x01\x42\x0c\n\n_thresholdB\x11\n\x0f_mask_thresholdB\x1e\n\x1c_overlap_mask_area_threshold\"M\n\x0cImageSegment\x12\x12\n\x05score\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\r\n\x05label\x18\x02 \x01(\t\x12\x10\n\x08mask_png\x18\x03 \x01(\x0c\x42\x08\n\x06_score\"=\n\rImageSegments\x12,\n\x08segments\x18\x01 \x03(\x0b\x32\x1a.pipelined.v1.ImageSegment\"S\n\x14SegmentImageResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.pipelined.v1.ImageSegments\x12\r\n\x05model\x18\x02 \x01(\t\"O\n\x14\x45stimateDepthRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x06images\x18\x02 \x03(\x0b\x32\x18.pipelined.v1.ImageInput\"W\n\rDepthEstimate\x12\x11\n\tdepth_png\x18\x01 \x01(\x0c\x12\x33\n\x0fpredicted_depth\x18\x02 \x01(\x0b\x32\x1a.pipelined.v1.Float32Array\"T\n\x15\x45stimateDepthResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.pipelined.v1.DepthEstimate\x12\r\n\x05model\x18\x02 \x01(\t\"d\n\x1b\x45xtractImageFeaturesRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x06images\x18\x02 \x03(\x0b\x32\x18.pipelined.v1.ImageInput\x12\x0c\n\x04pool\x18\x03 \x01(\x08\"Z\n\x1c\x45xtractImageFeaturesResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.pipelined.v1.Float32Array\x12\r\n\x05model\x18\x02 \x01(\t*\xa4\x01\n\x13SegmentationSubtask\x12$\n SEGMENTATION_SUBTASK_UNSPECIFIED\x10\x00\x12!\n\x1dSEGMENTATION_SUBTASK_PANOPTIC\x10\x01\x12!\n\x1dSEGMENTATION_SUBTASK_INSTANCE\x10\x02\x12!\n\x1dSEGMENTATION_SUBTASK_SEMANTIC\x10\x03\x32\xc7\x05\n\rVisionService\x12X\n\rClassifyImage\x12\".pipelined.v1.ClassifyImageRequest\x1a#.pipelined.v1.ClassifyImageResponse\x12X\n\rDetectObjects\x12\".pipelined.v1.DetectObjectsRequest\x1a#.pipelined.v1.DetectObjectsResponse\x12p\n\x15\x43lassifyImageZeroShot\x12*.pipelined.v1.ClassifyImageZeroShotRequest\x1a+.pipelined.v1.ClassifyImageZeroShotResponse\x12p\n\x15\x44\x65tectObjectsZeroShot\x12*.pipelined.v1.DetectObjectsZeroShotRequest\x1a+.pipelined.v1.DetectObjectsZeroShotResponse\x12U\n\x0cSegmentImage\x12!.pipelined.v1.SegmentImageRequest\x1a\".pipelined.v1.SegmentImageResponse\x12X\n\rEstimateDepth\x12\".pipelined.v1.EstimateDepthRequest\x1a#.pipelined.v1.EstimateDepthResponse\x12m\n\x14\x45xtractImageFeatures\x12).pipelined.v1.ExtractImageFeaturesRequest\x1a*.pipelined.v1.ExtractImageFeaturesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pipelined/v1/vision.proto\x12\x0cpipelined.v1\x1a\x19pipelined/v1/common.proto\x1a\x18pipelined/v1/image.proto\"\xa5\x01\n\x14\x43lassifyImageRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x06images\x18\x02 \x03(\x0b\x32\x18.pipelined.v1.ImageInput\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x36\n\x11\x66unction_to_apply\x18\x04 \x01(\x0e\x32\x1b.pipelined.v1.ScoreFunctionB\x08\n\x06_top_k\"R\n\x15\x43lassifyImageResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.pipelined.v1.LabelScores\x12\r\n\x05model\x18\x02 \x01(\t\"B\n\x08PixelBox\x12\x0c\n\x04xmin\x18\x01 \x01(\x05\x12\x0c\n\x04ymin\x18\x02 \x01(\x05\x12\x0c\n\x04xmax\x18\x03 \x01(\x05\x12\x0c\n\x04ymax\x18\x04 \x01(\x05\"S\n\x0e\x44\x65tectedObject\x12\r\n\x05score\x18\x01 \x01(\x01\x12\r\n\x05label\x18\x02 \x01(\t\x12#\n\x03\x62ox\x18\x03 \x01(\x0b\x32\x16.pipelined.v1.PixelBox\"@\n\x0f\x44\x65tectedObjects\x12-\n\x07objects\x18\x01 \x03(\x0b\x32\x1c.pipelined.v1.DetectedObject\"u\n\x14\x44\x65tectObjectsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x06images\x18\x02 \x03(\x0b\x32\x18.pipelined.v1.ImageInput\x12\x16\n\tthreshold\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x0c\n\n_threshold\"V\n\x15\x44\x65tectObjectsResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.pipelined.v1.DetectedObjects\x12\r\n\x05model\x18\x02 \x01(\t\"\x8e\x01\n\x1c\x43lassifyImageZeroShotRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x06images\x18\x02 \x03(\x0b\x32\x18.pipelined.v1.ImageInput\x12\x18\n\x10\x63\x61ndidate_labels\x18\x03 \x03(\t\x12\x1b\n\x13hypothesis_template\x18\x04 \x01(\t\"Z\n\x1d\x43lassifyImageZeroShotResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.pipelined.v1.LabelScores\x12\r\n\x05model\x18\x02 \x01(\t\"\xb5\x01\n\x1c\x44\x65tectObjectsZeroShotRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x06images\x18\x02 \x03(\x0b\x32\x18.pipelined.v1.ImageInput\x12\x18\n\x10\x63\x61ndidate_labels\x18\x03 \x03(\t\x12\x16\n\tthreshold\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x05 \x01(\x05H\x01\x88\x01\x01\x42\x0c\n\n_thresholdB\x08\n\x06_top_k\"^\n\x1d\x44\x65tectObjectsZeroShotResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.pipelined.v1.DetectedObjects\x12\r\n\x05model\x18\x02 \x01(\t\"\xa2\x02\n\x13SegmentImageRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x06images\x18\x02 \x03(\x0b\x32\x18.pipelined.v1.ImageInput\x12\x32\n\x07subtask\x18\x03 \x01(\x0e\x32!.pipelined.v1.SegmentationSubtask\x12\x16\n\tthreshold\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x1b\n\x0emask_threshold\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12(\n\x1boverlap_mask_area_threshold\x18\x06 \x01(\x02H\x02\x88\x01\x01\x42\x0c\n\n_thresholdB\x11\n\x0f_mask_thresholdB\x1e\n\x1c_overlap_mask_area_threshold\"M\n\x0cImageSegment\x12\x12\n\x05score\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\r\n\x05label\x18\x02 \x01(\t\x12\x10\n\x08mask_png\x18\x03 \x01(\x0c\x42\x08\n\x06_score\"=\n\rImageSegments\x12,\n\x08segments\x18\x01 \x03(\x0b\x32\x1a.pipelined.v1.ImageSegment\"S\n\x14SegmentImageResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.pipelined.v1.ImageSegments\x12\r\n\x05model\x18\x02 \x01(\t\"O\n\x14\x45stimateDepthRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x06images\x18\x02 \x03(\x0b\x32\x18.pipelined.v1.ImageInput\"X\n\rDepthEstimate\x12\x11\n\tdepth_png\x18\x01 \x01(\x0c\x12\x34\n\x0fpredicted_depth\x18\x02 \x01(\x0b\x32\x1b.pipelined.v1.Float32Tensor\"T\n\x15\x45stimateDepthResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.pipelined.v1.DepthEstimate\x12\r\n\x05model\x18\x02 \x01(\t\"d\n\x1b\x45xtractImageFeaturesRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x06images\x18\x02 \x03(\x0b\x32\x18.pipelined.v1.ImageInput\x12\x0c\n\x04pool\x18\x03 \x01(\x08\"[\n\x1c\x45xtractImageFeaturesResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.pipelined.v1.Float32Tensor\x12\r\n\x05model\x18\x02 \x01(\t*\xa4\x01\n\x13SegmentationSubtask\x12$\n SEGMENTATION_SUBTASK_UNSPECIFIED\x10\x00\x12!\n\x1dSEGMENTATION_SUBTASK_PANOPTIC\x10\x01\x12!\n\x1dSEGMENTATION_SUBTASK_INSTANCE\x10\x02\x12!\n\x1dSEGMENTATION_SUBTASK_SEMANTIC\x10\x03\x32\xc7\x05\n\rVisionService\x12X\n\rClassifyImage\x12\".pipelined.v1.ClassifyImageRequest\x1a#.pipelined.v1.ClassifyImageResponse\x12X\n\rDetectObjects\x12\".pipelined.v1.DetectObjectsRequest\x1a#.pipelined.v1.DetectObjectsResponse\x12p\n\x15\x43lassifyImageZeroShot\x12*.pipelined.v1.ClassifyImageZeroShotRequest\x1a+.pipelined.v1.ClassifyImageZeroShotResponse\x12p\n\x15\x44\x65tectObjectsZeroShot\x12*.pipelined.v1.DetectObjectsZeroShotRequest\x1a+.pipelined.v1.DetectObjectsZeroShotResponse\x12U\n\x0cSegmentImage\x12!.pipelined.v1.SegmentImageRequest\x1a\".pipelined.v1.SegmentImageResponse\x12X\n\rEstimateDepth\x12\".pipelined.v1.EstimateDepthRequest\x1a#.pipelined.v1.EstimateDepthResponse\x12m\n\x14\x45xtractImageFeatures\x12).pipelined.v1.ExtractImageFeaturesRequest\x1a*.pipelined.v1.ExtractImageFeaturesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pipelined.v1.vision_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SEGMENTATIONSUBTASK']._serialized_start=2235
-  _globals['_SEGMENTATIONSUBTASK']._serialized_end=2399
-  _globals['_CLASSIFYIMAGEREQUEST']._serialized_start=70
-  _globals['_CLASSIFYIMAGEREQUEST']._serialized_end=235
-  _globals['_CLASSIFYIMAGERESPONSE']._serialized_start=237
-  _globals['_CLASSIFYIMAGERESPONSE']._serialized_end=319
-  _globals['_PIXELBOX']._serialized_start=321
-  _globals['_PIXELBOX']._serialized_end=387
-  _globals['_DETECTEDOBJECT']._serialized_start=389
-  _globals['_DETECTEDOBJECT']._serialized_end=472
-  _globals['_DETECTEDOBJECTS']._serialized_start=474
-  _globals['_DETECTEDOBJECTS']._serialized_end=538
-  _globals['_DETECTOBJECTSREQUEST']._serialized_start=540
-  _globals['_DETECTOBJECTSREQUEST']._serialized_end=657
-  _globals['_DETECTOBJECTSRESPONSE']._serialized_start=659
-  _globals['_DETECTOBJECTSRESPONSE']._serialized_end=745
-  _globals['_CLASSIFYIMAGEZEROSHOTREQUEST']._serialized_start=748
-  _globals['_CLASSIFYIMAGEZEROSHOTREQUEST']._serialized_end=890
-  _globals['_CLASSIFYIMAGEZEROSHOTRESPONSE']._serialized_start=892
-  _globals['_CLASSIFYIMAGEZEROSHOTRESPONSE']._serialized_end=982
-  _globals['_DETECTOBJECTSZEROSHOTREQUEST']._serialized_start=985
-  _globals['_DETECTOBJECTSZEROSHOTREQUEST']._serialized_end=1166
-  _globals['_DETECTOBJECTSZEROSHOTRESPONSE']._serialized_start=1168
-  _globals['_DETECTOBJECTSZEROSHOTRESPONSE']._serialized_end=1262
-  _globals['_SEGMENTIMAGEREQUEST']._serialized_start=1265
-  _globals['_SEGMENTIMAGEREQUEST']._serialized_end=1555
-  _globals['_IMAGESEGMENT']._serialized_start=1557
-  _globals['_IMAGESEGMENT']._serialized_end=1634
-  _globals['_IMAGESEGMENTS']._serialized_start=1636
-  _globals['_IMAGESEGMENTS']._serialized_end=1697
-  _globals['_SEGMENTIMAGERESPONSE']._serialized_start=1699
-  _globals['_SEGMENTIMAGERESPONSE']._serialized_end=1782
-  _globals['_ESTIMATEDEPTHREQUEST']._serialized_start=1784
-  _globals['_ESTIMATEDEPTHREQUEST']._serialized_end=1863
-  _globals['_DEPTHESTIMATE']._serialized_start=1865
-  _globals['_DEPTHESTIMATE']._serialized_end=1952
-  _globals['_ESTIMATEDEPTHRESPONSE']._serialized_start=1954
-  _globals['_ESTIMATEDEPTHRESPONSE']._serialized_end=2038
-  _globals['_EXTRACTIMAGEFEATURESREQUEST']._serialized_start=2040
-  _globals['_EXTRACTIMAGEFEATURESREQUEST']._serialized_end=2140
-  _globals['_EXTRACTIMAGEFEATURESRESPONSE']._serialized_start=2142
-  _globals['_EXTRACTIMAGEFEATURESRESPONSE']._serialized_end=2232
-  _globals['_VISIONSERVICE']._serialized_start=2402
-  _globals['_VISIONSERVICE']._serialized_end=3113
+  _globals['_SEGMENTATIONSUBTASK']._serialized_start=2264
+  _globals['_SEGMENTATIONSUBTASK']._serialized_end=2428
+  _globals['_CLASSIFYIMAGEREQUEST']._serialized_start=97
+  _globals['_CLASSIFYIMAGEREQUEST']._serialized_end=262
+  _globals['_CLASSIFYIMAGERESPONSE']._serialized_start=264
+  _globals['_CLASSIFYIMAGERESPONSE']._serialized_end=346
+  _globals['_PIXELBOX']._serialized_start=348
+  _globals['_PIXELBOX']._serialized_end=414
+  _globals['_DETECTEDOBJECT']._serialized_start=416
+  _globals['_DETECTEDOBJECT']._serialized_end=499
+  _globals['_DETECTEDOBJECTS']._serialized_start=501
+  _globals['_DETECTEDOBJECTS']._serialized_end=565
+  _globals['_DETECTOBJECTSREQUEST']._serialized_start=567
+  _globals['_DETECTOBJECTSREQUEST']._serialized_end=684
+  _globals['_DETECTOBJECTSRESPONSE']._serialized_start=686
+  _globals['_DETECTOBJECTSRESPONSE']._serialized_end=772
+  _globals['_CLASSIFYIMAGEZEROSHOTREQUEST']._serialized_start=775
+  _globals['_CLASSIFYIMAGEZEROSHOTREQUEST']._serialized_end=917
+  _globals['_CLASSIFYIMAGEZEROSHOTRESPONSE']._serialized_start=919
+  _globals['_CLASSIFYIMAGEZEROSHOTRESPONSE']._serialized_end=1009
+  _globals['_DETECTOBJECTSZEROSHOTREQUEST']._serialized_start=1012
+  _globals['_DETECTOBJECTSZEROSHOTREQUEST']._serialized_end=1193
+  _globals['_DETECTOBJECTSZEROSHOTRESPONSE']._serialized_start=1195
+  _globals['_DETECTOBJECTSZEROSHOTRESPONSE']._serialized_end=1289
+  _globals['_SEGMENTIMAGEREQUEST']._serialized_start=1292
+  _globals['_SEGMENTIMAGEREQUEST']._serialized_end=1582
+  _globals['_IMAGESEGMENT']._serialized_start=1584
+  _globals['_IMAGESEGMENT']._serialized_end=1661
+  _globals['_IMAGESEGMENTS']._serialized_start=1663
+  _globals['_IMAGESEGMENTS']._serialized_end=1724
+  _globals['_SEGMENTIMAGERESPONSE']._serialized_start=1726
+  _globals['_SEGMENTIMAGERESPONSE']._serialized_end=1809
+  _globals['_ESTIMATEDEPTHREQUEST']._serialized_start=1811
+  _globals['_ESTIMATEDEPTHREQUEST']._serialized_end=1890
+  _globals['_DEPTHESTIMATE']._serialized_start=1892
+  _globals['_DEPTHESTIMATE']._serialized_end=1980
+  _globals['_ESTIMATEDEPTHRESPONSE']._serialized_start=1982
+  _globals['_ESTIMATEDEPTHRESPONSE']._serialized_end=2066
+  _globals['_EXTRACTIMAGEFEATURESREQUEST']._serialized_start=2068
+  _globals['_EXTRACTIMAGEFEATURESREQUEST']._serialized_end=2168
+  _globals['_EXTRACTIMAGEFEATURESRESPONSE']._serialized_start=2170
+  _globals['_EXTRACTIMAGEFEATURESRESPONSE']._serialized_end=2261
+  _globals['_VISIONSERVICE']._serialized_start=2431
+  _globals['_VISIONSERVICE']._serialized_end=3142
 # @@protoc_insertion_point(module_scope)

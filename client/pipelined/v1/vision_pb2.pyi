@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from pipelined.v1 import common_pb2 as _common_pb2
 from pipelined.v1 import image_pb2 as _image_pb2
 import builtins as _builtins
 import sys
@@ -62,7 +63,7 @@ class ClassifyImageRequest(_message.Message):
     """Name of a served model; empty picks the default image-classification model."""
     top_k: _builtins.int
     """Number of labels returned per image; unset means the pipeline's default (5)."""
-    function_to_apply: _image_pb2.LogitFunction.ValueType
+    function_to_apply: _common_pb2.ScoreFunction.ValueType
     """How logits become scores."""
     @_builtins.property
     def images(self) -> _containers.RepeatedCompositeFieldContainer[_image_pb2.ImageInput]:
@@ -74,7 +75,7 @@ class ClassifyImageRequest(_message.Message):
         model: _builtins.str = ...,
         images: _abc.Iterable[_image_pb2.ImageInput] | None = ...,
         top_k: _builtins.int | None = ...,
-        function_to_apply: _image_pb2.LogitFunction.ValueType = ...,
+        function_to_apply: _common_pb2.ScoreFunction.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_top_k", b"_top_k", "top_k", b"top_k"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -97,13 +98,13 @@ class ClassifyImageResponse(_message.Message):
     model: _builtins.str
     """Name of the model that served the request."""
     @_builtins.property
-    def results(self) -> _containers.RepeatedCompositeFieldContainer[_image_pb2.ClassScores]:
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.LabelScores]:
         """One entry per image, in request order."""
 
     def __init__(
         self,
         *,
-        results: _abc.Iterable[_image_pb2.ClassScores] | None = ...,
+        results: _abc.Iterable[_common_pb2.LabelScores] | None = ...,
         model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -317,13 +318,13 @@ class ClassifyImageZeroShotResponse(_message.Message):
     model: _builtins.str
     """Name of the model that served the request."""
     @_builtins.property
-    def results(self) -> _containers.RepeatedCompositeFieldContainer[_image_pb2.ClassScores]:
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.LabelScores]:
         """One entry per image, in request order; all candidates, best first."""
 
     def __init__(
         self,
         *,
-        results: _abc.Iterable[_image_pb2.ClassScores] | None = ...,
+        results: _abc.Iterable[_common_pb2.LabelScores] | None = ...,
         model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -589,14 +590,14 @@ class DepthEstimate(_message.Message):
     depth_png: _builtins.bytes
     """The pipeline's `depth` image (mode "L", the input's size) as PNG."""
     @_builtins.property
-    def predicted_depth(self) -> _image_pb2.Float32Array:
+    def predicted_depth(self) -> _common_pb2.Float32Tensor:
         """The pipeline's raw `predicted_depth` tensor."""
 
     def __init__(
         self,
         *,
         depth_png: _builtins.bytes = ...,
-        predicted_depth: _image_pb2.Float32Array | None = ...,
+        predicted_depth: _common_pb2.Float32Tensor | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["predicted_depth", b"predicted_depth"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -677,7 +678,7 @@ class ExtractImageFeaturesResponse(_message.Message):
     model: _builtins.str
     """Name of the model that served the request."""
     @_builtins.property
-    def results(self) -> _containers.RepeatedCompositeFieldContainer[_image_pb2.Float32Array]:
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Float32Tensor]:
         """One array per image, in request order, shaped as the pipeline returns it
         for that image (e.g. [1, tokens, hidden], or [1, hidden] when pooled).
         """
@@ -685,7 +686,7 @@ class ExtractImageFeaturesResponse(_message.Message):
     def __init__(
         self,
         *,
-        results: _abc.Iterable[_image_pb2.Float32Array] | None = ...,
+        results: _abc.Iterable[_common_pb2.Float32Tensor] | None = ...,
         model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015

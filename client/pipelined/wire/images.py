@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..v1 import image_pb2
+from ..v1 import common_pb2, image_pb2
 
 _PNG_COLOR_TYPES = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type (grey, RGB, RGBA)
 
@@ -111,5 +111,5 @@ def pil_from_png(data: bytes) -> Any:
     return image
 
 
-def array_from_float32(array: image_pb2.Float32Array) -> np.ndarray:
+def array_from_float32(array: common_pb2.Float32Tensor) -> np.ndarray:
     return np.frombuffer(array.data, dtype="<f4").reshape(tuple(array.shape)).copy()

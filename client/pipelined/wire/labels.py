@@ -5,23 +5,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..v1 import image_pb2
+from ..v1 import common_pb2
 
-LOGIT_FUNCTIONS: dict[Any, image_pb2.LogitFunction.ValueType] = {
-    None: image_pb2.LOGIT_FUNCTION_UNSPECIFIED,
-    "softmax": image_pb2.LOGIT_FUNCTION_SOFTMAX,
-    "sigmoid": image_pb2.LOGIT_FUNCTION_SIGMOID,
-    "none": image_pb2.LOGIT_FUNCTION_NONE,
+LOGIT_FUNCTIONS: dict[Any, common_pb2.ScoreFunction.ValueType] = {
+    None: common_pb2.SCORE_FUNCTION_UNSPECIFIED,
+    "softmax": common_pb2.SCORE_FUNCTION_SOFTMAX,
+    "sigmoid": common_pb2.SCORE_FUNCTION_SIGMOID,
+    "none": common_pb2.SCORE_FUNCTION_NONE,
 }
 
 
-def logit_function(value: Any) -> image_pb2.LogitFunction.ValueType:
+def logit_function(value: Any) -> common_pb2.ScoreFunction.ValueType:
     if value not in LOGIT_FUNCTIONS:
         raise ValueError(f"function_to_apply must be 'softmax', 'sigmoid' or 'none', got {value!r}")
     return LOGIT_FUNCTIONS[value]
 
 
-def label_scores(scores: image_pb2.ClassScores, score_first: bool) -> list[dict[str, Any]]:
+def label_scores(scores: common_pb2.LabelScores, score_first: bool) -> list[dict[str, Any]]:
     if score_first:
         return [{"score": s.score, "label": s.label} for s in scores.scores]
     return [{"label": s.label, "score": s.score} for s in scores.scores]

@@ -63,7 +63,7 @@ class AudioServicer(audio_tasks_pb2_grpc.AudioServiceServicer):
     ) -> audio_tasks_pb2.GenerateAudioResponse:
         instance = self.state.registry.ready(request.model, call.task)
         call.model = instance.name
-        kwargs = audio_tasks.generate_kwargs(request.generation)
+        kwargs = audio_tasks.generate_kwargs(request)
         check_count(len(request.texts), "texts", self.state.config.images)
         outputs = await run_items(instance, audio_tasks.texts(request), kwargs, context.time_remaining())
         results = await asyncio.to_thread(lambda: [audio_tasks.generated_audio(o) for o in outputs])

@@ -19,6 +19,7 @@ from pipelined.v1 import speech_pb2
 
 from ..errors import InvalidInput
 from ..registry import ModelInstance
+from .decoding import decoding_kwargs
 from .durations import to_duration, to_seconds
 
 TASK = "automatic-speech-recognition"
@@ -60,17 +61,10 @@ def call_kwargs(config: speech_pb2.RecognitionConfig, kind: str) -> dict[str, An
     if config.task:
         generate["task"] = _SPEECH_TASKS[config.task]
     if config.HasField("generation"):
-        gen = config.generation
-        if gen.HasField("num_beams"):
-            if gen.num_beams < 1:
-                raise InvalidInput(f"generation.num_beams must be >= 1, got {gen.num_beams}")
-            generate["num_beams"] = gen.num_beams
-        if gen.HasField("max_new_tokens"):
-            if gen.max_new_tokens < 1:
-                raise InvalidInput(f"generation.max_new_tokens must be >= 1, got {gen.max_new_tokens}")
-            generate["max_new_tokens"] = gen.max_new_tokens
-        if gen.HasField("temperature") and gen.temperature > 0:
-            generate.update(do_sample=True, temperature=gen.temperature)
+        gen = decoding_kwargs(config.generation, "generation.")
+        if gen.get("temperature", 0) > 0 and "do_sample" not in gen:
+            gen["do_sample"] = True
+        generate.update(gen)
     if generate and not kind.startswith("seq2seq"):
         raise InvalidInput(
             f"language, task and generation options need a generative model; this model is {kind or 'not generative'}"

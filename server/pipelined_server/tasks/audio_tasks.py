@@ -15,6 +15,7 @@ from pipelined.v1 import audio_tasks_pb2
 
 from ..audio import encode_wav
 from ..errors import InvalidInput
+from .decoding import decoding_kwargs
 from .submit import Item
 
 AUDIO_CLASSIFICATION = "audio-classification"
@@ -26,11 +27,11 @@ def same_length(clips: list[np.ndarray]) -> list[Item]:
     return [Item(clip, key=("samples", len(clip))) for clip in clips]
 
 
-def generate_kwargs(options: audio_tasks_pb2.AudioGenerationOptions) -> dict[str, Any]:
-    """The set fields, as `generate_kwargs` of the pipeline call."""
-    generate: dict[str, Any] = {field.name: value for field, value in options.ListFields()}
-    if generate.get("max_new_tokens", 1) < 1:
-        raise InvalidInput(f"max_new_tokens must be >= 1, got {generate['max_new_tokens']}")
+def generate_kwargs(request: audio_tasks_pb2.GenerateAudioRequest) -> dict[str, Any]:
+    """The set decoding fields and `guidance_scale`, as `generate_kwargs` of the pipeline call."""
+    generate = decoding_kwargs(request.generation)
+    if request.HasField("guidance_scale"):
+        generate["guidance_scale"] = request.guidance_scale
     return {"generate_kwargs": generate} if generate else {}
 
 

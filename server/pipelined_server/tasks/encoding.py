@@ -6,7 +6,7 @@ import io
 from typing import Any
 
 import numpy as np
-from pipelined.v1 import image_pb2
+from pipelined.v1 import common_pb2
 
 
 def png_bytes(image: Any) -> bytes:
@@ -16,23 +16,23 @@ def png_bytes(image: Any) -> bytes:
     return buffer.getvalue()
 
 
-def float32_array(values: Any) -> image_pb2.Float32Array:
+def float32_array(values: Any) -> common_pb2.Float32Tensor:
     """A tensor, array or nested list as little-endian float32 with its shape."""
     if hasattr(values, "detach"):
         values = values.detach().cpu().float().numpy()
     array = np.asarray(values, dtype="<f4")
-    return image_pb2.Float32Array(data=np.ascontiguousarray(array).tobytes(), shape=list(array.shape))
+    return common_pb2.Float32Tensor(data=np.ascontiguousarray(array).tobytes(), shape=list(array.shape))
 
 
-def class_scores(outputs: list[dict[str, Any]]) -> image_pb2.ClassScores:
+def class_scores(outputs: list[dict[str, Any]]) -> common_pb2.LabelScores:
     """A list of {"label", "score"} dicts (classification pipelines)."""
-    return image_pb2.ClassScores(
-        scores=[image_pb2.ClassScore(label=str(o["label"]), score=float(o["score"])) for o in outputs]
+    return common_pb2.LabelScores(
+        scores=[common_pb2.LabelScore(label=str(o["label"]), score=float(o["score"])) for o in outputs]
     )
 
 
 LOGIT_FUNCTIONS = {
-    image_pb2.LOGIT_FUNCTION_SOFTMAX: "softmax",
-    image_pb2.LOGIT_FUNCTION_SIGMOID: "sigmoid",
-    image_pb2.LOGIT_FUNCTION_NONE: "none",
+    common_pb2.SCORE_FUNCTION_SOFTMAX: "softmax",
+    common_pb2.SCORE_FUNCTION_SIGMOID: "sigmoid",
+    common_pb2.SCORE_FUNCTION_NONE: "none",
 }

@@ -19,7 +19,7 @@ import asyncio
 from typing import Any
 
 import numpy as np
-from pipelined.v1 import text_pb2
+from pipelined.v1 import common_pb2, text_pb2
 
 from ..config import InputLimits
 from ..errors import InvalidInput
@@ -73,9 +73,9 @@ def pool(hidden: np.ndarray, pooling: str, normalize: bool) -> np.ndarray:
     return np.ascontiguousarray(vector, dtype=np.float32)
 
 
-def _tensor(array: np.ndarray) -> text_pb2.Float32Tensor:
+def _tensor(array: np.ndarray) -> common_pb2.Float32Tensor:
     array = np.ascontiguousarray(array, dtype="<f4")
-    return text_pb2.Float32Tensor(data=array.tobytes(), shape=list(array.shape))
+    return common_pb2.Float32Tensor(data=array.tobytes(), shape=list(array.shape))
 
 
 async def extract(

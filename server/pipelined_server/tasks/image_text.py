@@ -14,26 +14,22 @@ import asyncio
 from collections.abc import AsyncIterator, Hashable
 from typing import Any
 
-from pipelined.v1 import multimodal_pb2
+from pipelined.v1 import common_pb2, multimodal_pb2
 
 from ..errors import InvalidInput
 from ..images import ImageLimits
 from ..loading import run_batch
 from ..registry import ModelInstance
+from .decoding import decoding_kwargs
 from .generation_stream import stream_pieces
 from .image_input import load_image_input
-from .options import positive
 from .submit import Item
 
 TASK = "image-text-to-text"
 
 
-def call_kwargs(generation: multimodal_pb2.MultimodalGenerationOptions, request: Any) -> dict[str, Any]:
-    # Only the fields the caller set (all are `optional`), under their generate() names.
-    generate: dict[str, Any] = {field.name: value for field, value in generation.ListFields()}
-    for name in ("max_new_tokens", "num_beams", "top_k"):
-        if name in generate:
-            positive(name, generate[name])
+def call_kwargs(generation: common_pb2.DecodingOptions, request: Any) -> dict[str, Any]:
+    generate = decoding_kwargs(generation)
     kwargs: dict[str, Any] = {"return_full_text": False}
     if generate:
         kwargs["generate_kwargs"] = generate

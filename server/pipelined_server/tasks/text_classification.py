@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelined.v1 import text_pb2
+from pipelined.v1 import common_pb2, text_pb2
 
 from ..config import InputLimits
 from ..errors import InvalidInput
@@ -18,9 +18,9 @@ from .text_inputs import check_count, check_text, run_all
 
 TASK = "text-classification"
 _FUNCTIONS = {
-    text_pb2.SCORE_FUNCTION_SIGMOID: "sigmoid",
-    text_pb2.SCORE_FUNCTION_SOFTMAX: "softmax",
-    text_pb2.SCORE_FUNCTION_NONE: "none",
+    common_pb2.SCORE_FUNCTION_SIGMOID: "sigmoid",
+    common_pb2.SCORE_FUNCTION_SOFTMAX: "softmax",
+    common_pb2.SCORE_FUNCTION_NONE: "none",
 }
 
 
@@ -55,7 +55,7 @@ def payloads(request: text_pb2.ClassifyTextRequest, limits: InputLimits) -> list
 def _labels(output: Any) -> text_pb2.TextClassification:
     scores = output if isinstance(output, list) else [output]
     return text_pb2.TextClassification(
-        labels=[text_pb2.LabelScore(label=s["label"], score=s["score"]) for s in scores]
+        labels=[common_pb2.LabelScore(label=s["label"], score=s["score"]) for s in scores]
     )
 
 

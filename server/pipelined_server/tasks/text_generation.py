@@ -23,6 +23,7 @@ from ..batching import gather_or_cancel
 from ..config import InputLimits
 from ..errors import InvalidInput
 from ..registry import ModelInstance
+from .decoding import decoding_kwargs
 from .text_inputs import check_count, check_text, positive, run_all
 
 TASK = "text-generation"
@@ -39,25 +40,7 @@ class GenerationCall:
 
 
 def call_kwargs(params: text_pb2.GenerationParameters, instance: ModelInstance) -> GenerationCall:
-    kwargs: dict[str, Any] = {}
-    if params.HasField("do_sample"):
-        kwargs["do_sample"] = params.do_sample
-    if params.HasField("temperature"):
-        positive(params.temperature, "temperature")
-        kwargs["temperature"] = params.temperature
-    if params.HasField("top_k"):
-        positive(params.top_k, "top_k", allow_zero=True)
-        kwargs["top_k"] = params.top_k
-    if params.HasField("top_p"):
-        if not 0 < params.top_p <= 1:
-            raise InvalidInput(f"top_p must be in (0, 1], got {params.top_p}")
-        kwargs["top_p"] = params.top_p
-    if params.HasField("max_new_tokens"):
-        positive(params.max_new_tokens, "max_new_tokens")
-        kwargs["max_new_tokens"] = params.max_new_tokens
-    if params.HasField("repetition_penalty"):
-        positive(params.repetition_penalty, "repetition_penalty")
-        kwargs["repetition_penalty"] = params.repetition_penalty
+    kwargs: dict[str, Any] = decoding_kwargs(params.decoding)
     if params.HasField("num_return_sequences"):
         positive(params.num_return_sequences, "num_return_sequences")
         kwargs["num_return_sequences"] = params.num_return_sequences
