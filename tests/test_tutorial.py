@@ -172,3 +172,15 @@ def test_generation_sampling(client: Client) -> None:
     assert first[0]["generated_text"].startswith("hello world")
     greedy = {"do_sample": False, "max_new_tokens": 5}
     assert_close(pipe("hello world", **greedy), local_pipeline("tiny-lm")("hello world", **greedy))
+
+
+def test_placement_asyncio(server: ServerThread) -> None:
+    async def run() -> None:
+        async with AsyncClient(server.target) as aclient:
+            with pytest.warns(UserWarning, match="served on device 'cpu'"):
+                aclient.pipeline(model="tiny-sentiment", device_map="auto")
+        async with AsyncClient(server.target, strict=True) as strict:
+            with pytest.raises(ValueError, match="served on device"):
+                strict.pipeline(model="tiny-sentiment", device=0)
+
+    asyncio.run(run())
