@@ -8,7 +8,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from . import _transport
-from .pipelines.registry import make_pipeline
+from .pipelines.registry import make_pipeline, resolve
 from .v1 import models_pb2
 
 DEFAULT_TARGET = _transport.DEFAULT_TARGET
@@ -50,15 +50,36 @@ class Client:
         *,
         timeout: float | None = None,
         channel: grpc.Channel | None = None,
+        strict: bool = False,
     ):
         self.target = target
         self.timeout = timeout
+        # strict: placement/loading arguments the served model does not match raise instead of warning.
+        self.strict = strict
         self.channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         _transport.attach_stubs(self, self.channel)
 
-    def pipeline(self, task: str, model: str | None = None, **defaults: Any) -> Any:
-        """A typed pipeline for tasks with a typed call; the generic call for every other task."""
-        return make_pipeline(self, task, model, defaults)
+    def pipeline(self, task: str | None = None, model: str | None = None, **defaults: Any) -> Any:
+        """A typed pipeline for tasks with a typed call; the generic call for every other task.
+
+        As `transformers.pipeline()`: `pipeline(model=NAME)` takes the served model's task,
+        `pipeline(task)` the server's default model for it. Placement and loading arguments (`device`,
+        `device_map`, `torch_dtype`/`dtype`, `model_kwargs`, `trust_remote_code`, `revision`) are
+        checked against the served model and warn on a mismatch (raise ValueError when strict)."""
+        task, rest = resolve(task, model, defaults, self.served_model, self.strict)
+        return make_pipeline(self, task, model, rest)
+
+    def served_model(self, task: str | None, model: str | None) -> dict[str, Any]:
+        """The named model, or the server's default model for the task."""
+        if model:
+            return self.model(model)
+        served = self.models(task or "")
+        for info in served:
+            if info["default"]:
+                return info
+        if served:
+            return served[0]
+        raise ValueError(f"the server at {self.target} serves no model for task {task!r}")
 
     def models(self, task: str = "") -> list[dict[str, Any]]:
         request = models_pb2.ListModelsRequest(task=task)

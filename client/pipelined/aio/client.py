@@ -9,7 +9,7 @@ from grpc_health.v1 import health_pb2
 
 from .. import _transport
 from ..client import model_dict
-from ..pipelines.registry import make_pipeline
+from ..pipelines.registry import make_pipeline, resolve
 from ..v1 import models_pb2
 from .base import AsyncPipeline
 from .registry import twin
@@ -27,17 +27,30 @@ class Client:
     multimodal: Any
     audio_tasks: Any
 
-    def __init__(self, target: str = _transport.DEFAULT_TARGET, *, timeout: float | None = None) -> None:
+    def __init__(
+        self, target: str = _transport.DEFAULT_TARGET, *, timeout: float | None = None, strict: bool = False
+    ) -> None:
         self.target = target
         self.timeout = timeout
+        self.strict = strict
         self.channel = grpc.aio.insecure_channel(target, options=_transport.CHANNEL_OPTIONS)
         _transport.attach_stubs(self, self.channel)
 
-    def pipeline(self, task: str, model: str | None = None, **defaults: Any) -> AsyncPipeline:
+    def pipeline(self, task: str | None = None, model: str | None = None, **defaults: Any) -> AsyncPipeline:
         """The twin of `pipelined.Client.pipeline(task)`: same tasks, inputs, arguments and results,
         awaited. The sync pipeline (made with this client's asyncio stubs) builds the requests and reads
-        the responses."""
-        return twin(make_pipeline(self, task, model, defaults))
+        the responses.
+
+        Without a task, or with placement arguments, it asks the server about the model first, over a
+        short-lived synchronous channel (this method stays a plain call, as in the sync client)."""
+        task, rest = resolve(task, model, defaults, self._served_model, self.strict)
+        return twin(make_pipeline(self, task, model, rest))
+
+    def _served_model(self, task: str | None, model: str | None) -> dict[str, Any]:
+        from ..client import Client as SyncClient
+
+        with SyncClient(self.target, timeout=self.timeout) as client:
+            return client.served_model(task, model)
 
     async def models(self, task: str = "") -> list[dict[str, Any]]:
         request = models_pb2.ListModelsRequest(task=task)

@@ -24,6 +24,8 @@ from typing import Any, Protocol
 from .. import _transport
 
 DEFAULT_MAX_IN_FLIGHT = 4
+# Call arguments of transformers' pipelines that only configure its local DataLoader: accepted, unused.
+LOADER_ARGUMENTS = ("batch_size", "num_workers")
 
 
 class Stubs(Protocol):
@@ -43,6 +45,18 @@ def check_known(task: str, kwargs: dict[str, Any], known: Iterable[str]) -> None
     unknown = set(kwargs) - set(known)
     if unknown:
         raise TypeError(f"unsupported {task} argument(s) over gRPC: {', '.join(sorted(unknown))}")
+
+
+def is_dataset(inputs: Any) -> bool:
+    """A torch-style dataset (transformers' `KeyDataset`/`KeyPairDataset`, a `torch.utils.data.Dataset`):
+    anything with `__len__` and `__getitem__`, found by duck typing so the client imports neither torch
+    nor datasets."""
+    return hasattr(inputs, "__len__") and hasattr(inputs, "__getitem__")
+
+
+def iter_dataset(dataset: Any) -> Iterator[Any]:
+    for index in range(len(dataset)):
+        yield dataset[index]
 
 
 class RemotePipeline:
@@ -102,6 +116,8 @@ class RemotePipeline:
 
     # ---- the synchronous call
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        for key in LOADER_ARGUMENTS:  # the server batches; these only shape transformers' DataLoader
+            kwargs.pop(key, None)
         inputs, merged = self.parse_call(*args, **kwargs)
         if self.is_single(inputs):
             return self.present(self.send(self.request_unit(inputs), merged)[0], inputs, merged)
@@ -109,6 +125,8 @@ class RemotePipeline:
             return list(self.pipelined(self.request_units(list(inputs)), merged))
         if isinstance(inputs, Iterable):
             return self.pipelined((self.request_unit(item) for item in inputs), merged)
+        if is_dataset(inputs):
+            return self.pipelined((self.request_unit(item) for item in iter_dataset(inputs)), merged)
         raise TypeError(f"unsupported {self.task} input of type {type(inputs).__name__}")
 
     def send(self, unit: Any, kwargs: dict[str, Any]) -> list[Any]:
