@@ -36,3 +36,8 @@ def test_unreachable_server_is_one_line_and_exit_4() -> None:
 
 def test_usage_error_is_exit_2() -> None:
     assert cli("no-such-command").returncode == 2
+
+
+def test_global_options_after_the_subcommand() -> None:
+    done = cli("health", "--target", "127.0.0.1:1", "--timeout", "1")
+    assert done.returncode == 4 and "127.0.0.1:1" in done.stderr

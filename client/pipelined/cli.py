@@ -173,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"server address (default $PIPELINED_TARGET or {DEFAULT_TARGET})",
     )
     parser.add_argument("--timeout", type=float, default=None, help="deadline per call, in seconds")
+    # The same options after the subcommand (`pipelined health --target H:P`); SUPPRESS keeps the ones given first.
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("transcribe", help="transcribe audio files")
     t.add_argument("files", nargs="+")
@@ -191,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--stream", action="store_true", help="text-generation: print text as it is generated")
     r.set_defaults(run=run)
     li = sub.add_parser(
-        "listen", help="live transcript of the microphone or of a file replayed as live audio"
+        "listen",
+        help="live transcript of the microphone or of a file replayed as live audio",
     )
     li.add_argument("file", nargs="?", default=None, help="a recording to stream")
     li.add_argument("--mic", action="store_true", help="stream the microphone (needs pipelined[mic])")
@@ -208,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     h = sub.add_parser("health", help="server (or one model's) health")
     h.add_argument("service", nargs="?", default="", help="a model name; empty for the whole server")
     h.set_defaults(run=health)
+    for each in (t, r, li, m, h):
+        each.add_argument("--target", default=argparse.SUPPRESS, help="server address")
+        each.add_argument(
+            "--timeout", type=float, default=argparse.SUPPRESS, help="deadline per call, in seconds"
+        )
     return parser
 
 
