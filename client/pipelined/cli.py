@@ -4,11 +4,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
+import grpc
+
 from .client import DEFAULT_TARGET, Client
 from .errors import PipelinedError
+
+DEFAULT_PORT = 50051
+EPILOG = """exit codes: 0 ok, 1 other error / not serving, 2 usage, 3 not found or invalid argument,
+4 unavailable or deadline exceeded, 130 interrupted (Ctrl-C).
+The target comes from --target, else $PIPELINED_TARGET, else localhost:50051; a host without a port gets 50051."""
+EXIT_CODES = {
+    grpc.StatusCode.NOT_FOUND: 3,
+    grpc.StatusCode.INVALID_ARGUMENT: 3,
+    grpc.StatusCode.UNAVAILABLE: 4,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 4,
+}
+
+
+def with_port(target: str) -> str:
+    """host -> host:50051 (gRPC would otherwise pick 443); host:port, [v6]:port and scheme:... are kept."""
+    if "://" in target or target.startswith(("unix:", "dns:", "ipv4:", "ipv6:")):
+        return target
+    host = target.rsplit("]", 1)[-1]
+    return target if ":" in host else f"{target}:{DEFAULT_PORT}"
 
 
 def _format_time(seconds: float | None) -> str:
@@ -139,9 +161,19 @@ def health(client: Client, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pipelined", description="Call a pipelined server.")
-    parser.add_argument("--target", default=DEFAULT_TARGET, help=f"server address (default {DEFAULT_TARGET})")
+    parser = argparse.ArgumentParser(
+        prog="pipelined",
+        description="Call a pipelined server.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--target",
+        default=os.environ.get("PIPELINED_TARGET") or DEFAULT_TARGET,
+        help=f"server address (default $PIPELINED_TARGET or {DEFAULT_TARGET})",
+    )
     parser.add_argument("--timeout", type=float, default=None, help="deadline per call, in seconds")
+    # The same options after the subcommand (`pipelined health --target H:P`); SUPPRESS keeps the ones given first.
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("transcribe", help="transcribe audio files")
     t.add_argument("files", nargs="+")
@@ -160,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--stream", action="store_true", help="text-generation: print text as it is generated")
     r.set_defaults(run=run)
     li = sub.add_parser(
-        "listen", help="live transcript of the microphone or of a file replayed as live audio"
+        "listen",
+        help="live transcript of the microphone or of a file replayed as live audio",
     )
     li.add_argument("file", nargs="?", default=None, help="a recording to stream")
     li.add_argument("--mic", action="store_true", help="stream the microphone (needs pipelined[mic])")
@@ -177,17 +210,28 @@ def build_parser() -> argparse.ArgumentParser:
     h = sub.add_parser("health", help="server (or one model's) health")
     h.add_argument("service", nargs="?", default="", help="a model name; empty for the whole server")
     h.set_defaults(run=health)
+    for each in (t, r, li, m, h):
+        each.add_argument("--target", default=argparse.SUPPRESS, help="server address")
+        each.add_argument(
+            "--timeout", type=float, default=argparse.SUPPRESS, help="deadline per call, in seconds"
+        )
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        with Client(args.target, timeout=args.timeout) as client:
+        with Client(with_port(args.target), timeout=args.timeout) as client:
             code = args.run(client, args)
     except PipelinedError as error:
         print(f"pipelined: {error}", file=sys.stderr)
-        code = 1
+        code = EXIT_CODES.get(error.code, 1)
+    except KeyboardInterrupt:
+        print("pipelined: interrupted", file=sys.stderr)
+        code = 130
+    except OSError as error:  # a missing or unreadable file
+        print(f"pipelined: {error}", file=sys.stderr)
+        code = 3
     raise SystemExit(code)
 
 

@@ -94,4 +94,6 @@ def from_rpc_error(error: grpc.RpcError) -> PipelinedError:
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)
     cls = _BY_CODE.get(code, PipelinedError)
-    return cls(details or "", code) if cls is PipelinedError else cls(details or "")
+    # An empty server message never shows as an empty string: fall back to the status's description.
+    details = details or (code.value[1] if isinstance(code, grpc.StatusCode) else "") or code.name
+    return cls(details, code) if cls is PipelinedError else cls(details)
