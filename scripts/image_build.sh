@@ -8,7 +8,7 @@ IMAGE="${1:-pipelined-server:latest}"
 BASE="${BASE:-debian-bookworm-python:local}"
 SUITE="${SUITE:-bookworm}"
 # The Debian mirror this host already uses (deb822 URIs: or a classic deb line), unless MIRROR is given.
-MIRROR="${MIRROR:-$(grep -hoE '^URIs: *[^ ]+|^deb +[^ ]+' /etc/apt/sources.list.d/* /etc/apt/sources.list 2>/dev/null | head -1 | awk '{print $2}')}"
+MIRROR="${MIRROR:-$(grep -hoE '^URIs: *[^ ]+|^deb +[^ ]+' /etc/apt/sources.list.d/* /etc/apt/sources.list 2>/dev/null | head -1 | awk '{print $2}' || true)}"
 PIP="${PIP:-$root/.venv/bin/pip}"
 [ -x "$PIP" ] || PIP="/work/main/.venv/bin/pip"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
