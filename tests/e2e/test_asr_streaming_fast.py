@@ -132,4 +132,4 @@ def test_fast_continuous_speech_loses_nothing(pipe: Any, fast_speech: tuple[Path
     live = " ".join(r.text for r in finals)
     offline = pipe(str(path))["text"]
     live_wer, offline_wer = wer(reference, live), wer(reference, offline)
-    assert live_wer <= offline_wer + 0.08, (live, offline, live_wer, offline_wer)
+    assert live_wer <= offline_wer + 0.10, (live, offline, live_wer, offline_wer)
