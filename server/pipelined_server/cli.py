@@ -11,8 +11,17 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .config import DEFAULT_PORT, ModelSpec, ServerConfig, default_config, embedded_spec, load_config
+from .config import (
+    DEFAULT_PORT,
+    ModelSpec,
+    ServerConfig,
+    default_config,
+    embedded_spec,
+    load_config,
+    parse_workers,
+)
 from .errors import ConfigError
+from .workers import Supervisor, is_worker, resolve_workers, watch_parent
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,6 +40,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--replicas", type=int, default=None, help="--model: pipelines sharing its weights, one thread each"
     )
+    parser.add_argument(
+        "--workers",
+        default=os.environ.get("PIPELINED_WORKERS"),
+        help="server processes on the port: 'auto' (one per core for CPU models; env PIPELINED_WORKERS) or N",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -45,8 +59,13 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         "port": args.port,
         "metrics_port": args.metrics_port,
         "torch_threads": args.torch_threads,
+        "workers": None if args.workers is None else _workers_flag(args.workers),
     }
     return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _workers_flag(value: str) -> int:
+    return parse_workers(value if value == "auto" else int(value) if value.isdigit() else value, "--workers")
 
 
 def _single_model(args: argparse.Namespace) -> ModelSpec:
@@ -76,8 +95,12 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # The task is held here: the loop keeps only weak references.
+    parent_watch = loop.create_task(watch_parent(stop)) if is_worker() else None
     print(f"pipelined-server listening on {config.host}:{app.port}", flush=True)
     await stop.wait()
+    if parent_watch is not None:
+        parent_watch.cancel()
     logging.getLogger(__name__).info("draining (grace %.0f s)", config.grace_period_s)
     await app.drain()
 
@@ -92,6 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"pipelined-server: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
+    count = 1 if is_worker() else resolve_workers(config)
+    if count > 1:
+        raise SystemExit(Supervisor(config, sys.argv[1:] if argv is None else argv, count).run())
     asyncio.run(serve(config))
     # A model still loading holds a worker thread that would block interpreter exit; the drain is done.
     sys.stdout.flush()

@@ -116,6 +116,9 @@ class ServerConfig:
     max_message_bytes: int = 64 * 1024 * 1024
     # torch intra-op threads; on small shared CPUs more threads than cores is much slower.
     torch_threads: int = 1
+    # Server processes on the port (SO_REUSEPORT, see workers.py); 0 ("auto"): one per usable core when every
+    # model is on the CPU, else one.
+    workers: int = 0
     audio: AudioLimits = field(default_factory=AudioLimits)
     images: ImageLimits = field(default_factory=ImageLimits)
     inputs: InputLimits = field(default_factory=InputLimits)
@@ -279,7 +282,17 @@ def parse_config(data: Any) -> ServerConfig:
         _validate_inputs(data["inputs"])
     if "streaming" in data:
         data["streaming"] = _build(StreamingLimits, data["streaming"], "streaming")
+    data["workers"] = parse_workers(data.get("workers", 0), "workers")
     return _build(ServerConfig, {**data, "models": models}, "config")
+
+
+def parse_workers(value: Any, where: str) -> int:
+    """`auto` (or 0) or a positive number of server processes."""
+    if value == "auto":
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{where}: expected 'auto' or a number of processes >= 1, got {value!r}")
+    return value
 
 
 def load_config(path: Path) -> ServerConfig:
