@@ -17,11 +17,10 @@ from typing import Any
 import grpc
 import pytest
 from pipelined.v1 import text_pb2, text_pb2_grpc
-from text_fixtures import tiny_text_dirs
-
 from pipelined_server.config import ModelSpec, ServerConfig, parse_config
 from pipelined_server.errors import ConfigError
 from pipelined_server.workers import resolve_workers, usable_cores
+from text_fixtures import tiny_text_dirs
 
 
 def _free_port() -> int:
