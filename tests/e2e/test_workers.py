@@ -163,7 +163,7 @@ def test_auto_workers_follow_the_cores_on_cpu_and_stay_one_on_a_gpu() -> None:
 
 
 @pytest.mark.parametrize("value", [-1, "two", 1.5, True])
-def test_workers_must_be_auto_or_a_positive_count(value: Any) -> None:
+def test_workers_must_be_auto_or_a_count(value: Any) -> None:
     doc = {"workers": value, "models": [{"name": "m", "task": "text-classification", "source": "x"}]}
     with pytest.raises(ConfigError, match="workers"):
         parse_config(doc)
