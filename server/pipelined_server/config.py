@@ -140,7 +140,7 @@ class ModelSpec(Section):
         if name not in EMBEDDED_MODELS:
             known = ", ".join(sorted(EMBEDDED_MODELS))
             raise invalid("source", f"unknown embedded model {name!r}; known: {known}")
-        task, kwargs, request_defaults = _embedded_defaults(name, EMBEDDED_MODELS[name].task)
+        task, kwargs, request_defaults = _served_defaults(EMBEDDED_MODELS[name].task)
         data = dict(data)
         data.setdefault("task", task)
         given = data.get("pipeline_kwargs")
@@ -237,9 +237,9 @@ class ServerConfig(Section):
         return candidates[0] if candidates else None
 
 
-def _embedded_defaults(name: str, task: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """Task, pipeline kwargs and request defaults an embedded model is served with unless the file says
-    otherwise."""
+def _served_defaults(task: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Task, pipeline kwargs and request defaults an embedded model of `task` is served with unless the
+    file says otherwise."""
     if task == "automatic-speech-recognition":
         return (
             task,
