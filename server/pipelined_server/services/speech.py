@@ -32,8 +32,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
     async def Recognize(
         self, request: speech_pb2.RecognizeRequest, context: grpc.aio.ServicerContext, call: CallInfo
     ) -> speech_pb2.RecognizeResponse:
-        instance = self._model(request.config, call)
-        kwargs = asr.call_kwargs(request.config, asr.model_kind(instance))
+        instance = self._model(request.config.config, call)
+        kwargs = asr.clip_kwargs(request.config, asr.model_kind(instance))
         samples = await decode_audio_input_async(
             request.audio, instance.sampling_rate, self.state.config.audio
         )
