@@ -118,3 +118,25 @@ def test_without_tesseract_failed_precondition(pipe: Any, monkeypatch: pytest.Mo
         assert pipe(None, "total", word_boxes=WORDS)  # questions with word boxes are still answered
     finally:
         ocr.installed_languages.cache_clear()
+
+
+def test_ocr_is_bounded_in_time() -> None:
+    import io
+    import time
+
+    from pipelined.v1 import image_pb2, multimodal_pb2
+    from pipelined_server.errors import DeadlineExpired
+    from pipelined_server.images import ImageLimits
+    from pipelined_server.tasks import document_qa
+
+    # Tesseract needs over a second for this page: a 10 ms budget kills it.
+    with pytest.raises(DeadlineExpired, match="OCR of the page was stopped"):
+        ocr.read_words(PAGE, timeout_s=0.01)
+    # A deadline already past reads no page at all.
+    buffer = io.BytesIO()
+    PAGE.save(buffer, format="PNG")
+    question = multimodal_pb2.DocumentQuestion(
+        question="total", image=image_pb2.ImageInput(encoded=buffer.getvalue())
+    )
+    with pytest.raises(DeadlineExpired, match="deadline passed"):
+        document_qa._load(question, ImageLimits(), "", time.monotonic() - 1)

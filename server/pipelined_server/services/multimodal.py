@@ -62,7 +62,9 @@ class MultimodalServicer(multimodal_pb2_grpc.MultimodalServiceServicer):
         instance = self.state.registry.ready(request.model, call.task)
         call.model = instance.name
         kwargs = document_qa.call_kwargs(request)
-        items = await document_qa.load_questions(request, self.state.config.images, instance)
+        items = await document_qa.load_questions(
+            request, self.state.config.images, instance, context.time_remaining()
+        )
         outputs = await run_items(instance, items, kwargs, context.time_remaining())
         return multimodal_pb2.AnswerDocumentQuestionResponse(
             results=[document_qa.answers(o) for o in outputs], model=instance.name

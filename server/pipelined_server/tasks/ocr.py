@@ -11,9 +11,10 @@ import functools
 import re
 from typing import Any
 
-from ..errors import FailedPrecondition, InvalidInput
+from ..errors import DeadlineExpired, FailedPrecondition, InvalidInput
 
-# A page of a few million pixels takes seconds; a page still unread after this is refused, and its subprocess killed.
+# The OCR of one request's pages: a letter-size page takes ~3 s on a loaded 2-core machine; pages still unread
+# after this (or the caller's deadline, if sooner) are refused, and the running subprocess killed.
 OCR_TIMEOUT_S = 60.0
 _LANGUAGE = re.compile(r"[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)*")
 
@@ -71,8 +72,9 @@ def read_words(image: Any, language: str = "", timeout_s: float = OCR_TIMEOUT_S)
     except pytesseract.TesseractError as exc:
         raise InvalidInput(f"OCR of the page failed: {exc.message}") from exc
     except RuntimeError as exc:  # pytesseract's timeout (TesseractError is a RuntimeError too: caught above)
-        raise InvalidInput(
-            f"OCR of the page took more than {timeout_s:.0f} s: send its word_boxes or a smaller page"
+        raise DeadlineExpired(
+            f"OCR of the page was stopped after {timeout_s:.1f} s (the deadline or the server's limit of "
+            f"{OCR_TIMEOUT_S:.0f} s per request): send its word_boxes or a smaller page"
         ) from exc
     width, height = image.size
     return [
