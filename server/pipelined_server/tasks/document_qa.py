@@ -19,6 +19,7 @@ from typing import Any
 
 from pipelined.v1 import multimodal_pb2
 
+from ..config import InputLimits
 from ..errors import DeadlineExpired, InvalidInput
 from ..images import ImageLimits
 from ..registry import ModelInstance
@@ -83,11 +84,12 @@ def _load(
 async def load_questions(
     request: multimodal_pb2.AnswerDocumentQuestionRequest,
     limits: ImageLimits,
+    inputs: InputLimits,
     instance: ModelInstance,
     timeout: float | None,
 ) -> list[Item]:
     """The questions as work items, pages without word boxes read by OCR within `timeout` (the caller's)."""
-    check_count(len(request.questions), "questions", limits)
+    check_count(len(request.questions), "questions", inputs)
     with_ocr = reads_words(instance) and any(not q.word_boxes for q in request.questions)
     budget = ocr.OCR_TIMEOUT_S if timeout is None else min(timeout, ocr.OCR_TIMEOUT_S)
     deadline = time.monotonic() + budget if with_ocr else None
