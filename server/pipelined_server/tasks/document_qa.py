@@ -1,32 +1,32 @@
 """document-question-answering: questions (image and/or word boxes) -> pipeline inputs, answers -> protos.
 
 A page without word boxes, for a model that reads words (LayoutLM), is read by OCR here while the
-question is loaded (tasks/ocr.py, off the event loop, before the question is queued), not in the pipeline's
-preprocess as locally: there it would run on the model's worker thread and every question queued behind it
-would wait (measured on the loaded 2-core dev machine: Tesseract 1.4-1.8 s for a 640x320 rendered page,
-2.8 s for a letter-size page at 200 dpi, against milliseconds for a LayoutLM forward). The words are then
-the pipeline's `word_boxes`, exactly what its own OCR would give. Each page gets at most what is left of
-the caller's deadline (and `ocr.OCR_TIMEOUT_S`). Models that read pixels (Donut) or whose image processor runs OCR itself (LayoutLMv2/v3 with `apply_ocr`)
-get the image alone. Batching rule: the pipeline pads a batch to its longest token sequence, so only
-identical questions over identical words share a batch.
+question's items are made (tasks/ocr.py; the items step runs off the event loop, before anything is queued),
+not in the pipeline's preprocess as locally: there it would run on the model's worker thread and every
+question queued behind it would wait (measured on the loaded 2-core dev machine: Tesseract 1.4-1.8 s for a
+640x320 rendered page, 2.8 s for a letter-size page at 200 dpi, against milliseconds for a LayoutLM
+forward). The words are then the pipeline's `word_boxes`, exactly what its own OCR would give. A request's
+pages share one OCR budget (`ocr.OCR_TIMEOUT_S`). Models that read pixels (Donut) or whose image processor
+runs OCR itself (LayoutLMv2/v3 with `apply_ocr`) get the image alone. Batching rule: the pipeline pads a
+batch to its longest token sequence, so only identical questions over identical words share a batch.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from pipelined.v1 import multimodal_pb2
 
-from ..config import InputLimits
-from ..errors import DeadlineExpired, InvalidInput
+from ..config import ServerConfig
+from ..errors import InvalidInput
 from ..images import ImageLimits
 from ..registry import ModelInstance
 from . import ocr
-from .image_input import check_count, load_image_input
-from .options import positive
-from .submit import Item
+from .adapter import Adapter, Item
+from .checks import check_count, positive
+from .image_input import load_image_input
 
 TASK = "document-question-answering"
 
@@ -68,7 +68,7 @@ def _load(
     if not words and ocr_deadline is not None:
         left = ocr_deadline - time.monotonic()
         if left <= 0:
-            raise DeadlineExpired("the deadline passed while the document's pages were read by OCR")
+            raise InvalidInput(f"the request's pages took more than {ocr.OCR_TIMEOUT_S:.0f} s of OCR")
         words = ocr.read_words(payload["image"], ocr_language, timeout_s=left)
     if words:
         payload["word_boxes"] = words
@@ -81,27 +81,6 @@ def _load(
     return Item(payload, key=key)
 
 
-async def load_questions(
-    request: multimodal_pb2.AnswerDocumentQuestionRequest,
-    limits: ImageLimits,
-    inputs: InputLimits,
-    instance: ModelInstance,
-    timeout: float | None,
-) -> list[Item]:
-    """The questions as work items, pages without word boxes read by OCR within `timeout` (the caller's)."""
-    check_count(len(request.questions), "questions", inputs)
-    with_ocr = reads_words(instance) and any(not q.word_boxes for q in request.questions)
-    budget = ocr.OCR_TIMEOUT_S if timeout is None else min(timeout, ocr.OCR_TIMEOUT_S)
-    deadline = time.monotonic() + budget if with_ocr else None
-
-    def load() -> list[Item]:
-        if with_ocr:
-            ocr.check_language(request.ocr_language)  # before any page is decoded or read
-        return [_load(q, limits, request.ocr_language, deadline) for q in request.questions]
-
-    return await asyncio.to_thread(load)
-
-
 def answers(output: Any) -> multimodal_pb2.DocumentAnswers:
     records = output if isinstance(output, list) else [output]
     return multimodal_pb2.DocumentAnswers(
@@ -112,3 +91,46 @@ def answers(output: Any) -> multimodal_pb2.DocumentAnswers:
             for a in records
         ]
     )
+
+
+class DocumentQuestionAnswering(
+    Adapter[multimodal_pb2.AnswerDocumentQuestionRequest, multimodal_pb2.AnswerDocumentQuestionResponse]
+):
+    task = TASK
+
+    def arguments(
+        self,
+        request: multimodal_pb2.AnswerDocumentQuestionRequest,
+        instance: ModelInstance,
+        config: ServerConfig,
+    ) -> dict[str, Any]:
+        return call_kwargs(request)
+
+    def items(
+        self,
+        request: multimodal_pb2.AnswerDocumentQuestionRequest,
+        instance: ModelInstance,
+        config: ServerConfig,
+        kwargs: dict[str, Any],
+    ) -> list[Item]:
+        check_count(len(request.questions), "questions", config.limits)
+        deadline = None
+        if reads_words(instance) and any(not q.word_boxes for q in request.questions):
+            ocr.check_language(request.ocr_language)  # before any page is decoded or read
+            deadline = time.monotonic() + ocr.OCR_TIMEOUT_S
+        return [_load(q, config.images, request.ocr_language, deadline) for q in request.questions]
+
+    def response(
+        self,
+        request: multimodal_pb2.AnswerDocumentQuestionRequest,
+        instance: ModelInstance,
+        kwargs: dict[str, Any],
+        items: Sequence[Item],
+        outputs: list[Any],
+    ) -> multimodal_pb2.AnswerDocumentQuestionResponse:
+        return multimodal_pb2.AnswerDocumentQuestionResponse(
+            results=[answers(o) for o in outputs], model=instance.name
+        )
+
+
+ADAPTER = DocumentQuestionAnswering()

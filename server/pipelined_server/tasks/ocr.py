@@ -11,10 +11,10 @@ import functools
 import re
 from typing import Any
 
-from ..errors import DeadlineExpired, FailedPrecondition, InvalidInput
+from ..errors import FailedPrecondition, InvalidInput
 
 # The OCR of one request's pages: a letter-size page takes ~3 s on a loaded 2-core machine; pages still unread
-# after this (or the caller's deadline, if sooner) are refused, and the running subprocess killed.
+# after this are refused, and the running subprocess killed.
 OCR_TIMEOUT_S = 60.0
 _LANGUAGE = re.compile(r"[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)*")
 
@@ -72,9 +72,9 @@ def read_words(image: Any, language: str = "", timeout_s: float = OCR_TIMEOUT_S)
     except pytesseract.TesseractError as exc:
         raise InvalidInput(f"OCR of the page failed: {exc.message}") from exc
     except RuntimeError as exc:  # pytesseract's timeout (TesseractError is a RuntimeError too: caught above)
-        raise DeadlineExpired(
-            f"OCR of the page was stopped after {timeout_s:.1f} s (the deadline or the server's limit of "
-            f"{OCR_TIMEOUT_S:.0f} s per request): send its word_boxes or a smaller page"
+        raise InvalidInput(
+            f"OCR of the page was stopped after {timeout_s:.1f} s (the server allows {OCR_TIMEOUT_S:.0f} s "
+            "of OCR per request): send its word_boxes or a smaller page"
         ) from exc
     width, height = image.size
     return [
