@@ -135,10 +135,16 @@ def test_batching_never_changes_a_result(
 def test_whisper_language_detection_is_never_batched(
     asr_server: ServerThread, client: Client, local_whisper: Any
 ) -> None:
+    """Batched, language detection fails and the scheduler retries item by item, so equal outputs alone would not
+    notice: every pipeline call must hold one clip."""
     clips = [tiny_audio(2.0 + i, seed=30 + i) for i in range(3)]
     expected = [local_whisper(c.copy(), return_language=True) for c in clips]
     pipe = client.pipeline(ASR, model="tiny-whisper", return_language=True)
+    calls = asr_server.metric("pipelined_pipeline_calls_total", model="tiny-whisper")
+    batches = asr_server.metric("pipelined_batch_size_count", model="tiny-whisper")
     assert_same(concurrently(pipe, clips), expected)
+    assert asr_server.metric("pipelined_pipeline_calls_total", model="tiny-whisper") - calls == len(clips)
+    assert asr_server.metric("pipelined_batch_size_count", model="tiny-whisper") - batches == len(clips)
 
 
 def test_stream_file_segments_arrive_in_order(client: Client) -> None:
