@@ -12,7 +12,7 @@ BUF_AGAINST ?= .git\#branch=main
 MODEL_REQUIREMENTS := requirements/models.txt
 ARGS ?=
 
-.PHONY: setup serve test lint protos bench clean ocr
+.PHONY: setup serve test lint protos bench clean ocr mutation
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,11 @@ protos: setup
 
 bench: setup
 	$(BIN)/python bench/asr_unary.py $(ARGS)
+
+# Mutation testing of the status mapping and the adapters' batching keys (not in CI: minutes per group).
+# ARGS picks groups (scripts/mutation.py); the last line is `mutation score: K/N killed`.
+mutation: setup
+	$(BIN)/python scripts/mutation.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .tools build *.egg-info
