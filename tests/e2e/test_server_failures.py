@@ -9,6 +9,7 @@ serving path.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,13 +81,17 @@ def requests(server: ServerThread, code: str, model: str = "ctc") -> float:
 
 
 def test_an_unexpected_exception_is_internal_and_the_server_keeps_serving(
-    server: ServerThread, injected: Injected, local_ctc: Any
+    server: ServerThread, injected: Injected, local_ctc: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     pipe = Client(server.target, timeout=60).pipeline(ASR)
     internal, ok = requests(server, "INTERNAL"), requests(server, "OK")
-    with pytest.raises(Internal, match="INTERNAL.*RuntimeError: injected defect"):
-        pipe(np.resize(tiny_audio(2.0, seed=1), FAILING))
+    with caplog.at_level(logging.ERROR, logger="pipelined_server"):
+        with pytest.raises(Internal, match="INTERNAL.*RuntimeError: injected defect"):
+            pipe(np.resize(tiny_audio(2.0, seed=1), FAILING))
     assert requests(server, "INTERNAL") == internal + 1
+    # A defect is logged with its traceback, where an operator finds it.
+    logged = [r for r in caplog.records if r.getMessage() == "internal error"]
+    assert len(logged) == 1 and logged[0].exc_info and "injected defect" in str(logged[0].exc_info[1])
     good = tiny_audio(1.5, seed=2)
     assert pipe(good)["text"] == local_ctc(good.copy())["text"]
     assert requests(server, "OK") == ok + 1
