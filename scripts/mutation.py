@@ -1,0 +1,124 @@
+"""`make mutation`: mutation testing of the serving core with mutmut 3 (issue 16), within a budget this machine
+affords, ending with the line `mutation score: K/N killed`.
+
+Mutated: the status mapping (services/calls.py) and every task adapter's batching choice (the `key=` and
+`batchable=` of the work items in tasks/*.py), each with the few fast tests that claim them (GROUPS below); the
+survivors and why each is equivalent are listed in tests/MUTATION.md.
+
+mutmut names a mutant after its file's path from the project root (`src.` stripped) and expects the tests to
+import it under that name; this project's package lives in server/, so the run happens in build/mutation, where
+`src` is a link to server/ and `tests` to tests/, with [tool.mutmut] of pyproject.toml. Usage:
+`scripts/mutation.py [GROUP ...]` (default: every group); a group's mutants are those whose name matches.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+WORK = REPO / "build" / "mutation"
+
+# group -> (mutant name patterns, pytest node ids or -k selections of the tests that claim the behaviour)
+GROUPS: dict[str, tuple[list[str], list[str]]] = {
+    "calls": (
+        [
+            "pipelined_server.services.calls.x__status_of__mutmut_*",
+            "pipelined_server.services.calls.x__ended_early__mutmut_*",
+        ],
+        ["tests/e2e/test_server_failures.py"],
+    ),
+    "asr": (
+        ["pipelined_server.tasks.asr.x_plan__mutmut_*"],
+        [
+            "tests/e2e/test_asr_parity.py::test_batching_never_changes_a_result",
+            "tests/e2e/test_asr_parity.py::test_whisper_language_detection_is_never_batched",
+            "tests/e2e/test_asr_parity.py::test_long_form_sequential_decoding",
+        ],
+    ),
+    "text_generation": (
+        [
+            "pipelined_server.tasks.text_generation.x_batch_key__mutmut_*",
+            "pipelined_server.tasks.text_generation.xǁTextGenerationǁitems__mutmut_*",
+        ],
+        ["tests/e2e/test_text_parity.py::test_batching_never_changes_a_result"],
+    ),
+    "vision": (
+        [
+            "pipelined_server.tasks.vision.x_any_size__mutmut_*",
+            "pipelined_server.tasks.vision.x_same_size__mutmut_*",
+        ],
+        ["tests/e2e/test_vision_tasks.py"],
+    ),
+    "audio_tasks": (
+        [
+            "pipelined_server.tasks.audio_tasks.x_same_length__mutmut_*",
+            "pipelined_server.tasks.audio_tasks.xǁTextToAudioǁitems__mutmut_*",
+        ],
+        ["tests/e2e/test_generic_tasks.py"],
+    ),
+}
+
+
+def _toml_list(values: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(v) for v in values) + "]"
+
+
+def _prepare(tests: list[str]) -> None:
+    """A fresh build/mutation: links to the sources and tests, and pyproject.toml with the tests to run."""
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True)
+    (WORK / "src").symlink_to(REPO / "server")
+    (WORK / "tests").symlink_to(REPO / "tests")
+    text = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    # [tool.mutmut] is the last table mutmut reads; the selection of this run is added to it.
+    text += f"pytest_add_cli_args_test_selection = {_toml_list(tests)}\n"
+    (WORK / "pyproject.toml").write_text(text, encoding="utf-8")
+
+
+def _results() -> dict[str, int | None]:
+    """Exit code of every mutant mutmut generated (None: not run), from its .meta files."""
+    codes: dict[str, int | None] = {}
+    for meta in (WORK / "mutants").rglob("*.meta"):
+        codes.update(json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"])
+    return codes
+
+
+def main(argv: list[str]) -> int:
+    from mutmut.stats import status_by_exit_code
+
+    groups = argv or list(GROUPS)
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        print(f"unknown group(s) {unknown}; known: {list(GROUPS)}", file=sys.stderr)
+        return 2
+    patterns = [p for g in groups for p in GROUPS[g][0]]
+    tests = [t for g in groups for t in GROUPS[g][1]]
+    _prepare(tests)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "client"), "HF_HUB_OFFLINE": "1"}
+    mutmut = [sys.executable, "-m", "mutmut", "run", "--max-children", "2", *patterns]
+    run = subprocess.run(mutmut, cwd=WORK, env=env)
+    codes = _results()
+    killed_total = total = 0
+    for group in groups:
+        names = sorted(n for n in codes if any(fnmatch.fnmatchcase(n, p) for p in GROUPS[group][0]))
+        statuses = {n: status_by_exit_code[codes[n]] for n in names}
+        killed = sum(s in ("killed", "timeout") for s in statuses.values())
+        print(f"{group}: {killed}/{len(names)} killed")
+        for name, status in statuses.items():
+            if status not in ("killed", "timeout"):
+                print(f"    {status}: {name}")
+        killed_total, total = killed_total + killed, total + len(names)
+    if run.returncode != 0:
+        print(f"mutmut exited {run.returncode}", file=sys.stderr)
+    print(f"mutation score: {killed_total}/{total} killed")
+    return run.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
