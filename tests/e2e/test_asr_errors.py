@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 from asr_specs import asr_specs
-from harness import ServerThread
+from harness import ServerThread, wait_for
 from pipelined import Client, DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted
 from pipelined.v1 import audio_pb2, common_pb2, speech_pb2, speech_pb2_grpc
 from pipelined_server.audio import AudioLimits
@@ -175,14 +174,24 @@ def test_payload_and_duration_limits(strict_server: ServerThread) -> None:
     assert "text" in pipe(tiny_audio(1.0))
 
 
+def _queued(server: ServerThread, model: str = "tiny-whisper") -> int:
+    scheduler = server.app.state.registry.instances[model].scheduler
+    assert scheduler is not None
+    return scheduler.depth
+
+
 def _busy(server: ServerThread, seconds: float = 45.0) -> threading.Thread:
-    """Occupies the one-at-a-time model with a long-form decode."""
+    """Occupies the one-at-a-time model with a long-form decode; returns once the pipeline is computing it."""
     audio = tiny_audio(seconds, seed=99)
+    items = server.metric("pipelined_pipeline_items_total", model="tiny-whisper")
     thread = threading.Thread(
         target=lambda: Client(server.target).pipeline(ASR)(audio, return_timestamps=True)
     )
     thread.start()
-    time.sleep(0.5)
+    wait_for(
+        lambda: server.metric("pipelined_pipeline_items_total", model="tiny-whisper") > items,
+        what="the long-form decode to start",
+    )
     return thread
 
 
@@ -192,7 +201,7 @@ def test_full_queue_is_resource_exhausted(strict_server: ServerThread) -> None:
     queued = [threading.Thread(target=pipe, args=(tiny_audio(1.0),)) for _ in range(2)]
     for t in queued:
         t.start()
-    time.sleep(0.3)
+    wait_for(lambda: _queued(strict_server) == 2, what="two queued requests")
     with pytest.raises(ResourceExhausted, match="max_queue_size"):
         pipe(tiny_audio(1.0))
     for t in [busy, *queued]:
@@ -216,14 +225,17 @@ def test_expired_or_cancelled_requests_are_never_computed(strict_server: ServerT
             Client(strict_server.target, timeout=0.3).pipeline(ASR)(tiny_audio(1.0))
     else:
         future = stub.Recognize.future(request, timeout=60)
-        time.sleep(0.3)
+        wait_for(lambda: _queued(strict_server) == 1, what="the request to be queued")
         future.cancel()
     busy.join()
-    time.sleep(0.2)
-    skipped = sum(
-        strict_server.metric("pipelined_requests_skipped_total", model=model, reason=r)
-        for r in ("deadline", "cancelled")
-    )
+
+    def skipped() -> float:
+        return sum(
+            strict_server.metric("pipelined_requests_skipped_total", model=model, reason=r)
+            for r in ("deadline", "cancelled")
+        )
+
+    wait_for(lambda: skipped() > skipped_before, what="the request to be skipped")
     # Only the long-form request reached the pipeline.
     assert strict_server.metric("pipelined_pipeline_items_total", model=model) - items_before == 1
-    assert skipped - skipped_before == 1
+    assert skipped() - skipped_before == 1

@@ -85,9 +85,11 @@ def test_an_unexpected_exception_is_internal_and_the_server_keeps_serving(
 ) -> None:
     pipe = Client(server.target, timeout=60).pipeline(ASR)
     internal, ok = requests(server, "INTERNAL"), requests(server, "OK")
-    with caplog.at_level(logging.ERROR, logger="pipelined_server"):
-        with pytest.raises(Internal, match="INTERNAL.*RuntimeError: injected defect"):
-            pipe(np.resize(tiny_audio(2.0, seed=1), FAILING))
+    with (
+        caplog.at_level(logging.ERROR, logger="pipelined_server"),
+        pytest.raises(Internal, match="INTERNAL.*RuntimeError: injected defect"),
+    ):
+        pipe(np.resize(tiny_audio(2.0, seed=1), FAILING))
     assert requests(server, "INTERNAL") == internal + 1
     # A defect is logged with its traceback, where an operator finds it.
     logged = [r for r in caplog.records if r.getMessage() == "internal error"]
