@@ -8,7 +8,8 @@ survivors and why each is equivalent are listed in tests/MUTATION.md.
 mutmut names a mutant after its file's path from the project root (`src.` stripped) and expects the tests to
 import it under that name; this project's package lives in server/, so the run happens in build/mutation, where
 `src` is a link to server/ and `tests` to tests/, with [tool.mutmut] of pyproject.toml. Usage:
-`scripts/mutation.py [GROUP ...]` (default: every group); a group's mutants are those whose name matches.
+`scripts/mutation.py [--report] [GROUP ...]` (default: every group); a group's mutants are those whose name
+matches; mutants not run (a run cut short) count as not killed.
 """
 
 from __future__ import annotations
@@ -92,6 +93,9 @@ def _results() -> dict[str, int | None]:
 def main(argv: list[str]) -> int:
     from mutmut.stats import status_by_exit_code
 
+    # --report: the scores of the last run (build/mutation), e.g. of one cut short, without running anything.
+    report_only = "--report" in argv
+    argv = [a for a in argv if a != "--report"]
     groups = argv or list(GROUPS)
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
@@ -99,25 +103,28 @@ def main(argv: list[str]) -> int:
         return 2
     patterns = [p for g in groups for p in GROUPS[g][0]]
     tests = [t for g in groups for t in GROUPS[g][1]]
-    _prepare(tests)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "client"), "HF_HUB_OFFLINE": "1"}
-    mutmut = [sys.executable, "-m", "mutmut", "run", "--max-children", "2", *patterns]
-    run = subprocess.run(mutmut, cwd=WORK, env=env)
+    returncode = 0
+    if not report_only:
+        _prepare(tests)
+        env = {**os.environ, "PYTHONPATH": str(REPO / "client"), "HF_HUB_OFFLINE": "1"}
+        mutmut = [sys.executable, "-m", "mutmut", "run", "--max-children", "2", *patterns]
+        returncode = subprocess.run(mutmut, cwd=WORK, env=env).returncode
     codes = _results()
     killed_total = total = 0
     for group in groups:
         names = sorted(n for n in codes if any(fnmatch.fnmatchcase(n, p) for p in GROUPS[group][0]))
         statuses = {n: status_by_exit_code[codes[n]] for n in names}
+        # A timeout is a kill: the mutant made the tests hang (mutmut counts it so too).
         killed = sum(s in ("killed", "timeout") for s in statuses.values())
         print(f"{group}: {killed}/{len(names)} killed")
         for name, status in statuses.items():
             if status not in ("killed", "timeout"):
                 print(f"    {status}: {name}")
         killed_total, total = killed_total + killed, total + len(names)
-    if run.returncode != 0:
-        print(f"mutmut exited {run.returncode}", file=sys.stderr)
+    if returncode != 0:
+        print(f"mutmut exited {returncode}", file=sys.stderr)
     print(f"mutation score: {killed_total}/{total} killed")
-    return run.returncode
+    return returncode
 
 
 if __name__ == "__main__":
