@@ -89,7 +89,8 @@ class ModelSpec:
     source: str
     # "cpu", "cuda", "cuda:1", "mps", or "auto" for device_map="auto".
     device: str = "cpu"
-    # "auto", "float32", "float16", "bfloat16"; "int8" loads 8-bit with bitsandbytes.
+    # "auto", "float32", "float16", "bfloat16"; "int8": on CUDA 8-bit bitsandbytes, on CPU dynamic
+    # quantization of the linear layers (loading.cpu_int8).
     dtype: str = "auto"
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     # Pipelines sharing one copy of the weights, each on its own worker thread: on a CPU, one per core

@@ -38,6 +38,24 @@ def resolve_source(source: str) -> str:
     return source  # a Hub id: transformers downloads it (or finds it in the HF cache when offline)
 
 
+def on_cuda(device: str) -> bool:
+    """Whether a spec's device puts weights on CUDA GPUs ("auto" does when any GPU is visible)."""
+    if device.startswith("cuda"):
+        return True
+    if device == "auto":
+        import torch
+
+        return bool(torch.cuda.is_available())
+    return False
+
+
+def cpu_int8(spec: ModelSpec) -> bool:
+    """`dtype: int8` off CUDA is torch's dynamic quantization of the linear layers (bitsandbytes' 8-bit
+    kernels are CUDA only): the model loads in float32, then every nn.Linear becomes int8 weights with
+    activations quantized per call."""
+    return spec.dtype == "int8" and not on_cuda(spec.device)
+
+
 def pipeline_kwargs_for(spec: ModelSpec) -> dict[str, Any]:
     """Keyword arguments of transformers.pipeline() for this spec: device placement and dtype."""
     kwargs: dict[str, Any] = dict(spec.pipeline_kwargs)
@@ -45,7 +63,7 @@ def pipeline_kwargs_for(spec: ModelSpec) -> dict[str, Any]:
         kwargs["device_map"] = "auto"
     else:
         kwargs["device"] = spec.device
-    if spec.dtype == "int8":
+    if spec.dtype == "int8" and not cpu_int8(spec):
         from transformers import BitsAndBytesConfig
 
         model_kwargs = dict(kwargs.get("model_kwargs") or {})
@@ -54,9 +72,30 @@ def pipeline_kwargs_for(spec: ModelSpec) -> dict[str, Any]:
         if spec.device != "auto":
             kwargs.pop("device")
             kwargs["device_map"] = spec.device
+    elif spec.dtype == "int8":
+        kwargs["dtype"] = "float32"  # quantized after loading: see cpu_int8
     elif spec.dtype != "auto":
         kwargs["dtype"] = spec.dtype
     return kwargs
+
+
+def quantize_linear_layers(model: Any) -> int:
+    """Dynamic int8 quantization of every nn.Linear, in place; returns how many were quantized.
+
+    torch.ao.quantization is deprecated in favour of torchao but still ships (torch 2.13) and needs no
+    extra package; its warnings are silenced here so that they do not repeat at every start-up."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
+        from torch.ao.quantization import quantize_dynamic
+
+        quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    return sum(1 for m in model.modules() if isinstance(m, QuantizedLinear))
 
 
 def load_pipeline(spec: ModelSpec) -> LoadedPipeline:
@@ -72,6 +111,17 @@ def load_pipeline(spec: ModelSpec) -> LoadedPipeline:
     device_map = getattr(torch_model, "hf_device_map", None)
     device = str(device_map) if device_map else str(getattr(pipe, "device", spec.device))
     dtype = str(getattr(torch_model, "dtype", "")).removeprefix("torch.")
+    if cpu_int8(spec):
+        if device_map and set(map(str, device_map.values())) - {"cpu"}:
+            raise ConfigError(
+                f"{spec.name}: dtype int8 on CPU quantizes weights in memory; parts placed on "
+                f"{sorted(set(map(str, device_map.values())) - {'cpu'})} cannot be (drop max_memory/offload)"
+            )
+        quantized = quantize_linear_layers(torch_model)
+        log.info("%s: %d linear layers quantized to int8", spec.name, quantized)
+        dtype = "int8"
+    elif spec.dtype in ("int8", "nf4"):
+        dtype = spec.dtype  # bitsandbytes: model.dtype reports the compute dtype, not the stored one
     return LoadedPipeline(pipeline=pipe, device=device, dtype=dtype)
 
 

