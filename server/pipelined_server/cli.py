@@ -92,7 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"pipelined-server: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except ConfigError as exc:  # what only start-up can check: the models' memory budgets
+        print(f"pipelined-server: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
     # A model still loading holds a worker thread that would block interpreter exit; the drain is done.
     sys.stdout.flush()
     sys.stderr.flush()

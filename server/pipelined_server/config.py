@@ -6,6 +6,7 @@ runtime error on the first request.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -16,12 +17,16 @@ import yaml
 from .audio import AudioLimits
 from .errors import ConfigError
 from .images import ImageLimits
+from .memory import parse_size
 
 DEFAULT_PORT = 50051
 DEFAULT_METRICS_PORT = 9464
 DEFAULT_ASR_MODEL = "whisper-tiny.en"
 # Embedded text models served by default when their weight packages are installed.
 DEFAULT_TEXT_MODELS = ("all-minilm-l6-v2", "smollm2-135m-instruct")
+
+# Weight dtypes a model may load with (int8 and nf4 are quantizations: see ModelSpec.dtype).
+DTYPES = ("auto", "float32", "float16", "bfloat16", "int8", "nf4")
 
 # pipelined's own per-request options (not transformers arguments) a model may default, per task.
 POOLINGS = ("none", "mean", "cls")
@@ -87,11 +92,22 @@ class ModelSpec:
     task: str
     # "embedded:<name>", a local directory, or a Hub id.
     source: str
-    # "cpu", "cuda", "cuda:1", "mps", or "auto" for device_map="auto".
+    # "cpu", "cuda", "cuda:1", "mps", or "auto" for device_map="auto" (accelerate splits the model over the
+    # GPUs, then the CPU, then the offload folder, within max_memory).
     device: str = "cpu"
     # "auto", "float32", "float16", "bfloat16"; "int8": on CUDA 8-bit bitsandbytes, on CPU dynamic
-    # quantization of the linear layers (loading.cpu_int8).
+    # quantization of the linear layers (loading.cpu_int8); "nf4": 4-bit bitsandbytes (CUDA only).
     dtype: str = "auto"
+    # Memory budget per device ("cpu", "cuda:0", ...), in bytes once parsed ("2GiB", "500MB" in the file).
+    # With device auto it bounds what accelerate puts on each device; with a fixed device (or devices) the
+    # weights must fit it. A config whose models cannot fit is refused at start-up (memory.check_budgets).
+    max_memory: dict[str, int] = field(default_factory=dict)
+    # With device auto: where accelerate offloads the weights that do not fit max_memory (read back layer by
+    # layer at each call: slow, but a model larger than RAM still serves).
+    offload_folder: str = ""
+    # One copy of the weights per device, each with `replicas` pipelines (e.g. [cuda:0, cuda:1]); replaces
+    # `device`.
+    devices: tuple[str, ...] = ()
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     # Pipelines sharing one copy of the weights, each on its own worker thread: on a CPU, one per core
     # (with torch_threads 1) is how concurrent requests use every core.
@@ -205,6 +221,14 @@ def _model_from_dict(data: Any, index: int) -> ModelSpec:
         raise ConfigError(f"{where}.task is required (a transformers pipeline task)")
     if "batching" in data:
         data["batching"] = _build(BatchingConfig, data["batching"], f"{where}.batching")
+    if "devices" in data:
+        if "device" in data:
+            raise ConfigError(f"{where}: set device or devices, not both")
+        if not isinstance(data["devices"], list) or not data["devices"]:
+            raise ConfigError(f"{where}.devices: expected a non-empty list such as [cuda:0, cuda:1]")
+        data["devices"] = tuple(str(d) for d in data["devices"])
+    if "max_memory" in data:
+        data["max_memory"] = _max_memory(data["max_memory"], f"{where}.max_memory")
     spec: ModelSpec = _build(ModelSpec, data, where)
     _validate_model(spec, where)
     return spec
@@ -223,11 +247,51 @@ def _validate_model(spec: ModelSpec, where: str) -> None:
         raise ConfigError(f"{where}.batching.max_queue_size must be >= 1")
     if spec.batching.max_queue_delay_ms < 0:
         raise ConfigError(f"{where}.batching.max_queue_delay_ms must be >= 0")
-    if spec.dtype not in {"auto", "float32", "float16", "bfloat16", "int8"}:
-        raise ConfigError(f"{where}.dtype {spec.dtype!r}: use auto, float32, float16, bfloat16 or int8")
+    if spec.dtype not in DTYPES:
+        raise ConfigError(f"{where}.dtype {spec.dtype!r}: use {', '.join(DTYPES)}")
+    _validate_placement(spec, where)
     if not isinstance(spec.pipeline_kwargs, dict):
         raise ConfigError(f"{where}.pipeline_kwargs must be a mapping")
     _validate_request_defaults(spec, where)
+
+
+def device_key(device: Any, where: str) -> str:
+    """A device name as the config writes it: "cpu", "mps", "cuda" (= cuda:0), "cuda:N" or a GPU index."""
+    if isinstance(device, int) and not isinstance(device, bool) and device >= 0:
+        return f"cuda:{device}"
+    name = str(device)
+    if name == "cuda":
+        return "cuda:0"
+    if name in ("cpu", "mps") or re.fullmatch(r"cuda:\d+", name):
+        return name
+    raise ConfigError(f"{where}: {device!r} is not a device (cpu, mps, cuda, cuda:N)")
+
+
+def _max_memory(data: Any, where: str) -> dict[str, int]:
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(f"{where}: expected a mapping of device to size, e.g. {{cpu: 2GiB, cuda:0: 10GiB}}")
+    return {device_key(k, f"{where}.{k}"): parse_size(v, f"{where}.{k}") for k, v in data.items()}
+
+
+def _validate_placement(spec: ModelSpec, where: str) -> None:
+    """device/devices, max_memory, offload_folder and dtype agree (each error names its key)."""
+    placed = spec.devices or (spec.device,)
+    if "auto" in spec.devices:
+        raise ConfigError(f"{where}.devices: auto splits one copy over every device; use device: auto")
+    if spec.device != "auto":
+        for i, device in enumerate(placed):
+            device_key(device, f"{where}.devices[{i}]" if spec.devices else f"{where}.device")
+    gpus = [d for d in spec.devices if d != "cpu"]
+    if len(set(gpus)) != len(gpus):
+        raise ConfigError(f"{where}.devices: a GPU listed twice would hold two copies of the weights")
+    if spec.offload_folder and spec.device != "auto":
+        raise ConfigError(f"{where}.offload_folder: only device auto offloads (accelerate's device_map)")
+    if spec.device != "auto":
+        extra = sorted(set(spec.max_memory) - {device_key(d, where) for d in placed})
+        if extra:
+            raise ConfigError(f"{where}.max_memory: {', '.join(extra)} is not where this model is placed")
+    if spec.dtype == "nf4" and not all(d == "auto" or str(d).startswith("cuda") for d in placed):
+        raise ConfigError(f"{where}.dtype nf4: 4-bit bitsandbytes runs on CUDA only (device cuda:N or auto)")
 
 
 def _validate_request_defaults(spec: ModelSpec, where: str) -> None:

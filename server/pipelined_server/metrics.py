@@ -61,6 +61,18 @@ class Metrics:
         self.load_seconds = Gauge(
             "pipelined_model_load_seconds", "Time taken to load each model.", ["model"], registry=r
         )
+        self.weight_bytes = Gauge(
+            "pipelined_model_weight_bytes",
+            "Bytes of each model's weights per device (disk: offloaded by accelerate).",
+            ["model", "device"],
+            registry=r,
+        )
+        self.resident_bytes_after_load = Gauge(
+            "pipelined_model_resident_bytes_after_load",
+            "Resident memory of the server process right after the model loaded (models load in order).",
+            ["model"],
+            registry=r,
+        )
         self.model_ready = Gauge(
             "pipelined_model_ready", "1 when the model serves requests.", ["model"], registry=r
         )
