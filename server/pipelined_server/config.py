@@ -281,6 +281,10 @@ def _validate_placement(spec: ModelSpec, where: str) -> None:
     if spec.device != "auto":
         for i, device in enumerate(placed):
             device_key(device, f"{where}.devices[{i}]" if spec.devices else f"{where}.device")
+    if spec.device == "auto" and spec.replicas > 1:
+        # accelerate's offload hooks load a module's weights before its forward and drop them after:
+        # two threads in one split model would pull weights from under each other.
+        raise ConfigError(f"{where}.replicas: a model split by device auto runs one pipeline (replicas: 1)")
     gpus = [d for d in spec.devices if d != "cpu"]
     if len(set(gpus)) != len(gpus):
         raise ConfigError(f"{where}.devices: a GPU listed twice would hold two copies of the weights")

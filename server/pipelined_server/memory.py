@@ -169,8 +169,17 @@ def check_budgets(models: Any) -> None:
             devices = ", ".join(f"{d} {human(b)}" for d, b in spec.max_memory.items())
         else:
             placed = [device_key(d, where) for d in spec.devices or (spec.device,)]
-            budget = min(spec.max_memory.get(d, needed) for d in placed)
-            devices = ", ".join(f"{d} {human(spec.max_memory[d])}" for d in placed if d in spec.max_memory)
+            # Copies on one device (devices: [cpu, cpu]) share its budget.
+            short = [
+                d for d in dict.fromkeys(placed) if needed * placed.count(d) > spec.max_memory.get(d, 2**63)
+            ]
+            if not short:
+                continue
+            needed *= placed.count(short[0])
+            budget = spec.max_memory[short[0]]
+            devices = f"{short[0]} {human(budget)}" + (
+                f" for {placed.count(short[0])} copies" if placed.count(short[0]) > 1 else ""
+            )
         if needed > budget:
             raise ConfigError(
                 f"{where}: model {spec.name!r} needs at least {human(needed)} of weights ({spec.dtype}) but "

@@ -126,6 +126,15 @@ async def test_a_model_that_cannot_fit_its_budget_is_refused_at_start(offload_sp
         assert app.port == 0  # refused before binding or loading anything
 
 
+async def test_copies_on_one_device_share_its_budget(copies_spec: ModelSpec) -> None:
+    from dataclasses import replace
+
+    spec = replace(copies_spec, max_memory={"cpu": 3_000_000})  # one copy (2.2 MiB) fits, two do not
+    app = App.build(ServerConfig(host="127.0.0.1", port=0, metrics_port=0, models=(spec,)))
+    with pytest.raises(ConfigError, match=r"needs at least 4\.4 MiB .* \(cpu 2\.9 MiB for 2 copies\)"):
+        await app.start()
+
+
 def test_the_server_command_exits_2_naming_the_key(
     tiny_whisper_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

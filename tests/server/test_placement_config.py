@@ -42,6 +42,7 @@ def test_sizes_in_accelerate_units(value: Any, size: int) -> None:
         ({"devices": ["auto"]}, "models[0].devices: auto splits one copy"),
         ({"devices": ["cuda:0", "tpu"]}, "models[0].devices[1]: 'tpu' is not a device"),
         ({"device": "gpu"}, "models[0].device: 'gpu' is not a device"),
+        ({"device": "auto", "replicas": 2}, "models[0].replicas: a model split by device auto runs one"),
     ],
 )
 def test_bad_placement_names_the_key(model: dict[str, Any], needle: str) -> None:
