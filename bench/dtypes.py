@@ -44,9 +44,8 @@ def measure(model: str, dtype: str, n_clips: int, threads: int) -> dict[str, Any
     from pipelined_server.memory import resident_bytes
 
     torch.set_num_threads(threads)
-    from dataclasses import replace
 
-    spec = replace(embedded_spec(model), dtype=dtype)
+    spec = embedded_spec(model).model_copy(update={"dtype": dtype})
     from pipelined_server.loading import resolve_source
 
     resolve_source(spec.source)  # conversion of an embedded model is not loading: done before timing

@@ -21,7 +21,6 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import replace
 from typing import Any
 
 from common import DEFAULT_CLIPS, clips, table
@@ -108,7 +107,7 @@ def main() -> int:
     audio = [decode_encoded(p.read_bytes(), 16000) for p in clips(names)]
     manifest = json.loads((clips(names[:1])[0].parents[1] / "manifest.json").read_text())
     refs = [next(e["reference"] for e in manifest if e["file"] == n) for n in names]
-    spec = replace(embedded_spec(args.model), dtype="float32")
+    spec = embedded_spec(args.model).model_copy(update={"dtype": "float32"})
     headers = [
         "device",
         "dtype",
@@ -138,7 +137,7 @@ def main() -> int:
             )
             continue
         try:
-            rows.append(load_row(replace(spec, dtype=dtype), "cuda:0", audio, refs, base)[0])
+            rows.append(load_row(spec.model_copy(update={"dtype": dtype}), "cuda:0", audio, refs, base)[0])
         except Exception as exc:  # one dtype failing must not hide the others' rows
             rows.append(
                 [
@@ -154,13 +153,18 @@ def main() -> int:
                     f"FAIL: {type(exc).__name__}: {exc}"[:90],
                 ]
             )
-    served = [("cuda:0 float16", replace(spec, device="cuda:0", dtype="float16"))]
+    served = [("cuda:0 float16", spec.model_copy(update={"device": "cuda:0", "dtype": "float16"}))]
     if gpus >= 2:
         served.append(
-            ("devices cuda:0, cuda:1", replace(spec, devices=("cuda:0", "cuda:1"), dtype="float16"))
+            (
+                "devices cuda:0, cuda:1",
+                spec.model_copy(update={"devices": ("cuda:0", "cuda:1"), "dtype": "float16"}),
+            )
         )
         budget = {"cuda:0": 20_000_000, "cuda:1": 10**10}  # tiny.en's ~150 MB cannot stay on cuda:0 alone
-        served.append(("auto across 2 GPUs", replace(spec, device="auto", max_memory=budget)))
+        served.append(
+            ("auto across 2 GPUs", spec.model_copy(update={"device": "auto", "max_memory": budget}))
+        )
     served_rows = [served_row(name, s, audio[:2]) for name, s in served]
     print(table(headers, rows))
     print()

@@ -31,18 +31,17 @@ _SAFETENSORS_BYTES = {
 _DTYPE_BYTES = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0, "int8": 1.0, "nf4": 0.5}
 
 
-def parse_size(value: Any, where: str) -> int:
-    """Bytes from an int or a string such as "512MB", "2GiB", "1.5GB" (accelerate's units)."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}: expected a size such as 2GiB or 500MB, got {value!r}")
-    if isinstance(value, int):
+def parse_size(value: Any) -> int:
+    """Bytes from an int or a string such as "512MB", "2GiB", "1.5GB" (accelerate's units); ValueError
+    saying what is expected otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool):
         size = value
     elif isinstance(value, str) and (match := _SIZE.match(value)) and match[2].upper() in _UNITS:
         size = int(float(match[1]) * _UNITS[match[2].upper()])
     else:
-        raise ConfigError(f"{where}: expected a size such as 2GiB or 500MB, got {value!r}")
+        raise ValueError(f"expected a size such as 2GiB or 500MB, got {value!r}")
     if size <= 0:
-        raise ConfigError(f"{where}: must be positive, got {value!r}")
+        raise ValueError(f"must be positive, got {value!r}")
     return size
 
 
@@ -168,7 +167,7 @@ def check_budgets(models: Any) -> None:
             budget = sum(spec.max_memory.values())
             devices = ", ".join(f"{d} {human(b)}" for d, b in spec.max_memory.items())
         else:
-            placed = [device_key(d, where) for d in spec.devices or (spec.device,)]
+            placed = [device_key(d) for d in spec.devices or (spec.device,)]
             # Copies on one device (devices: [cpu, cpu]) share its budget.
             short = [
                 d for d in dict.fromkeys(placed) if needed * placed.count(d) > spec.max_memory.get(d, 2**63)

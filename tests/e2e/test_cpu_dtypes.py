@@ -9,7 +9,6 @@ MiniLM's sentence embeddings by cosine similarity.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +105,7 @@ def recordings() -> list[Any]:
 
 
 def transcripts(dtype: str, audio: list[Any]) -> list[str]:
-    pipe = load_pipeline(replace(embedded_spec("whisper-tiny.en"), dtype=dtype)).pipeline
+    pipe = load_pipeline(embedded_spec("whisper-tiny.en").model_copy(update={"dtype": dtype})).pipeline
     return [pipe({"raw": a, "sampling_rate": 16000})["text"] for a in audio]
 
 
@@ -140,7 +139,7 @@ SENTENCES = [
 def sentence_vectors(dtype: str) -> Any:
     import numpy as np
 
-    pipe = load_pipeline(replace(embedded_spec("all-minilm-l6-v2"), dtype=dtype)).pipeline
+    pipe = load_pipeline(embedded_spec("all-minilm-l6-v2").model_copy(update={"dtype": dtype})).pipeline
     tokens = [np.asarray(pipe(s), dtype=np.float32)[0].mean(axis=0) for s in SENTENCES]
     return np.stack([v / np.linalg.norm(v) for v in tokens])
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -55,7 +54,7 @@ def base_spec(tiny_whisper_dir: Path) -> ModelSpec:
 
 @pytest.fixture(params=CASES)
 def served(request: pytest.FixtureRequest, base_spec: ModelSpec) -> Iterator[tuple[ServerThread, ModelSpec]]:
-    spec = replace(base_spec, **request.param)
+    spec = base_spec.model_copy(update=request.param)
     server = ServerThread(ServerConfig(host="127.0.0.1", port=0, metrics_port=0, models=(spec,)))
     yield server, spec
     server.stop()

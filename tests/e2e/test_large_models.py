@@ -113,11 +113,12 @@ def test_memory_is_reported_in_list_models_and_metrics(server: ServerThread, inf
 
 
 async def test_a_model_that_cannot_fit_its_budget_is_refused_at_start(offload_spec: ModelSpec) -> None:
-    from dataclasses import replace
 
     for spec in (
-        replace(offload_spec, offload_folder=""),  # auto without anywhere to put the rest
-        replace(offload_spec, device="cpu", offload_folder=""),  # a fixed device smaller than the weights
+        offload_spec.model_copy(update={"offload_folder": ""}),  # auto without anywhere to put the rest
+        offload_spec.model_copy(
+            update={"device": "cpu", "offload_folder": ""}
+        ),  # a fixed device smaller than the weights
     ):
         app = App.build(ServerConfig(host="127.0.0.1", port=0, metrics_port=0, models=(spec,)))
         needle = r"models\[0\]\.max_memory: model 'offloaded' needs at least 2\.2 MiB of weights \(auto\)"
@@ -127,9 +128,10 @@ async def test_a_model_that_cannot_fit_its_budget_is_refused_at_start(offload_sp
 
 
 async def test_copies_on_one_device_share_its_budget(copies_spec: ModelSpec) -> None:
-    from dataclasses import replace
 
-    spec = replace(copies_spec, max_memory={"cpu": 3_000_000})  # one copy (2.2 MiB) fits, two do not
+    spec = copies_spec.model_copy(
+        update={"max_memory": {"cpu": 3_000_000}}
+    )  # one copy (2.2 MiB) fits, two do not
     app = App.build(ServerConfig(host="127.0.0.1", port=0, metrics_port=0, models=(spec,)))
     with pytest.raises(ConfigError, match=r"needs at least 4\.4 MiB .* \(cpu 2\.9 MiB for 2 copies\)"):
         await app.start()

@@ -22,7 +22,7 @@ def spec_of(**model: Any) -> Any:
     [(1024, 1024), ("2GiB", 2 * 2**30), ("500MB", 500 * 10**6), ("1.5 kib", 1536), ("7", 7)],
 )
 def test_sizes_in_accelerate_units(value: Any, size: int) -> None:
-    assert parse_size(value, "x") == size
+    assert parse_size(value) == size
 
 
 @pytest.mark.parametrize(
@@ -34,12 +34,12 @@ def test_sizes_in_accelerate_units(value: Any, size: int) -> None:
         ({"max_memory": []}, "models[0].max_memory: expected a mapping"),
         ({"max_memory": {"cuda:0": "1GB"}}, "models[0].max_memory: cuda:0 is not where this model is placed"),
         ({"offload_folder": "/tmp/x"}, "models[0].offload_folder: only device auto"),
-        ({"dtype": "nf4"}, "models[0].dtype nf4: 4-bit bitsandbytes runs on CUDA only"),
-        ({"dtype": "int4"}, "models[0].dtype 'int4'"),
-        ({"device": "cuda:0", "devices": ["cuda:1"]}, "models[0]: set device or devices, not both"),
+        ({"dtype": "nf4"}, "models[0].dtype: nf4 (4-bit bitsandbytes) runs on CUDA only"),
+        ({"dtype": "int4"}, "models[0].dtype: 'int4'"),
+        ({"device": "cuda:0", "devices": ["cuda:1"]}, "models[0].devices: set device or devices, not both"),
         ({"devices": []}, "models[0].devices: expected a non-empty list"),
         ({"devices": ["cuda:0", "cuda:0"]}, "models[0].devices: a GPU listed twice"),
-        ({"devices": ["auto"]}, "models[0].devices: auto splits one copy"),
+        ({"devices": ["auto"]}, "models[0].devices[0]: auto splits one copy"),
         ({"devices": ["cuda:0", "tpu"]}, "models[0].devices[1]: 'tpu' is not a device"),
         ({"device": "gpu"}, "models[0].device: 'gpu' is not a device"),
         ({"device": "auto", "replicas": 2}, "models[0].replicas: a model split by device auto runs one"),
