@@ -110,8 +110,12 @@ def pipeline_kwargs_for(spec: ModelSpec, device: str | None = None) -> dict[str,
 def quantize_linear_layers(model: Any) -> int:
     """Dynamic int8 quantization of every nn.Linear, in place; returns how many were quantized.
 
-    torch.ao.quantization is deprecated in favour of torchao but still ships (torch 2.13) and needs no
-    extra package; its warnings are silenced here so that they do not repeat at every start-up."""
+    Weights are quantized per output channel: with one scale per tensor MiniLM's sentence embeddings kept
+    a cosine similarity of only 0.919 (worst of 8 sentences) with float32's, per channel 0.969. Loading in
+    float32 first costs resident memory: tiny.en int8 ends at ~650 MiB RSS against float32's ~440 MiB
+    (malloc_trim does not return it). torch.ao.quantization is deprecated in favour of torchao but still
+    ships (torch 2.13) and needs no extra package; its warnings are silenced here so that they do not
+    repeat at every start-up."""
     import warnings
 
     import torch
@@ -120,9 +124,11 @@ def quantize_linear_layers(model: Any) -> int:
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
         from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
-        from torch.ao.quantization import quantize_dynamic
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-        quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        quantize_dynamic(
+            model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True
+        )
     return sum(1 for m in model.modules() if isinstance(m, QuantizedLinear))
 
 

@@ -28,9 +28,9 @@ from wer import wer
 # Bounds: int8 no worse than float32 by more than 3 points, and at most 6 % of words changed.
 MAX_WER_INCREASE = 0.03
 MAX_DISAGREEMENT = 0.06
-# Mean-pooled MiniLM sentence embeddings against float32's, measured by bench/dtypes.py (minimum over its
-# sentences): float16 FILL, bfloat16 FILL, int8 FILL.
-MIN_COSINE = {"float16": 0.999, "bfloat16": 0.99, "int8": 0.98}
+# Mean-pooled MiniLM sentence embeddings against float32's, worst of bench/dtypes.py's 8 sentences:
+# float16 1.00000, bfloat16 0.99994, int8 0.969 (per-channel weights; 0.919 with one scale per tensor).
+MIN_COSINE = {"float16": 0.9999, "bfloat16": 0.999, "int8": 0.95}
 
 CLIPS = [
     "audio/jfk.flac",
