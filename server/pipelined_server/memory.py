@@ -1,5 +1,5 @@
-"""What a model costs in memory: its weights' bytes per device, the process's resident memory, and the
-start-up check that every model fits the memory budgets (`max_memory`) its config declares.
+"""What a model costs in memory: its weights' bytes per device, the process's resident memory, the size
+of a checkpoint before loading it, and the units budgets are written in.
 
 Nothing here imports torch at module level: the config and the budget check run before any model loads.
 """
@@ -7,15 +7,10 @@ Nothing here imports torch at module level: the config and the budget check run 
 from __future__ import annotations
 
 import json
-import logging
 import re
 import struct
 from pathlib import Path
 from typing import Any
-
-from .errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 _UNITS |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -115,6 +110,16 @@ def _placement(name: str, device_map: dict[str, Any]) -> str:
     return "meta"
 
 
+def device_key(device: Any) -> str:
+    """A device as budgets and reports name it ("cuda" and a GPU index become cuda:N), or '' if none."""
+    if isinstance(device, int) and not isinstance(device, bool) and device >= 0:
+        return f"cuda:{device}"
+    name = str(device)
+    if name in ("cuda", "xpu"):
+        return f"{name}:0"
+    return name if re.fullmatch(r"cpu|mps|(cuda|xpu):\d+", name) else ""
+
+
 def device_name(place: Any) -> str:
     """accelerate's device map names GPUs by index; the rest of pipelined says cuda:N."""
     return f"cuda:{place}" if isinstance(place, int) else str(place)
@@ -141,47 +146,3 @@ def checkpoint_bytes(directory: Path, dtype: str) -> int | None:
             floating = entry["dtype"] in ("F64", "F32", "F16", "BF16")
             total += count * (_DTYPE_BYTES.get(dtype, stored) if floating else stored)
     return int(total)
-
-
-def check_budgets(models: Any) -> None:
-    """Refuses (ConfigError naming the key path) a model whose weights cannot fit the budgets its
-    `max_memory` declares: all of them together, or the one device it is placed on, when no offload folder
-    can take the rest. Models without budgets, or whose size cannot be read locally (a Hub id), pass."""
-    from .config import device_key
-    from .loading import resolve_source
-
-    for index, spec in enumerate(models):
-        if not spec.max_memory:
-            continue
-        where = f"models[{index}].max_memory"
-        source = Path(resolve_source(spec.source))
-        needed = checkpoint_bytes(source, spec.dtype) if source.is_dir() else None
-        if needed is None:
-            log.warning(
-                "%s: cannot size %s before loading; its budget is checked by the loader", where, source
-            )
-            continue
-        if spec.device == "auto":
-            if spec.offload_folder:
-                continue  # what does not fit the budgets goes to disk
-            budget = sum(spec.max_memory.values())
-            devices = ", ".join(f"{d} {human(b)}" for d, b in spec.max_memory.items())
-        else:
-            placed = [device_key(d) for d in spec.devices or (spec.device,)]
-            # Copies on one device (devices: [cpu, cpu]) share its budget.
-            short = [
-                d for d in dict.fromkeys(placed) if needed * placed.count(d) > spec.max_memory.get(d, 2**63)
-            ]
-            if not short:
-                continue
-            needed *= placed.count(short[0])
-            budget = spec.max_memory[short[0]]
-            devices = f"{short[0]} {human(budget)}" + (
-                f" for {placed.count(short[0])} copies" if placed.count(short[0]) > 1 else ""
-            )
-        if needed > budget:
-            raise ConfigError(
-                f"{where}: model {spec.name!r} needs at least {human(needed)} of weights ({spec.dtype}) but "
-                f"its budget is {human(budget)} ({devices})"
-                + ("; set offload_folder to offload the rest to disk" if spec.device == "auto" else "")
-            )
