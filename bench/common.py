@@ -17,15 +17,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 # The word error rate helper and the tiny-model builders live with the tests; benchmarks reuse them.
 sys.path.insert(0, str(REPO / "tests" / "fixtures"))
+from paths import TRANSCRIBED_CLIPS as DEFAULT_CLIPS  # noqa: E402
+
 SHARED_DATA = REPO.parent / "shared" / "data"
-DEFAULT_CLIPS = [
-    "audio/jfk.flac",
-    "audio/LJ001-0001.wav",
-    "audio/LJ001-0002.wav",
-    "audio/LJ001-0003.wav",
-    "audio/LJ001-0004.wav",
-    "audio/librispeech-1995-1837-0001.wav",
-]
 
 
 def clips(names: Sequence[str] = DEFAULT_CLIPS) -> list[Path]:

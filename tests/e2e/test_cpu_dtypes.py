@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from asr_specs import ASR, WHISPER_KWARGS
 from harness import ServerThread
+from paths import TRANSCRIBED_CLIPS as CLIPS
 from paths import shared_file, shared_reference
 from pipelined import Client
 from pipelined_server.config import ModelSpec, ServerConfig, embedded_spec
@@ -31,15 +32,6 @@ MAX_DISAGREEMENT = 0.06
 # Mean-pooled MiniLM sentence embeddings against float32's, worst of bench/dtypes.py's 8 sentences:
 # float16 1.00000, bfloat16 0.99994, int8 0.969 (per-channel weights; 0.919 with one scale per tensor).
 MIN_COSINE = {"float16": 0.9999, "bfloat16": 0.999, "int8": 0.95}
-
-CLIPS = [
-    "audio/jfk.flac",
-    "audio/LJ001-0001.wav",
-    "audio/LJ001-0002.wav",
-    "audio/LJ001-0003.wav",
-    "audio/LJ001-0004.wav",
-    "audio/librispeech-1995-1837-0001.wav",
-]
 
 
 @pytest.fixture(scope="module")
