@@ -1,0 +1,59 @@
+"""`pipelined demo`: its arguments and its run. Importing this module does not import Gradio (the CLI
+lists `demo` whether or not the extra is installed)."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+from typing import Any
+
+from ..client import Client
+
+TOKEN_ENV = "PIPELINED_TOKEN"
+INSTALL = "pip install 'pipelined[demo]'"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address the web page listens on (default 127.0.0.1)"
+    )
+    parser.add_argument("--port", type=int, default=7860, help="port of the web page (default 7860)")
+    parser.add_argument(
+        "--ca-file", default=None, help="TLS: CA certificate that signed the server's certificate"
+    )
+    parser.add_argument(
+        "--token",
+        default=None,
+        help=f"bearer token for the server (default ${TOKEN_ENV}); never shown on the page",
+    )
+
+
+def credentials(args: argparse.Namespace) -> dict[str, Any]:
+    """The TLS/auth arguments given, as `Client` keyword arguments (only those set)."""
+    given = {"ca_file": args.ca_file, "token": args.token or os.environ.get(TOKEN_ENV) or None}
+    return {k: v for k, v in given.items() if v}
+
+
+def secured(client: Client, args: argparse.Namespace) -> Client:
+    """`client`, or a client to the same target with the TLS/auth arguments when some were given."""
+    extra = credentials(args)
+    if not extra:
+        return client
+    accepted = inspect.signature(Client).parameters
+    missing = sorted(k for k in extra if k not in accepted)
+    if missing:
+        raise SystemExit(
+            f"pipelined demo: this pipelined client has no {', '.join(missing)} option yet "
+            "(it needs a release with TLS/auth support)"
+        )
+    return Client(client.target, timeout=client.timeout, strict=client.strict, **extra)
+
+
+def run(client: Client, args: argparse.Namespace) -> int:
+    try:
+        from .app import serve
+    except ImportError as error:
+        raise SystemExit(f"pipelined demo needs Gradio: {INSTALL} ({error})") from None
+    serve(secured(client, args), host=args.host, port=args.port)
+    return 0
