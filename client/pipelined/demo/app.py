@@ -29,8 +29,28 @@ FAMILIES: list[tuple[str, str, tuple[str, ...], Callable[[Client, Served], None]
 THEME = gr.themes.Default(
     font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
 )
+# The browser's voice processing (echo cancellation, noise suppression, automatic gain) is made for calls:
+# it pumps levels and cuts word onsets, which costs Whisper words. Gradio asks for the microphone with the
+# defaults, so the page asks for the raw signal instead.
+RAW_MICROPHONE = """<script>
+(() => {
+  const devices = navigator.mediaDevices;
+  if (!devices || !devices.getUserMedia) return;
+  const original = devices.getUserMedia.bind(devices);
+  devices.getUserMedia = (constraints) => {
+    if (constraints && constraints.audio) {
+      const audio = constraints.audio === true ? {} : { ...constraints.audio };
+      Object.assign(audio, { echoCancellation: false, noiseSuppression: false, autoGainControl: false });
+      constraints = { ...constraints, audio };
+    }
+    return original(constraints);
+  };
+})();
+</script>"""
 CSS = """
-.live-transcript { font-size: 1.25em; line-height: 1.6; min-height: 3.2em; padding: 8px 12px; }
+.live-transcript { font-size: 1.25em; line-height: 1.6; min-height: 3.2em; padding: 8px 12px;
+  border: 1px solid #e5e5e5; border-radius: 6px; background: #fff; }
+.live-heading { font-weight: 600; font-size: 0.9em; color: #444; margin: 0 0 4px; }
 #live-interim { color: #888; font-style: italic; }
 #live-events { margin: 0; font-size: 0.9em; color: #555; }
 #live-stats { font-size: 0.9em; color: #444; }
@@ -80,6 +100,7 @@ def serve(client: Client, host: str = "127.0.0.1", port: int = 7860, **launch: A
         server_port=port,
         theme=THEME,
         css=CSS,
+        head=RAW_MICROPHONE,
         show_error=False,
         quiet=True,
         prevent_thread_lock=True,

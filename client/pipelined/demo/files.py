@@ -24,8 +24,8 @@ _STEPS = (0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800)
 Outputs = tuple[str, str, list[list[Any]], str]
 
 
-def _time(value: float | None) -> float | None:
-    return None if value is None else round(float(value), 2)
+def _time(value: float | None) -> str:
+    return "" if value is None else f"{float(value):.2f}"
 
 
 def pieces(segments: list[dict[str, Any]], level: str) -> list[dict[str, Any]]:

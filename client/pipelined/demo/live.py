@@ -39,14 +39,16 @@ IDLE_S = 10.0
 # How long Stop waits for the server's last finals.
 FLUSH_S = 60.0
 EVENTS_SHOWN = 8
+# A finished recording is forgotten this long after it ended.
+FORGET_S = 600.0
 
 
 def mono_int16(samples: np.ndarray) -> np.ndarray:
     """Gradio's microphone chunk (int16, frames or frames x channels) as one 16-bit channel."""
+    if samples.dtype.kind == "f":  # [-1, 1]
+        samples = np.clip(samples * 32768.0, -32768, 32767)
     if samples.ndim == 2:
         samples = samples.mean(axis=1)
-    if samples.dtype.kind == "f":
-        samples = np.clip(samples * 32768.0, -32768, 32767)
     return np.asarray(samples, dtype=np.int16)
 
 
@@ -80,6 +82,7 @@ class LiveSession:
         self.error_shown = False
         self.closed = False
         self.done = threading.Event()
+        self.finished_at: float | None = None
         pipe = client.pipeline(TASK, model=model)
         self.thread = threading.Thread(target=self._run, args=(pipe,), daemon=True, name="demo-live")
         self.thread.start()
@@ -131,6 +134,7 @@ class LiveSession:
             self.fail(error)
         finally:
             self.closed = True
+            self.finished_at = time.monotonic()
             self.done.set()
 
     def _arrival_of(self, audio_s: float) -> float | None:
@@ -176,7 +180,7 @@ class LiveSession:
             f'<span id="live-final">{finals}</span> <span id="live-interim">{interim}</span></div>'
         )
         listed = "".join(f"<li>{html.escape(e)}</li>" for e in events) or "<li>none yet</li>"
-        events_html = f'<ul id="live-events">{listed}</ul>'
+        events_html = f'<p class="live-heading">Speech events</p><ul id="live-events">{listed}</ul>'
         last = f"{lags[-1]:.2f} s" if lags else "–"
         median = f"{statistics.median(lags):.2f} s" if lags else "–"
         server = f"{latency:.2f} s" if latency is not None else "–"
@@ -193,7 +197,9 @@ class LiveSession:
 
 
 class LiveSessions:
-    """The recording of each browser session, started by its first chunk."""
+    """The recording of each browser session. A recording starts with its first chunk and stays here,
+    closed, after Stop: chunks still in flight then are dropped instead of starting a stray stream, until
+    the next Record click (`start`) clears it."""
 
     def __init__(self, client: Client) -> None:
         self.client = client
@@ -204,20 +210,37 @@ class LiveSessions:
         rate, samples = audio
         with self.lock:
             session = self.sessions.get(key)
-            if session is None or (session.done.is_set() and session.error is None):
+            if session is None:
+                self._forget_finished()
                 session = self.sessions[key] = LiveSession(self.client, model, int(rate))
         if int(rate) != session.sample_rate:
             session.fail(ValueError(f"the microphone changed rate ({session.sample_rate} -> {rate} Hz)"))
-        session.add(samples)
+        session.add(samples)  # dropped once closed
         return session
 
-    def stop(self, key: str) -> LiveSession | None:
+    def get(self, key: str) -> LiveSession | None:
+        return self.sessions.get(key)
+
+    def start(self, key: str) -> None:
+        """A new recording: the previous one, if finished, makes room (a running one stays)."""
         with self.lock:
-            session = self.sessions.pop(key, None)
+            session = self.sessions.get(key)
+            if session is not None and session.closed:
+                del self.sessions[key]
+
+    def stop(self, key: str) -> LiveSession | None:
+        session = self.sessions.get(key)
         if session is not None:
             session.close()
             session.done.wait(FLUSH_S)
         return session
+
+    def _forget_finished(self) -> None:
+        """Drops recordings finished long ago (their pages keep what they showed)."""
+        now = time.monotonic()
+        for key, session in list(self.sessions.items()):
+            if session.finished_at is not None and now - session.finished_at > FORGET_S:
+                del self.sessions[key]
 
 
 def _shown(session: LiveSession | None) -> tuple[str, str, str]:
@@ -246,17 +269,20 @@ def tab(client: Client, served: Served) -> None:
             scale=3,
             elem_id="live-mic",
         )
-    transcript = gr.HTML(label="Transcript", elem_id="live-transcript")
+    transcript = gr.HTML('<div class="live-transcript"></div>', elem_id="live-transcript")
     with gr.Row():
         stats = gr.HTML(elem_id="live-stats-box")
-    events = gr.HTML(label="Speech events", elem_id="live-events-box")
+        events = gr.HTML(elem_id="live-events-box")
 
     def on_chunk(
         audio: tuple[int, np.ndarray] | None, name: str, request: gr.Request
     ) -> tuple[str, str, str]:
         if audio is None:
-            return _shown(sessions.sessions.get(request.session_hash or ""))
+            return _shown(sessions.get(request.session_hash or ""))
         return _shown(sessions.chunk(request.session_hash or "", name, audio))
+
+    def on_start(request: gr.Request) -> None:
+        sessions.start(request.session_hash or "")
 
     def on_stop(request: gr.Request) -> tuple[str, str, str]:
         return _shown(sessions.stop(request.session_hash or ""))
@@ -270,6 +296,7 @@ def tab(client: Client, served: Served) -> None:
         show_progress="hidden",
         api_visibility="private",
     )
+    mic.start_recording(on_start, concurrency_limit=None, show_progress="hidden", api_visibility="private")
     mic.stop_recording(
         on_stop,
         outputs=[transcript, events, stats],

@@ -11,6 +11,8 @@ from ..client import Client
 from .errors import readable
 
 COLUMNS = ["model", "task", "state", "device", "dtype", "source"]
+# Up to this many models the table starts open; a longer one starts folded so the tabs stay in view.
+OPEN_UP_TO = 4
 
 
 class Served:
@@ -29,6 +31,9 @@ class Served:
     def served_tasks(self, tasks: tuple[str, ...]) -> list[str]:
         """Those of `tasks` the server serves, in the order given."""
         return [t for t in tasks if self.has(t)]
+
+    def names(self) -> list[str]:
+        return [m["name"] for m in self.models]
 
     def choices(self, task: str) -> list[str]:
         names = [m for m in self.models if m["task"] == task]
@@ -62,7 +67,9 @@ def picker(served: Served, task: str, **kwargs: Any) -> gr.Dropdown:
 
 def table(served: Served, client: Client) -> None:
     """The models table, with a button that reads ListModels again (states change as models load)."""
-    with gr.Accordion(f"Models served by {client.target}", open=True):
+    count = len(served.models)
+    title = f"{count} model{'s' if count != 1 else ''} served by {client.target}: {', '.join(served.names())}"
+    with gr.Accordion(title, open=count <= OPEN_UP_TO, elem_id="models"):
         models = gr.Dataframe(
             value=served.rows(),
             headers=COLUMNS,

@@ -32,9 +32,11 @@ def _classification(client: Client, served: Served) -> None:
     task = "text-classification"
     with gr.Row():
         with gr.Column():
-            text = gr.Textbox(label="Text", value="I love how fast this service answers!", lines=3)
+            text = gr.Textbox(
+                label="Text", value="I love how fast this service answers!", lines=3, elem_id=f"{task}-input"
+            )
             model = picker(served, task)
-            run = gr.Button("Classify", variant="primary")
+            run = gr.Button("Classify", variant="primary", elem_id=f"{task}-run")
         scores = gr.Label(label="Labels", elem_id="text-classification-out")
 
     @readable
@@ -48,9 +50,11 @@ def _entities(client: Client, served: Served) -> None:
     task = "token-classification"
     with gr.Row():
         with gr.Column():
-            text = gr.Textbox(label="Text", value="My name is Sarah and I live in London.", lines=3)
+            text = gr.Textbox(
+                label="Text", value="My name is Sarah and I live in London.", lines=3, elem_id=f"{task}-input"
+            )
             model = picker(served, task)
-            run = gr.Button("Find entities", variant="primary")
+            run = gr.Button("Find entities", variant="primary", elem_id=f"{task}-run")
         found = gr.HighlightedText(
             label="Entities", combine_adjacent=True, elem_id="token-classification-out"
         )
@@ -71,9 +75,10 @@ def _fill_mask(client: Client, served: Served) -> None:
                 label="Text with the model's mask token ([MASK] for BERT-like models, <mask> for RoBERTa-like)",
                 value="Paris is the [MASK] of France.",
                 lines=2,
+                elem_id=f"{task}-input",
             )
             model = picker(served, task)
-            run = gr.Button("Fill", variant="primary")
+            run = gr.Button("Fill", variant="primary", elem_id=f"{task}-run")
         scores = gr.Label(label="Candidates", elem_id="fill-mask-out")
 
     @readable
@@ -95,7 +100,7 @@ def _zero_shot(client: Client, served: Served) -> None:
             )
             multi = gr.Checkbox(label="Several labels can be true")
             model = picker(served, task)
-            run = gr.Button("Classify", variant="primary")
+            run = gr.Button("Classify", variant="primary", elem_id=f"{task}-run")
         scores = gr.Label(label="Labels", elem_id="zero-shot-classification-out")
 
     @readable
@@ -116,7 +121,7 @@ def _similarity(client: Client, served: Served) -> None:
             first = gr.Textbox(label="Sentence A", value="How do I bake bread at home?")
             second = gr.Textbox(label="Sentence B", value="What is a simple recipe for homemade bread?")
             model = picker(served, task)
-            run = gr.Button("Compare", variant="primary")
+            run = gr.Button("Compare", variant="primary", elem_id=f"{task}-run")
         with gr.Column():
             score = gr.Number(
                 label="Cosine similarity of the mean-pooled embeddings", elem_id="similarity-out"
