@@ -10,6 +10,7 @@ Chromium's fake microphone from jfk.flac (../shared/data) converted to a 16-bit 
 
 from __future__ import annotations
 
+import io
 import os
 import queue
 import shutil
@@ -324,7 +325,8 @@ def test_chat_streams_tokens(page: Any, client: Client, artifacts: Path) -> None
     page.click("#chat-send")
     page.wait_for_selector("#chat-done")
     page.screenshot(path=artifacts / "chat.png", full_page=True)
-    replies = page.evaluate("window.replies")
+    # Gradio shows a placeholder in the empty reply until the first piece arrives.
+    replies = [r for r in page.evaluate("window.replies") if r != "Loading content"]
     assert len(replies) >= 2, f"the reply did not grow piece by piece: {replies}"
     # What the SDK gets from the same server for the same conversation (greedy, the page's defaults).
     expected = client.pipeline("text-generation")(
@@ -338,6 +340,9 @@ def test_chat_streams_tokens(page: Any, client: Client, artifacts: Path) -> None
 
 
 def test_detection_draws_the_boxes(page: Any, client: Client, artifacts: Path, tmp_path: Path) -> None:
+    from PIL import Image
+    from pipelined.demo.convert import label_colors
+
     picture = _image_file(tmp_path)
     _tab(page, "vision", "Detection")
     page.locator("#object-detection-image input[type=file]").set_input_files(str(picture))
@@ -347,13 +352,19 @@ def test_detection_draws_the_boxes(page: Any, client: Client, artifacts: Path, t
     page.click("#object-detection-run")
     expected = client.pipeline("object-detection")(str(picture), threshold=0.3)
     assert expected, "the tiny detector found nothing to draw"
-    page.wait_for_function(
-        f"document.querySelectorAll('#object-detection-out img.mask').length === {len(expected)}"
-    )
+    drawn = page.locator("#object-detection-out img")
+    drawn.wait_for()
+    page.screenshot(path=artifacts / "vision.png", full_page=True)
     table = page.inner_text("#object-detection-table")
     for box in expected:
         assert box["label"] in table and str(box["box"]["xmax"]) in table
-    page.screenshot(path=artifacts / "vision.png", full_page=True)
+    # The boxes are in the picture the page shows: each box's left edge has a label's colour.
+    response = page.request.get(drawn.get_attribute("src"))
+    shown = np.asarray(Image.open(io.BytesIO(response.body())).convert("RGB"))
+    colors = {tuple(c) for c in label_colors(expected).values()}
+    for box in expected:
+        x, y = box["box"]["xmin"], (box["box"]["ymin"] + box["box"]["ymax"]) // 2
+        assert tuple(int(v) for v in shown[y, x]) in colors, (box, shown[y, x])
 
 
 def test_text_and_image_text_tabs_answer(page: Any, client: Client, artifacts: Path, tmp_path: Path) -> None:
@@ -362,13 +373,14 @@ def test_text_and_image_text_tabs_answer(page: Any, client: Client, artifacts: P
     page.locator("#token-classification-input textarea").fill(sentence)
     page.click("#token-classification-run")
     expected = client.pipeline("token-classification")(sentence, aggregation_strategy="simple")
+    # The text comes back with a label after each entity (the tiny model's spans cut words anywhere).
     page.wait_for_function(
         "document.querySelector('#token-classification-out') && "
-        "document.querySelector('#token-classification-out').innerText.includes('Sarah')"
+        "document.querySelector('#token-classification-out').innerText.includes('London')"
     )
     shown = page.inner_text("#token-classification-out")
-    for entity in expected:
-        assert entity["entity_group"] in shown
+    groups = {entity["entity_group"] for entity in expected}
+    assert sum(shown.count(group) for group in groups) == len(expected), shown
     page.screenshot(path=artifacts / "text.png", full_page=True)
 
     picture = _image_file(tmp_path)
@@ -403,10 +415,12 @@ def test_server_errors_are_readable_messages(
     page.click("#file-run")
     toast = page.locator(".toast-body").first
     toast.wait_for()
-    text = toast.inner_text()
-    assert "INVALID_ARGUMENT" in text, text
-    assert "Traceback" not in page.content()
     page.screenshot(path=artifacts / "error.png", full_page=True)
+    assert "INVALID_ARGUMENT" in toast.inner_text()
+    stopped = page.locator("#file-progress[data-finished=error]")
+    stopped.wait_for()
+    assert "INVALID_ARGUMENT" in stopped.inner_text()
+    assert "Traceback" not in page.content()
 
 
 def test_interface_is_from_pipeline_for_a_remote_pipeline(

@@ -36,7 +36,7 @@ def reply(
     temperature: float,
 ) -> Iterator[tuple[str, list[dict[str, Any]], str]]:
     if not message.strip():
-        raise gr.Error("Type a message first.", title="Empty message")
+        raise gr.Error("Type a message first.")
     chat = [{"role": m["role"], "content": text_of(m["content"])} for m in history]
     chat.append({"role": "user", "content": message})
     shown = [*chat, {"role": "assistant", "content": ""}]

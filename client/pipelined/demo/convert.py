@@ -50,6 +50,47 @@ def boxes(
     ]
 
 
+# Box colours, one per label in order of appearance (RGB).
+PALETTE = [
+    (239, 68, 68),
+    (59, 130, 246),
+    (34, 197, 94),
+    (234, 179, 8),
+    (168, 85, 247),
+    (236, 72, 153),
+    (20, 184, 166),
+]
+
+
+def label_colors(records: list[dict[str, Any]]) -> dict[str, tuple[int, int, int]]:
+    colors: dict[str, tuple[int, int, int]] = {}
+    for r in records:
+        colors.setdefault(str(r["label"]), PALETTE[len(colors) % len(PALETTE)])
+    return colors
+
+
+def draw_boxes(image: Any, records: list[dict[str, Any]]) -> Any:
+    """A copy of the (PIL) image with each detection's box outlined and labelled with its score."""
+    from PIL import ImageDraw, ImageFont
+
+    drawn = image.convert("RGB")
+    draw = ImageDraw.Draw(drawn)
+    width = max(2, round(min(drawn.size) / 150))
+    font = ImageFont.load_default(size=max(12, round(min(drawn.size) / 30)))
+    colors = label_colors(records)
+    for r in records:
+        box, color = r["box"], colors[str(r["label"])]
+        corners = (box["xmin"], box["ymin"], box["xmax"], box["ymax"])
+        draw.rectangle(corners, outline=color, width=width)
+        caption = f"{r['label']} {float(r['score']):.2f}"
+        left, top, right, bottom = draw.textbbox(
+            (box["xmin"] + width, box["ymin"] + width), caption, font=font
+        )
+        draw.rectangle((left - 2, top - 2, right + 2, bottom + 2), fill=color)
+        draw.text((box["xmin"] + width, box["ymin"] + width), caption, fill=(255, 255, 255), font=font)
+    return drawn
+
+
 def detection_rows(records: list[dict[str, Any]]) -> list[list[Any]]:
     return [
         [

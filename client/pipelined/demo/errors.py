@@ -25,18 +25,13 @@ def as_message(error: BaseException) -> gr.Error:
     if isinstance(error, gr.Error):
         return error
     if isinstance(error, PipelinedError):
-        # "INVALID_ARGUMENT: audio could not be decoded: ..." as the SDK's exception reads.
-        return gr.Error(
-            str(error),
-            title=f"The server answered {error.code.name}",
-            duration=MESSAGE_S,
-            print_exception=False,
-        )
+        # "INVALID_ARGUMENT: audio could not be decoded: ...", as the SDK's exception reads.
+        return gr.Error(str(error), duration=MESSAGE_S, print_exception=False)
     if isinstance(error, ValueError | TypeError | OSError):
         # Refused before anything was sent (a missing file, an argument the call does not take, ...).
-        return gr.Error(str(error), title="Invalid input", duration=MESSAGE_S, print_exception=False)
+        return gr.Error(f"invalid input: {error}", duration=MESSAGE_S, print_exception=False)
     log.exception("demo handler failed", exc_info=error)
-    return gr.Error(f"{type(error).__name__}: {error}", title="Demo error", duration=MESSAGE_S)
+    return gr.Error(f"demo error: {type(error).__name__}: {error}", duration=MESSAGE_S)
 
 
 def readable(fn: F) -> F:

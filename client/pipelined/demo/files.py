@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 
 from ..client import Client
-from .errors import readable
+from .errors import as_message, readable
 from .models import Served, picker
 
 TASK = "automatic-speech-recognition"
@@ -83,17 +83,26 @@ def progress(done: float, duration: float, finished: bool) -> str:
 
 def transcribe(client: Client, path: str | None, model: str, level: str) -> Iterator[Outputs]:
     if not path:
-        raise gr.Error("Upload or record some audio first.", title="No audio")
+        raise gr.Error("Upload or record some audio first.")
     pipe = client.pipeline(TASK, model=model)
     segments: list[dict[str, Any]] = []
     done = duration = 0.0
     yield progress(0.0, 0.0, False), "", [], ""
-    for segment in pipe.stream_file(path, return_timestamps=TIMESTAMPS[level]):
-        segments.append(segment)
-        done, duration = segment["audio_processed_s"], segment["audio_duration_s"]
+    try:
+        for segment in pipe.stream_file(path, return_timestamps=TIMESTAMPS[level]):
+            segments.append(segment)
+            done, duration = segment["audio_processed_s"], segment["audio_duration_s"]
+            items = pieces(segments, level)
+            text = "".join(s["text"] for s in segments).strip()
+            yield progress(done, duration, False), text, rows(items), timeline(items, duration, level)
+    except Exception as error:
+        # The segments decoded so far stay on the page, with the reason it stopped where the progress was.
+        message = as_message(error)
         items = pieces(segments, level)
         text = "".join(s["text"] for s in segments).strip()
-        yield progress(done, duration, False), text, rows(items), timeline(items, duration, level)
+        stopped = f'<div id="file-progress" data-finished="error"><span>Stopped: {html.escape(message.message)}</span></div>'
+        yield stopped, text, rows(items), timeline(items, duration, level)
+        raise message from None
     items = pieces(segments, level)
     text = "".join(s["text"] for s in segments).strip()
     yield progress(duration, duration, True), text, rows(items), timeline(items, duration, level)

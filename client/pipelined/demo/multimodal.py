@@ -18,9 +18,9 @@ TASKS = (TASK,)
 
 def answer(client: Client, image: Any, question: str, name: str, max_new_tokens: int) -> Iterator[str]:
     if image is None:
-        raise gr.Error("Upload an image first.", title="No image")
+        raise gr.Error("Upload an image first.")
     if not question.strip():
-        raise gr.Error("Ask something about the image.", title="No question")
+        raise gr.Error("Ask something about the image.")
     chat = [
         {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]}
     ]

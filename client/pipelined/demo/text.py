@@ -107,7 +107,7 @@ def _zero_shot(client: Client, served: Served) -> None:
     def on_run(value: str, candidates: str, multi_label: bool, name: str) -> dict[str, float]:
         names = [c.strip() for c in candidates.split(",") if c.strip()]
         if not names:
-            raise gr.Error("Give at least one candidate label.", title="Invalid input")
+            raise gr.Error("Give at least one candidate label.")
         result = client.pipeline(task, model=name)(value, candidate_labels=names, multi_label=multi_label)
         return convert.zero_shot_scores(result)
 

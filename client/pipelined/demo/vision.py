@@ -36,13 +36,13 @@ def _image(task: str) -> gr.Image:
 
 def _needed(image: Any) -> None:
     if image is None:
-        raise gr.Error("Upload an image first.", title="No image")
+        raise gr.Error("Upload an image first.")
 
 
 def _labels(text: str) -> list[str]:
     names = [c.strip() for c in text.split(",") if c.strip()]
     if not names:
-        raise gr.Error("Give at least one candidate label.", title="Invalid input")
+        raise gr.Error("Give at least one candidate label.")
     return names
 
 
@@ -82,7 +82,8 @@ def _detection(client: Client, served: Served, task: str) -> None:
             model = picker(served, task)
             run = gr.Button("Detect", variant="primary", elem_id=f"{task}-run")
         with gr.Column():
-            drawn = gr.AnnotatedImage(label="Detected objects", elem_id=f"{task}-out", height=320)
+            # PNG: the boxes' colours stay exact (WebP, Gradio's default, blurs thin lines).
+            drawn = gr.Image(label="Detected objects", format="png", elem_id=f"{task}-out", height=320)
             table = gr.Dataframe(
                 headers=convert.DETECTION_COLUMNS, interactive=False, elem_id=f"{task}-table"
             )
@@ -95,7 +96,7 @@ def _detection(client: Client, served: Served, task: str) -> None:
             records = pipe(picture, candidate_labels=_labels(candidates), threshold=score)
         else:
             records = pipe(picture, threshold=score)
-        return convert.boxes(picture, records), convert.detection_rows(records)
+        return convert.draw_boxes(picture, records), convert.detection_rows(records)
 
     run.click(on_run, inputs=[image, labels, threshold, model], outputs=[drawn, table])
 
