@@ -448,3 +448,25 @@ def test_interface_is_from_pipeline_for_a_remote_pipeline(
         context.close()
     finally:
         app.close()
+
+
+def test_demo_forwards_tls_and_token_and_guards_the_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    import inspect
+
+    from pipelined.cli import build_parser
+    from pipelined.demo.command import credentials, page_options, secured
+
+    monkeypatch.setenv("PIPELINED_TOKEN", "s3cret")
+    args = build_parser().parse_args(["demo", "--target", "h:1", "--ca-file", "ca.pem", "--port", "8080"])
+    assert (args.target, args.port, args.host) == ("h:1", 8080, "127.0.0.1")
+    assert credentials(args) == {"ca_file": "ca.pem", "token": "s3cret"}
+    login = page_options(args)["auth"]
+    assert login("anyone", "s3cret") and not login("anyone", "guess")
+    if "token" not in inspect.signature(Client).parameters:  # until the client takes them: a clear stop
+        with pytest.raises(SystemExit, match="no ca_file, token option"):
+            secured(Client("h:1"), args)
+    monkeypatch.delenv("PIPELINED_TOKEN")
+    plain = build_parser().parse_args(["demo"])
+    assert credentials(plain) == {} and page_options(plain) == {}
+    with pytest.raises(SystemExit, match="go together"):
+        page_options(build_parser().parse_args(["demo", "--certfile", "page.pem"]))

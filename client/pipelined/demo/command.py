@@ -4,6 +4,7 @@ lists `demo` whether or not the extra is installed)."""
 from __future__ import annotations
 
 import argparse
+import hmac
 import inspect
 import os
 from typing import Any
@@ -50,10 +51,27 @@ def secured(client: Client, args: argparse.Namespace) -> Client:
     return Client(client.target, timeout=client.timeout, strict=client.strict, **extra)
 
 
+def page_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Gradio launch options that protect the page as the server is protected: HTTPS with the given
+    certificate, and, when the server takes a token, a login whose password is that token (any user
+    name), so the page grants nobody more than the token does."""
+    options: dict[str, Any] = {}
+    if bool(args.certfile) != bool(args.keyfile):
+        raise SystemExit("pipelined demo: --certfile and --keyfile go together")
+    if args.certfile:
+        # ssl_verify covers only Gradio's check that its own URL answers (a private CA is not trusted there).
+        options.update(ssl_certfile=args.certfile, ssl_keyfile=args.keyfile, ssl_verify=False)
+    token = credentials(args).get("token")
+    if token:
+        options["auth"] = lambda user, password: hmac.compare_digest(password.encode(), token.encode())
+        options["auth_message"] = "This demo calls a server that needs a token: log in with that token."
+    return options
+
+
 def run(client: Client, args: argparse.Namespace) -> int:
     try:
         from .app import serve
     except ImportError as error:
         raise SystemExit(f"pipelined demo needs Gradio: {INSTALL} ({error})") from None
-    serve(secured(client, args), host=args.host, port=args.port)
+    serve(secured(client, args), host=args.host, port=args.port, **page_options(args))
     return 0
