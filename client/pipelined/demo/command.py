@@ -26,8 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token",
         default=None,
-        help=f"bearer token for the server (default ${TOKEN_ENV}); never shown on the page",
+        help=f"bearer token for the server (default ${TOKEN_ENV}); the page then asks for it as its password",
     )
+    parser.add_argument(
+        "--certfile", default=None, help="serve the page over HTTPS with this certificate (PEM)"
+    )
+    parser.add_argument("--keyfile", default=None, help="the private key of --certfile (PEM)")
 
 
 def credentials(args: argparse.Namespace) -> dict[str, Any]:
