@@ -3,14 +3,13 @@ fill-mask, zero-shot classification, and the similarity of two sentences from th
 
 from __future__ import annotations
 
-from typing import Any
-
 import gradio as gr
 
 from ..client import Client
 from . import convert
 from .errors import readable
 from .models import Served, picker
+from .panel import one_input
 
 TASKS = (
     "text-classification",
@@ -28,64 +27,52 @@ TITLES = {
 }
 
 
+def _text(task: str, label: str, value: str, lines: int = 3) -> gr.Textbox:
+    return gr.Textbox(label=label, value=value, lines=lines, elem_id=f"{task}-input", render=False)
+
+
 def _classification(client: Client, served: Served) -> None:
     task = "text-classification"
-    with gr.Row():
-        with gr.Column():
-            text = gr.Textbox(
-                label="Text", value="I love how fast this service answers!", lines=3, elem_id=f"{task}-input"
-            )
-            model = picker(served, task)
-            run = gr.Button("Classify", variant="primary", elem_id=f"{task}-run")
-        scores = gr.Label(label="Labels", elem_id="text-classification-out")
-
-    @readable
-    def on_run(value: str, name: str) -> dict[str, float]:
-        return convert.label_scores(client.pipeline(task, model=name)(value, top_k=None))
-
-    run.click(on_run, inputs=[text, model], outputs=scores)
+    one_input(
+        client,
+        served,
+        task,
+        _text(task, "Text", "I love how fast this service answers!"),
+        "Classify",
+        gr.Label(label="Labels", elem_id=f"{task}-out", render=False),
+        lambda pipe, value: convert.label_scores(pipe(value, top_k=None)),
+    )
 
 
 def _entities(client: Client, served: Served) -> None:
     task = "token-classification"
-    with gr.Row():
-        with gr.Column():
-            text = gr.Textbox(
-                label="Text", value="My name is Sarah and I live in London.", lines=3, elem_id=f"{task}-input"
-            )
-            model = picker(served, task)
-            run = gr.Button("Find entities", variant="primary", elem_id=f"{task}-run")
-        found = gr.HighlightedText(
-            label="Entities", combine_adjacent=True, elem_id="token-classification-out"
-        )
-
-    @readable
-    def on_run(value: str, name: str) -> dict[str, Any]:
-        records = client.pipeline(task, model=name)(value, aggregation_strategy="simple")
-        return convert.entities(value, records)
-
-    run.click(on_run, inputs=[text, model], outputs=found)
+    one_input(
+        client,
+        served,
+        task,
+        _text(task, "Text", "My name is Sarah and I live in London."),
+        "Find entities",
+        gr.HighlightedText(label="Entities", combine_adjacent=True, elem_id=f"{task}-out", render=False),
+        lambda pipe, value: convert.entities(value, pipe(value, aggregation_strategy="simple")),
+    )
 
 
 def _fill_mask(client: Client, served: Served) -> None:
     task = "fill-mask"
-    with gr.Row():
-        with gr.Column():
-            text = gr.Textbox(
-                label="Text with the model's mask token ([MASK] for BERT-like models, <mask> for RoBERTa-like)",
-                value="Paris is the [MASK] of France.",
-                lines=2,
-                elem_id=f"{task}-input",
-            )
-            model = picker(served, task)
-            run = gr.Button("Fill", variant="primary", elem_id=f"{task}-run")
-        scores = gr.Label(label="Candidates", elem_id="fill-mask-out")
-
-    @readable
-    def on_run(value: str, name: str) -> dict[str, float]:
-        return convert.fill_mask_scores(client.pipeline(task, model=name)(value))
-
-    run.click(on_run, inputs=[text, model], outputs=scores)
+    one_input(
+        client,
+        served,
+        task,
+        _text(
+            task,
+            "Text with the model's mask token ([MASK] for BERT-like models, <mask> for RoBERTa-like)",
+            "Paris is the [MASK] of France.",
+            lines=2,
+        ),
+        "Fill",
+        gr.Label(label="Candidates", elem_id=f"{task}-out", render=False),
+        lambda pipe, value: convert.fill_mask_scores(pipe(value)),
+    )
 
 
 def _zero_shot(client: Client, served: Served) -> None:

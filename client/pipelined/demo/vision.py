@@ -11,6 +11,7 @@ from ..client import Client
 from . import convert
 from .errors import readable
 from .models import Served, picker
+from .panel import one_input
 
 TASKS = (
     "image-classification",
@@ -30,8 +31,8 @@ TITLES = {
 }
 
 
-def _image(task: str) -> gr.Image:
-    return gr.Image(type="pil", label="Image", elem_id=f"{task}-image", height=320)
+def _image(task: str, render: bool = True) -> gr.Image:
+    return gr.Image(type="pil", label="Image", elem_id=f"{task}-image", height=320, render=render)
 
 
 def _needed(image: Any) -> None:
@@ -48,19 +49,15 @@ def _labels(text: str) -> list[str]:
 
 def _classification(client: Client, served: Served) -> None:
     task = "image-classification"
-    with gr.Row():
-        with gr.Column():
-            image = _image(task)
-            model = picker(served, task)
-            run = gr.Button("Classify", variant="primary", elem_id=f"{task}-run")
-        scores = gr.Label(label="Labels", num_top_classes=5, elem_id=f"{task}-out")
-
-    @readable
-    def on_run(picture: Any, name: str) -> dict[str, float]:
-        _needed(picture)
-        return convert.label_scores(client.pipeline(task, model=name)(picture, top_k=5))
-
-    run.click(on_run, inputs=[image, model], outputs=scores)
+    one_input(
+        client,
+        served,
+        task,
+        _image(task, render=False),
+        "Classify",
+        gr.Label(label="Labels", num_top_classes=5, elem_id=f"{task}-out", render=False),
+        lambda pipe, picture: convert.label_scores(pipe(picture, top_k=5)),
+    )
 
 
 def _detection(client: Client, served: Served, task: str) -> None:
@@ -103,36 +100,30 @@ def _detection(client: Client, served: Served, task: str) -> None:
 
 def _segmentation(client: Client, served: Served) -> None:
     task = "image-segmentation"
-    with gr.Row():
-        with gr.Column():
-            image = _image(task)
-            model = picker(served, task)
-            run = gr.Button("Segment", variant="primary", elem_id=f"{task}-run")
-        overlaid = gr.AnnotatedImage(label="Segments", elem_id=f"{task}-out", height=320)
-
-    @readable
-    def on_run(picture: Any, name: str) -> Any:
-        _needed(picture)
-        return convert.masks(picture, client.pipeline(task, model=name)(picture))
-
-    run.click(on_run, inputs=[image, model], outputs=overlaid)
+    one_input(
+        client,
+        served,
+        task,
+        _image(task, render=False),
+        "Segment",
+        gr.AnnotatedImage(label="Segments", elem_id=f"{task}-out", height=320, render=False),
+        lambda pipe, picture: convert.masks(picture, pipe(picture)),
+    )
 
 
 def _depth(client: Client, served: Served) -> None:
     task = "depth-estimation"
-    with gr.Row():
-        with gr.Column():
-            image = _image(task)
-            model = picker(served, task)
-            run = gr.Button("Estimate depth", variant="primary", elem_id=f"{task}-run")
-        depth = gr.Image(label="Depth (brighter: larger predicted value)", elem_id=f"{task}-out", height=320)
-
-    @readable
-    def on_run(picture: Any, name: str) -> Any:
-        _needed(picture)
-        return convert.depth_colors(client.pipeline(task, model=name)(picture))
-
-    run.click(on_run, inputs=[image, model], outputs=depth)
+    one_input(
+        client,
+        served,
+        task,
+        _image(task, render=False),
+        "Estimate depth",
+        gr.Image(
+            label="Depth (brighter: larger predicted value)", elem_id=f"{task}-out", height=320, render=False
+        ),
+        lambda pipe, picture: convert.depth_colors(pipe(picture)),
+    )
 
 
 def _zero_shot_classification(client: Client, served: Served) -> None:
