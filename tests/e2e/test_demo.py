@@ -470,3 +470,13 @@ def test_demo_forwards_tls_and_token_and_guards_the_page(monkeypatch: pytest.Mon
     assert credentials(plain) == {} and page_options(plain) == {}
     with pytest.raises(SystemExit, match="go together"):
         page_options(build_parser().parse_args(["demo", "--certfile", "page.pem"]))
+
+
+def test_the_demo_imports_neither_torch_nor_transformers_nor_the_server() -> None:
+    probe = (
+        "import sys, pipelined.cli, pipelined.demo.app, pipelined.demo.interface; "
+        "print([m for m in ('torch', 'transformers', 'pipelined_server') if m in sys.modules])"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO / "client"))
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
