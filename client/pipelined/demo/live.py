@@ -16,6 +16,7 @@ import queue
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +83,8 @@ class LiveSession:
         self.error_shown = False
         self.closed = False
         self.done = threading.Event()
+        # Set by every result, so that a page waiting for the last finals redraws when one comes.
+        self.changed = threading.Event()
         self.finished_at: float | None = None
         pipe = client.pipeline(TASK, model=model)
         self.thread = threading.Thread(target=self._run, args=(pipe,), daemon=True, name="demo-live")
@@ -136,6 +139,7 @@ class LiveSession:
             self.closed = True
             self.finished_at = time.monotonic()
             self.done.set()
+            self.changed.set()
 
     def _arrival_of(self, audio_s: float) -> float | None:
         with self.lock:
@@ -145,6 +149,7 @@ class LiveSession:
         return None
 
     def _record(self, result: StreamingResult) -> None:
+        self.changed.set()
         t = self.transcript
         arrived = self._arrival_of(result.audio_processed)
         with self.lock:
@@ -228,12 +233,19 @@ class LiveSessions:
             if session is not None and session.closed:
                 del self.sessions[key]
 
-    def stop(self, key: str) -> LiveSession | None:
+    def stop(self, key: str) -> Iterator[LiveSession]:
+        """Ends the recording's audio, then yields it each time a result arrives until the server has sent
+        its last finals (at most FLUSH_S): a loaded server may still be working through the last seconds."""
         session = self.sessions.get(key)
-        if session is not None:
-            session.close()
-            session.done.wait(FLUSH_S)
-        return session
+        if session is None:
+            return
+        session.close()
+        deadline = time.monotonic() + FLUSH_S
+        while not session.done.is_set() and time.monotonic() < deadline:
+            session.changed.wait(CHUNK_S)
+            session.changed.clear()
+            yield session
+        yield session
 
     def _forget_finished(self) -> None:
         """Drops recordings finished long ago (their pages keep what they showed)."""
@@ -284,8 +296,9 @@ def tab(client: Client, served: Served) -> None:
     def on_start(request: gr.Request) -> None:
         sessions.start(request.session_hash or "")
 
-    def on_stop(request: gr.Request) -> tuple[str, str, str]:
-        return _shown(sessions.stop(request.session_hash or ""))
+    def on_stop(request: gr.Request) -> Iterator[tuple[str, str, str]]:
+        for session in sessions.stop(request.session_hash or ""):
+            yield _shown(session)
 
     mic.stream(
         on_chunk,
