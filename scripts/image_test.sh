@@ -40,6 +40,10 @@ until [ "$(docker inspect -f '{{.State.Health.Status}}' "$name")" = healthy ]; d
   sleep 2
 done
 echo "healthy after $((SECONDS - started)) s on $target (metrics $metrics)"
+# What the server needs beyond Python: Tesseract (document question answering without word boxes).
+docker exec "$name" tesseract --version 2>&1 | head -1 | grep -q '^tesseract ' \
+  || { echo "tesseract is missing from the image" >&2; exit 1; }
+echo "tesseract: ok"
 
 sdk() { PYTHONPATH="$root/client" "$PYTHON" - "$target" "$@"; }
 if [ -f "$DATA/audio/jfk.flac" ]; then
