@@ -138,8 +138,8 @@ _NATIVE_CPU_FLAGS = {"bfloat16": ("avx512_bf16", "amx_bf16"), "float16": ("avx51
 
 def check_cpu_dtype(dtype: str, where: str) -> None:
     """Refuses a half dtype this CPU's torch cannot compute (a matmul and a convolution are tried), and
-    warns where it is only emulated: on an AVX2 CPU Whisper tiny.en ran ~10x slower in float16 or
-    bfloat16 than in float32 (bench/dtypes.py)."""
+    warns where it is only emulated: on this AVX2 CPU Whisper tiny.en took 1.8-3.4x float32's time per clip
+    in float16 or bfloat16 (bench/dtypes.py, two runs on a loaded machine)."""
     import torch
 
     if dtype not in _NATIVE_CPU_FLAGS:

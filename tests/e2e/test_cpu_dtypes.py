@@ -112,7 +112,7 @@ def float32_transcripts(recordings: list[Any]) -> list[str]:
 def test_whisper_tiny_en_keeps_float32_accuracy(
     dtype: str, recordings: list[Any], float32_transcripts: list[str]
 ) -> None:
-    # Half precision is emulated on CPUs without AVX-512 FP16/BF16 (~10x slower): two clips, not six.
+    # Half precision is emulated on CPUs without AVX-512 FP16/BF16 (2-3x slower): two clips, not six.
     audio = recordings if dtype == "int8" else recordings[:2]
     reference = " ".join(shared_reference(c) for c in CLIPS[: len(audio)])
     base, text = " ".join(float32_transcripts[: len(audio)]), " ".join(transcripts(dtype, audio))
