@@ -41,6 +41,56 @@ class InputLimits:
 
 
 @dataclass(frozen=True)
+class RequestLimits:
+    """Bounds on the work and memory one request may ask for (config section `limits`). A request beyond
+    them answers INVALID_ARGUMENT before any compute; the server-wide budget answers RESOURCE_EXHAUSTED.
+
+    Measured before they existed (issue 10, 2-core CPU, whisper-tiny.en): `chunk_length_s: 0.01` cost about
+    85 s of work per second of audio; one 16 MiB blob referenced 100 times by a generic call decoded to
+    +1.6 GiB on the event loop; a 17-character hypothesis_template asked str.format for 100 MB per label.
+    """
+
+    # Generation (every generating task, typed or generic): tokens per sequence, beams, sequences.
+    max_new_tokens: int = 1024
+    max_num_beams: int = 8
+    max_num_return_sequences: int = 8
+    # A request's own `batch_size` (inputs the pipeline runs at once within the call).
+    max_batch_size: int = 64
+    # Zero-shot labels per request: every label is one more forward pass per input.
+    max_candidate_labels: int = 64
+    # Chunked ASR: each chunk is one forward pass (Whisper pads every chunk to 30 s), so tiny chunks or
+    # strides that leave little new audio per chunk multiply the work.
+    min_chunk_length_s: float = 1.0
+    # New audio per chunk: chunk_length - 2 * stride_length.
+    min_chunk_step_s: float = 0.5
+    # Generic calls: blob references (`$bytes`, `$image`, `$audio`, `$ndarray`) in inputs and parameters...
+    max_blob_references: int = 256
+    # ...and the bytes they decode to, every reference counted (a pipeline converts each input).
+    max_decoded_bytes_per_request: int = 256 * 1024 * 1024
+    # Decoded bytes held by all calls at once; beyond it a call answers RESOURCE_EXHAUSTED.
+    max_decoded_bytes_in_flight: int = 1024 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        """Reject limits that admit nothing, so a bad config fails at start-up."""
+        for name in (
+            "max_new_tokens",
+            "max_num_beams",
+            "max_num_return_sequences",
+            "max_batch_size",
+            "max_candidate_labels",
+            "max_blob_references",
+            "max_decoded_bytes_per_request",
+            "max_decoded_bytes_in_flight",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.min_chunk_length_s <= 0 or self.min_chunk_step_s <= 0:
+            raise ValueError("min_chunk_length_s and min_chunk_step_s must be > 0")
+        if self.max_decoded_bytes_in_flight < self.max_decoded_bytes_per_request:
+            raise ValueError("max_decoded_bytes_in_flight must be >= max_decoded_bytes_per_request")
+
+
+@dataclass(frozen=True)
 class BatchingConfig:
     """Dynamic batching limits of one model instance."""
 
@@ -120,6 +170,7 @@ class ServerConfig:
     images: ImageLimits = field(default_factory=ImageLimits)
     inputs: InputLimits = field(default_factory=InputLimits)
     streaming: StreamingLimits = field(default_factory=StreamingLimits)
+    limits: RequestLimits = field(default_factory=RequestLimits)
     models: tuple[ModelSpec, ...] = ()
 
     def default_model(self, task: str) -> ModelSpec | None:
@@ -279,6 +330,8 @@ def parse_config(data: Any) -> ServerConfig:
         _validate_inputs(data["inputs"])
     if "streaming" in data:
         data["streaming"] = _build(StreamingLimits, data["streaming"], "streaming")
+    if "limits" in data:
+        data["limits"] = _build(RequestLimits, data["limits"], "limits")
     return _build(ServerConfig, {**data, "models": models}, "config")
 
 

@@ -51,7 +51,7 @@ class AudioServicer(audio_tasks_pb2_grpc.AudioServiceServicer):
         context: grpc.aio.ServicerContext,
         call: CallInfo,
     ) -> audio_tasks_pb2.ClassifyAudioZeroShotResponse:
-        kwargs = options.zero_shot_classification_kwargs(request)
+        kwargs = options.zero_shot_classification_kwargs(request, self.state.config.limits)
         instance, outputs = await self._classify(request, context, call, kwargs)
         return audio_tasks_pb2.ClassifyAudioZeroShotResponse(
             results=[class_scores(as_list(o)) for o in outputs], model=instance.name
@@ -63,7 +63,7 @@ class AudioServicer(audio_tasks_pb2_grpc.AudioServiceServicer):
     ) -> audio_tasks_pb2.GenerateAudioResponse:
         instance = self.state.registry.ready(request.model, call.task)
         call.model = instance.name
-        kwargs = audio_tasks.generate_kwargs(request)
+        kwargs = audio_tasks.generate_kwargs(request, self.state.config.limits)
         check_count(len(request.texts), "texts", self.state.config.images)
         outputs = await run_items(instance, audio_tasks.texts(request), kwargs, context.time_remaining())
         results = await asyncio.to_thread(lambda: [audio_tasks.generated_audio(o) for o in outputs])

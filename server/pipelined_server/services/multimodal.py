@@ -26,7 +26,7 @@ class MultimodalServicer(multimodal_pb2_grpc.MultimodalServiceServicer):
     ) -> multimodal_pb2.GenerateFromImageResponse:
         instance = self.state.registry.ready(request.model, call.task)
         call.model = instance.name
-        kwargs = image_text.call_kwargs(request.generation, request)
+        kwargs = image_text.call_kwargs(request.generation, request, self.state.config.limits)
         check_count(len(request.prompts), "prompts", self.state.config.images)
         items = await image_text.load_prompts(list(request.prompts), kwargs, self.state.config.images)
         outputs = await run_items(instance, items, kwargs, context.time_remaining())
@@ -47,7 +47,7 @@ class MultimodalServicer(multimodal_pb2_grpc.MultimodalServiceServicer):
     ) -> AsyncIterator[multimodal_pb2.StreamGenerateFromImageResponse]:
         instance = self.state.registry.ready(request.model, call.task)
         call.model = instance.name
-        kwargs = image_text.call_kwargs(request.generation, request)
+        kwargs = image_text.call_kwargs(request.generation, request, self.state.config.limits)
         (item,) = await image_text.load_prompts([request.prompt], kwargs, self.state.config.images)
         async for piece in image_text.stream_text(instance, item, kwargs, context.time_remaining()):
             yield multimodal_pb2.StreamGenerateFromImageResponse(text=piece, model=instance.name)

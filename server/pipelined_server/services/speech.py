@@ -33,7 +33,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         self, request: speech_pb2.RecognizeRequest, context: grpc.aio.ServicerContext, call: CallInfo
     ) -> speech_pb2.RecognizeResponse:
         instance = self._model(request.config, call)
-        kwargs = asr.call_kwargs(request.config, asr.model_kind(instance))
+        kwargs = asr.call_kwargs(request.config, asr.model_kind(instance), self.state.config.limits)
         samples = await decode_audio_input_async(
             request.audio, instance.sampling_rate, self.state.config.audio
         )
@@ -48,7 +48,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         call: CallInfo,
     ) -> AsyncIterator[speech_pb2.StreamingRecognizeFileResponse]:
         instance = self._model(request.config, call)
-        kwargs = asr.call_kwargs(request.config, asr.model_kind(instance))
+        kwargs = asr.call_kwargs(request.config, asr.model_kind(instance), self.state.config.limits)
         samples = await decode_audio_input_async(
             request.audio, instance.sampling_rate, self.state.config.audio
         )
@@ -66,7 +66,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         guard = IdleGuard(requests, limits.idle_timeout_s, self.state.drain_started)
         config = await read_config(guard)
         instance = self._model(config.config, call)
-        options = stream_options(config, instance)
+        options = stream_options(config, instance, self.state.config.limits)
         with self.streams.open(instance.name):
             session = StreamSession(instance, options, limits, self.state.config.audio, self.state.metrics)
             async for response in session.run(guard):

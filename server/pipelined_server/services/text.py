@@ -69,15 +69,19 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
         self, request: text_pb2.ClassifyZeroShotRequest, context: grpc.aio.ServicerContext, call: CallInfo
     ) -> text_pb2.ClassifyZeroShotResponse:
         instance = self._model(request.model, call)
-        return await zero_shot.classify(instance, request, self.state.config.inputs, context.time_remaining())
+        config = self.state.config
+        return await zero_shot.classify(
+            instance, request, config.inputs, config.limits, context.time_remaining()
+        )
 
     @rpc(text_generation.TASK)
     async def GenerateText(
         self, request: text_pb2.GenerateTextRequest, context: grpc.aio.ServicerContext, call: CallInfo
     ) -> text_pb2.GenerateTextResponse:
         instance = self._model(request.model, call)
+        config = self.state.config
         return await text_generation.generate(
-            instance, request, self.state.config.inputs, context.time_remaining()
+            instance, request, config.inputs, config.limits, context.time_remaining()
         )
 
     @rpc(text_generation.TASK)
@@ -86,7 +90,7 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
     ) -> AsyncIterator[text_pb2.StreamGenerateTextResponse]:
         instance = self._model(request.model, call)
         prompt = text_generation.prompt_of(request.input, self.state.config.inputs, "input")
-        generation = text_generation.call_kwargs(request.parameters, instance)
+        generation = text_generation.call_kwargs(request.parameters, instance, self.state.config.limits)
         if generation.kwargs.get("num_return_sequences", 1) != 1:
             raise InvalidInput("streaming generates one sequence: num_return_sequences must be 1")
         async for piece in stream_generation(

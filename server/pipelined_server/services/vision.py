@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import grpc
@@ -65,7 +66,11 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         call: CallInfo,
     ) -> vision_pb2.ClassifyImageZeroShotResponse:
         instance, outputs = await self._run(
-            request, context, call, options.zero_shot_classification_kwargs, vision.any_size
+            request,
+            context,
+            call,
+            partial(options.zero_shot_classification_kwargs, limits=self.state.config.limits),
+            vision.any_size,
         )
         return vision_pb2.ClassifyImageZeroShotResponse(
             results=[class_scores(vision.as_list(o)) for o in outputs], model=instance.name
@@ -79,7 +84,11 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         call: CallInfo,
     ) -> vision_pb2.DetectObjectsZeroShotResponse:
         instance, outputs = await self._run(
-            request, context, call, vision.zero_shot_detection_kwargs, vision.same_size
+            request,
+            context,
+            call,
+            partial(vision.zero_shot_detection_kwargs, limits=self.state.config.limits),
+            vision.same_size,
         )
         return vision_pb2.DetectObjectsZeroShotResponse(
             results=[vision.detected_objects(vision.as_list(o)) for o in outputs], model=instance.name

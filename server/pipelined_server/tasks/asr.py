@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 from pipelined.v1 import speech_pb2
 
+from ..config import RequestLimits
 from ..errors import InvalidInput
 from ..registry import ModelInstance
 from .decoding import decoding_kwargs
 from .durations import to_duration, to_seconds
+from .request_limits import check_batch_size, check_chunking
 
 TASK = "automatic-speech-recognition"
 WHISPER = "seq2seq_whisper"
@@ -51,17 +53,20 @@ def model_kind(instance: ModelInstance) -> str:
     return str(getattr(instance.pipeline, "type", ""))
 
 
-def call_kwargs(config: speech_pb2.RecognitionConfig, kind: str) -> dict[str, Any]:
-    """Pipeline call arguments for a config, rejecting what this kind of model cannot do."""
+def call_kwargs(config: speech_pb2.RecognitionConfig, kind: str, limits: RequestLimits) -> dict[str, Any]:
+    """Pipeline call arguments for a config, rejecting what this kind of model cannot do or what exceeds
+    the server's `limits`."""
     kwargs: dict[str, Any] = {}
     generate: dict[str, Any] = {}
     is_whisper = kind == WHISPER
     if config.language:
         generate["language"] = config.language
     if config.task:
+        if config.task not in _SPEECH_TASKS:
+            raise InvalidInput(f"unknown task value {config.task}: use TRANSCRIBE or TRANSLATE")
         generate["task"] = _SPEECH_TASKS[config.task]
     if config.HasField("generation"):
-        gen = decoding_kwargs(config.generation, "generation.")
+        gen = decoding_kwargs(config.generation, limits, "generation.")
         if gen.get("temperature", 0) > 0 and "do_sample" not in gen:
             gen["do_sample"] = True
         generate.update(gen)
@@ -89,6 +94,7 @@ def call_kwargs(config: speech_pb2.RecognitionConfig, kind: str) -> dict[str, An
     if chunk_s < 0 or (stride_s is not None and stride_s < 0):
         raise InvalidInput("chunk_length and stride_length must not be negative")
     if chunk_s > 0:
+        check_chunking(chunk_s, stride_s, limits)
         kwargs["chunk_length_s"] = chunk_s
         if stride_s is not None:
             if 2 * stride_s >= chunk_s:
@@ -101,7 +107,7 @@ def call_kwargs(config: speech_pb2.RecognitionConfig, kind: str) -> dict[str, An
     if config.batch_size < 0:
         raise InvalidInput(f"batch_size must be >= 0, got {config.batch_size}")
     if config.batch_size:
-        kwargs["batch_size"] = config.batch_size
+        kwargs["batch_size"] = check_batch_size(config.batch_size, limits)
     if config.return_language:
         if not is_whisper:
             raise InvalidInput("return_language needs a Whisper model")

@@ -14,6 +14,7 @@ import numpy as np
 from pipelined.v1 import audio_tasks_pb2
 
 from ..audio import encode_wav
+from ..config import RequestLimits
 from ..errors import InvalidInput
 from .decoding import decoding_kwargs
 from .submit import Item
@@ -27,9 +28,9 @@ def same_length(clips: list[np.ndarray]) -> list[Item]:
     return [Item(clip, key=("samples", len(clip))) for clip in clips]
 
 
-def generate_kwargs(request: audio_tasks_pb2.GenerateAudioRequest) -> dict[str, Any]:
+def generate_kwargs(request: audio_tasks_pb2.GenerateAudioRequest, limits: RequestLimits) -> dict[str, Any]:
     """The set decoding fields and `guidance_scale`, as `generate_kwargs` of the pipeline call."""
-    generate = decoding_kwargs(request.generation)
+    generate = decoding_kwargs(request.generation, limits)
     if request.HasField("guidance_scale"):
         generate["guidance_scale"] = request.guidance_scale
     return {"generate_kwargs": generate} if generate else {}

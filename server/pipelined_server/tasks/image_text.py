@@ -16,6 +16,7 @@ from typing import Any
 
 from pipelined.v1 import common_pb2, multimodal_pb2
 
+from ..config import RequestLimits
 from ..errors import InvalidInput
 from ..images import ImageLimits
 from ..loading import run_batch
@@ -28,8 +29,10 @@ from .submit import Item
 TASK = "image-text-to-text"
 
 
-def call_kwargs(generation: common_pb2.DecodingOptions, request: Any) -> dict[str, Any]:
-    generate = decoding_kwargs(generation)
+def call_kwargs(
+    generation: common_pb2.DecodingOptions, request: Any, limits: RequestLimits
+) -> dict[str, Any]:
+    generate = decoding_kwargs(generation, limits)
     kwargs: dict[str, Any] = {"return_full_text": False}
     if generate:
         kwargs["generate_kwargs"] = generate

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..config import RequestLimits
 from ..errors import InvalidInput
 from .encoding import LOGIT_FUNCTIONS
+from .request_limits import check_labels, check_template
 
 
 def positive(name: str, value: int) -> int:
@@ -14,10 +16,11 @@ def positive(name: str, value: int) -> int:
     return value
 
 
-def candidate_labels(candidate_labels: Any) -> list[str]:
+def candidate_labels(candidate_labels: Any, limits: RequestLimits) -> list[str]:
     labels = [str(label) for label in candidate_labels]
     if not labels:
         raise InvalidInput("candidate_labels must hold at least one label")
+    check_labels(labels, limits)
     return labels
 
 
@@ -33,10 +36,9 @@ def classification_kwargs(request: Any) -> dict[str, Any]:
     return kwargs
 
 
-def zero_shot_classification_kwargs(request: Any) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"candidate_labels": candidate_labels(request.candidate_labels)}
+def zero_shot_classification_kwargs(request: Any, limits: RequestLimits) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"candidate_labels": candidate_labels(request.candidate_labels, limits)}
     if request.hypothesis_template:
-        if "{}" not in request.hypothesis_template:
-            raise InvalidInput('hypothesis_template must contain "{}" where the label goes')
+        check_template(request.hypothesis_template)
         kwargs["hypothesis_template"] = request.hypothesis_template
     return kwargs

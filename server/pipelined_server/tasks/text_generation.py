@@ -20,10 +20,11 @@ from typing import Any
 from pipelined.v1 import text_pb2
 
 from ..batching import gather_or_cancel
-from ..config import InputLimits
+from ..config import InputLimits, RequestLimits
 from ..errors import InvalidInput
 from ..registry import ModelInstance
 from .decoding import decoding_kwargs
+from .request_limits import check_generation
 from .text_inputs import check_count, check_text, positive, run_all
 
 TASK = "text-generation"
@@ -39,11 +40,14 @@ class GenerationCall:
     sampling: bool
 
 
-def call_kwargs(params: text_pb2.GenerationParameters, instance: ModelInstance) -> GenerationCall:
-    kwargs: dict[str, Any] = decoding_kwargs(params.decoding)
+def call_kwargs(
+    params: text_pb2.GenerationParameters, instance: ModelInstance, limits: RequestLimits
+) -> GenerationCall:
+    kwargs: dict[str, Any] = decoding_kwargs(params.decoding, limits)
     if params.HasField("num_return_sequences"):
         positive(params.num_return_sequences, "num_return_sequences")
         kwargs["num_return_sequences"] = params.num_return_sequences
+        check_generation(kwargs, limits)
     if params.stop_sequences:
         if any(not s for s in params.stop_sequences):
             raise InvalidInput("stop_sequences must not contain an empty string")
@@ -135,10 +139,14 @@ def _generation(record: dict[str, Any]) -> text_pb2.Generation:
 
 
 async def generate(
-    instance: ModelInstance, request: text_pb2.GenerateTextRequest, limits: InputLimits, timeout: float | None
+    instance: ModelInstance,
+    request: text_pb2.GenerateTextRequest,
+    limits: InputLimits,
+    request_limits: RequestLimits,
+    timeout: float | None,
 ) -> text_pb2.GenerateTextResponse:
     prompts = prompts_of(request, limits)
-    call = call_kwargs(request.parameters, instance)
+    call = call_kwargs(request.parameters, instance, request_limits)
     assert instance.scheduler is not None
     if call.sampling or instance.tokenizer.pad_token_id is None:
         instance.scheduler.ensure_room(len(prompts))

@@ -13,6 +13,7 @@ from typing import Any
 
 from pipelined.v1 import vision_pb2
 
+from ..config import RequestLimits
 from ..errors import InvalidInput
 from .encoding import float32_array, png_bytes
 from .options import candidate_labels, positive
@@ -47,8 +48,10 @@ def detection_kwargs(request: vision_pb2.DetectObjectsRequest) -> dict[str, Any]
     return {"threshold": request.threshold} if request.HasField("threshold") else {}
 
 
-def zero_shot_detection_kwargs(request: vision_pb2.DetectObjectsZeroShotRequest) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"candidate_labels": candidate_labels(request.candidate_labels)}
+def zero_shot_detection_kwargs(
+    request: vision_pb2.DetectObjectsZeroShotRequest, limits: RequestLimits
+) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"candidate_labels": candidate_labels(request.candidate_labels, limits)}
     if request.HasField("threshold"):
         kwargs["threshold"] = request.threshold
     if request.HasField("top_k"):

@@ -11,26 +11,27 @@ from typing import Any
 
 from pipelined.v1 import text_pb2
 
-from ..config import InputLimits
+from ..config import InputLimits, RequestLimits
 from ..errors import InvalidInput
 from ..registry import ModelInstance
+from .request_limits import check_labels, check_template
 from .text_inputs import check_text, check_texts, run_all
 
 TASK = "zero-shot-classification"
 
 
-def call_kwargs(request: text_pb2.ClassifyZeroShotRequest, limits: InputLimits) -> dict[str, Any]:
+def call_kwargs(
+    request: text_pb2.ClassifyZeroShotRequest, limits: InputLimits, request_limits: RequestLimits
+) -> dict[str, Any]:
     labels = [label for label in request.candidate_labels if label.strip()]
     if not labels:
         raise InvalidInput("candidate_labels is empty: give at least one label")
+    check_labels(labels, request_limits)
     for i, label in enumerate(labels):
         check_text(label, limits, f"candidate_labels[{i}]")
     kwargs: dict[str, Any] = {"candidate_labels": labels, "multi_label": request.multi_label}
     if request.hypothesis_template:
-        if "{}" not in request.hypothesis_template:
-            raise InvalidInput(
-                f"hypothesis_template {request.hypothesis_template!r} must contain '{{}}' where the label goes"
-            )
+        check_template(request.hypothesis_template)
         check_text(request.hypothesis_template, limits, "hypothesis_template")
         kwargs["hypothesis_template"] = request.hypothesis_template
     return kwargs
@@ -40,10 +41,12 @@ async def classify(
     instance: ModelInstance,
     request: text_pb2.ClassifyZeroShotRequest,
     limits: InputLimits,
+    request_limits: RequestLimits,
     timeout: float | None,
 ) -> text_pb2.ClassifyZeroShotResponse:
     check_texts(request.inputs, limits)
-    outputs = await run_all(instance, list(request.inputs), call_kwargs(request, limits), timeout)
+    kwargs = call_kwargs(request, limits, request_limits)
+    outputs = await run_all(instance, list(request.inputs), kwargs, timeout)
     return text_pb2.ClassifyZeroShotResponse(
         results=[
             text_pb2.ZeroShotClassification(sequence=o["sequence"], labels=o["labels"], scores=o["scores"])
