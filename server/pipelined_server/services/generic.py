@@ -23,4 +23,6 @@ class GenericServicer(generic_pb2_grpc.GenericServiceServicer):
         call.task = request.task
         instance = self.state.registry.ready(request.model, request.task)
         call.model = instance.name
-        return await generic.run(instance, request, self.state.config, context.time_remaining())
+        return await generic.run(
+            instance, request, self.state.config, self.state.decoded_bytes, context.time_remaining()
+        )

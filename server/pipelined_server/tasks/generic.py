@@ -3,21 +3,38 @@
 Batching rule: never. Only the typed adapters know when padding changes a task's results, so a
 generic call runs alone on the model's worker thread, with its inputs passed to the pipeline as is (a
 list stays a list: the pipeline batches within the call, as it would in-process).
+
+Bounds, in the order they apply (issue 10 measured each one missing): queue room first; parameter names
+against the task's allow-list (generic_parameters.py); every blob reference counted and sized from
+headers, in inputs and parameters alike, against `limits.max_blob_references` and
+`limits.max_decoded_bytes_per_request` (each reference counts: the pipeline converts every input); the
+server-wide `limits.max_decoded_bytes_in_flight` reserved; then each blob decoded once, off the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections import Counter
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 from pipelined.v1 import generic_pb2
 
+from ..budget import ByteBudget, Reservation
 from ..config import ServerConfig
 from ..errors import InvalidInput, PermissionDenied
 from ..registry import ModelInstance
-from .generic_values import OutputEncoder, struct_to_python, to_python
+from .generic_parameters import check_parameter_names, check_parameters
+from .generic_values import (
+    BlobRef,
+    OutputEncoder,
+    blob_references,
+    decoded_size,
+    struct_to_python,
+    to_python,
+)
 from .text_inputs import check_count, check_text
 
 
@@ -81,39 +98,115 @@ def _refuse_server_side_sources(value: Any, config: ServerConfig) -> None:
             _refuse_server_side_sources(item, config)
 
 
-def _audio_decoder(instance: ModelInstance, config: ServerConfig) -> Any:
-    def decode(data: bytes) -> dict[str, Any]:
+class _Decoding:
+    """One request's blobs, decoded once each, every reference charged to the request's budget."""
+
+    def __init__(
+        self,
+        instance: ModelInstance,
+        request: generic_pb2.RunRequest,
+        config: ServerConfig,
+        reservation: Reservation,
+    ) -> None:
+        self.instance, self.request, self.config = instance, request, config
+        self.reservation = reservation
+        self.blobs = dict(request.blobs)
+        self.charged = 0
+
+    def _charge(self, nbytes: int, what: str) -> None:
+        limit = self.config.limits.max_decoded_bytes_per_request
+        if self.charged + nbytes > limit:
+            raise InvalidInput(
+                f"the request's blob references decode to more than {limit} bytes ({what}); send fewer or "
+                "smaller blobs (limits.max_decoded_bytes_per_request)"
+            )
+        self.reservation.take(nbytes)  # the server-wide budget: RESOURCE_EXHAUSTED when over
+        self.charged += nbytes
+
+    def plan(self) -> None:
+        """Counts and sizes every reference before anything is decoded."""
+        refs: list[BlobRef] = []
+        if self.request.HasField("inputs"):
+            refs += blob_references(self.request.inputs)
+        if self.request.HasField("parameters"):
+            refs += blob_references(self.request.parameters)
+        limits = self.config.limits
+        if len(refs) > limits.max_blob_references:
+            raise InvalidInput(
+                f"the request references blobs {len(refs)} times (inputs and parameters); this server "
+                f"allows at most {limits.max_blob_references} (limits.max_blob_references)"
+            )
+        self.audio_refs = Counter(ref.name for ref in refs if ref.marker == "$audio")
+        sizes: dict[BlobRef, int] = {}
+        for ref in refs:
+            if ref not in sizes:
+                sizes[ref] = decoded_size(ref, self.blobs, self.config.images.max_pixels)
+        self._charge(sum(sizes[ref] for ref in refs), f"{len(refs)} references")
+
+    def decode_audio(self, data: bytes) -> dict[str, Any]:
         from ..audio import decode_encoded
 
-        rate = instance.sampling_rate or 16000
-        samples: np.ndarray = decode_encoded(data, rate, config.audio)
+        rate = self.instance.sampling_rate or 16000
+        samples: np.ndarray = decode_encoded(data, rate, self.config.audio)
+        # An audio file's decoded length is known once decoded (bounded by the audio limits): charged now,
+        # once per reference to the same bytes.
+        refs = max((n for name, n in self.audio_refs.items() if self.blobs.get(name) == data), default=1)
+        self._charge(samples.nbytes * refs, "decoded audio")
         return {"raw": samples, "sampling_rate": rate}
 
-    return decode
+    def values(self) -> tuple[Any, dict[str, Any]]:
+        self.plan()
+        cache: dict[Any, Any] = {}
+        request = self.request
+        inputs = (
+            to_python(request.inputs, self.blobs, self.decode_audio, cache)
+            if request.HasField("inputs")
+            else None
+        )
+        parameters = (
+            struct_to_python(request.parameters, self.blobs, self.decode_audio, cache)
+            if request.HasField("parameters")
+            else {}
+        )
+        if not isinstance(parameters, dict):
+            raise InvalidInput("parameters must be an object of keyword arguments")
+        return inputs, parameters
 
 
 def _run(pipe: Any, inputs: Any, parameters: dict[str, Any]) -> Any:
     return pipe(inputs, **parameters) if inputs is not None else pipe(**parameters)
 
 
-async def run(
-    instance: ModelInstance, request: generic_pb2.RunRequest, config: ServerConfig, timeout: float | None
-) -> generic_pb2.RunResponse:
-    assert instance.scheduler is not None
-    blobs = dict(request.blobs)
-    decode = _audio_decoder(instance, config)
-    inputs = to_python(request.inputs, blobs, decode) if request.HasField("inputs") else None
-    parameters = struct_to_python(request.parameters, blobs, decode) if request.HasField("parameters") else {}
-    if not isinstance(parameters, dict):
-        raise InvalidInput("parameters must be an object of keyword arguments")
-    _check_sizes(inputs, config)
-    _check_sizes(parameters, config, "parameters")
-    if instance.spec.task in _MEDIA_TASKS:
-        _refuse_server_side_sources(inputs, config)
-        _refuse_server_side_sources(parameters, config)
-    output = await instance.scheduler.submit_call(
-        lambda pipe: _run(pipe, inputs, parameters), timeout=timeout
-    )
+def _encode(output: Any, model: str) -> generic_pb2.RunResponse:
     encoder = OutputEncoder()
     encoded = encoder.encode(output)
-    return generic_pb2.RunResponse(outputs=encoded, blobs=encoder.blobs, model=instance.name)
+    return generic_pb2.RunResponse(outputs=encoded, blobs=encoder.blobs, model=model)
+
+
+async def run(
+    instance: ModelInstance,
+    request: generic_pb2.RunRequest,
+    config: ServerConfig,
+    decoded_bytes: ByteBudget,
+    timeout: float | None,
+) -> generic_pb2.RunResponse:
+    assert instance.scheduler is not None
+    task = instance.spec.task
+    instance.scheduler.ensure_room(1)
+    check_parameter_names(list(request.parameters.fields), task)
+    reservation = Reservation(decoded_bytes)
+    try:
+        decoding = _Decoding(instance, request, config, reservation)
+        inputs, parameters = await asyncio.to_thread(decoding.values)
+        check_parameters(parameters, task, config.limits)
+        _check_sizes(inputs, config)
+        _check_sizes(parameters, config, "parameters")
+        if task in _MEDIA_TASKS:
+            _refuse_server_side_sources(inputs, config)
+            _refuse_server_side_sources(parameters, config)
+        output = await instance.scheduler.submit_call(
+            lambda pipe: _run(pipe, inputs, parameters), timeout=timeout
+        )
+    finally:
+        reservation.close()
+    return await asyncio.to_thread(_encode, output, instance.name)

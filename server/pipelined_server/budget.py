@@ -1,0 +1,55 @@
+"""A server-wide budget of bytes held at once (decoded request payloads), shared by every call.
+
+A call reserves what it will decode before decoding it and gives it back when it answers; a call that
+would take the server over the budget answers RESOURCE_EXHAUSTED at once (retry later), as a full queue
+does, instead of growing the process until the kernel kills it.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from .errors import QueueFull
+
+
+class ByteBudget:
+    """Thread-safe: reservations are taken on decoding threads and returned on the event loop."""
+
+    def __init__(self, capacity: int, what: str) -> None:
+        self.capacity = capacity
+        self.what = what
+        self._used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    def take(self, nbytes: int) -> None:
+        with self._lock:
+            if self._used + nbytes > self.capacity:
+                raise QueueFull(
+                    f"the server holds {self._used} bytes of decoded {self.what} and this call needs {nbytes} "
+                    f"more (limit {self.capacity}); retry later"
+                )
+            self._used += nbytes
+
+    def give_back(self, nbytes: int) -> None:
+        with self._lock:
+            self._used = max(0, self._used - nbytes)
+
+
+class Reservation:
+    """What one call holds of a budget; `close()` returns all of it."""
+
+    def __init__(self, budget: ByteBudget) -> None:
+        self._budget = budget
+        self.held = 0
+
+    def take(self, nbytes: int) -> None:
+        self._budget.take(nbytes)
+        self.held += nbytes
+
+    def close(self) -> None:
+        self._budget.give_back(self.held)
+        self.held = 0
