@@ -28,6 +28,7 @@ from ..errors import InvalidInput, PermissionDenied
 from ..registry import ModelInstance
 from .generic_parameters import check_parameter_names, check_parameters
 from .generic_values import (
+    KEYS,
     BlobRef,
     OutputEncoder,
     blob_references,
@@ -193,7 +194,7 @@ async def run(
     assert instance.scheduler is not None
     task = instance.spec.task
     instance.scheduler.ensure_room(1)
-    check_parameter_names(list(request.parameters.fields), task)
+    check_parameter_names([k for k in request.parameters.fields if k != KEYS], task)
     reservation = Reservation(decoded_bytes)
     try:
         decoding = _Decoding(instance, request, config, reservation)
