@@ -46,9 +46,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def server_config(tiny_dirs: dict[str, Path], metrics_port: int) -> dict[str, Any]:
+def server_config(tiny_dirs: dict[str, Path], metrics_port: int, only_asr: bool = False) -> dict[str, Any]:
     batching = {"max_batch_size": 8, "max_queue_delay_ms": 5}
-    return {
+    config: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": 0,
         "metrics_port": metrics_port,
@@ -67,6 +67,9 @@ def server_config(tiny_dirs: dict[str, Path], metrics_port: int) -> dict[str, An
             {"name": "tiny-lm", "task": "text-generation", "source": str(tiny_dirs["lm"])},
         ],
     }
+    if only_asr:  # faster to start, for the probes that need a server of their own
+        config["models"] = config["models"][:1]
+    return config
 
 
 class ServerProcess:
@@ -156,8 +159,8 @@ class ServerProcess:
         self.log.close()
 
 
-def start_server(tiny_dirs: dict[str, Path], workdir: Path) -> ServerProcess:
-    return ServerProcess(server_config(tiny_dirs, _free_port()), workdir)
+def start_server(tiny_dirs: dict[str, Path], workdir: Path, only_asr: bool = False) -> ServerProcess:
+    return ServerProcess(server_config(tiny_dirs, _free_port(), only_asr), workdir)
 
 
 @pytest.fixture(scope="session")

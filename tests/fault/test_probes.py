@@ -348,7 +348,7 @@ def _wait_running(server: ServerProcess) -> None:
 def test_sigterm_exits_whatever_is_running(tiny_dirs: Any, tmp_path: Any, second_signal: bool) -> None:
     from .conftest import GRACE_S, start_server
 
-    proc = start_server(tiny_dirs, tmp_path)
+    proc = start_server(tiny_dirs, tmp_path, only_asr=True)
     try:
         _recognize_in_background(proc, 600.0)
         _wait_running(proc)
