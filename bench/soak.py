@@ -21,6 +21,7 @@ import json
 import os
 import statistics
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,8 +109,8 @@ async def soak(
     embed = client.pipeline("feature-extraction", model=args.unary_model)
     asr = client.pipeline("automatic-speech-recognition", model=args.stream_model)
     expected = [np.asarray(await embed(s), dtype=np.float32).ravel() for s in SENTENCES]
-    path = SHARED_DATA / "audio" / "jfk.flac"
-    manifest = json.loads((SHARED_DATA / "manifest.json").read_text())
+    path = args.data / "audio" / "jfk.flac"
+    manifest = json.loads((args.data / "manifest.json").read_text())
     reference = next(e["reference"] for e in manifest if e["file"] == "audio/jfk.flac")
     until = time.monotonic() + args.minutes * 60
     unary, streams, rss = Tally(), Tally(), []
@@ -131,6 +132,7 @@ def main() -> None:
     parser.add_argument("--stream-model", default="whisper-tiny.en")
     parser.add_argument("--unary-model", default="all-minilm-l6-v2")
     parser.add_argument("--max-wer", type=float, default=0.5)
+    parser.add_argument("--data", type=Path, default=SHARED_DATA, help="the shared recordings folder")
     parser.add_argument("--max-growth", type=float, default=10.0, help="percent")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
