@@ -21,8 +21,8 @@ import json
 import os
 import statistics
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
