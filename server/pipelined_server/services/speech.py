@@ -34,6 +34,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
     ) -> speech_pb2.RecognizeResponse:
         instance = self._model(request.config, call)
         kwargs = asr.call_kwargs(request.config, asr.model_kind(instance), self.state.config.limits)
+        assert instance.scheduler is not None
+        instance.scheduler.ensure_room(1)  # a full queue refuses before the audio is decoded
         samples = await decode_audio_input_async(
             request.audio, instance.sampling_rate, self.state.config.audio
         )
@@ -49,6 +51,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
     ) -> AsyncIterator[speech_pb2.StreamingRecognizeFileResponse]:
         instance = self._model(request.config, call)
         kwargs = asr.call_kwargs(request.config, asr.model_kind(instance), self.state.config.limits)
+        assert instance.scheduler is not None
+        instance.scheduler.ensure_room(1)  # a full queue refuses before the audio is decoded
         samples = await decode_audio_input_async(
             request.audio, instance.sampling_rate, self.state.config.audio
         )
