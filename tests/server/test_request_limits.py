@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from pipelined_server.config import RequestLimits
+from pipelined_server.config import InputLimits
 from pipelined_server.errors import InvalidInput
 from pipelined_server.tasks.generic_parameters import allowed_parameters, check_parameters
 from pipelined_server.tasks.request_limits import check_chunking, check_generation, check_template
 
-LIMITS = RequestLimits()
+LIMITS = InputLimits()
 
 
 @pytest.mark.parametrize("template", ["This is {}.", "{}", "Label: {} !"])
@@ -74,6 +74,6 @@ def test_generic_parameters_come_from_an_allow_list() -> None:
 
 def test_limits_that_admit_nothing_fail_at_start() -> None:
     with pytest.raises(ValueError, match="max_num_beams"):
-        RequestLimits(max_num_beams=0)
+        InputLimits(max_num_beams=0)
     with pytest.raises(ValueError, match="in_flight"):
-        RequestLimits(max_decoded_bytes_per_request=10, max_decoded_bytes_in_flight=5)
+        InputLimits(max_decoded_bytes_per_request=10, max_decoded_bytes_in_flight=5)

@@ -8,7 +8,7 @@ from typing import Any
 from pipelined.v1 import speech_pb2
 
 from ..audio import RawFormat
-from ..config import RequestLimits
+from ..config import InputLimits
 from ..errors import InvalidInput
 from ..registry import ModelInstance
 from ..tasks import asr
@@ -47,7 +47,7 @@ def _seconds(config: Any, name: str, default: float) -> float:
 
 
 def stream_options(
-    config: speech_pb2.StreamingRecognitionConfig, instance: ModelInstance, limits: RequestLimits
+    config: speech_pb2.StreamingRecognitionConfig, instance: ModelInstance, limits: InputLimits
 ) -> StreamOptions:
     if not config.HasField("audio_format"):
         raise InvalidInput(

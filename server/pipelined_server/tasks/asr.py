@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from pipelined.v1 import speech_pb2
 
-from ..config import RequestLimits
+from ..config import InputLimits
 from ..errors import InvalidInput
 from ..registry import ModelInstance
 from .decoding import decoding_kwargs
@@ -53,7 +53,7 @@ def model_kind(instance: ModelInstance) -> str:
     return str(getattr(instance.pipeline, "type", ""))
 
 
-def call_kwargs(config: speech_pb2.RecognitionConfig, kind: str, limits: RequestLimits) -> dict[str, Any]:
+def call_kwargs(config: speech_pb2.RecognitionConfig, kind: str, limits: InputLimits) -> dict[str, Any]:
     """Pipeline call arguments for a config, rejecting what this kind of model cannot do or what exceeds
     the server's `limits`."""
     kwargs: dict[str, Any] = {}

@@ -14,7 +14,7 @@ import numpy as np
 from pipelined.v1 import audio_tasks_pb2
 
 from ..audio import encode_wav
-from ..config import RequestLimits
+from ..config import InputLimits
 from ..errors import InvalidInput
 from .decoding import decoding_kwargs
 from .submit import Item
@@ -28,7 +28,7 @@ def same_length(clips: list[np.ndarray]) -> list[Item]:
     return [Item(clip, key=("samples", len(clip))) for clip in clips]
 
 
-def generate_kwargs(request: audio_tasks_pb2.GenerateAudioRequest, limits: RequestLimits) -> dict[str, Any]:
+def generate_kwargs(request: audio_tasks_pb2.GenerateAudioRequest, limits: InputLimits) -> dict[str, Any]:
     """The set decoding fields and `guidance_scale`, as `generate_kwargs` of the pipeline call."""
     generate = decoding_kwargs(request.generation, limits)
     if request.HasField("guidance_scale"):

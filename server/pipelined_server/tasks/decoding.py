@@ -6,13 +6,13 @@ from typing import Any
 
 from pipelined.v1 import common_pb2
 
-from ..config import RequestLimits
+from ..config import InputLimits
 from ..errors import InvalidInput
 from .request_limits import check_generation
 
 
 def decoding_kwargs(
-    options: common_pb2.DecodingOptions, limits: RequestLimits, prefix: str = ""
+    options: common_pb2.DecodingOptions, limits: InputLimits, prefix: str = ""
 ) -> dict[str, Any]:
     """The fields the caller set (all are `optional`), under their generate() names, range-checked and
     within the server's `limits` (max_new_tokens, num_beams)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..config import RequestLimits
+from ..config import InputLimits
 from ..errors import InvalidInput
 from .parameters import PARAMETERS
 from .request_limits import (
@@ -104,7 +104,7 @@ def check_parameter_names(names: list[str], task: str) -> None:
         )
 
 
-def check_parameters(parameters: Mapping[str, Any], task: str, limits: RequestLimits) -> None:
+def check_parameters(parameters: Mapping[str, Any], task: str, limits: InputLimits) -> None:
     """Names allowed, and the work they ask for within the server's limits."""
     check_parameter_names(list(parameters), task)
     check_generation(parameters, limits)
@@ -128,7 +128,7 @@ def check_parameters(parameters: Mapping[str, Any], task: str, limits: RequestLi
         raise InvalidInput("stride_length_s needs chunk_length_s")
 
 
-def _check_generate_dict(value: Any, name: str, limits: RequestLimits) -> None:
+def _check_generate_dict(value: Any, name: str, limits: InputLimits) -> None:
     if not isinstance(value, dict):
         raise InvalidInput(f"{name} must be an object of generate() options")
     refused = sorted(set(value) - GENERATE)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import RequestLimits
+from ..config import InputLimits
 from ..errors import InvalidInput
 from .encoding import LOGIT_FUNCTIONS
 from .request_limits import check_labels, check_template
@@ -16,7 +16,7 @@ def positive(name: str, value: int) -> int:
     return value
 
 
-def candidate_labels(candidate_labels: Any, limits: RequestLimits) -> list[str]:
+def candidate_labels(candidate_labels: Any, limits: InputLimits) -> list[str]:
     labels = [str(label) for label in candidate_labels]
     if not labels:
         raise InvalidInput("candidate_labels must hold at least one label")
@@ -36,7 +36,7 @@ def classification_kwargs(request: Any) -> dict[str, Any]:
     return kwargs
 
 
-def zero_shot_classification_kwargs(request: Any, limits: RequestLimits) -> dict[str, Any]:
+def zero_shot_classification_kwargs(request: Any, limits: InputLimits) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"candidate_labels": candidate_labels(request.candidate_labels, limits)}
     if request.hypothesis_template:
         check_template(request.hypothesis_template)

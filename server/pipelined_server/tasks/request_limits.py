@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..config import RequestLimits
+from ..config import InputLimits
 from ..errors import InvalidInput
 
 # generate() arguments that multiply the work of one input, with the limit that bounds each.
@@ -30,7 +30,7 @@ def bounded_int(value: Any, name: str, maximum: int, where: str, minimum: int = 
     return number
 
 
-def check_generation(kwargs: Mapping[str, Any], limits: RequestLimits, prefix: str = "") -> None:
+def check_generation(kwargs: Mapping[str, Any], limits: InputLimits, prefix: str = "") -> None:
     """max_new_tokens, num_beams and num_return_sequences within the limits (when set)."""
     for key, limit in _GENERATION_BOUNDS.items():
         if key in kwargs:
@@ -40,11 +40,11 @@ def check_generation(kwargs: Mapping[str, Any], limits: RequestLimits, prefix: s
         raise InvalidInput(f"{prefix}num_return_sequences ({sequences}) must be <= num_beams ({beams})")
 
 
-def check_batch_size(value: Any, limits: RequestLimits, where: str = "batch_size") -> int:
+def check_batch_size(value: Any, limits: InputLimits, where: str = "batch_size") -> int:
     return bounded_int(value, "max_batch_size", limits.max_batch_size, where)
 
 
-def check_labels(labels: Sequence[Any], limits: RequestLimits, where: str = "candidate_labels") -> None:
+def check_labels(labels: Sequence[Any], limits: InputLimits, where: str = "candidate_labels") -> None:
     if len(labels) > limits.max_candidate_labels:
         raise InvalidInput(
             f"{where} has {len(labels)} labels; this server allows at most {limits.max_candidate_labels} "
@@ -64,7 +64,7 @@ def check_template(template: Any, where: str = "hypothesis_template") -> None:
         )
 
 
-def check_chunking(chunk_s: Any, stride_s: Any, limits: RequestLimits, prefix: str = "") -> None:
+def check_chunking(chunk_s: Any, stride_s: Any, limits: InputLimits, prefix: str = "") -> None:
     """Chunked ASR: each chunk is one forward pass, so the chunk and the new audio it brings are bounded
     below. `stride_s` may be None (the pipeline's default, chunk / 6), a number or a (left, right) pair."""
     chunk = _seconds(chunk_s, f"{prefix}chunk_length_s")

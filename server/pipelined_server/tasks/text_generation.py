@@ -20,7 +20,7 @@ from typing import Any
 from pipelined.v1 import text_pb2
 
 from ..batching import gather_or_cancel
-from ..config import InputLimits, RequestLimits
+from ..config import InputLimits
 from ..errors import InvalidInput
 from ..registry import ModelInstance
 from .decoding import decoding_kwargs
@@ -41,7 +41,7 @@ class GenerationCall:
 
 
 def call_kwargs(
-    params: text_pb2.GenerationParameters, instance: ModelInstance, limits: RequestLimits
+    params: text_pb2.GenerationParameters, instance: ModelInstance, limits: InputLimits
 ) -> GenerationCall:
     kwargs: dict[str, Any] = decoding_kwargs(params.decoding, limits)
     if params.HasField("num_return_sequences"):
@@ -142,11 +142,10 @@ async def generate(
     instance: ModelInstance,
     request: text_pb2.GenerateTextRequest,
     limits: InputLimits,
-    request_limits: RequestLimits,
     timeout: float | None,
 ) -> text_pb2.GenerateTextResponse:
     prompts = prompts_of(request, limits)
-    call = call_kwargs(request.parameters, instance, request_limits)
+    call = call_kwargs(request.parameters, instance, limits)
     assert instance.scheduler is not None
     if call.sampling or instance.tokenizer.pad_token_id is None:
         instance.scheduler.ensure_room(len(prompts))

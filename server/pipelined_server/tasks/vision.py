@@ -13,7 +13,7 @@ from typing import Any
 
 from pipelined.v1 import vision_pb2
 
-from ..config import RequestLimits
+from ..config import InputLimits
 from ..errors import InvalidInput
 from .encoding import float32_array, png_bytes
 from .options import candidate_labels, positive
@@ -49,7 +49,7 @@ def detection_kwargs(request: vision_pb2.DetectObjectsRequest) -> dict[str, Any]
 
 
 def zero_shot_detection_kwargs(
-    request: vision_pb2.DetectObjectsZeroShotRequest, limits: RequestLimits
+    request: vision_pb2.DetectObjectsZeroShotRequest, limits: InputLimits
 ) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"candidate_labels": candidate_labels(request.candidate_labels, limits)}
     if request.HasField("threshold"):

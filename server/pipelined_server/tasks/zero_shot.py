@@ -11,7 +11,7 @@ from typing import Any
 
 from pipelined.v1 import text_pb2
 
-from ..config import InputLimits, RequestLimits
+from ..config import InputLimits
 from ..errors import InvalidInput
 from ..registry import ModelInstance
 from .request_limits import check_labels, check_template
@@ -20,13 +20,11 @@ from .text_inputs import check_text, check_texts, run_all
 TASK = "zero-shot-classification"
 
 
-def call_kwargs(
-    request: text_pb2.ClassifyZeroShotRequest, limits: InputLimits, request_limits: RequestLimits
-) -> dict[str, Any]:
+def call_kwargs(request: text_pb2.ClassifyZeroShotRequest, limits: InputLimits) -> dict[str, Any]:
     labels = [label for label in request.candidate_labels if label.strip()]
     if not labels:
         raise InvalidInput("candidate_labels is empty: give at least one label")
-    check_labels(labels, request_limits)
+    check_labels(labels, limits)
     for i, label in enumerate(labels):
         check_text(label, limits, f"candidate_labels[{i}]")
     kwargs: dict[str, Any] = {"candidate_labels": labels, "multi_label": request.multi_label}
@@ -41,11 +39,10 @@ async def classify(
     instance: ModelInstance,
     request: text_pb2.ClassifyZeroShotRequest,
     limits: InputLimits,
-    request_limits: RequestLimits,
     timeout: float | None,
 ) -> text_pb2.ClassifyZeroShotResponse:
     check_texts(request.inputs, limits)
-    kwargs = call_kwargs(request, limits, request_limits)
+    kwargs = call_kwargs(request, limits)
     outputs = await run_all(instance, list(request.inputs), kwargs, timeout)
     return text_pb2.ClassifyZeroShotResponse(
         results=[
