@@ -76,6 +76,7 @@ class ServerProcess:
     """`python -m pipelined_server.cli --config ...`: its address, its process tree, its metrics."""
 
     def __init__(self, config: dict[str, Any], workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / "server.yaml"
         path.write_text(yaml.safe_dump(config))
         self.metrics_port = int(config["metrics_port"])
