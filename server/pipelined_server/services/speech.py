@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
+import numpy as np
 from pipelined.v1 import speech_pb2, speech_pb2_grpc
 
 from ..errors import ModelNotReady
@@ -28,10 +30,10 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         call.model = instance.name
         return instance
 
-    @rpc(asr.TASK)
-    async def Recognize(
-        self, request: speech_pb2.RecognizeRequest, context: grpc.aio.ServicerContext, call: CallInfo
-    ) -> speech_pb2.RecognizeResponse:
+    async def _recognition(
+        self, request: speech_pb2.RecognizeRequest | speech_pb2.StreamingRecognizeFileRequest, call: CallInfo
+    ) -> tuple[ModelInstance, dict[str, Any], np.ndarray]:
+        """The model, pipeline arguments and decoded audio of a unary or file recognition."""
         instance = self._model(request.config, call)
         kwargs = asr.call_kwargs(request.config, asr.model_kind(instance), self.state.config.limits)
         assert instance.scheduler is not None
@@ -39,6 +41,13 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         samples = await decode_audio_input_async(
             request.audio, instance.sampling_rate, self.state.config.audio
         )
+        return instance, kwargs, samples
+
+    @rpc(asr.TASK)
+    async def Recognize(
+        self, request: speech_pb2.RecognizeRequest, context: grpc.aio.ServicerContext, call: CallInfo
+    ) -> speech_pb2.RecognizeResponse:
+        instance, kwargs, samples = await self._recognition(request, call)
         output = await asr.recognize(instance, samples, kwargs, context.time_remaining())
         return asr.response_from_output(output, instance.name, kwargs)
 
@@ -49,13 +58,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
         context: grpc.aio.ServicerContext,
         call: CallInfo,
     ) -> AsyncIterator[speech_pb2.StreamingRecognizeFileResponse]:
-        instance = self._model(request.config, call)
-        kwargs = asr.call_kwargs(request.config, asr.model_kind(instance), self.state.config.limits)
-        assert instance.scheduler is not None
-        instance.scheduler.ensure_room(1)  # a full queue refuses before the audio is decoded
-        samples = await decode_audio_input_async(
-            request.audio, instance.sampling_rate, self.state.config.audio
-        )
+        instance, kwargs, samples = await self._recognition(request, call)
         async for response in segment_stream(instance, samples, kwargs, context.time_remaining):
             yield response
 
