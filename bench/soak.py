@@ -9,7 +9,8 @@ embeddings (feature-extraction) one after another, all at once, for `--minutes`.
 it differs from the same sentence's answer computed alone before the soak (cosine < 0.999: batching may
 change float rounding, never the vector); a stream is wrong when it ends without a final result or its
 finals are further than `--max-wer` from the recording's reference. Lost: any call or stream that ended
-with an error. Memory: the server's RSS sampled every 5 s (after the first minute of warm-up, the last
+with an error. Unfinished: calls still running `--drain-s` after the soak ended (cancelled then; a
+failure too: an overloaded server must refuse, not stall). Memory: the server's RSS sampled every 5 s (after the first minute of warm-up, the last
 sample may exceed the first by at most `--max-growth` percent).
 """
 
@@ -19,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -39,6 +41,7 @@ class Tally:
     ok: int = 0
     wrong: int = 0
     lost: int = 0
+    unfinished: int = 0
     latencies: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -91,12 +94,18 @@ async def stream_worker(
             tally.wrong += 1
 
 
-async def sample_rss(pid: int, until: float, samples: list[tuple[float, float]]) -> None:
+async def sample_rss(
+    pid: int, until: float, samples: list[tuple[float, float]], tallies: dict[str, Tally]
+) -> None:
+    """RSS every 5 s; a progress line every 30 s (a run cut short still says what it saw)."""
     process = psutil.Process(pid)
     start = time.monotonic()
     while time.monotonic() < until:
         rss = process.memory_info().rss + sum(c.memory_info().rss for c in process.children(recursive=True))
         samples.append((time.monotonic() - start, rss / 2**20))
+        if len(samples) % 6 == 0:
+            counts = "; ".join(f"{k}: ok {t.ok} wrong {t.wrong} lost {t.lost}" for k, t in tallies.items())
+            print(f"[{samples[-1][0]:.0f} s] RSS {samples[-1][1]:.0f} MiB; {counts}", flush=True)
         await asyncio.sleep(5)
 
 
@@ -114,12 +123,28 @@ async def soak(
     reference = next(e["reference"] for e in manifest if e["file"] == "audio/jfk.flac")
     until = time.monotonic() + args.minutes * 60
     unary, streams, rss = Tally(), Tally(), []
-    await asyncio.gather(
-        sample_rss(pid, until, rss),
-        *(unary_worker(embed, expected, until, unary, i) for i in range(args.unary)),
-        *(stream_worker(asr, path, reference, until, streams, args.max_wer) for _ in range(args.streams)),
-    )
+    sampler = asyncio.ensure_future(sample_rss(pid, until, rss, {"unary": unary, "streams": streams}))
+    workers = {
+        **{
+            asyncio.ensure_future(unary_worker(embed, expected, until, unary, i)): unary
+            for i in range(args.unary)
+        },
+        **{
+            asyncio.ensure_future(stream_worker(asr, path, reference, until, streams, args.max_wer)): streams
+            for _ in range(args.streams)
+        },
+    }
+    await sampler
+    _, pending = await asyncio.wait(workers, timeout=args.drain_s)
+    for task in pending:
+        workers[task].unfinished += 1
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
     return unary, streams, rss
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def main() -> None:
@@ -132,11 +157,14 @@ def main() -> None:
     parser.add_argument("--stream-model", default="whisper-tiny.en")
     parser.add_argument("--unary-model", default="all-minilm-l6-v2")
     parser.add_argument("--max-wer", type=float, default=0.5)
+    parser.add_argument("--drain-s", type=float, default=60.0, help="wait for calls in flight at the end")
     parser.add_argument("--data", type=Path, default=SHARED_DATA, help="the shared recordings folder")
     parser.add_argument("--max-growth", type=float, default=10.0, help="percent")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     server = ServerProcess([])
+    # Stopped by a signal (a timeout), the server process still goes with us.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.wait_ready()
         unary, streams, rss = asyncio.run(soak(args, server.target, server.process.pid))
@@ -151,12 +179,13 @@ def main() -> None:
                 tally.ok,
                 tally.wrong,
                 tally.lost,
+                tally.unfinished,
                 statistics.median(lat) if lat else float("nan"),
                 lat[int(0.99 * (len(lat) - 1))] if lat else float("nan"),
                 ", ".join(f"{k}: {v}" for k, v in tally.errors.items()) or "-",
             ]
         )
-    print(table(["calls", "ok", "wrong", "lost", "p50 s", "p99 s", "errors"], rows))
+    print(table(["calls", "ok", "wrong", "lost", "unfinished", "p50 s", "p99 s", "errors"], rows))
     warm = [mib for t, mib in rss if t >= 60] or [mib for _, mib in rss]
     growth = 100.0 * (warm[-1] - warm[0]) / warm[0] if warm else float("nan")
     print(
@@ -174,9 +203,11 @@ def main() -> None:
     print(
         f"command: python bench/soak.py --minutes {args.minutes:g} --streams {args.streams} --unary {args.unary}"
     )
-    failed = unary.wrong + unary.lost + streams.wrong + streams.lost
+    failed = sum(t.wrong + t.lost + t.unfinished for t in (unary, streams))
     if failed or growth > args.max_growth:
-        raise SystemExit(f"soak failed: {failed} wrong or lost responses, memory growth {growth:.1f}%")
+        raise SystemExit(
+            f"soak failed: {failed} wrong, lost or unfinished responses, memory growth {growth:.1f}%"
+        )
 
 
 if __name__ == "__main__":
