@@ -15,6 +15,7 @@ from typing import Any
 
 from .config import DEFAULT_PORT, ServerConfig, check_devices, resolve_config
 from .errors import ConfigError
+from .workers import Supervisor, is_worker, resolve_workers, watch_parent
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,6 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--replicas", type=int, default=None, help="--model: pipelines sharing its weights, one thread each"
     )
+    parser.add_argument(
+        "--workers", help="server processes on the port: 'auto' (one per core for CPU models) or a count"
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -44,11 +48,17 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str] | None = N
         "port": args.port,
         "metrics_port": args.metrics_port,
         "torch_threads": args.torch_threads,
+        "workers": args.workers if args.workers in (None, "auto") else _count(args.workers),
     }
     if args.model:
         overrides["models"] = [_single_model(args)]
     overrides = {k: v for k, v in overrides.items() if v is not None}
     return resolve_config(args.config, os.environ if environ is None else environ, overrides)
+
+
+def _count(value: str) -> int | str:
+    """A flag's number, or the text as given so that validation names it."""
+    return int(value) if value.isdigit() else value
 
 
 def _single_model(args: argparse.Namespace) -> dict[str, Any]:
@@ -99,7 +109,6 @@ async def serve(config: ServerConfig) -> None:
     await app.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-
     signals = (signal.SIGTERM, signal.SIGINT)
 
     def on_signal() -> None:
@@ -112,8 +121,12 @@ async def serve(config: ServerConfig) -> None:
 
     for sig in signals:
         loop.add_signal_handler(sig, on_signal)
+    # The task is held here: the loop keeps only weak references.
+    parent_watch = loop.create_task(watch_parent(stop)) if is_worker() else None
     print(f"pipelined-server listening on {config.host}:{app.port}", flush=True)
     await stop.wait()
+    if parent_watch is not None:
+        parent_watch.cancel()
     logging.getLogger(__name__).info("draining (grace %.0f s)", config.grace_period_s)
     _exit_after(config.grace_period_s + EXIT_MARGIN_S)
     await app.drain()
@@ -130,6 +143,9 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"pipelined-server: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
+    count = 1 if is_worker() else resolve_workers(config)
+    if count > 1:
+        raise SystemExit(Supervisor(config, sys.argv[1:] if argv is None else argv, count).run())
     asyncio.run(serve(config))
     # A model still loading holds a worker thread that would block interpreter exit; the drain is done.
     sys.stdout.flush()

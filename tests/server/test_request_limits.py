@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pipelined_server.config import InputLimits
 from pipelined_server.errors import InvalidInput
+from pipelined_server.tasks.checks import check_chunking, check_generation, check_template
 from pipelined_server.tasks.generic_parameters import allowed_parameters, check_parameters
-from pipelined_server.tasks.request_limits import check_chunking, check_generation, check_template
 
 LIMITS = InputLimits()
 

@@ -8,7 +8,7 @@ from pipelined.v1 import common_pb2
 
 from ..config import InputLimits
 from ..errors import InvalidInput
-from .request_limits import check_generation
+from .checks import check_generation
 
 
 def decoding_kwargs(

@@ -4,18 +4,21 @@ Batching rule: never. Only the typed adapters know when padding changes a task's
 generic call runs alone on the model's worker thread, with its inputs passed to the pipeline as is (a
 list stays a list: the pipeline batches within the call, as it would in-process).
 
-Bounds, in the order they apply (issue 10 measured each one missing): queue room first; parameter names
-against the task's allow-list (generic_parameters.py); every blob reference counted and sized from
-headers, in inputs and parameters alike, against `limits.max_blob_references` and
+Bounds, in the order they apply (issue 10 measured each one missing): parameter names against the task's
+allow-list (generic_parameters.py) and queue room, before anything is decoded; every blob reference
+counted and sized from headers, in inputs and parameters alike, against `limits.max_blob_references` and
 `limits.max_decoded_bytes_per_request` (each reference counts: the pipeline converts every input); the
-server-wide `limits.max_decoded_bytes_in_flight` reserved; then each blob decoded once, off the event loop.
+server-wide `limits.max_decoded_bytes_in_flight` reserved (held until the call answers, see `holding`);
+then each blob decoded once, off the event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import os
 from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,6 +29,8 @@ from ..budget import ByteBudget, Reservation
 from ..config import ServerConfig
 from ..errors import InvalidInput, PermissionDenied
 from ..registry import ModelInstance
+from .adapter import Adapter, Item
+from .checks import check_count, check_text
 from .generic_parameters import check_parameter_names, check_parameters
 from .generic_values import (
     KEYS,
@@ -36,7 +41,22 @@ from .generic_values import (
     struct_to_python,
     to_python,
 )
-from .text_inputs import check_count, check_text
+
+# The share of the server-wide decoded-bytes budget that the current call holds: set by the servicer around
+# the call (`holding`), read on the decoding thread (asyncio.to_thread carries the context along).
+_RESERVATION: ContextVar[Reservation | None] = ContextVar("generic_reservation", default=None)
+
+
+@contextlib.contextmanager
+def holding(budget: ByteBudget) -> Iterator[None]:
+    """What the call inside decodes is taken from `budget` and given back when the call answers."""
+    reservation = Reservation(budget)
+    token = _RESERVATION.set(reservation)
+    try:
+        yield
+    finally:
+        _RESERVATION.reset(token)
+        reservation.close()
 
 
 def _check_sizes(value: Any, config: ServerConfig, where: str = "inputs") -> None:
@@ -44,7 +64,7 @@ def _check_sizes(value: Any, config: ServerConfig, where: str = "inputs") -> Non
         check_text(value, config.limits, where)
     elif isinstance(value, list):
         if where == "inputs":
-            check_count(len(value), config.limits)
+            check_count(len(value), "inputs", config.limits)
         for i, item in enumerate(value):
             _check_sizes(item, config, f"{where}[{i}]")
     elif isinstance(value, dict):
@@ -113,6 +133,7 @@ class _Decoding:
         self.reservation = reservation
         self.blobs = dict(request.blobs)
         self.charged = 0
+        self.audio_refs: Counter[str] = Counter()
 
     def _charge(self, nbytes: int, what: str) -> None:
         limit = self.config.limits.max_decoded_bytes_per_request
@@ -158,14 +179,10 @@ class _Decoding:
     def values(self) -> tuple[Any, dict[str, Any]]:
         self.plan()
         cache: dict[Any, Any] = {}
-        request = self.request
-        inputs = (
-            to_python(request.inputs, self.blobs, self.decode_audio, cache)
-            if request.HasField("inputs")
-            else None
-        )
+        request, blobs, decode = self.request, self.blobs, self.decode_audio
+        inputs = to_python(request.inputs, blobs, decode, cache) if request.HasField("inputs") else None
         parameters = (
-            struct_to_python(request.parameters, self.blobs, self.decode_audio, cache)
+            struct_to_python(request.parameters, blobs, decode, cache)
             if request.HasField("parameters")
             else {}
         )
@@ -178,36 +195,56 @@ def _run(pipe: Any, inputs: Any, parameters: dict[str, Any]) -> Any:
     return pipe(inputs, **parameters) if inputs is not None else pipe(**parameters)
 
 
-def _encode(output: Any, model: str) -> generic_pb2.RunResponse:
-    encoder = OutputEncoder()
-    encoded = encoder.encode(output)
-    return generic_pb2.RunResponse(outputs=encoded, blobs=encoder.blobs, model=model)
+class Generic(Adapter[generic_pb2.RunRequest, generic_pb2.RunResponse]):
+    """Any task by name; the work is one call of the pipeline, as in-process."""
 
+    task = "generic"
+    # Outputs (images, arrays) are encoded into blobs: blocking work.
+    encodes = True
 
-async def run(
-    instance: ModelInstance,
-    request: generic_pb2.RunRequest,
-    config: ServerConfig,
-    decoded_bytes: ByteBudget,
-    timeout: float | None,
-) -> generic_pb2.RunResponse:
-    assert instance.scheduler is not None
-    task = instance.spec.task
-    instance.scheduler.ensure_room(1)
-    check_parameter_names([k for k in request.parameters.fields if k != KEYS], task)
-    reservation = Reservation(decoded_bytes)
-    try:
-        decoding = _Decoding(instance, request, config, reservation)
-        inputs, parameters = await asyncio.to_thread(decoding.values)
-        check_parameters(parameters, task, config.limits)
+    def task_of(self, request: generic_pb2.RunRequest) -> str:
+        if not request.task:
+            raise InvalidInput("task is required, e.g. 'table-question-answering'")
+        return request.task
+
+    def arguments(
+        self, request: generic_pb2.RunRequest, instance: ModelInstance, config: ServerConfig
+    ) -> dict[str, Any]:
+        # Names only, before anything is decoded (values are checked once decoded, in items).
+        check_parameter_names([k for k in request.parameters.fields if k != KEYS], instance.spec.task)
+        return {}
+
+    def items(
+        self,
+        request: generic_pb2.RunRequest,
+        instance: ModelInstance,
+        config: ServerConfig,
+        kwargs: dict[str, Any],
+    ) -> list[Item]:
+        reservation = _RESERVATION.get()
+        if reservation is None:  # outside a servicer's `holding`: a budget of this call alone
+            limit = config.limits.max_decoded_bytes_per_request
+            reservation = Reservation(ByteBudget(limit, "request payloads"))
+        inputs, parameters = _Decoding(instance, request, config, reservation).values()
+        check_parameters(parameters, instance.spec.task, config.limits)
         _check_sizes(inputs, config)
         _check_sizes(parameters, config, "parameters")
-        if task in _MEDIA_TASKS:
+        if instance.spec.task in _MEDIA_TASKS:
             _refuse_server_side_sources(inputs, config)
             _refuse_server_side_sources(parameters, config)
-        output = await instance.scheduler.submit_call(
-            lambda pipe: _run(pipe, inputs, parameters), timeout=timeout
-        )
-    finally:
-        reservation.close()
-    return await asyncio.to_thread(_encode, output, instance.name)
+        return [Item(call=lambda pipe: _run(pipe, inputs, parameters))]
+
+    def response(
+        self,
+        request: generic_pb2.RunRequest,
+        instance: ModelInstance,
+        kwargs: dict[str, Any],
+        items: Sequence[Item],
+        outputs: list[Any],
+    ) -> generic_pb2.RunResponse:
+        encoder = OutputEncoder()
+        encoded = encoder.encode(outputs[0])
+        return generic_pb2.RunResponse(outputs=encoded, blobs=encoder.blobs, model=instance.name)
+
+
+ADAPTER = Generic()

@@ -1,5 +1,5 @@
 """What a generic call may pass to its pipeline: a per-task allow-list of parameters, with the work they ask
-for bounded (request_limits.py).
+for bounded (checks.py).
 
 An allow-list, not a deny-list: `pipe(x, **parameters)` reaches DataLoader and model options that a
 network caller must not set. Measured (issue 10): `num_workers: 4` made the server fork four copies of
@@ -14,8 +14,7 @@ from typing import Any
 
 from ..config import InputLimits
 from ..errors import InvalidInput
-from .parameters import PARAMETERS
-from .request_limits import (
+from .checks import (
     bounded_int,
     check_batch_size,
     check_chunking,
@@ -23,6 +22,7 @@ from .request_limits import (
     check_labels,
     check_template,
 )
+from .parameters import PARAMETERS
 
 # generate() options a caller may set, in `generate_kwargs` or (generation tasks) at the top level.
 GENERATE = frozenset(
