@@ -7,7 +7,10 @@ does, instead of growing the process until the kernel kills it.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 from .errors import QueueFull
 
@@ -53,3 +56,24 @@ class Reservation:
     def close(self) -> None:
         self._budget.give_back(self.held)
         self.held = 0
+
+
+# The reservation of the call being served: set around each unary call (services/unary.py), read where the
+# call's inputs are decoded (asyncio.to_thread carries the context to the decoding thread).
+_CURRENT: ContextVar[Reservation | None] = ContextVar("reservation", default=None)
+
+
+@contextlib.contextmanager
+def holding(budget: ByteBudget) -> Iterator[None]:
+    """What the call inside reserves is taken from `budget` and given back when the call answers."""
+    reservation = Reservation(budget)
+    token = _CURRENT.set(reservation)
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)
+        reservation.close()
+
+
+def current_reservation() -> Reservation | None:
+    return _CURRENT.get()

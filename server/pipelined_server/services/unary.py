@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import grpc
 
 from ..batching import Scheduler, gather_or_cancel
+from ..budget import holding
 from ..registry import ModelInstance
 from ..tasks.adapter import Adapter, Item
 from .calls import CallInfo, ServerState
@@ -29,6 +30,17 @@ class Servicer:
         self.state = state
 
     async def unary(
+        self,
+        adapter: Adapter[Request, Response],
+        request: Request,
+        context: grpc.aio.ServicerContext,
+        call: CallInfo,
+    ) -> Response:
+        # What the call decodes is reserved from the server-wide budget until it answers (budget.py).
+        with holding(self.state.decoded_bytes):
+            return await self._unary(adapter, request, context, call)
+
+    async def _unary(
         self,
         adapter: Adapter[Request, Response],
         request: Request,

@@ -8,24 +8,22 @@ Bounds, in the order they apply (issue 10 measured each one missing): parameter 
 allow-list (generic_parameters.py) and queue room, before anything is decoded; every blob reference
 counted and sized from headers, in inputs and parameters alike, against `limits.max_blob_references` and
 `limits.max_decoded_bytes_per_request` (each reference counts: the pipeline converts every input); the
-server-wide `limits.max_decoded_bytes_in_flight` reserved (held until the call answers, see `holding`);
+server-wide `limits.max_decoded_bytes_in_flight` reserved (held until the call answers: budget.holding);
 then each blob decoded once, off the event loop.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextvars import ContextVar
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 from pipelined.v1 import generic_pb2
 
-from ..budget import ByteBudget, Reservation
+from ..budget import ByteBudget, Reservation, current_reservation
 from ..config import ServerConfig
 from ..errors import InvalidInput, PermissionDenied
 from ..registry import ModelInstance
@@ -41,22 +39,6 @@ from .generic_values import (
     struct_to_python,
     to_python,
 )
-
-# The share of the server-wide decoded-bytes budget that the current call holds: set by the servicer around
-# the call (`holding`), read on the decoding thread (asyncio.to_thread carries the context along).
-_RESERVATION: ContextVar[Reservation | None] = ContextVar("generic_reservation", default=None)
-
-
-@contextlib.contextmanager
-def holding(budget: ByteBudget) -> Iterator[None]:
-    """What the call inside decodes is taken from `budget` and given back when the call answers."""
-    reservation = Reservation(budget)
-    token = _RESERVATION.set(reservation)
-    try:
-        yield
-    finally:
-        _RESERVATION.reset(token)
-        reservation.close()
 
 
 def _check_sizes(value: Any, config: ServerConfig, where: str = "inputs") -> None:
@@ -221,8 +203,8 @@ class Generic(Adapter[generic_pb2.RunRequest, generic_pb2.RunResponse]):
         config: ServerConfig,
         kwargs: dict[str, Any],
     ) -> list[Item]:
-        reservation = _RESERVATION.get()
-        if reservation is None:  # outside a servicer's `holding`: a budget of this call alone
+        reservation = current_reservation()
+        if reservation is None:  # outside the unary path's `holding`: a budget of this call alone
             limit = config.limits.max_decoded_bytes_per_request
             reservation = Reservation(ByteBudget(limit, "request payloads"))
         inputs, parameters = _Decoding(instance, request, config, reservation).values()
