@@ -53,6 +53,8 @@ def server_config(tiny_dirs: dict[str, Path], metrics_port: int, only_asr: bool 
         "port": 0,
         "metrics_port": metrics_port,
         "grace_period_s": GRACE_S,
+        # One process: the probes watch its memory, its children (none) and its signals.
+        "workers": 1,
         "models": [
             {
                 "name": "tiny-whisper",
