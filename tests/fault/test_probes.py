@@ -120,11 +120,11 @@ def test_tiny_asr_chunks_are_refused(server: ServerProcess, health: HealthProber
     )
     code, details, took = refused(lambda: generic(server).Run(request, timeout=3))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "min_chunk_length_s" in details and took < REFUSAL_S
-    config = speech_pb2.RecognitionConfig(chunk_length=duration(0.01))
+    config = speech_pb2.ClipRecognitionConfig(chunk_length=duration(0.01))
     typed = speech_pb2.RecognizeRequest(config=config, audio=raw_audio(0.5))
     code, details, took = refused(lambda: speech(server).Recognize(typed, timeout=3))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "min_chunk_length_s" in details and took < REFUSAL_S
-    config = speech_pb2.RecognitionConfig(chunk_length=duration(1.0), stride_length=duration(0.45))
+    config = speech_pb2.ClipRecognitionConfig(chunk_length=duration(1.0), stride_length=duration(0.45))
     typed = speech_pb2.RecognizeRequest(config=config, audio=raw_audio(0.5))
     code, details, _ = refused(lambda: speech(server).Recognize(typed, timeout=3))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "min_chunk_step_s" in details
@@ -169,7 +169,7 @@ def test_generation_bounds(server: ServerProcess, health: HealthProber) -> None:
     request = text_pb2.GenerateTextRequest(model="tiny-lm", inputs=prompt, parameters=params)
     code, details, _ = refused(lambda: stub.GenerateText(request, timeout=10))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "max_num_return_sequences" in details
-    config = speech_pb2.RecognitionConfig(batch_size=100000)
+    config = speech_pb2.ClipRecognitionConfig(batch_size=100000)
     typed = speech_pb2.RecognizeRequest(config=config, audio=raw_audio(0.5))
     code, details, _ = refused(lambda: speech(server).Recognize(typed, timeout=10))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "max_batch_size" in details
@@ -233,7 +233,7 @@ def test_parameters_outside_the_task_allow_list_are_refused(
 
 
 def test_bad_inputs_are_invalid_argument_not_internal(server: ServerProcess, health: HealthProber) -> None:
-    config = speech_pb2.RecognitionConfig(task=7)
+    config = speech_pb2.ClipRecognitionConfig(config=speech_pb2.RecognitionConfig(task=7))
     request = speech_pb2.RecognizeRequest(config=config, audio=raw_audio(0.5))
     code, details, _ = refused(lambda: speech(server).Recognize(request, timeout=10))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "task" in details
@@ -280,8 +280,8 @@ def _items(server: ServerProcess) -> float:
 @pytest.mark.parametrize(
     ("seconds", "config", "deadline_s"),
     [
-        (600.0, speech_pb2.RecognitionConfig(), 2.0),  # Whisper long-form: stops within a window
-        (60.0, speech_pb2.RecognitionConfig(chunk_length=duration(1.0)), 1.0),  # chunked: between chunks
+        (600.0, speech_pb2.ClipRecognitionConfig(), 2.0),  # Whisper long-form: stops within a window
+        (60.0, speech_pb2.ClipRecognitionConfig(chunk_length=duration(1.0)), 1.0),  # chunked: between chunks
     ],
     ids=["10-minutes-long-form", "1-minute-in-1s-chunks"],
 )
