@@ -16,7 +16,6 @@ from typing import Any, Generic, TypeVar
 from ..batching import ReplicaCall
 from ..config import ServerConfig
 from ..registry import ModelInstance
-from .options import bounded_labels
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -96,7 +95,7 @@ class ResultPerInput(Adapter[Any, Any]):
         self._response_type, self._options, self._result = response_type, options, result
 
     def arguments(self, request: Any, instance: ModelInstance, config: ServerConfig) -> dict[str, Any]:
-        return bounded_labels(self._options(request), config.limits)
+        return self._options(request)
 
     def response(
         self,

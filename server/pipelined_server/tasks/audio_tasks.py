@@ -23,7 +23,7 @@ from .audio_input import decode_audio_input
 from .checks import check_count
 from .decoding import decoding_kwargs
 from .encoding import as_list, class_scores
-from .options import classification_kwargs, zero_shot_classification_kwargs
+from .options import bounded_labels, classification_kwargs, zero_shot_classification_kwargs
 
 AUDIO_CLASSIFICATION = "audio-classification"
 ZERO_SHOT_AUDIO_CLASSIFICATION = "zero-shot-audio-classification"
@@ -52,6 +52,10 @@ def generated_audio(output: dict[str, Any]) -> audio_tasks_pb2.GeneratedAudio:
 
 class AudioClassification(ResultPerInput):
     """Clips in, label scores out: audio-classification and its zero-shot twin differ in options only."""
+
+    def arguments(self, request: Any, instance: ModelInstance, config: ServerConfig) -> dict[str, Any]:
+        # Zero-shot: every label is one more forward pass per input.
+        return bounded_labels(super().arguments(request, instance, config), config.limits)
 
     def items(
         self, request: Any, instance: ModelInstance, config: ServerConfig, kwargs: dict[str, Any]
