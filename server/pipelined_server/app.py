@@ -27,8 +27,8 @@ from pipelined.v1 import (
     vision_pb2_grpc,
 )
 
-from .budgets import check_budgets
 from .config import ServerConfig
+from .memory_budgets import check_budgets
 from .metrics import Metrics
 from .registry import Registry
 from .services.audio_tasks import AudioServicer
