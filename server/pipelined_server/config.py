@@ -70,10 +70,37 @@ class StreamingLimits:
     max_window_s: float = 5.0
     # ...and cut by force (its hypothesis made final) at this length, well under Whisper's 30 s window.
     hard_window_s: float = 25.0
+    # Audio sustained faster than this many times real time ends the stream with RESOURCE_EXHAUSTED...
+    max_realtime_factor: float = 3.0
+    # ...beyond this much audio sent ahead at once (a client reconnecting may replay what it buffered).
+    realtime_burst_s: float = 30.0
+    # Audio a stream may hold not yet final (the decoder fell this far behind): RESOURCE_EXHAUSTED.
+    max_held_audio_s: float = 60.0
+    # A stream's audio beyond this length is not read: its finals so far are sent, then OUT_OF_RANGE.
+    max_stream_duration_s: float | None = None
+    # Streams open at once from one client address (streams still waiting for their config count).
+    max_streams_per_peer: int = 16
+    # Responses waiting for a client that does not read them: interims are merged, finals kept up to
+    # this many, then the stream ends with RESOURCE_EXHAUSTED (bounded memory per stream).
+    max_unread_responses: int = 64
+    # A new stream is refused (RESOURCE_EXHAUSTED, retry hint) when the streams open on its model, with
+    # it, would use more than this fraction of the model's replicas' time (measured from recent decodes).
+    admission_max_utilization: float = 0.85
 
     def __post_init__(self) -> None:
         """Reject limits no stream could live with, so a bad config fails at start-up."""
-        if self.idle_timeout_s <= 0 or self.max_chunk_bytes <= 0 or self.max_streams <= 0:
+        positive = (
+            self.idle_timeout_s,
+            self.max_chunk_bytes,
+            self.max_streams,
+            self.max_realtime_factor,
+            self.max_held_audio_s,
+            self.max_streams_per_peer,
+            self.max_unread_responses,
+            self.admission_max_utilization,
+            1 if self.max_stream_duration_s is None else self.max_stream_duration_s,
+        )
+        if min(positive) <= 0 or self.realtime_burst_s < 0:
             raise ValueError(f"streaming limits must be positive: {self}")
         if not 0 < self.max_window_s < self.hard_window_s <= 30.0:
             raise ValueError(f"streaming limits need 0 < max_window_s < hard_window_s <= 30: {self}")
