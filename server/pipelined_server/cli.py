@@ -8,11 +8,13 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import replace
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from .config import DEFAULT_PORT, ModelSpec, ServerConfig, default_config, embedded_spec, load_config
+from .config import DEFAULT_PORT, ServerConfig, check_devices, resolve_config
 from .errors import ConfigError
+from .workers import Supervisor, is_worker, resolve_workers, watch_parent
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,35 +33,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--replicas", type=int, default=None, help="--model: pipelines sharing its weights, one thread each"
     )
+    parser.add_argument(
+        "--workers", help="server processes on the port: 'auto' (one per core for CPU models) or a count"
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
 
-def build_config(args: argparse.Namespace) -> ServerConfig:
-    config = load_config(args.config) if args.config else default_config()
-    if args.model:
-        spec = _single_model(args)
-        config = replace(config, models=(spec,))
-    overrides = {
+def build_config(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """The file (or the defaults), then PIPELINED_ environment variables, then the flags."""
+    overrides: dict[str, Any] = {
         "host": args.host,
         "port": args.port,
         "metrics_port": args.metrics_port,
         "torch_threads": args.torch_threads,
+        "workers": args.workers if args.workers in (None, "auto") else _count(args.workers),
     }
-    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if args.model:
+        overrides["models"] = [_single_model(args)]
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return resolve_config(args.config, os.environ if environ is None else environ, overrides)
 
 
-def _single_model(args: argparse.Namespace) -> ModelSpec:
+def _count(value: str) -> int | str:
+    """A flag's number, or the text as given so that validation names it."""
+    return int(value) if value.isdigit() else value
+
+
+def _single_model(args: argparse.Namespace) -> dict[str, Any]:
     from .sources.embedded import EMBEDDED_MODELS
 
     if args.model in EMBEDDED_MODELS:
-        spec = embedded_spec(args.model)
+        model = {"name": args.model, "source": f"embedded:{args.model}"}
     elif not args.task:
         raise ConfigError("--task is required with --model unless the model is embedded")
     else:
-        spec = ModelSpec(name=Path(args.model).name or args.model, task=args.task, source=args.model)
+        model = {"name": Path(args.model).name or args.model, "task": args.task, "source": args.model}
     changes = {"device": args.device, "dtype": args.dtype, "replicas": args.replicas}
-    return replace(spec, default=True, **{k: v for k, v in changes.items() if v is not None})
+    return {**model, "default": True, **{k: v for k, v in changes.items() if v is not None}}
 
 
 async def serve(config: ServerConfig) -> None:
@@ -76,8 +87,12 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # The task is held here: the loop keeps only weak references.
+    parent_watch = loop.create_task(watch_parent(stop)) if is_worker() else None
     print(f"pipelined-server listening on {config.host}:{app.port}", flush=True)
     await stop.wait()
+    if parent_watch is not None:
+        parent_watch.cancel()
     logging.getLogger(__name__).info("draining (grace %.0f s)", config.grace_period_s)
     await app.drain()
 
@@ -89,9 +104,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         config = build_config(args)
+        check_devices(config)
     except ConfigError as exc:
         print(f"pipelined-server: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
+    count = 1 if is_worker() else resolve_workers(config)
+    if count > 1:
+        raise SystemExit(Supervisor(config, sys.argv[1:] if argv is None else argv, count).run())
     asyncio.run(serve(config))
     # A model still loading holds a worker thread that would block interpreter exit; the drain is done.
     sys.stdout.flush()
