@@ -89,14 +89,18 @@ class ServerProcess:
         self.process.terminate()
         self.process.wait(60)
 
-    def worker_rss_mib(self) -> list[float]:
-        """Resident memory of each serving process: the server itself, or each worker under a supervisor."""
-        from pipelined_server.workers import rss_bytes
-
+    def worker_pids(self) -> list[int]:
+        """The serving processes: the server itself, or each worker under a supervisor."""
         children = [
             int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == self.process.pid
         ]
-        return [rss_bytes(pid) / 2**20 for pid in (children or [self.process.pid])]
+        return children or [self.process.pid]
+
+    def worker_rss_mib(self) -> list[float]:
+        """Resident memory of each serving process."""
+        from pipelined_server.workers import rss_bytes
+
+        return [round(rss_bytes(pid) / 2**20) for pid in self.worker_pids()]
 
 
 def _parent(pid: int) -> int:

@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument(
+        "--profile", type=int, default=0, help="c=N: also sample the server with py-spy under this load"
+    )
     ap.add_argument(
         "--quiet-wait", type=float, default=30.0, help="max s to wait for the machine to go idle per phase"
     )
@@ -92,6 +96,7 @@ def main() -> None:
         load = ["--concurrency", a.concurrency, "--duration", str(a.duration), "--warmup", str(a.warmup)]
         load += ["--quiet-wait", str(a.quiet_wait)]
         memory: list[list[float]] = []
+        profiled = ""
         for _ in range(a.repeats):
             inproc = _run_json(
                 [py, str(work / "inproc_baseline.py"), "--model", str(model), "--modes", "single,list8_bs8"]
@@ -108,10 +113,14 @@ def main() -> None:
                 cmd += ["--model", "tiny-textcls", *load, "--server-pid", str(server.process.pid)]
                 rows[PIPELINED].append({r["concurrency"]: r for r in _run_json(cmd, work / "lg.jsonl", env)})
                 memory.append(server.worker_rss_mib())
+                if a.profile and not profiled:
+                    profiled = _profile_under_load(a.profile, server, work, env)
             finally:
                 server.stop()
             if built:
                 rows[TORCHSERVE].append(_torchserve(load, work, env))
+        if profiled:
+            print(profiled)
         print(f"pipelined worker resident memory (MiB, per process, last repeat): {memory[-1]}")
         print(table_of(rows, [int(c) for c in a.concurrency.split(",")]))
         print(
@@ -120,6 +129,64 @@ def main() -> None:
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+# Where a server's busy samples go, by the first matching frame of each stack (leaf first). Idle samples
+# (waiting in select/epoll or on a condition) are left out.
+_IDLE = ("select (selectors.py", "Condition.wait", "Event.wait", "_worker (concurrent/futures/thread.py:8")
+_CATEGORIES = (
+    ("model forward (torch)", "Module._call_impl"),
+    ("pipeline pre/postprocess", "transformers/pipelines/"),
+    ("tokenizer", "tokenization_utils"),
+    ("scheduler", "pipelined_server/batching/"),
+    ("adapter + servicer", "pipelined_server/"),
+    ("protobuf", "google/protobuf/"),
+)
+
+
+def _profile_under_load(concurrency: int, server: ServerProcess, work: Path, env: dict[str, str]) -> str:
+    """Loads the server at `concurrency` for 8 s while py-spy samples its serving process for 5 s."""
+    cmd = [sys.executable, str(work / "loadgen.py"), "--protocol", "pipelined", "--target", server.target]
+    cmd += ["--model", "tiny-textcls", "--concurrency", str(concurrency), "--duration", "8", "--warmup", "1"]
+    load = subprocess.Popen([*cmd, "--quiet-wait", "0"], env=env, stdout=subprocess.DEVNULL)
+    try:
+        # The loadgen holds one connection, so one worker serves it: sample the one whose CPU time grows.
+        pids = server.worker_pids()
+        before = {pid: _cpu_seconds(pid) for pid in pids}
+        time.sleep(1.5)
+        busiest = max(pids, key=lambda pid: _cpu_seconds(pid) - before[pid])
+        return f"c={concurrency}, pid {busiest}:\n" + profile(busiest, 5, work / "profile.txt")
+    finally:
+        load.wait()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def profile(pid: int, seconds: float, out: Path) -> str:
+    """Samples the server with py-spy for `seconds` and says where its busy time goes."""
+    py_spy = Path(sys.executable).with_name("py-spy")
+    cmd = [str(py_spy), "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "250", "-f", "raw"]
+    subprocess.run([*cmd, "--threads", "-o", str(out)], check=True, capture_output=True)
+    counts: dict[str, int] = {}
+    busy = 0
+    for line in out.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack:
+            continue
+        frames = stack.split(";")
+        if any(frames[-1].startswith(idle) or idle in frames[-1] for idle in _IDLE):
+            continue
+        busy += int(n)
+        category = next(
+            (name for name, marker in _CATEGORIES if any(marker in f for f in reversed(frames))),
+            "gRPC + event loop",
+        )
+        counts[category] = counts.get(category, 0) + int(n)
+    rows = sorted(counts.items(), key=lambda kv: -kv[1])
+    return table(["where the server's busy samples go", "share"], [(k, f"{v / busy:.0%}") for k, v in rows])
 
 
 def _torchserve(load: list[str], work: Path, env: dict[str, str]) -> dict[int, dict[str, Any]]:

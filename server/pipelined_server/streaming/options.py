@@ -51,17 +51,6 @@ def stream_options(config: speech_pb2.StreamingRecognitionConfig, instance: Mode
             "streaming_config.audio_format is required (encoding, sample_rate_hertz, channel_count)"
         )
     recognition = config.config
-    for name in ("chunk_length", "stride_length"):
-        if recognition.HasField(name):
-            raise InvalidInput(
-                f"config.{name} does not apply to live audio (the server cuts utterances itself)"
-            )
-    if recognition.batch_size:
-        raise InvalidInput(
-            "config.batch_size does not apply to live audio (decode steps are batched across streams)"
-        )
-    if recognition.return_language:
-        raise InvalidInput("config.return_language is not supported on live streams")
     kind = asr.model_kind(instance)
     word_times = recognition.timestamps == speech_pb2.TIMESTAMP_GRANULARITY_WORD
     if recognition.timestamps == speech_pb2.TIMESTAMP_GRANULARITY_CHAR:
@@ -70,7 +59,7 @@ def stream_options(config: speech_pb2.StreamingRecognitionConfig, instance: Mode
     if kind == asr.WHISPER:
         # Word times (cross-attention alignment heads + DTW) whatever the client asked: segment times
         # spread over a segment's words put its end at the window's end when Whisper skipped speech
-        # there, and a window cut at that "word end" lost the speech (see streaming/agreement.py).
+        # there, and a window cut at that "word end" lost the speech (StreamSession._slide).
         kwargs["return_timestamps"] = "word"
     elif kind.startswith("ctc"):
         kwargs["return_timestamps"] = "word"

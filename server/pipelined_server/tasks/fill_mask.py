@@ -53,6 +53,7 @@ def _masks(output: list[Any]) -> text_pb2.FillMaskResult:
 
 class FillMask(Adapter[text_pb2.FillMaskRequest, text_pb2.FillMaskResponse]):
     task = TASK
+    decodes = False  # items only check string lengths
 
     def arguments(
         self, request: text_pb2.FillMaskRequest, instance: ModelInstance, config: ServerConfig

@@ -56,6 +56,7 @@ def _entity(entity: dict[str, Any]) -> text_pb2.TokenEntity:
 
 class TokenClassification(Adapter[text_pb2.ClassifyTokensRequest, text_pb2.ClassifyTokensResponse]):
     task = TASK
+    decodes = False  # items only check string lengths
 
     def arguments(
         self, request: text_pb2.ClassifyTokensRequest, instance: ModelInstance, config: ServerConfig

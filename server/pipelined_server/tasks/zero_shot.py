@@ -40,6 +40,7 @@ def call_kwargs(request: text_pb2.ClassifyZeroShotRequest, limits: InputLimits) 
 
 class ZeroShotClassification(Adapter[text_pb2.ClassifyZeroShotRequest, text_pb2.ClassifyZeroShotResponse]):
     task = TASK
+    decodes = False  # items only check string lengths
 
     def arguments(
         self, request: text_pb2.ClassifyZeroShotRequest, instance: ModelInstance, config: ServerConfig
