@@ -44,6 +44,7 @@ class _Load:
     audio_s: float = 0.0
     # (time.monotonic(), scheduler busy seconds, audio_s), oldest first.
     samples: deque[tuple[float, float, float]] = field(default_factory=deque)
+    last_share: float | None = None
 
     def add(self, now: float, busy: float) -> None:
         if len(self.samples) > 1 and now - self.samples[-1][0] < _SAMPLE_EVERY_S:
@@ -55,13 +56,13 @@ class _Load:
             self.samples.popleft()
 
     def per_stream(self, replicas: int) -> float | None:
-        """The share of the model one real-time stream took over the horizon, if measured."""
-        if len(self.samples) < 2:
-            return None
-        (_, busy0, audio0), (_, busy1, audio1) = self.samples[0], self.samples[-1]
-        if audio1 - audio0 < _MIN_AUDIO_S or busy1 <= busy0:
-            return None
-        return (busy1 - busy0) / (audio1 - audio0) / replicas
+        """The share of the model one real-time stream took over the horizon, or at the last time it was
+        measured (after a quiet spell the horizon holds too little audio), or None if never measured."""
+        if len(self.samples) >= 2:
+            (_, busy0, audio0), (_, busy1, audio1) = self.samples[0], self.samples[-1]
+            if audio1 - audio0 >= _MIN_AUDIO_S and busy1 > busy0:
+                self.last_share = (busy1 - busy0) / (audio1 - audio0) / replicas
+        return self.last_share
 
 
 @dataclass
