@@ -17,7 +17,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 # The word error rate helper and the tiny-model builders live with the tests; benchmarks reuse them.
 sys.path.insert(0, str(REPO / "tests" / "fixtures"))
-SHARED_DATA = REPO.parent / "shared" / "data"
+# PIPELINED_SHARED_DATA points a checkout elsewhere (a git worktree) at the shared data folder.
+SHARED_DATA = Path(os.environ.get("PIPELINED_SHARED_DATA") or REPO.parent / "shared" / "data")
 DEFAULT_CLIPS = [
     "audio/jfk.flac",
     "audio/LJ001-0001.wav",
