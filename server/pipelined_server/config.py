@@ -128,6 +128,22 @@ class StreamingLimits(Section):
     max_window_s: Float = Field(default=5.0, gt=0)
     # ...and cut by force (its hypothesis made final) at this length, well under Whisper's 30 s window.
     hard_window_s: Float = Field(default=25.0, gt=0, le=30.0)
+    # Audio sustained faster than this many times real time ends the stream with RESOURCE_EXHAUSTED...
+    max_realtime_factor: Float = Field(default=3.0, gt=0)
+    # ...beyond this much audio sent ahead at once (a client reconnecting may replay what it buffered).
+    realtime_burst_s: Float = Field(default=30.0, ge=0)
+    # Audio a stream may hold not yet final (the decoder fell this far behind): RESOURCE_EXHAUSTED.
+    max_held_audio_s: Float = Field(default=60.0, gt=0)
+    # A stream's audio beyond this length is not read: its finals so far are sent, then OUT_OF_RANGE.
+    max_stream_duration_s: Float | None = Field(default=None, gt=0)
+    # Streams open at once from one client address (streams still waiting for their config count).
+    max_streams_per_peer: Int = Field(default=16, gt=0)
+    # Responses waiting for a client that does not read them: interims are merged, finals kept up to
+    # this many, then the stream ends with RESOURCE_EXHAUSTED (bounded memory per stream).
+    max_unread_responses: Int = Field(default=64, gt=0)
+    # A new stream is refused (RESOURCE_EXHAUSTED, retry hint) when the streams open on its model, with
+    # it, would use more than this fraction of the model's replicas' time (measured from recent decodes).
+    admission_max_utilization: Float = Field(default=0.85, gt=0)
 
     @model_validator(mode="after")
     def _windows_in_order(self) -> StreamingLimits:

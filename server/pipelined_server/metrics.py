@@ -118,6 +118,13 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
             registry=r,
         )
+        self.stream_headroom = Gauge(
+            "pipelined_stream_headroom",
+            "Live streams a model can still admit within its measured capacity "
+            "(streaming.max_streams minus open streams until decodes have been measured).",
+            ["model"],
+            registry=r,
+        )
         self.streams_ended = Counter(
             "pipelined_streams_ended_total",
             "Live streams ended, by final status.",
