@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from ..budget import ByteBudget
 from ..config import ServerConfig
 from ..errors import Cancelled, PipelinedError
 from ..metrics import Metrics
@@ -38,9 +39,12 @@ class ServerState:
     drain_started: asyncio.Event = field(default_factory=asyncio.Event)
     inflight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    # Decoded request payloads held by all calls at once (limits.max_decoded_bytes_in_flight).
+    decoded_bytes: ByteBudget = field(init=False)
 
     def __post_init__(self) -> None:
         self.idle.set()
+        self.decoded_bytes = ByteBudget(self.config.limits.max_decoded_bytes_in_flight, "request payloads")
 
 
 @dataclass
@@ -60,6 +64,12 @@ def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return exc.code, exc.message
     log.exception("internal error", exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+
+
+def _trailers(exc: BaseException) -> tuple[tuple[str, str], ...]:
+    """A retry hint as trailing metadata (`retry-after-ms`, like HTTP's Retry-After), where the error has one."""
+    retry = getattr(exc, "retry_after_s", None)
+    return (("retry-after-ms", str(round(retry * 1000))),) if retry is not None else ()
 
 
 class _Tracked:
@@ -119,7 +129,7 @@ def rpc(task: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                     except Exception as exc:
                         code, message = _status_of(exc)
                         tracked.finish(code)
-                        await context.abort(code, message)
+                        await context.abort(code, message, _trailers(exc))
                     tracked.finish(grpc.StatusCode.OK)
 
             return stream_wrapper
@@ -138,7 +148,7 @@ def rpc(task: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 except Exception as exc:
                     code, message = _status_of(exc)
                     tracked.finish(code)
-                    await context.abort(code, message)
+                    await context.abort(code, message, _trailers(exc))
                 tracked.finish(grpc.StatusCode.OK)
                 return response
 
