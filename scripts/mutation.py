@@ -1,8 +1,9 @@
 """`make mutation`: mutation testing of the serving core with mutmut 3 (issue 16), within a budget this machine
 affords, ending with the line `mutation score: K/N killed`.
 
-Mutated: the status mapping (services/calls.py) and every task adapter's batching choice (the `key=` and
-`batchable=` of the work items in tasks/*.py), each with the few fast tests that claim them (GROUPS below); the
+Mutated: the status mapping (services/calls.py), every task adapter's batching choice (the `key=` and
+`batchable=` of the work items in tasks/*.py), the scheduler (batching/scheduler.py) and the live-stream commit
+policy (streaming/agreement.py), each with the few fast tests that claim them (GROUPS below); the
 survivors and why each is equivalent are listed in tests/MUTATION.md.
 
 mutmut names a mutant after its file's path from the project root (`src.` stripped) and expects the tests to
@@ -48,6 +49,14 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
             "pipelined_server.tasks.text_generation.xǁTextGenerationǁitems__mutmut_*",
         ],
         ["tests/e2e/test_text_parity.py::test_batching_never_changes_a_result"],
+    ),
+    "scheduler": (
+        ["pipelined_server.batching.scheduler.*__mutmut_*"],
+        ["tests/server/test_scheduler.py"],
+    ),
+    "agreement": (
+        ["pipelined_server.streaming.agreement.*__mutmut_*"],
+        ["tests/server/test_streaming_policy.py"],
     ),
     "vision": (
         [
