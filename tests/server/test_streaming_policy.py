@@ -81,3 +81,63 @@ def test_a_pause_is_seen_where_the_speech_end_is_later_declared() -> None:
             pauses.add(detector.pause_from)
     assert len(ends) >= 2, "jfk.flac has pauses between its sentences"
     assert set(ends) <= pauses
+
+
+# ---- after_committed: where the committed words end in a new hypothesis (killing mutants, tests/MUTATION.md)
+
+
+def _texts(ws: list[Word]) -> list[str]:
+    return [w.text for w in ws]
+
+
+def test_a_common_word_far_after_the_committed_ones_is_not_them() -> None:
+    """'the' seconds later must not align with the committed 'the', or the words before it would be lost."""
+    policy = LocalAgreement(committed=[Word("the", 0.0, 0.4)])
+    hypothesis = [Word("a", 0.0, 0.4), Word("cat", 0.5, 0.9), Word("sat", 1.0, 1.3), Word("the", 3.0, 3.3)]
+    # Within the slack (the committed end + 1 s) nothing matches: the times decide, and only "a" ends in time.
+    assert policy.after_committed(hypothesis) == 1
+    assert _texts(policy.finish(hypothesis)) == ["cat", "sat", "the"]
+
+
+def test_with_nothing_in_common_the_times_decide_within_50_ms() -> None:
+    policy = LocalAgreement(committed=[Word("one", 0.0, 0.5), Word("two", 0.6, 1.0)])
+    hypothesis = [Word("x", 0.0, 0.5), Word("y", 0.6, 1.04), Word("z", 1.1, 1.5), Word("w", 1.6, 2.0)]
+    assert policy.after_committed(hypothesis) == 2  # "y" ends 40 ms after the committed end: already final
+    late = [Word("x", 0.0, 0.5), Word("y", 0.6, 1.06), Word("z", 1.1, 1.5)]
+    assert policy.after_committed(late) == 1  # 60 ms after: new
+
+
+def test_committed_words_after_the_last_match_count_as_heard() -> None:
+    """'three' was committed but reworded 'thee': still final, so the new words start at 'four'."""
+    policy = LocalAgreement(committed=words("one two three"))
+    hypothesis = words("one two thee four five")
+    assert policy.after_committed(hypothesis) == 3
+    assert _texts(policy.finish(hypothesis)) == ["four", "five"]
+
+
+def test_unmatched_committed_words_never_reach_past_the_hypothesis() -> None:
+    policy = LocalAgreement(committed=words("one two three four"))
+    # Only "one" matches; three committed words follow it, but the hypothesis has only two words in time.
+    assert policy.after_committed(words("one tww")) == 2
+
+
+def test_an_exact_prefix_is_skipped_whole() -> None:
+    policy = LocalAgreement(committed=words("Hello, world"))
+    assert policy.after_committed(words("hello world again")) == 2
+    assert policy.after_committed(words("hello")) == 1
+
+
+def test_force_commits_up_to_an_index_and_forgets_the_tail() -> None:
+    policy = LocalAgreement()
+    policy.update(words("a b c"))
+    assert _texts(policy.force(words("a b c d"), 2)) == ["a", "b"]
+    assert policy.previous_tail is None
+    assert _texts(policy.committed) == ["a", "b"]
+    assert policy.force(words("a b c d"), 1) == []  # nothing before the committed end
+    assert _texts(policy.force(words("a b c d"), 4)) == ["c", "d"]
+
+
+def test_keep_after_keeps_a_word_starting_exactly_at_the_new_window() -> None:
+    policy = LocalAgreement(committed=words("one two three"))  # starts 0.0, 0.5, 1.0
+    policy.keep_after(0.5)
+    assert _texts(policy.committed) == ["two", "three"]
