@@ -141,3 +141,22 @@ def test_keep_after_keeps_a_word_starting_exactly_at_the_new_window() -> None:
     policy = LocalAgreement(committed=words("one two three"))  # starts 0.0, 0.5, 1.0
     policy.keep_after(0.5)
     assert _texts(policy.committed) == ["two", "three"]
+
+
+def test_alignment_wins_over_times_when_the_words_moved() -> None:
+    """The decoder placed the words 0.3 s later this time: the times alone would say 'thee' is new."""
+    policy = LocalAgreement(committed=words("one two three"))
+    assert policy.after_committed(words("one two thee four five", start=0.3)) == 3
+
+
+def test_a_word_starting_exactly_at_the_slack_edge_still_aligns() -> None:
+    policy = LocalAgreement(committed=[Word("one", 0.0, 0.4)])  # edge: 0.4 + 1.0 s
+    hypothesis = [Word("x", 0.0, 0.3), Word("y", 0.5, 0.9), Word("one", 1.4, 1.6), Word("z", 2.0, 2.4)]
+    assert policy.after_committed(hypothesis) == 3
+
+
+def test_agreement_stops_at_the_first_differing_word() -> None:
+    policy = LocalAgreement()
+    policy.update(words("a b c"))
+    final, tail = policy.update(words("a b d"))
+    assert _texts(final) == ["a", "b"] and _texts(tail) == ["d"]
