@@ -26,14 +26,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "build" / "mutation"
 
-# group -> (mutant name patterns, pytest node ids or -k selections of the tests that claim the behaviour)
-GROUPS: dict[str, tuple[list[str], list[str]]] = {
+# group -> (mutant name patterns, the tests that claim the behaviour, seconds a test may take before a mutant that
+# hangs it counts as killed: mutmut's own limit is CPU time, which a mutant waiting forever never spends)
+GROUPS: dict[str, tuple[list[str], list[str], int]] = {
     "calls": (
         [
             "pipelined_server.services.calls.x__status_of__mutmut_*",
             "pipelined_server.services.calls.x__ended_early__mutmut_*",
         ],
         ["tests/e2e/test_server_failures.py"],
+        300,
     ),
     "asr": (
         ["pipelined_server.tasks.asr.x_plan__mutmut_*"],
@@ -42,6 +44,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
             "tests/e2e/test_asr_parity.py::test_whisper_language_detection_is_never_batched",
             "tests/e2e/test_asr_parity.py::test_long_form_sequential_decoding",
         ],
+        300,
     ),
     "text_generation": (
         [
@@ -49,14 +52,17 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
             "pipelined_server.tasks.text_generation.xǁTextGenerationǁitems__mutmut_*",
         ],
         ["tests/e2e/test_text_parity.py::test_batching_never_changes_a_result"],
+        300,
     ),
     "scheduler": (
         ["pipelined_server.batching.scheduler.*__mutmut_*"],
         ["tests/server/test_scheduler.py"],
+        20,
     ),
     "agreement": (
         ["pipelined_server.streaming.agreement.*__mutmut_*"],
         ["tests/server/test_streaming_policy.py"],
+        20,
     ),
     "vision": (
         [
@@ -64,6 +70,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
             "pipelined_server.tasks.vision.x_same_size__mutmut_*",
         ],
         ["tests/e2e/test_vision_tasks.py"],
+        300,
     ),
     "audio_tasks": (
         [
@@ -71,6 +78,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
             "pipelined_server.tasks.audio_tasks.xǁTextToAudioǁitems__mutmut_*",
         ],
         ["tests/e2e/test_generic_tasks.py"],
+        300,
     ),
 }
 
@@ -79,7 +87,7 @@ def _toml_list(values: list[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
 
-def _prepare(tests: list[str]) -> None:
+def _prepare(tests: list[str], timeout: int) -> None:
     """A fresh build/mutation: links to the sources and tests, and pyproject.toml with the tests to run."""
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
@@ -88,6 +96,7 @@ def _prepare(tests: list[str]) -> None:
     text = (REPO / "pyproject.toml").read_text(encoding="utf-8")
     # [tool.mutmut] is the last table mutmut reads; the selection of this run is added to it.
     text += f"pytest_add_cli_args_test_selection = {_toml_list(tests)}\n"
+    text += f"pytest_add_cli_args = {_toml_list(['-p', 'no:cacheprovider', '-q', '-x', f'--timeout={timeout}'])}\n"
     (WORK / "pyproject.toml").write_text(text, encoding="utf-8")
 
 
@@ -114,7 +123,7 @@ def main(argv: list[str]) -> int:
     tests = [t for g in groups for t in GROUPS[g][1]]
     returncode = 0
     if not report_only:
-        _prepare(tests)
+        _prepare(tests, max(GROUPS[g][2] for g in groups))
         env = {**os.environ, "PYTHONPATH": str(REPO / "client"), "HF_HUB_OFFLINE": "1"}
         mutmut = [sys.executable, "-m", "mutmut", "run", "--max-children", "2", *patterns]
         returncode = subprocess.run(mutmut, cwd=WORK, env=env).returncode

@@ -183,13 +183,14 @@ def _queued(server: ServerThread, model: str = "tiny-whisper") -> int:
 def _busy(server: ServerThread, seconds: float = 45.0) -> threading.Thread:
     """Occupies the one-at-a-time model with a long-form decode; returns once the pipeline is computing it."""
     audio = tiny_audio(seconds, seed=99)
-    items = server.metric("pipelined_pipeline_items_total", model="tiny-whisper")
+    # A batch is counted in pipelined_batch_size as it starts (pipeline items and calls once it is done).
+    batches = server.metric("pipelined_batch_size_count", model="tiny-whisper")
     thread = threading.Thread(
         target=lambda: Client(server.target).pipeline(ASR)(audio, return_timestamps=True)
     )
     thread.start()
     wait_for(
-        lambda: server.metric("pipelined_pipeline_items_total", model="tiny-whisper") > items,
+        lambda: server.metric("pipelined_batch_size_count", model="tiny-whisper") > batches,
         what="the long-form decode to start",
     )
     return thread
