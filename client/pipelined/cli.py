@@ -15,14 +15,23 @@ from .errors import PipelinedError
 
 DEFAULT_PORT = 50051
 EPILOG = """exit codes: 0 ok, 1 other error / not serving, 2 usage, 3 not found or invalid argument,
-4 unavailable or deadline exceeded, 130 interrupted (Ctrl-C).
-The target comes from --target, else $PIPELINED_TARGET, else localhost:50051; a host without a port gets 50051."""
+4 unavailable or deadline exceeded, 5 unauthenticated or permission denied, 130 interrupted (Ctrl-C).
+The target comes from --target, else $PIPELINED_TARGET, else localhost:50051; a host without a port gets 50051.
+The bearer token comes from --token, else $PIPELINED_TOKEN."""
 EXIT_CODES = {
     grpc.StatusCode.NOT_FOUND: 3,
     grpc.StatusCode.INVALID_ARGUMENT: 3,
     grpc.StatusCode.UNAVAILABLE: 4,
     grpc.StatusCode.DEADLINE_EXCEEDED: 4,
+    grpc.StatusCode.UNAUTHENTICATED: 5,
+    grpc.StatusCode.PERMISSION_DENIED: 5,
 }
+# Connection options: before or after the subcommand (flag, help).
+CONNECTION_FLAGS = (
+    ("--ca-file", "PEM CA of the server's certificate: connect with TLS"),
+    ("--cert-file", "PEM client certificate (mutual TLS, with --key-file)"),
+    ("--key-file", "PEM key of --cert-file"),
+)
 
 
 def with_port(target: str) -> str:
@@ -173,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"server address (default $PIPELINED_TARGET or {DEFAULT_TARGET})",
     )
     parser.add_argument("--timeout", type=float, default=None, help="deadline per call, in seconds")
+    for flag, text in CONNECTION_FLAGS:
+        parser.add_argument(flag, default=None, help=text)
+    parser.add_argument("--tls", action="store_true", help="TLS with the system's root CAs")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("PIPELINED_TOKEN") or None,
+        help="bearer token (default $PIPELINED_TOKEN)",
+    )
     # The same options after the subcommand (`pipelined health --target H:P`); SUPPRESS keeps the ones given first.
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("transcribe", help="transcribe audio files")
@@ -215,13 +232,25 @@ def build_parser() -> argparse.ArgumentParser:
         each.add_argument(
             "--timeout", type=float, default=argparse.SUPPRESS, help="deadline per call, in seconds"
         )
+        for flag, text in (*CONNECTION_FLAGS, ("--token", "bearer token")):
+            each.add_argument(flag, default=argparse.SUPPRESS, help=text)
+        each.add_argument("--tls", action="store_true", default=argparse.SUPPRESS, help="TLS, system roots")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        with Client(with_port(args.target), timeout=args.timeout) as client:
+        client = Client(
+            with_port(args.target),
+            timeout=args.timeout,
+            ca_file=args.ca_file,
+            cert_file=args.cert_file,
+            key_file=args.key_file,
+            token=args.token,
+            tls=args.tls,
+        )
+        with client:
             code = args.run(client, args)
     except PipelinedError as error:
         print(f"pipelined: {error}", file=sys.stderr)

@@ -7,7 +7,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 
-from . import _transport
+from . import _channel, _transport
 from .pipelines.registry import make_pipeline, resolve
 from .v1 import models_pb2
 
@@ -51,12 +51,23 @@ class Client:
         timeout: float | None = None,
         channel: grpc.Channel | None = None,
         strict: bool = False,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        token: str | None = None,
+        tls: bool = False,
     ):
+        """`target`: `host:port`, or several addresses to spread calls over round-robin
+        (`dns:///name:port` resolving to every replica, `ipv4:10.0.0.1:50051,10.0.0.2:50051`); unary
+        calls a replica could not serve (UNAVAILABLE, RESOURCE_EXHAUSTED) are retried on the next.
+        TLS: `ca_file` (the server's CA) or `tls=True` (system roots); `cert_file`/`key_file`: a
+        client certificate (mutual TLS); `token`: a bearer token sent with every call."""
         self.target = target
         self.timeout = timeout
         # strict: placement/loading arguments the served model does not match raise instead of warning.
         self.strict = strict
-        self.channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.security = _channel.Security(ca_file, cert_file, key_file, token, tls)
+        self.channel = channel or _channel.open_channel(target, self.security)
         _transport.attach_stubs(self, self.channel)
 
     def pipeline(self, task: str | None = None, model: str | None = None, **defaults: Any) -> Any:

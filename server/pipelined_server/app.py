@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -27,11 +28,13 @@ from pipelined.v1 import (
     vision_pb2_grpc,
 )
 
-from .config import ServerConfig
+from . import logs
+from .config import GrpcOptions, ServerConfig
 from .metrics import Metrics
 from .registry import Registry
+from .security import AuthInterceptor, TokenStore, server_credentials
 from .services.audio_tasks import AudioServicer
-from .services.calls import ServerState
+from .services.calls import RPC_TASKS, ServerState
 from .services.generic import GenericServicer
 from .services.models import ModelsServicer
 from .services.multimodal import MultimodalServicer
@@ -61,6 +64,45 @@ def _add(servicer: Any, pb2: Any, pb2_grpc: Any, server: grpc.aio.Server) -> str
     return str(service.full_name)
 
 
+def server_options(config: ServerConfig) -> list[tuple[str, int]]:
+    """gRPC channel arguments of the server: message size, keepalive enforcement, connection age and
+    idle limits, concurrent streams per connection (config `grpc:`; defaults in config.GrpcOptions)."""
+    g: GrpcOptions = config.grpc
+
+    def ms(seconds: float) -> int:
+        return int(seconds * 1000)
+
+    options = [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.keepalive_time_ms", ms(g.keepalive_time_s)),
+        ("grpc.keepalive_timeout_ms", ms(g.keepalive_timeout_s)),
+        # Enforcement: pings closer than this (with no data in between) are strikes; two strikes, GOAWAY.
+        ("grpc.http2.min_ping_interval_without_data_ms", ms(g.min_ping_interval_s)),
+        ("grpc.keepalive_permit_without_calls", int(g.permit_keepalive_without_calls)),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_concurrent_streams", g.max_concurrent_streams),
+    ]
+    if g.max_connection_age_s:
+        options.append(("grpc.max_connection_age_ms", ms(g.max_connection_age_s)))
+    if g.max_connection_age_grace_s:
+        options.append(("grpc.max_connection_age_grace_ms", ms(g.max_connection_age_grace_s)))
+    if g.max_connection_idle_s:
+        options.append(("grpc.max_connection_idle_ms", ms(g.max_connection_idle_s)))
+    return options
+
+
+def _rejected(details: grpc.HandlerCallDetails, code: grpc.StatusCode, message: str) -> None:
+    """Access log line of a call refused before any handler (no token): peer unknown at this stage."""
+    logs.access(
+        method=details.method.rsplit("/", 1)[-1],
+        code=code,
+        latency_s=0.0,
+        peer="",
+        request_id=logs.request_id(details.invocation_metadata),
+    )
+
+
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -74,6 +116,7 @@ class App:
     server: grpc.aio.Server
     state: ServerState
     health: health.aio.HealthServicer
+    tokens: TokenStore | None = None
     port: int = 0
     _load_task: asyncio.Task[None] | None = None
     _health_tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -81,11 +124,16 @@ class App:
     @classmethod
     def build(cls, config: ServerConfig, metrics: Metrics | None = None) -> App:
         metrics = metrics or Metrics()
-        options = [
-            ("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_send_message_length", config.max_message_bytes),
-        ]
-        server = grpc.aio.server(options=options)
+        metrics.allow(
+            models=(m.name for m in config.models), tasks=(*(m.task for m in config.models), *RPC_TASKS)
+        )
+        tokens = TokenStore(Path(config.auth.tokens_file)) if config.auth.tokens_file else None
+        interceptors = [AuthInterceptor(tokens, on_reject=_rejected)] if tokens else []
+        server = grpc.aio.server(
+            options=server_options(config),
+            interceptors=interceptors,
+            maximum_concurrent_rpcs=config.grpc.max_concurrent_rpcs,
+        )
         health_servicer = health.aio.HealthServicer()
         app_holder: list[App] = []
 
@@ -98,7 +146,9 @@ class App:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         services += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(services, server)
-        app = cls(config=config, metrics=metrics, server=server, state=state, health=health_servicer)
+        app = cls(
+            config=config, metrics=metrics, server=server, state=state, health=health_servicer, tokens=tokens
+        )
         app_holder.append(app)
         return app
 
@@ -116,7 +166,11 @@ class App:
 
     async def start(self) -> int:
         """Binds the port (0 picks a free one), starts serving health at once and loads models behind it."""
-        self.port = self.server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        address = f"{self.config.host}:{self.config.port}"
+        if self.config.tls.enabled:
+            self.port = self.server.add_secure_port(address, server_credentials(self.config.tls))
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot bind {self.config.host}:{self.config.port}")
         await self.health.set("", NOT_SERVING)

@@ -11,7 +11,16 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .config import DEFAULT_PORT, ModelSpec, ServerConfig, default_config, embedded_spec, load_config
+from . import logs
+from .config import (
+    DEFAULT_PORT,
+    ModelSpec,
+    ServerConfig,
+    default_config,
+    embedded_spec,
+    load_config,
+    validate_security,
+)
 from .errors import ConfigError
 
 
@@ -31,7 +40,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--replicas", type=int, default=None, help="--model: pipelines sharing its weights, one thread each"
     )
+    parser.add_argument("--tls-cert", help="PEM certificate chain: serve TLS (with --tls-key)")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-client-ca", help="PEM CA: require client certificates it signed (mutual TLS)")
+    parser.add_argument(
+        "--auth-tokens-file", help="YAML bearer tokens (tokens: [{name, token, models?}]); SIGHUP re-reads it"
+    )
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), help="log lines (default: config, else text)"
+    )
     return parser.parse_args(argv)
 
 
@@ -46,7 +64,15 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         "metrics_port": args.metrics_port,
         "torch_threads": args.torch_threads,
     }
-    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    tls = {"cert_file": args.tls_cert, "key_file": args.tls_key, "client_ca_file": args.tls_client_ca}
+    config = replace(config, tls=replace(config.tls, **{k: v for k, v in tls.items() if v}))
+    if args.auth_tokens_file:
+        config = replace(config, auth=replace(config.auth, tokens_file=args.auth_tokens_file))
+    if args.log_format:
+        config = replace(config, logging=replace(config.logging, format=args.log_format))
+    validate_security(config)
+    return config
 
 
 def _single_model(args: argparse.Namespace) -> ModelSpec:
@@ -70,12 +96,16 @@ async def serve(config: ServerConfig) -> None:
     torch.set_num_threads(config.torch_threads)
     app = App.build(config)
     if config.metrics_port:
-        app.metrics.serve(config.metrics_port)
+        # The same host as gRPC, and HTTPS with the server's certificate when TLS is on (scrapers are
+        # not asked for a client certificate: Prometheus scrape configs rarely have one).
+        app.metrics.serve(config.metrics_port, config.host, config.tls.cert_file, config.tls.key_file)
     await app.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if app.tokens is not None:
+        loop.add_signal_handler(signal.SIGHUP, app.tokens.reload)
     print(f"pipelined-server listening on {config.host}:{app.port}", flush=True)
     await stop.wait()
     logging.getLogger(__name__).info("draining (grace %.0f s)", config.grace_period_s)
@@ -84,14 +114,12 @@ async def serve(config: ServerConfig) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
         config = build_config(args)
     except ConfigError as exc:
         print(f"pipelined-server: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
+    logs.setup(args.log_level, config.logging.format, access_log=config.logging.access_log)
     asyncio.run(serve(config))
     # A model still loading holds a worker thread that would block interpreter exit; the drain is done.
     sys.stdout.flush()

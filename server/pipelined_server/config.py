@@ -80,6 +80,77 @@ class StreamingLimits:
 
 
 @dataclass(frozen=True)
+class TLSConfig:
+    """Transport security of the gRPC port (and the metrics port). Empty: plaintext."""
+
+    cert_file: str = ""
+    key_file: str = ""
+    # Set: every client must present a certificate signed by this CA (mutual TLS).
+    client_ca_file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Bearer tokens (security.py): empty means no authentication."""
+
+    # YAML: `tokens: [{name, token, models?}]`; re-read on SIGHUP.
+    tokens_file: str = ""
+
+
+@dataclass(frozen=True)
+class GrpcOptions:
+    """gRPC server channel options (gRPC's production guidance: keepalive enforcement, connection age)."""
+
+    # The server pings a connection quiet for this long, and drops it when no answer comes within
+    # keepalive_timeout_s: a client that vanished (a dead node, a NAT that forgot) frees its streams.
+    keepalive_time_s: float = 60.0
+    keepalive_timeout_s: float = 20.0
+    # Clients pinging more often than this are told GOAWAY ("too_many_pings"); the SDK pings every 30 s.
+    min_ping_interval_s: float = 10.0
+    # Whether clients may ping connections that have no call open (the SDK does, to notice dead servers).
+    permit_keepalive_without_calls: bool = True
+    # Connections are closed (GOAWAY, +-10 % jitter) after this long, so clients re-resolve and spread
+    # over replicas added since they connected; 0: never.
+    max_connection_age_s: float = 300.0
+    # Calls still open on an aged connection get this long to finish; 0: no limit (live streams may run
+    # for hours; new calls already go to the new connection).
+    max_connection_age_grace_s: float = 0.0
+    # A connection with no call for this long is closed; 0: never.
+    max_connection_idle_s: float = 600.0
+    # Calls open at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+    max_concurrent_streams: int = 256
+    # Calls open at once on the whole server; one more answers RESOURCE_EXHAUSTED at once.
+    max_concurrent_rpcs: int = 2048
+
+    def __post_init__(self) -> None:
+        durations = {k: v for k, v in vars(self).items() if k.endswith("_s")}
+        negative = sorted(k for k, v in durations.items() if v < 0)
+        if negative:
+            raise ValueError(f"must be >= 0: {', '.join(negative)}")
+        if self.keepalive_time_s <= 0 or self.keepalive_timeout_s <= 0:
+            raise ValueError("keepalive_time_s and keepalive_timeout_s must be > 0")
+        if self.max_concurrent_streams < 1 or self.max_concurrent_rpcs < 1:
+            raise ValueError("max_concurrent_streams and max_concurrent_rpcs must be >= 1")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """The access log: one line per call (logs.py), never user content."""
+
+    access_log: bool = True
+    # "text" or "json" (one JSON object per line, for log collectors).
+    format: str = "text"
+
+    def __post_init__(self) -> None:
+        if self.format not in ("text", "json"):
+            raise ValueError(f"format {self.format!r}: use text or json")
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One served model."""
 
@@ -120,6 +191,10 @@ class ServerConfig:
     images: ImageLimits = field(default_factory=ImageLimits)
     inputs: InputLimits = field(default_factory=InputLimits)
     streaming: StreamingLimits = field(default_factory=StreamingLimits)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    grpc: GrpcOptions = field(default_factory=GrpcOptions)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     models: tuple[ModelSpec, ...] = ()
 
     def default_model(self, task: str) -> ModelSpec | None:
@@ -279,7 +354,31 @@ def parse_config(data: Any) -> ServerConfig:
         _validate_inputs(data["inputs"])
     if "streaming" in data:
         data["streaming"] = _build(StreamingLimits, data["streaming"], "streaming")
-    return _build(ServerConfig, {**data, "models": models}, "config")
+    for key, cls in (
+        ("tls", TLSConfig),
+        ("auth", AuthConfig),
+        ("grpc", GrpcOptions),
+        ("logging", LoggingConfig),
+    ):
+        if key in data:
+            data[key] = _build(cls, data[key], key)
+    config: ServerConfig = _build(ServerConfig, {**data, "models": models}, "config")
+    validate_security(config)
+    return config
+
+
+def validate_security(config: ServerConfig) -> None:
+    """TLS files named in pairs and readable, the tokens file readable: checked at start, by key path."""
+    tls = config.tls
+    if bool(tls.cert_file) != bool(tls.key_file):
+        raise ConfigError("tls: cert_file and key_file go together")
+    if tls.client_ca_file and not tls.cert_file:
+        raise ConfigError("tls.client_ca_file (mutual TLS) needs tls.cert_file and tls.key_file")
+    named = {f"tls.{k}": getattr(tls, k) for k in ("cert_file", "key_file", "client_ca_file")}
+    named["auth.tokens_file"] = config.auth.tokens_file
+    for where, path in named.items():
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{where}: no such file {path!r}")
 
 
 def load_config(path: Path) -> ServerConfig:

@@ -38,7 +38,12 @@ class ModelNotReady(PipelinedError):
 
 
 class QueueFull(PipelinedError):
+    """A queue or a slot pool is full now: worth retrying shortly, on this replica or another."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    # The server's retry hint (`grpc-retry-pushback-ms`, honoured by the SDK's retry policy); any other
+    # RESOURCE_EXHAUSTED (a request over a per-request budget) says "do not retry".
+    retry_after_s: float = 0.5
 
 
 class DeadlineExpired(PipelinedError):

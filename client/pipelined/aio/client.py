@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
 from grpc_health.v1 import health_pb2
 
-from .. import _transport
+from .. import _channel, _transport
 from ..client import model_dict
 from ..pipelines.registry import make_pipeline, resolve
 from ..v1 import models_pb2
@@ -28,12 +27,23 @@ class Client:
     audio_tasks: Any
 
     def __init__(
-        self, target: str = _transport.DEFAULT_TARGET, *, timeout: float | None = None, strict: bool = False
+        self,
+        target: str = _transport.DEFAULT_TARGET,
+        *,
+        timeout: float | None = None,
+        strict: bool = False,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        token: str | None = None,
+        tls: bool = False,
     ) -> None:
+        """As `pipelined.Client`: the same targets (load balancing, retries) and credentials."""
         self.target = target
         self.timeout = timeout
         self.strict = strict
-        self.channel = grpc.aio.insecure_channel(target, options=_transport.CHANNEL_OPTIONS)
+        self.security = _channel.Security(ca_file, cert_file, key_file, token, tls)
+        self.channel = _channel.open_aio_channel(target, self.security)
         _transport.attach_stubs(self, self.channel)
 
     def pipeline(self, task: str | None = None, model: str | None = None, **defaults: Any) -> AsyncPipeline:
@@ -49,7 +59,16 @@ class Client:
     def _served_model(self, task: str | None, model: str | None) -> dict[str, Any]:
         from ..client import Client as SyncClient
 
-        with SyncClient(self.target, timeout=self.timeout) as client:
+        s = self.security
+        with SyncClient(
+            self.target,
+            timeout=self.timeout,
+            ca_file=s.ca_file,
+            cert_file=s.cert_file,
+            key_file=s.key_file,
+            token=s.token,
+            tls=s.tls,
+        ) as client:
             return client.served_model(task, model)
 
     async def models(self, task: str = "") -> list[dict[str, Any]]:
