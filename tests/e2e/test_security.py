@@ -7,12 +7,10 @@ import json
 import logging
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ import grpc
 import pytest
 from certs import Pki, make_pki
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from harness import ServerThread
+from harness import ServerProcess, ServerThread
 from paths import REPO
 from pipelined import Client
 from pipelined import aio as pipelined_aio
@@ -268,51 +266,15 @@ def test_made_up_names_do_not_grow_the_metric_series(tls_server: ServerThread, p
 
 
 # ---- the command line: flags, SIGHUP reload, metrics over HTTPS on the configured host
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture()
-def server_process(
-    pki: Pki, model_dir: Path, tmp_path: Path
-) -> Iterator[tuple[subprocess.Popen[str], str, int, Path]]:
+def server_process(pki: Pki, model_dir: Path, tmp_path: Path) -> Iterator[tuple[ServerProcess, Path]]:
     tokens = tmp_path / "tokens.yaml"
     tokens.write_text(TOKENS)
-    port, metrics_port = _free_port(), _free_port()
-    args = ["--model", str(model_dir), "--task", TASK, "--host", "127.0.0.1", "--port", str(port)]
-    args += [
-        "--metrics-port",
-        str(metrics_port),
-        "--tls-cert",
-        str(pki.server_cert),
-        "--tls-key",
-        str(pki.server_key),
-    ]
-    args += ["--auth-tokens-file", str(tokens)]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipelined_server.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    yield process, f"127.0.0.1:{port}", metrics_port, tokens
-    process.kill()
-    process.wait()
-
-
-def _wait_serving(client: Client) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if client.health() == "SERVING":
-                return
-        except Unavailable:  # not listening yet
-            pass
-        assert time.monotonic() < deadline, "the server never became ready"
-        time.sleep(0.1)
+    args = ["--model", str(model_dir), "--task", TASK, "--auth-tokens-file", str(tokens)]
+    args += ["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]
+    server = ServerProcess(args, tmp_path, metrics_scheme="https")
+    yield server, tokens
+    server.stop()
 
 
 def cli(*args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -330,9 +292,10 @@ def cli(*args: str, token: str | None = None) -> subprocess.CompletedProcess[str
 
 
 def test_server_flags_sighup_reload_and_cli(server_process: Any, pki: Pki) -> None:
-    process, target, metrics_port, tokens = server_process
+    server, tokens = server_process
+    target = server.target
     with Client(target, ca_file=str(pki.ca), timeout=30) as probe:
-        _wait_serving(probe)
+        server.wait_serving(probe)
 
     # The CLI: --ca-file and the token from $PIPELINED_TOKEN or --token; no token: exit 5.
     listed = cli("models", "--target", target, "--ca-file", str(pki.ca), token=ADMIN)
@@ -343,13 +306,12 @@ def test_server_flags_sighup_reload_and_cli(server_process: Any, pki: Pki) -> No
 
     # Metrics: HTTPS with the server's certificate, on the configured host only.
     context = ssl.create_default_context(cafile=str(pki.ca))
-    body = urllib.request.urlopen(f"https://127.0.0.1:{metrics_port}/metrics", context=context).read()
-    assert b"pipelined_requests_total" in body
+    assert server.metric("pipelined_requests_total", context, method="ListModels") >= 1
 
     # SIGHUP swaps the tokens: the new one works, the removed one stops working, without a restart.
     new = "rotated-token-0123456789"
     tokens.write_text(f"tokens:\n  - {{name: rotated, token: {new}}}\n")
-    process.send_signal(signal.SIGHUP)
+    server.process.send_signal(signal.SIGHUP)
     with Client(target, ca_file=str(pki.ca), token=new, timeout=30) as client:
         deadline = time.monotonic() + 60
         while True:
@@ -364,7 +326,7 @@ def test_server_flags_sighup_reload_and_cli(server_process: Any, pki: Pki) -> No
         pytest.raises(Unauthenticated),
     ):
         client.models()
-    assert process.poll() is None
+    assert server.process.poll() is None
 
 
 def test_a_bad_tokens_file_on_reload_keeps_the_tokens_in_force(tmp_path: Path) -> None:
