@@ -8,19 +8,12 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import replace
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from . import logs
-from .config import (
-    DEFAULT_PORT,
-    ModelSpec,
-    ServerConfig,
-    default_config,
-    embedded_spec,
-    load_config,
-    validate_security,
-)
+from .config import DEFAULT_PORT, ServerConfig, check_devices, check_files, resolve_config
 from .errors import ConfigError
 
 
@@ -53,39 +46,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_config(args: argparse.Namespace) -> ServerConfig:
-    config = load_config(args.config) if args.config else default_config()
-    if args.model:
-        spec = _single_model(args)
-        config = replace(config, models=(spec,))
-    overrides = {
+def build_config(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """The file (or the defaults), then PIPELINED_ environment variables, then the flags."""
+    overrides: dict[str, Any] = {
         "host": args.host,
         "port": args.port,
         "metrics_port": args.metrics_port,
         "torch_threads": args.torch_threads,
     }
-    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if args.model:
+        overrides["models"] = [_single_model(args)]
     tls = {"cert_file": args.tls_cert, "key_file": args.tls_key, "client_ca_file": args.tls_client_ca}
-    config = replace(config, tls=replace(config.tls, **{k: v for k, v in tls.items() if v}))
-    if args.auth_tokens_file:
-        config = replace(config, auth=replace(config.auth, tokens_file=args.auth_tokens_file))
-    if args.log_format:
-        config = replace(config, logging=replace(config.logging, format=args.log_format))
-    validate_security(config)
-    return config
+    overrides["tls"] = {k: v for k, v in tls.items() if v} or None
+    overrides["auth"] = {"tokens_file": args.auth_tokens_file} if args.auth_tokens_file else None
+    overrides["logging"] = {"format": args.log_format} if args.log_format else None
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return resolve_config(args.config, os.environ if environ is None else environ, overrides)
 
 
-def _single_model(args: argparse.Namespace) -> ModelSpec:
+def _single_model(args: argparse.Namespace) -> dict[str, Any]:
     from .sources.embedded import EMBEDDED_MODELS
 
     if args.model in EMBEDDED_MODELS:
-        spec = embedded_spec(args.model)
+        model = {"name": args.model, "source": f"embedded:{args.model}"}
     elif not args.task:
         raise ConfigError("--task is required with --model unless the model is embedded")
     else:
-        spec = ModelSpec(name=Path(args.model).name or args.model, task=args.task, source=args.model)
+        model = {"name": Path(args.model).name or args.model, "task": args.task, "source": args.model}
     changes = {"device": args.device, "dtype": args.dtype, "replicas": args.replicas}
-    return replace(spec, default=True, **{k: v for k, v in changes.items() if v is not None})
+    return {**model, "default": True, **{k: v for k, v in changes.items() if v is not None}}
 
 
 async def serve(config: ServerConfig) -> None:
@@ -116,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         config = build_config(args)
+        check_devices(config)
+        check_files(config)
     except ConfigError as exc:
         print(f"pipelined-server: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc

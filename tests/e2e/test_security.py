@@ -75,7 +75,7 @@ def tls_server(pki: Pki, model_dir: Path, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(scope="module")
 def mtls_server(pki: Pki, model_dir: Path) -> Iterator[ServerThread]:
     """Mutual TLS: a client certificate signed by the test CA is required; no tokens."""
-    tls = TLSConfig(str(pki.server_cert), str(pki.server_key), client_ca_file=str(pki.ca))
+    tls = TLSConfig(cert_file=str(pki.server_cert), key_file=str(pki.server_key), client_ca_file=str(pki.ca))
     server = ServerThread(
         ServerConfig(host="127.0.0.1", port=0, metrics_port=0, tls=tls, models=_specs(model_dir))
     )

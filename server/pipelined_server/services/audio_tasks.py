@@ -27,7 +27,7 @@ class AudioServicer(audio_tasks_pb2_grpc.AudioServiceServicer):
     ) -> tuple[ModelInstance, list[Any]]:
         instance = self.state.registry.ready(request.model, call.task)
         call.model = instance.name
-        check_count(len(request.audios), "audio clips", self.state.config.images)
+        check_count(len(request.audios), "audio clips", self.state.config.limits)
         rate, limits = instance.sampling_rate, self.state.config.audio
         clips = await asyncio.gather(*(decode_audio_input_async(a, rate, limits) for a in request.audios))
         items = audio_tasks.same_length(list(clips))
@@ -64,7 +64,7 @@ class AudioServicer(audio_tasks_pb2_grpc.AudioServiceServicer):
         instance = self.state.registry.ready(request.model, call.task)
         call.model = instance.name
         kwargs = audio_tasks.generate_kwargs(request)
-        check_count(len(request.texts), "texts", self.state.config.images)
+        check_count(len(request.texts), "texts", self.state.config.limits)
         outputs = await run_items(instance, audio_tasks.texts(request), kwargs, context.time_remaining())
         results = await asyncio.to_thread(lambda: [audio_tasks.generated_audio(o) for o in outputs])
         return audio_tasks_pb2.GenerateAudioResponse(results=results, model=instance.name)

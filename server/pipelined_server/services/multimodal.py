@@ -27,8 +27,10 @@ class MultimodalServicer(multimodal_pb2_grpc.MultimodalServiceServicer):
         instance = self.state.registry.ready(request.model, call.task)
         call.model = instance.name
         kwargs = image_text.call_kwargs(request.generation, request)
-        check_count(len(request.prompts), "prompts", self.state.config.images)
-        items = await image_text.load_prompts(list(request.prompts), kwargs, self.state.config.images)
+        check_count(len(request.prompts), "prompts", self.state.config.limits)
+        items = await image_text.load_prompts(
+            list(request.prompts), kwargs, self.state.config.images, self.state.config.limits
+        )
         outputs = await run_items(instance, items, kwargs, context.time_remaining())
         return multimodal_pb2.GenerateFromImageResponse(
             results=[
@@ -48,7 +50,9 @@ class MultimodalServicer(multimodal_pb2_grpc.MultimodalServiceServicer):
         instance = self.state.registry.ready(request.model, call.task)
         call.model = instance.name
         kwargs = image_text.call_kwargs(request.generation, request)
-        (item,) = await image_text.load_prompts([request.prompt], kwargs, self.state.config.images)
+        (item,) = await image_text.load_prompts(
+            [request.prompt], kwargs, self.state.config.images, self.state.config.limits
+        )
         async for piece in image_text.stream_text(instance, item, kwargs, context.time_remaining()):
             yield multimodal_pb2.StreamGenerateFromImageResponse(text=piece, model=instance.name)
 
@@ -62,7 +66,7 @@ class MultimodalServicer(multimodal_pb2_grpc.MultimodalServiceServicer):
         instance = self.state.registry.ready(request.model, call.task)
         call.model = instance.name
         kwargs = document_qa.call_kwargs(request)
-        items = await document_qa.load_questions(request, self.state.config.images)
+        items = await document_qa.load_questions(request, self.state.config.images, self.state.config.limits)
         outputs = await run_items(instance, items, kwargs, context.time_remaining())
         return multimodal_pb2.AnswerDocumentQuestionResponse(
             results=[document_qa.answers(o) for o in outputs], model=instance.name

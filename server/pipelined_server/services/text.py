@@ -36,7 +36,7 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
     ) -> text_pb2.ClassifyTextResponse:
         instance = self._model(request.model, call)
         return await text_classification.classify(
-            instance, request, self.state.config.inputs, context.time_remaining()
+            instance, request, self.state.config.limits, context.time_remaining()
         )
 
     @rpc(token_classification.TASK)
@@ -45,7 +45,7 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
     ) -> text_pb2.ClassifyTokensResponse:
         instance = self._model(request.model, call)
         return await token_classification.classify(
-            instance, request, self.state.config.inputs, context.time_remaining()
+            instance, request, self.state.config.limits, context.time_remaining()
         )
 
     @rpc(fill_mask.TASK)
@@ -53,7 +53,7 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
         self, request: text_pb2.FillMaskRequest, context: grpc.aio.ServicerContext, call: CallInfo
     ) -> text_pb2.FillMaskResponse:
         instance = self._model(request.model, call)
-        return await fill_mask.fill(instance, request, self.state.config.inputs, context.time_remaining())
+        return await fill_mask.fill(instance, request, self.state.config.limits, context.time_remaining())
 
     @rpc(feature_extraction.TASK)
     async def ExtractFeatures(
@@ -61,7 +61,7 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
     ) -> text_pb2.ExtractFeaturesResponse:
         instance = self._model(request.model, call)
         return await feature_extraction.extract(
-            instance, request, self.state.config.inputs, context.time_remaining()
+            instance, request, self.state.config.limits, context.time_remaining()
         )
 
     @rpc(zero_shot.TASK)
@@ -69,7 +69,7 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
         self, request: text_pb2.ClassifyZeroShotRequest, context: grpc.aio.ServicerContext, call: CallInfo
     ) -> text_pb2.ClassifyZeroShotResponse:
         instance = self._model(request.model, call)
-        return await zero_shot.classify(instance, request, self.state.config.inputs, context.time_remaining())
+        return await zero_shot.classify(instance, request, self.state.config.limits, context.time_remaining())
 
     @rpc(text_generation.TASK)
     async def GenerateText(
@@ -77,7 +77,7 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
     ) -> text_pb2.GenerateTextResponse:
         instance = self._model(request.model, call)
         return await text_generation.generate(
-            instance, request, self.state.config.inputs, context.time_remaining()
+            instance, request, self.state.config.limits, context.time_remaining()
         )
 
     @rpc(text_generation.TASK)
@@ -85,7 +85,7 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
         self, request: text_pb2.StreamGenerateTextRequest, context: grpc.aio.ServicerContext, call: CallInfo
     ) -> AsyncIterator[text_pb2.StreamGenerateTextResponse]:
         instance = self._model(request.model, call)
-        prompt = text_generation.prompt_of(request.input, self.state.config.inputs, "input")
+        prompt = text_generation.prompt_of(request.input, self.state.config.limits, "input")
         generation = text_generation.call_kwargs(request.parameters, instance)
         if generation.kwargs.get("num_return_sequences", 1) != 1:
             raise InvalidInput("streaming generates one sequence: num_return_sequences must be 1")

@@ -34,7 +34,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         instance = self.state.registry.ready(request.model, call.task)
         call.model = instance.name
         kwargs = kwargs_of(request)
-        images = await load_images(request.images, self.state.config.images)
+        images = await load_images(request.images, self.state.config.images, self.state.config.limits)
         return instance, await run_items(instance, plan(images), kwargs, context.time_remaining())
 
     @rpc(vision.IMAGE_CLASSIFICATION)

@@ -12,6 +12,7 @@ from typing import Any
 
 from pipelined.v1 import multimodal_pb2
 
+from ..config import InputLimits
 from ..errors import InvalidInput
 from ..images import ImageLimits
 from .image_input import check_count, load_image_input
@@ -55,9 +56,9 @@ def _load(question: multimodal_pb2.DocumentQuestion, limits: ImageLimits) -> Ite
 
 
 async def load_questions(
-    request: multimodal_pb2.AnswerDocumentQuestionRequest, limits: ImageLimits
+    request: multimodal_pb2.AnswerDocumentQuestionRequest, limits: ImageLimits, inputs: InputLimits
 ) -> list[Item]:
-    check_count(len(request.questions), "questions", limits)
+    check_count(len(request.questions), "questions", inputs)
     return await asyncio.to_thread(lambda: [_load(q, limits) for q in request.questions])
 
 

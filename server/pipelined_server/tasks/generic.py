@@ -23,10 +23,10 @@ from .text_inputs import check_count, check_text
 
 def _check_sizes(value: Any, config: ServerConfig, where: str = "inputs") -> None:
     if isinstance(value, str):
-        check_text(value, config.inputs, where)
+        check_text(value, config.limits, where)
     elif isinstance(value, list):
         if where == "inputs":
-            check_count(len(value), config.inputs)
+            check_count(len(value), config.limits)
         for i, item in enumerate(value):
             _check_sizes(item, config, f"{where}[{i}]")
     elif isinstance(value, dict):

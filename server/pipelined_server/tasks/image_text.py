@@ -16,6 +16,7 @@ from typing import Any
 
 from pipelined.v1 import common_pb2, multimodal_pb2
 
+from ..config import InputLimits
 from ..errors import InvalidInput
 from ..images import ImageLimits
 from ..loading import run_batch
@@ -78,13 +79,16 @@ def _count_images(prompt: multimodal_pb2.ImageTextPrompt) -> int:
 
 
 async def load_prompts(
-    prompts: list[multimodal_pb2.ImageTextPrompt], kwargs: dict[str, Any], limits: ImageLimits
+    prompts: list[multimodal_pb2.ImageTextPrompt],
+    kwargs: dict[str, Any],
+    limits: ImageLimits,
+    inputs: InputLimits,
 ) -> list[Item]:
     images = sum(_count_images(p) for p in prompts)
-    if images > limits.max_inputs_per_request:
+    if images > inputs.max_inputs_per_request:
         raise InvalidInput(
-            f"the request has {images} images; this server accepts at most {limits.max_inputs_per_request} "
-            "per request (images.max_inputs_per_request)"
+            f"the request has {images} images; this server accepts at most {inputs.max_inputs_per_request} "
+            "per request (limits.max_inputs_per_request)"
         )
     loaded = await asyncio.to_thread(lambda: [_load_prompt(p, limits) for p in prompts])
     sampling = bool(kwargs.get("generate_kwargs", {}).get("do_sample"))

@@ -16,10 +16,10 @@ from ..registry import ModelInstance
 def check_count(count: int, limits: InputLimits) -> None:
     if count == 0:
         raise InvalidInput("inputs is empty: send at least one input")
-    if count > limits.max_batch_inputs:
+    if count > limits.max_inputs_per_request:
         raise InvalidInput(
-            f"{count} inputs in one request; the server accepts at most {limits.max_batch_inputs} "
-            "(inputs.max_batch_inputs): split the batch into several requests"
+            f"{count} inputs in one request; the server accepts at most {limits.max_inputs_per_request} "
+            "(limits.max_inputs_per_request): split the batch into several requests"
         )
 
 
@@ -27,7 +27,7 @@ def check_text(text: str, limits: InputLimits, where: str) -> None:
     if len(text) > limits.max_text_chars:
         raise InvalidInput(
             f"{where} has {len(text)} characters; the server accepts at most {limits.max_text_chars} "
-            "per input (inputs.max_text_chars)"
+            "per input (limits.max_text_chars)"
         )
 
 
