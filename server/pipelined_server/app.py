@@ -118,6 +118,9 @@ class App:
     health: health.aio.HealthServicer
     tokens: TokenStore | None = None
     port: int = 0
+    # The plaintext health-only server (`health_port`), when configured.
+    health_server: grpc.aio.Server | None = None
+    health_port: int = 0
     _load_task: asyncio.Task[None] | None = None
     _health_tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -177,9 +180,23 @@ class App:
         for name in self.state.registry.instances:
             await self.health.set(name, NOT_SERVING)
         await self.server.start()
+        if self.config.health_port is not None:
+            await self._start_health_server()
         self._load_task = asyncio.get_running_loop().create_task(self.state.registry.load_all())
         log.info("listening on %s:%d", self.config.host, self.port)
         return self.port
+
+    async def _start_health_server(self) -> None:
+        """grpc.health.v1 alone, in plaintext, on its own port: Kubernetes' native gRPC probes speak no
+        TLS, and the health status is no secret (the same servicer answers on the main port)."""
+        self.health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+        address = f"{self.config.host}:{self.config.health_port}"
+        self.health_port = self.health_server.add_insecure_port(address)
+        if self.health_port == 0:
+            raise OSError(f"cannot bind {address}")
+        await self.health_server.start()
+        log.info("health checks in plaintext on %s:%d", self.config.host, self.health_port)
 
     async def wait_loaded(self) -> None:
         if self._load_task is not None:
@@ -196,4 +213,6 @@ class App:
         except TimeoutError:
             log.warning("%d calls still running after %.1f s grace; stopping", self.state.inflight, grace)
         await self.server.stop(0)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         await self.state.registry.close()

@@ -256,6 +256,9 @@ class ServerConfig(Section):
     metrics_port: Int = Field(default=DEFAULT_METRICS_PORT, ge=0, le=65535)
     # Seconds calls in flight get to finish after SIGTERM.
     grace_period_s: Float = Field(default=20.0, ge=0)
+    # grpc.health.v1 alone, in plaintext, on this port too (0 picks a free one; unset: none), for
+    # Kubernetes' native gRPC probes when the main port is TLS.
+    health_port: Int | None = Field(default=None, ge=0, le=65535)
     # Largest gRPC message accepted, in bytes.
     max_message_bytes: Int = Field(default=64 * 1024 * 1024, gt=0)
     # torch intra-op threads; on small shared CPUs more threads than cores is much slower.

@@ -23,7 +23,7 @@ from harness import ServerProcess, ServerThread
 from paths import REPO
 from pipelined import Client
 from pipelined import aio as pipelined_aio
-from pipelined.errors import PermissionDenied, Unauthenticated, Unavailable
+from pipelined.errors import PermissionDenied, Unauthenticated, Unavailable, Unimplemented
 from pipelined.v1 import models_pb2, models_pb2_grpc, text_pb2, text_pb2_grpc
 from pipelined_server.config import AuthConfig, ModelSpec, ServerConfig, TLSConfig
 from tiny_text_models import build_tiny_bert
@@ -77,7 +77,9 @@ def mtls_server(pki: Pki, model_dir: Path) -> Iterator[ServerThread]:
     """Mutual TLS: a client certificate signed by the test CA is required; no tokens."""
     tls = TLSConfig(cert_file=str(pki.server_cert), key_file=str(pki.server_key), client_ca_file=str(pki.ca))
     server = ServerThread(
-        ServerConfig(host="127.0.0.1", port=0, metrics_port=0, tls=tls, models=_specs(model_dir))
+        ServerConfig(
+            host="127.0.0.1", port=0, metrics_port=0, health_port=0, tls=tls, models=_specs(model_dir)
+        )
     )
     yield server
     server.stop()
@@ -132,6 +134,15 @@ def test_mtls_refuses_a_certificate_from_another_ca(mtls_server: ServerThread, p
     )
     with client, pytest.raises(Unavailable):
         client.models()
+
+
+def test_probes_use_the_plaintext_health_port(mtls_server: ServerThread) -> None:
+    """Kubernetes' gRPC probes speak no TLS: health alone answers in plaintext on `health_port`."""
+    with Client(f"127.0.0.1:{mtls_server.app.health_port}", timeout=30) as probe:
+        assert probe.health() == "SERVING"
+        assert probe.health("tiny-a") == "SERVING"
+        with pytest.raises(Unimplemented):
+            probe.models()
 
 
 # ---- tokens
