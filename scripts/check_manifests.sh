@@ -39,4 +39,18 @@ YAML
   grep -q '^kind: ServiceMonitor' "$out/$name-sm.yaml" || { echo "no ServiceMonitor rendered" >&2; exit 1; }
   grep -q 'port: metrics' "$out/$name-sm.yaml" || { echo "ServiceMonitor names no metrics port" >&2; exit 1; }
   echo "ok: overlay $name + components/servicemonitor renders (CRD, not schema-validated)"
+  # The same overlay with TLS and tokens (components/security): built-in kinds only, validated strictly.
+  secure="$out/with-security-$name"
+  mkdir -p "$secure"
+  rel_overlay="$(realpath --relative-to="$secure" "$overlay")"
+  rel_security="$(realpath --relative-to="$secure" "$k8s/components/security")"
+  cat > "$secure/kustomization.yaml" <<YAML
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources: [$rel_overlay]
+components: [$rel_security]
+YAML
+  render "$secure" > "$out/$name-security.yaml"
+  "$VALIDATE" --strict --quiet -k "$K8S_VERSION" "$out/$name-security.yaml"
+  echo "ok: overlay $name + components/security (Kubernetes $K8S_VERSION, strict)"
 done
