@@ -40,6 +40,7 @@ KEEPALIVE_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
+MAX_MESSAGE_BYTES = dict(CHANNEL_OPTIONS)["grpc.max_send_message_length"]
 RETRY_POLICY = {
     # The first attempt and up to four retries, 0.1 s, 0.2 s, 0.4 s, 0.8 s apart (each +-20 % jitter by
     # gRPC), capped at 2 s: a replica that died is out of the round-robin in well under that.
@@ -86,6 +87,10 @@ def channel_options() -> list[tuple[str, Any]]:
         # The service config above is the one used: none is taken from DNS TXT records.
         ("grpc.service_config_disable_resolution", 1),
         ("grpc.enable_retries", 1),
+        # A request larger than the retry buffer is committed when sent, so never retried: gRPC's
+        # default (256 KiB) would leave most audio uploads without retries. The buffer references the
+        # serialized request the call holds anyway; it is released when the response starts.
+        ("grpc.per_rpc_retry_buffer_size", MAX_MESSAGE_BYTES),
     ]
 
 

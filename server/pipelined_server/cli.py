@@ -33,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--replicas", type=int, default=None, help="--model: pipelines sharing its weights, one thread each"
     )
+    parser.add_argument(
+        "--health-port", type=int, help="also serve grpc.health.v1 alone in plaintext here (TLS + probes)"
+    )
     parser.add_argument("--tls-cert", help="PEM certificate chain: serve TLS (with --tls-key)")
     parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
     parser.add_argument("--tls-client-ca", help="PEM CA: require client certificates it signed (mutual TLS)")
@@ -53,6 +56,7 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str] | None = N
         "port": args.port,
         "metrics_port": args.metrics_port,
         "torch_threads": args.torch_threads,
+        "health_port": args.health_port,
     }
     if args.model:
         overrides["models"] = [_single_model(args)]

@@ -45,10 +45,17 @@ def test_round_robin_over_three_servers_survives_a_sigkill(servers: list[ServerP
     done: list[int] = [0] * SENDERS
     errors: list[BaseException] = []
 
+    # One sender's requests are larger than gRPC's default retry buffer (256 KiB), which would commit
+    # them when sent and leave them without retries.
+    large = ["x" * 60_000] * 5
+
     def send(i: int) -> None:
         while not stop.is_set():
             try:
-                assert classify("steady traffic")[0]["label"]
+                if i == 0:
+                    assert len(classify(large)) == len(large)
+                else:
+                    assert classify("steady traffic")[0]["label"]
                 done[i] += 1
             except BaseException as error:  # every failure counts, whatever it is
                 errors.append(error)
