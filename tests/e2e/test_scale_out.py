@@ -98,7 +98,10 @@ def test_round_robin_over_three_servers_survives_a_sigkill(servers: list[ServerP
 
 
 def test_the_service_config_retries_only_unary_calls() -> None:
-    from pipelined._channel import unary_methods
+    from pipelined._channel import MAX_MESSAGE_BYTES, channel_options, unary_methods
+
+    # Requests up to the message limit stay retryable (gRPC's default buffer is 256 KiB).
+    assert dict(channel_options())["grpc.per_rpc_retry_buffer_size"] >= MAX_MESSAGE_BYTES
 
     names = {(m["service"], m["method"]) for m in unary_methods()}
     assert ("pipelined.v1.TextService", "ClassifyText") in names
