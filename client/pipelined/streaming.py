@@ -399,6 +399,18 @@ class ReplayBuffer:
                 self._kept_bytes -= len(self._kept.pop(0)[1])
 
 
+def resumed_results(
+    response: speech_pb2.StreamingRecognizeResponse, replay: ReplayBuffer, offset_s: float
+) -> list[StreamingResult]:
+    """The results of one response of a stream that started `offset_s` into the audio, in whole-stream
+    times; its finals release the audio they cover from the replay buffer."""
+    out = [shifted(result, offset_s) for result in results(response)]
+    for result in out:
+        if result.is_final and result.end is not None:
+            replay.committed(result.end)
+    return out
+
+
 def shifted(result: StreamingResult, offset_s: float) -> StreamingResult:
     """A result of a resumed stream with its times counted from the start of the whole stream."""
     if not offset_s:

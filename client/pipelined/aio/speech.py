@@ -66,10 +66,7 @@ class AsyncSpeechRecognitionPipeline(AsyncPipeline):
                 async for response in _transport.astream(
                     client.speech.StreamingRecognize(requests(), timeout=deadline_s)
                 ):
-                    for result in streaming.results(response):
-                        result = streaming.shifted(result, offset)
-                        if result.is_final and result.end is not None:
-                            replay.committed(result.end)
+                    for result in streaming.resumed_results(response, replay, offset):
                         yield result
                 return
             except Unavailable as error:

@@ -95,11 +95,7 @@ class SpeechRecognitionPipeline(RemotePipeline):
             )
             try:
                 for response in _transport.stream(responses):
-                    for result in streaming.results(response):
-                        result = streaming.shifted(result, offset)
-                        if result.is_final and result.end is not None:
-                            replay.committed(result.end)
-                        yield result
+                    yield from streaming.resumed_results(response, replay, offset)
                 return
             except Unavailable as error:
                 if attempt == reconnect:
