@@ -97,11 +97,13 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if app.tokens is not None:
-        loop.add_signal_handler(signal.SIGHUP, app.tokens.reload)
+    # SIGHUP re-reads the tokens; without tokens it is ignored rather than ending the server (its default).
+    tokens = app.tokens
+    log = logging.getLogger(__name__)
+    loop.add_signal_handler(signal.SIGHUP, tokens.reload if tokens else lambda: log.info("SIGHUP: no tokens"))
     print(f"pipelined-server listening on {config.host}:{app.port}", flush=True)
     await stop.wait()
-    logging.getLogger(__name__).info("draining (grace %.0f s)", config.grace_period_s)
+    log.info("draining (grace %.0f s)", config.grace_period_s)
     await app.drain()
 
 
