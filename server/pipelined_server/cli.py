@@ -15,6 +15,7 @@ from typing import Any
 from . import logs
 from .config import DEFAULT_PORT, ServerConfig, check_devices, check_files, resolve_config
 from .errors import ConfigError
+from .workers import Supervisor, is_worker, resolve_workers, watch_parent
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--torch-threads", type=int, help="torch intra-op threads (default 1)")
     parser.add_argument(
         "--replicas", type=int, default=None, help="--model: pipelines sharing its weights, one thread each"
+    )
+    parser.add_argument(
+        "--workers", help="server processes on the port: 'auto' (one per core for CPU models) or a count"
     )
     parser.add_argument(
         "--health-port", type=int, help="also serve grpc.health.v1 alone in plaintext here (TLS + probes)"
@@ -57,6 +61,7 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str] | None = N
         "metrics_port": args.metrics_port,
         "torch_threads": args.torch_threads,
         "health_port": args.health_port,
+        "workers": args.workers if args.workers in (None, "auto") else _count(args.workers),
     }
     if args.model:
         overrides["models"] = [_single_model(args)]
@@ -66,6 +71,11 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str] | None = N
     overrides["logging"] = {"format": args.log_format} if args.log_format else None
     overrides = {k: v for k, v in overrides.items() if v is not None}
     return resolve_config(args.config, os.environ if environ is None else environ, overrides)
+
+
+def _count(value: str) -> int | str:
+    """A flag's number, or the text as given so that validation names it."""
+    return int(value) if value.isdigit() else value
 
 
 def _single_model(args: argparse.Namespace) -> dict[str, Any]:
@@ -97,12 +107,17 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    # SIGHUP re-reads the tokens; without tokens it is ignored rather than ending the server (its default).
+    # SIGHUP re-reads the tokens (the supervisor of several workers passes it on); without tokens it is
+    # ignored rather than ending the server (its default action).
     tokens = app.tokens
     log = logging.getLogger(__name__)
     loop.add_signal_handler(signal.SIGHUP, tokens.reload if tokens else lambda: log.info("SIGHUP: no tokens"))
+    # The task is held here: the loop keeps only weak references.
+    parent_watch = loop.create_task(watch_parent(stop)) if is_worker() else None
     print(f"pipelined-server listening on {config.host}:{app.port}", flush=True)
     await stop.wait()
+    if parent_watch is not None:
+        parent_watch.cancel()
     log.info("draining (grace %.0f s)", config.grace_period_s)
     await app.drain()
 
@@ -117,6 +132,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"pipelined-server: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
     logs.setup(args.log_level, config.logging.format, access_log=config.logging.access_log)
+    count = 1 if is_worker() else resolve_workers(config)
+    if count > 1:
+        raise SystemExit(Supervisor(config, sys.argv[1:] if argv is None else argv, count).run())
     asyncio.run(serve(config))
     # A model still loading holds a worker thread that would block interpreter exit; the drain is done.
     sys.stdout.flush()

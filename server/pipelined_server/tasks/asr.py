@@ -1,4 +1,5 @@
-"""automatic-speech-recognition: RecognitionConfig -> pipeline arguments, pipeline output -> protos.
+"""automatic-speech-recognition: RecognitionConfig (what every recognition shares) and ClipRecognitionConfig
+(what only a whole-clip Recognize adds) -> pipeline arguments, pipeline output -> protos.
 
 Batching rules live here because only this adapter knows which inputs a batch would change:
 - Whisper pads every window to 30 s, so short clips of any length batch together safely;
@@ -10,15 +11,18 @@ Batching rules live here because only this adapter knows which inputs a batch wo
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from pipelined.v1 import speech_pb2
 
+from ..config import ServerConfig
 from ..errors import InvalidInput
 from ..registry import ModelInstance
+from .adapter import Adapter, Item
+from .audio_input import decode_audio_input
 from .decoding import decoding_kwargs
 from .durations import to_duration, to_seconds
 
@@ -52,7 +56,7 @@ def model_kind(instance: ModelInstance) -> str:
 
 
 def call_kwargs(config: speech_pb2.RecognitionConfig, kind: str) -> dict[str, Any]:
-    """Pipeline call arguments for a config, rejecting what this kind of model cannot do."""
+    """Pipeline call arguments of the shared config, rejecting what this kind of model cannot do."""
     kwargs: dict[str, Any] = {}
     generate: dict[str, Any] = {}
     is_whisper = kind == WHISPER
@@ -83,9 +87,14 @@ def call_kwargs(config: speech_pb2.RecognitionConfig, kind: str) -> dict[str, An
         if kind == "seq2seq":
             raise InvalidInput("this sequence-to-sequence model cannot return timestamps")
         kwargs["return_timestamps"] = timestamps
+    return kwargs
 
-    chunk_s = to_seconds(config.chunk_length) if config.HasField("chunk_length") else 0.0
-    stride_s = to_seconds(config.stride_length) if config.HasField("stride_length") else None
+
+def clip_kwargs(clip: speech_pb2.ClipRecognitionConfig, kind: str) -> dict[str, Any]:
+    """Recognize: the shared arguments plus the pipeline's chunking, batching and language report."""
+    kwargs = call_kwargs(clip.config, kind)
+    chunk_s = to_seconds(clip.chunk_length) if clip.HasField("chunk_length") else 0.0
+    stride_s = to_seconds(clip.stride_length) if clip.HasField("stride_length") else None
     if chunk_s < 0 or (stride_s is not None and stride_s < 0):
         raise InvalidInput("chunk_length and stride_length must not be negative")
     if chunk_s > 0:
@@ -98,12 +107,12 @@ def call_kwargs(config: speech_pb2.RecognitionConfig, kind: str) -> dict[str, An
             kwargs["stride_length_s"] = stride_s
     elif stride_s:
         raise InvalidInput("stride_length needs chunk_length")
-    if config.batch_size < 0:
-        raise InvalidInput(f"batch_size must be >= 0, got {config.batch_size}")
-    if config.batch_size:
-        kwargs["batch_size"] = config.batch_size
-    if config.return_language:
-        if not is_whisper:
+    if clip.batch_size < 0:
+        raise InvalidInput(f"batch_size must be >= 0, got {clip.batch_size}")
+    if clip.batch_size:
+        kwargs["batch_size"] = clip.batch_size
+    if clip.return_language:
+        if kind != WHISPER:
             raise InvalidInput("return_language needs a Whisper model")
         kwargs["return_language"] = True
     return kwargs
@@ -149,12 +158,39 @@ def response_from_output(
     )
 
 
-async def recognize(
-    instance: ModelInstance, samples: np.ndarray, kwargs: dict[str, Any], timeout: float | None
-) -> Any:
-    """One pipeline result through the model's scheduler."""
-    assert instance.scheduler is not None
-    call = plan(kwargs, model_kind(instance), samples, instance.sampling_rate)
-    return await instance.scheduler.submit(
-        samples, call.kwargs, key=call.key, batchable=call.batchable, timeout=timeout
-    )
+class Recognition(Adapter[speech_pb2.RecognizeRequest, speech_pb2.RecognizeResponse]):
+    """Recognize: one clip, one pipeline result."""
+
+    task = TASK
+
+    def model_of(self, request: speech_pb2.RecognizeRequest) -> str:
+        return request.config.config.model
+
+    def arguments(
+        self, request: speech_pb2.RecognizeRequest, instance: ModelInstance, config: ServerConfig
+    ) -> dict[str, Any]:
+        return clip_kwargs(request.config, model_kind(instance))
+
+    def items(
+        self,
+        request: speech_pb2.RecognizeRequest,
+        instance: ModelInstance,
+        config: ServerConfig,
+        kwargs: dict[str, Any],
+    ) -> list[Item]:
+        samples = decode_audio_input(request.audio, instance.sampling_rate, config.audio)
+        call = plan(kwargs, model_kind(instance), samples, instance.sampling_rate)
+        return [Item(samples, key=call.key, batchable=call.batchable, kwargs=call.kwargs)]
+
+    def response(
+        self,
+        request: speech_pb2.RecognizeRequest,
+        instance: ModelInstance,
+        kwargs: dict[str, Any],
+        items: Sequence[Item],
+        outputs: list[Any],
+    ) -> speech_pb2.RecognizeResponse:
+        return response_from_output(outputs[0], instance.name, kwargs)
+
+
+ADAPTER = Recognition()
