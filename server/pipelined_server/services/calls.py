@@ -57,6 +57,10 @@ class CallInfo:
     method: str
     task: str
     request_id: str = ""
+    # Who called: read when the call starts (a handler ended by the caller's cancellation may be closed
+    # after gRPC freed the call, when asking the context would crash the process).
+    peer: str = ""
+    principal: str = ""
     _model: str = field(default="", repr=False)
 
     @property
@@ -91,13 +95,7 @@ async def _abort(
     await context.abort(code, message, trailing_metadata=trailers)
 
 
-def _record(
-    state: ServerState,
-    info: CallInfo,
-    context: grpc.aio.ServicerContext,
-    code: grpc.StatusCode,
-    started: float,
-) -> None:
+def _record(state: ServerState, info: CallInfo, code: grpc.StatusCode, started: float) -> None:
     """Metrics (labels only from served models and tasks) and the access log line of a finished call."""
     latency = time.monotonic() - started
     metrics = state.metrics
@@ -109,15 +107,16 @@ def _record(
         model=labels[0] if info.model else "",
         code=code,
         latency_s=latency,
-        peer=context.peer(),
+        peer=info.peer,
         request_id=info.request_id,
-        principal=security.principal(),
+        principal=info.principal,
     )
 
 
 def _start(context: grpc.aio.ServicerContext, method: str, task: str) -> CallInfo:
     """The call's labels and request id; the id goes back in the trailing metadata, errors included."""
-    info = CallInfo(method, task, logs.request_id(context.invocation_metadata()))
+    request_id = logs.request_id(context.invocation_metadata())
+    info = CallInfo(method, task, request_id, context.peer(), security.principal())
     context.set_trailing_metadata(((logs.REQUEST_ID_KEY, info.request_id),))
     return info
 
@@ -125,8 +124,8 @@ def _start(context: grpc.aio.ServicerContext, method: str, task: str) -> CallInf
 class _Tracked:
     """Counts a call in flight and records its outcome."""
 
-    def __init__(self, state: ServerState, info: CallInfo, context: grpc.aio.ServicerContext) -> None:
-        self.state, self.info, self.context = state, info, context
+    def __init__(self, state: ServerState, info: CallInfo) -> None:
+        self.state, self.info = state, info
         self.started = time.monotonic()
 
     def __enter__(self) -> _Tracked:
@@ -135,7 +134,7 @@ class _Tracked:
         return self
 
     def finish(self, code: grpc.StatusCode) -> None:
-        _record(self.state, self.info, self.context, code, self.started)
+        _record(self.state, self.info, code, self.started)
 
     def __exit__(self, *exc: object) -> None:
         self.state.inflight -= 1
@@ -145,7 +144,7 @@ class _Tracked:
 
 async def _refuse_if_draining(state: ServerState, context: grpc.aio.ServicerContext, info: CallInfo) -> None:
     if state.draining:
-        _record(state, info, context, grpc.StatusCode.UNAVAILABLE, time.monotonic())
+        _record(state, info, grpc.StatusCode.UNAVAILABLE, time.monotonic())
         await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another instance")
 
 
@@ -169,7 +168,7 @@ def rpc(task: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 state: ServerState = self.state
                 info = _start(context, method.__name__, task)
                 await _refuse_if_draining(state, context, info)
-                with _Tracked(state, info, context) as tracked:
+                with _Tracked(state, info) as tracked:
                     try:
                         async for response in method(self, request, context, info):
                             yield response
@@ -189,7 +188,7 @@ def rpc(task: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             state: ServerState = self.state
             info = _start(context, method.__name__, task)
             await _refuse_if_draining(state, context, info)
-            with _Tracked(state, info, context) as tracked:
+            with _Tracked(state, info) as tracked:
                 try:
                     response = await method(self, request, context, info)
                 except asyncio.CancelledError:
