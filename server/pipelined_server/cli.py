@@ -20,7 +20,12 @@ from .workers import Supervisor, is_worker, resolve_workers, watch_parent
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="pipelined-server", description="Serve transformers pipelines over gRPC."
+        prog="pipelined-server",
+        description="Serve transformers pipelines over gRPC.",
+        epilog="PIPELINED_<KEY> environment variables override the config file and flags override both; "
+        "`__` separates nested keys and list indexes (PIPELINED_PORT=6000, "
+        "PIPELINED_LIMITS__MAX_INPUTS_PER_REQUEST=32, PIPELINED_MODELS__0__REPLICAS=2). "
+        "A bad config exits with status 2 and names the key.",
     )
     parser.add_argument("--config", type=Path, help="YAML or TOML file naming the models to serve")
     parser.add_argument("--host", help="address to bind (default [::])")
@@ -28,7 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--metrics-port", type=int, help="Prometheus port (default 9464; 0 disables)")
     parser.add_argument("--model", help="serve one model without a file: embedded name, local dir or Hub id")
     parser.add_argument("--task", help="pipeline task of --model (required unless it is embedded)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto (device_map='auto')")
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:N, mps, xpu[:N] or auto (device_map='auto')"
+    )
     parser.add_argument("--dtype", default=None, help="auto, float32, float16, bfloat16 or int8")
     parser.add_argument("--torch-threads", type=int, help="torch intra-op threads (default 1)")
     parser.add_argument(
