@@ -237,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--timeout", type=float, default=argparse.SUPPRESS, help="deadline per call, in seconds"
         )
         for flag, text in (*CONNECTION_FLAGS, ("--token", "bearer token")):
-            each.add_argument(flag, default=argparse.SUPPRESS, help=text)
+            if flag not in each._option_string_actions:  # `demo` declares --ca-file and --token itself
+                each.add_argument(flag, default=argparse.SUPPRESS, help=text)
         each.add_argument("--tls", action="store_true", default=argparse.SUPPRESS, help="TLS, system roots")
     return parser
 
