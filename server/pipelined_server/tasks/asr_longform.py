@@ -19,12 +19,23 @@ from typing import Any
 import numpy as np
 from pipelined.v1 import speech_pb2
 
+from ..errors import DeadlineExpired
 from ..registry import ModelInstance
 from .asr import WHISPER, WHISPER_WINDOW_S, chunk_to_proto, model_kind
 from .durations import to_duration
 
 # Remaining seconds of the caller's deadline, asked afresh before each window.
 Timeout = Callable[[], float | None]
+
+
+def _before_window(timeout: Timeout) -> float | None:
+    """The deadline left for the next window; none left ends the stream here, between windows (a caller
+    that cancels ends it too: the window it waits on stops at its next token, batching/abandon.py)."""
+    remaining = timeout()
+    if remaining is not None and remaining <= 0:
+        raise DeadlineExpired("deadline passed between windows; the segments so far were sent")
+    return remaining
+
 
 _CUT_SEARCH_S = 5.0
 _CUT_FRAME_S = 0.1
@@ -127,14 +138,17 @@ async def _whisper_segments(
         piece = samples[seek : seek + window]
         is_last = seek + window >= len(samples)
         output = await instance.scheduler.submit(
-            piece, {"return_timestamps": True, **generate}, key="whisper", timeout=timeout()
+            piece, {"return_timestamps": True, **generate}, key="whisper", timeout=_before_window(timeout)
         )
         commit = commit_window(output.get("chunks") or [], len(piece) / rate, is_last)
         words: list[dict[str, Any]] = []
         if want_words and commit.segments:
             committed = piece[: int(round(commit.advance_s * rate))]
             word_output = await instance.scheduler.submit(
-                committed, {"return_timestamps": "word", **generate}, key="whisper", timeout=timeout()
+                committed,
+                {"return_timestamps": "word", **generate},
+                key="whisper",
+                timeout=_before_window(timeout),
             )
             words = word_output.get("chunks") or []
         offset_s = seek / rate
@@ -158,7 +172,9 @@ async def _windowed_segments(
     while start < len(samples):
         end = quiet_cut(samples, start, int(WHISPER_WINDOW_S * rate), rate)
         piece = samples[start:end]
-        output = await instance.scheduler.submit(piece, call, key=("samples", len(piece)), timeout=timeout())
+        output = await instance.scheduler.submit(
+            piece, call, key=("samples", len(piece)), timeout=_before_window(timeout)
+        )
         text = output.get("text", "")
         if text.strip():
             segment = {"text": text, "timestamp": (0.0, len(piece) / rate)}
