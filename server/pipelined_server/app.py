@@ -30,6 +30,7 @@ from pipelined.v1 import (
 
 from . import logs
 from .config import GrpcOptions, ServerConfig
+from .memory_budgets import check_budgets
 from .metrics import Metrics
 from .registry import Registry
 from .security import AuthInterceptor, TokenStore, server_credentials
@@ -168,7 +169,9 @@ class App:
         await self.health.set("", SERVING if overall else NOT_SERVING)
 
     async def start(self) -> int:
-        """Binds the port (0 picks a free one), starts serving health at once and loads models behind it."""
+        """Refuses a config whose models cannot fit their declared memory budgets (ConfigError), then binds
+        the port (0 picks a free one), starts serving health at once and loads models behind it."""
+        await asyncio.to_thread(check_budgets, self.config.models)
         address = f"{self.config.host}:{self.config.port}"
         if self.config.tls.enabled:
             self.port = self.server.add_secure_port(address, server_credentials(self.config.tls))

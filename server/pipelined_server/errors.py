@@ -10,9 +10,11 @@ class PipelinedError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # When a retry may succeed: sent as the `retry-after-ms` trailing metadata (clients read it).
+        self.retry_after_s = retry_after_s
 
 
 class InvalidInput(PipelinedError):
@@ -41,9 +43,12 @@ class QueueFull(PipelinedError):
     """A queue or a slot pool is full now: worth retrying shortly, on this replica or another."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    # The server's retry hint (`grpc-retry-pushback-ms`, honoured by the SDK's retry policy); any other
-    # RESOURCE_EXHAUSTED (a request over a per-request budget) says "do not retry".
-    retry_after_s: float = 0.5
+
+
+class OutOfRange(PipelinedError):
+    """A stream went past a configured length (e.g. streaming.max_stream_duration_s)."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
 
 
 class DeadlineExpired(PipelinedError):

@@ -27,6 +27,8 @@ from ..metrics import Metrics
 from ..registry import Registry
 
 log = logging.getLogger(__name__)
+# The pause a full queue asks for when it names none.
+QUEUE_FULL_RETRY_S = 0.5
 
 
 @dataclass
@@ -90,12 +92,18 @@ def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 async def _abort(
     context: grpc.aio.ServicerContext, info: CallInfo, exc: BaseException, code: grpc.StatusCode, message: str
 ) -> None:
-    """Ends the call with the status of `exc`. RESOURCE_EXHAUSTED carries gRPC's retry hint: a full
-    queue asks to be retried after a pause, a request over a budget (negative hint) not at all."""
+    """Ends the call with the status of `exc`, the request id and the error's retry hint: `retry-after-ms`
+    for any client, and for RESOURCE_EXHAUSTED gRPC's own `grpc-retry-pushback-ms`, which the SDK's retry
+    policy honours: a full queue asks to be retried after a pause, a request over a budget (negative
+    hint) not at all."""
     trailers: tuple[tuple[str, str], ...] = ((logs.REQUEST_ID_KEY, info.request_id),)
+    retry = getattr(exc, "retry_after_s", None)
+    if retry is None and isinstance(exc, QueueFull):
+        retry = QUEUE_FULL_RETRY_S
+    if retry is not None:
+        trailers += (("retry-after-ms", str(round(retry * 1000))),)
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        pushback = int(exc.retry_after_s * 1000) if isinstance(exc, QueueFull) else -1
-        trailers += (("grpc-retry-pushback-ms", str(pushback)),)
+        trailers += (("grpc-retry-pushback-ms", str(round(retry * 1000)) if retry is not None else "-1"),)
     await context.abort(code, message, trailing_metadata=trailers)
 
 
