@@ -16,8 +16,10 @@ import av
 import numpy as np
 import soundfile as sf
 import soxr
+from pydantic import Field, model_validator
 
 from pipelined_server.errors import InvalidInput
+from pipelined_server.sections import Float, Int, Section, invalid
 
 __all__ = [
     "RAW_ENCODINGS",
@@ -50,22 +52,24 @@ _SOUNDFILE_FORMATS: Final = "WAV, FLAC, AIFF, OGG Vorbis/Opus, MP3, CAF, W64, ..
 _PYAV_FORMATS: Final = "any FFmpeg demuxer and decoder: MP4/M4A AAC, WebM/Matroska, Opus, WMA, AC-3, ..."
 
 
-@dataclass(frozen=True)
-class AudioLimits:
+class AudioLimits(Section):
     """Bounds on what one request may send; the defaults suit hours-long speech at studio rates."""
 
-    max_payload_bytes: int = 64 * 1024 * 1024
-    max_duration_s: float = 3 * 60 * 60
-    min_sample_rate_hertz: int = 4000
-    max_sample_rate_hertz: int = 192_000
-    max_channels: int = 8
+    max_payload_bytes: Int = Field(default=64 * 1024 * 1024, gt=0)
+    max_duration_s: Float = Field(default=3 * 60 * 60, gt=0)
+    min_sample_rate_hertz: Int = Field(default=4000, gt=0)
+    max_sample_rate_hertz: Int = Field(default=192_000, gt=0)
+    max_channels: Int = Field(default=8, gt=0)
 
-    def __post_init__(self) -> None:
-        """Reject limits that could never admit any audio, so a bad config fails at start-up."""
-        if self.max_payload_bytes <= 0 or self.max_duration_s <= 0 or self.max_channels <= 0:
-            raise ValueError(f"audio limits must be positive: {self}")
-        if not 0 < self.min_sample_rate_hertz <= self.max_sample_rate_hertz:
-            raise ValueError(f"audio limits need 0 < min_sample_rate_hertz <= max_sample_rate_hertz: {self}")
+    @model_validator(mode="after")
+    def _admits_some_rate(self) -> AudioLimits:
+        """Reject a rate range that could never admit any audio, so a bad config fails at start-up."""
+        if self.min_sample_rate_hertz > self.max_sample_rate_hertz:
+            raise invalid(
+                "min_sample_rate_hertz",
+                f"{self.min_sample_rate_hertz} is above max_sample_rate_hertz ({self.max_sample_rate_hertz})",
+            )
+        return self
 
 
 DEFAULT_LIMITS: Final = AudioLimits()

@@ -8,10 +8,11 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import replace
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from .config import DEFAULT_PORT, ModelSpec, ServerConfig, default_config, embedded_spec, load_config
+from .config import DEFAULT_PORT, ServerConfig, check_devices, resolve_config
 from .errors import ConfigError
 
 
@@ -35,31 +36,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_config(args: argparse.Namespace) -> ServerConfig:
-    config = load_config(args.config) if args.config else default_config()
-    if args.model:
-        spec = _single_model(args)
-        config = replace(config, models=(spec,))
-    overrides = {
+def build_config(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """The file (or the defaults), then PIPELINED_ environment variables, then the flags."""
+    overrides: dict[str, Any] = {
         "host": args.host,
         "port": args.port,
         "metrics_port": args.metrics_port,
         "torch_threads": args.torch_threads,
     }
-    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if args.model:
+        overrides["models"] = [_single_model(args)]
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return resolve_config(args.config, os.environ if environ is None else environ, overrides)
 
 
-def _single_model(args: argparse.Namespace) -> ModelSpec:
+def _single_model(args: argparse.Namespace) -> dict[str, Any]:
     from .sources.embedded import EMBEDDED_MODELS
 
     if args.model in EMBEDDED_MODELS:
-        spec = embedded_spec(args.model)
+        model = {"name": args.model, "source": f"embedded:{args.model}"}
     elif not args.task:
         raise ConfigError("--task is required with --model unless the model is embedded")
     else:
-        spec = ModelSpec(name=Path(args.model).name or args.model, task=args.task, source=args.model)
+        model = {"name": Path(args.model).name or args.model, "task": args.task, "source": args.model}
     changes = {"device": args.device, "dtype": args.dtype, "replicas": args.replicas}
-    return replace(spec, default=True, **{k: v for k, v in changes.items() if v is not None})
+    return {**model, "default": True, **{k: v for k, v in changes.items() if v is not None}}
 
 
 async def serve(config: ServerConfig) -> None:
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         config = build_config(args)
+        check_devices(config)
     except ConfigError as exc:
         print(f"pipelined-server: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc

@@ -1,126 +1,224 @@
-"""Server configuration: model specs and limits, loaded from YAML or TOML and validated at start-up.
+"""Server configuration: model specs and limits, from YAML or TOML, `PIPELINED_...` environment variables
+and command-line flags (in that order of precedence, lowest first), validated at start-up.
 
-A bad file fails fast with a ConfigError naming the offending field, so a typo never surfaces as a
-runtime error on the first request.
+Every section is a pydantic model (sections.py): typed fields, unknown keys refused, and a bad value fails
+fast with a ConfigError naming its key path (`models[1].replicas: ...`), so a typo never surfaces as a
+runtime error on the first request. What only the machine can tell (does `cuda:3` exist here?) is checked
+by `check_devices` when the server starts, not when a file is parsed, so that a GPU config can be checked
+on a laptop.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import re
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .audio import AudioLimits
 from .errors import ConfigError
 from .images import ImageLimits
+from .sections import Float, Int, Section, config_error, invalid
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 50051
 DEFAULT_METRICS_PORT = 9464
 DEFAULT_ASR_MODEL = "whisper-tiny.en"
 # Embedded text models served by default when their weight packages are installed.
 DEFAULT_TEXT_MODELS = ("all-minilm-l6-v2", "smollm2-135m-instruct")
+# Environment variables named PIPELINED_<KEY> override the file; `__` separates nested keys and list
+# indexes (PIPELINED_LIMITS__MAX_INPUTS_PER_REQUEST, PIPELINED_MODELS__0__REPLICAS), as in pydantic-settings.
+ENV_PREFIX = "PIPELINED_"
+# PIPELINED_ variables that are not config keys: the model cache, and the client's default target.
+_OTHER_ENV = {"PIPELINED_CACHE_DIR", "PIPELINED_TARGET"}
 
 # pipelined's own per-request options (not transformers arguments) a model may default, per task.
 POOLINGS = ("none", "mean", "cls")
 REQUEST_DEFAULTS: dict[str, dict[str, tuple[type, ...]]] = {
     "feature-extraction": {"pooling": (str,), "normalize": (bool,)},
 }
+DTYPES = ("auto", "float32", "float16", "bfloat16", "int8")
+# Devices transformers places a pipeline on; "auto" means device_map="auto".
+_DEVICE = re.compile(r"cpu|auto|mps|(cuda|xpu)(:\d+)?")
+_DEVICES_HELP = "use cpu, cuda, cuda:N (e.g. cuda:0), mps, xpu, xpu:N, or auto (device_map='auto')"
+# Keys that `limits` replaced: (section, old key, key in limits).
+_RENAMED = (
+    ("inputs", "max_batch_inputs", "max_inputs_per_request"),
+    ("images", "max_inputs_per_request", "max_inputs_per_request"),
+    ("inputs", "max_text_chars", "max_text_chars"),
+)
 
 
-@dataclass(frozen=True)
-class InputLimits:
-    """Size limits of text inputs; requests beyond them answer INVALID_ARGUMENT before any compute."""
+class InputLimits(Section):
+    """What one request may carry (the `limits` section); beyond it a request answers INVALID_ARGUMENT
+    before any compute. Media have their own per-input bounds (`audio`, `images`)."""
 
+    # Inputs in one request, of any kind: texts, images, clips, prompts, questions.
+    max_inputs_per_request: Int = Field(default=256, ge=1)
     # Characters in one text input (a prompt, a chat message, a sentence to embed).
-    max_text_chars: int = 100_000
-    # Inputs in one request (the length of a request's `inputs` list).
-    max_batch_inputs: int = 256
+    max_text_chars: Int = Field(default=100_000, ge=1)
 
 
-@dataclass(frozen=True)
-class BatchingConfig:
+class BatchingConfig(Section):
     """Dynamic batching limits of one model instance."""
 
     # Largest number of requests run through the pipeline in one call.
-    max_batch_size: int = 8
+    max_batch_size: Int = Field(default=8, ge=1)
     # How long the oldest waiting request may wait for others to join its batch.
-    max_queue_delay_ms: float = 5.0
+    max_queue_delay_ms: Float = Field(default=5.0, ge=0)
     # Requests waiting beyond this answer RESOURCE_EXHAUSTED at once, instead of piling up latency.
-    max_queue_size: int = 1024
+    max_queue_size: Int = Field(default=1024, ge=1)
 
 
-@dataclass(frozen=True)
-class StreamingLimits:
+class StreamingLimits(Section):
     """Bounds on live recognition streams (SpeechService.StreamingRecognize)."""
 
     # A stream that sends no message for this long ends with DEADLINE_EXCEEDED, freeing what it held.
-    idle_timeout_s: float = 30.0
+    idle_timeout_s: Float = Field(default=30.0, gt=0)
     # Largest audio message; live audio comes in pieces of a few seconds at most.
-    max_chunk_bytes: int = 1024 * 1024
+    max_chunk_bytes: Int = Field(default=1024 * 1024, gt=0)
     # Streams open at once; one more is refused with RESOURCE_EXHAUSTED.
-    max_streams: int = 64
+    max_streams: Int = Field(default=64, gt=0)
     # The decoded window of a long utterance is trimmed at a committed boundary once it is this long...
     # Short, because every re-decode and the final one generate tokens for the whole window (Whisper's
     # encoder costs the same for any window, padded to 30 s): on a 2-core CPU with whisper-tiny.en, 5 s
     # instead of 15 s cut the one-stream final lag from ~1.7 s to ~1.1 s (bench/asr_streaming.py), and
     # the transcript changed by one word in 250.
-    max_window_s: float = 5.0
+    max_window_s: Float = Field(default=5.0, gt=0)
     # ...and cut by force (its hypothesis made final) at this length, well under Whisper's 30 s window.
-    hard_window_s: float = 25.0
+    hard_window_s: Float = Field(default=25.0, gt=0, le=30.0)
 
-    def __post_init__(self) -> None:
-        """Reject limits no stream could live with, so a bad config fails at start-up."""
-        if self.idle_timeout_s <= 0 or self.max_chunk_bytes <= 0 or self.max_streams <= 0:
-            raise ValueError(f"streaming limits must be positive: {self}")
-        if not 0 < self.max_window_s < self.hard_window_s <= 30.0:
-            raise ValueError(f"streaming limits need 0 < max_window_s < hard_window_s <= 30: {self}")
+    @model_validator(mode="after")
+    def _windows_in_order(self) -> StreamingLimits:
+        if self.max_window_s >= self.hard_window_s:
+            raise invalid(
+                "max_window_s", f"{self.max_window_s} must be below hard_window_s ({self.hard_window_s})"
+            )
+        return self
 
 
-@dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(Section):
     """One served model."""
 
-    name: str
+    name: str = Field(min_length=1)
     task: str
     # "embedded:<name>", a local directory, or a Hub id.
-    source: str
+    source: str = Field(min_length=1)
     # "cpu", "cuda", "cuda:1", "mps", or "auto" for device_map="auto".
     device: str = "cpu"
     # "auto", "float32", "float16", "bfloat16"; "int8" loads 8-bit with bitsandbytes.
     dtype: str = "auto"
-    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    batching: BatchingConfig = BatchingConfig()
     # Pipelines sharing one copy of the weights, each on its own worker thread: on a CPU, one per core
     # (with torch_threads 1) is how concurrent requests use every core.
-    replicas: int = 1
+    replicas: Int = Field(default=1, ge=1)
     # Passed to transformers.pipeline(): they become the defaults of every call (e.g. num_beams).
-    pipeline_kwargs: dict[str, Any] = field(default_factory=dict)
+    pipeline_kwargs: dict[str, Any] = {}
     # Whether requests that name no model for this task go here.
     default: bool = False
     # pipelined's own request options that a request leaves unset (not passed to transformers), e.g.
     # feature-extraction {"pooling": "mean", "normalize": True} for ready-to-use sentence embeddings.
-    request_defaults: dict[str, Any] = field(default_factory=dict)
+    request_defaults: dict[str, Any] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _embedded_defaults(cls, data: Any) -> Any:
+        """An embedded source brings its task and latency-friendly defaults; the file's keys win one by one."""
+        if not isinstance(data, dict) or not str(data.get("source", "")).startswith("embedded:"):
+            return data
+        from .sources.embedded import EMBEDDED_MODELS
+
+        name = str(data["source"]).split(":", 1)[1]
+        if name not in EMBEDDED_MODELS:
+            known = ", ".join(sorted(EMBEDDED_MODELS))
+            raise invalid("source", f"unknown embedded model {name!r}; known: {known}")
+        task, kwargs, request_defaults = _served_defaults(EMBEDDED_MODELS[name].task)
+        data = dict(data)
+        data.setdefault("task", task)
+        given = data.get("pipeline_kwargs")
+        data["pipeline_kwargs"] = {**kwargs, **given} if isinstance(given, dict) else given or kwargs
+        data.setdefault("request_defaults", request_defaults)
+        return data
+
+    @field_validator("task")
+    @classmethod
+    def _pipeline_task(cls, task: str) -> str:
+        from transformers.pipelines import SUPPORTED_TASKS
+
+        if task not in SUPPORTED_TASKS:
+            raise invalid("", f"{task!r} is not a pipeline task of this transformers version")
+        return task
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, device: str) -> str:
+        if not _DEVICE.fullmatch(device):
+            raise invalid("", f"{device!r} is not a device: {_DEVICES_HELP}")
+        return device
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype_name(cls, dtype: str) -> str:
+        if dtype not in DTYPES:
+            raise invalid("", f"{dtype!r}: use {', '.join(DTYPES)}")
+        return dtype
+
+    @model_validator(mode="after")
+    def _request_defaults_of_the_task(self) -> ModelSpec:
+        allowed = REQUEST_DEFAULTS.get(self.task, {})
+        for key, value in self.request_defaults.items():
+            at = f"request_defaults.{key}"
+            if key not in allowed:
+                names = ", ".join(sorted(allowed)) or "none"
+                raise invalid(at, f"not an option of {self.task!r} (allowed: {names})")
+            if not isinstance(value, allowed[key]):
+                raise invalid(at, f"expected {allowed[key][0].__name__}, got {value!r}")
+        pooling = self.request_defaults.get("pooling", "none")
+        if pooling not in POOLINGS:
+            raise invalid("request_defaults.pooling", f"{pooling!r}: use {', '.join(POOLINGS)}")
+        if self.request_defaults.get("normalize") and pooling == "none":
+            raise invalid("request_defaults.normalize", "needs pooling 'mean' or 'cls'")
+        return self
 
 
-@dataclass(frozen=True)
-class ServerConfig:
+class ServerConfig(Section):
     host: str = "[::]"
-    port: int = DEFAULT_PORT
+    port: Int = Field(default=DEFAULT_PORT, ge=0, le=65535)
     # 0 disables the Prometheus endpoint.
-    metrics_port: int = DEFAULT_METRICS_PORT
+    metrics_port: Int = Field(default=DEFAULT_METRICS_PORT, ge=0, le=65535)
     # Seconds calls in flight get to finish after SIGTERM.
-    grace_period_s: float = 20.0
+    grace_period_s: Float = Field(default=20.0, ge=0)
     # Largest gRPC message accepted, in bytes.
-    max_message_bytes: int = 64 * 1024 * 1024
+    max_message_bytes: Int = Field(default=64 * 1024 * 1024, gt=0)
     # torch intra-op threads; on small shared CPUs more threads than cores is much slower.
-    torch_threads: int = 1
-    audio: AudioLimits = field(default_factory=AudioLimits)
-    images: ImageLimits = field(default_factory=ImageLimits)
-    inputs: InputLimits = field(default_factory=InputLimits)
-    streaming: StreamingLimits = field(default_factory=StreamingLimits)
-    models: tuple[ModelSpec, ...] = ()
+    torch_threads: Int = Field(default=1, ge=1)
+    limits: InputLimits = InputLimits()
+    audio: AudioLimits = AudioLimits()
+    images: ImageLimits = ImageLimits()
+    streaming: StreamingLimits = StreamingLimits()
+    models: tuple[ModelSpec, ...]
+
+    @field_validator("models")
+    @classmethod
+    def _some_model(cls, models: tuple[ModelSpec, ...]) -> tuple[ModelSpec, ...]:
+        if not models:
+            raise invalid("", "at least one model is required")
+        return models
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ServerConfig:
+        names = [m.name for m in self.models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise invalid("models", f"duplicate name(s) {', '.join(duplicates)}")
+        return self
 
     def default_model(self, task: str) -> ModelSpec | None:
         candidates = [m for m in self.models if m.task == task]
@@ -130,166 +228,206 @@ class ServerConfig:
         return candidates[0] if candidates else None
 
 
-# Greedy decoding favours latency; a request may still ask for beams.
-_EMBEDDED_ASR_KWARGS: dict[str, Any] = {"num_beams": 1}
+def _served_defaults(task: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Task, pipeline kwargs and request defaults an embedded model of `task` is served with unless the
+    file says otherwise."""
+    if task == "automatic-speech-recognition":
+        return (
+            task,
+            {"num_beams": 1},
+            {},
+        )  # greedy decoding favours latency; a request may still ask for beams
+    if task == "text-generation":
+        return task, {"do_sample": False}, {}
+    if task == "feature-extraction":
+        # Sentence-transformers models are trained for mean pooling and compared by cosine similarity.
+        return task, {}, {"pooling": "mean", "normalize": True}
+    return task, {}, {}
 
 
 def embedded_spec(name: str) -> ModelSpec:
     """Spec of an embedded model served under its own name, with latency-friendly defaults."""
-    from .sources.embedded import EMBEDDED_MODELS
-
-    if name not in EMBEDDED_MODELS:
-        known = ", ".join(sorted(EMBEDDED_MODELS))
-        raise ConfigError(f"unknown embedded model {name!r}; known: {known}")
-    task = EMBEDDED_MODELS[name].task
-    kwargs = dict(_EMBEDDED_ASR_KWARGS) if task == "automatic-speech-recognition" else {}
-    request_defaults: dict[str, Any] = {}
-    if task == "text-generation":
-        kwargs = {"do_sample": False}
-    if task == "feature-extraction":
-        # Sentence-transformers models are trained for mean pooling and compared by cosine similarity.
-        request_defaults = {"pooling": "mean", "normalize": True}
-    return ModelSpec(
-        name=name,
-        task=task,
-        source=f"embedded:{name}",
-        pipeline_kwargs=kwargs,
-        request_defaults=request_defaults,
-    )
+    return _validated(ModelSpec, {"name": name, "source": f"embedded:{name}"})
 
 
-def default_config() -> ServerConfig:
+def default_document() -> dict[str, Any]:
     """What `pipelined-server` serves with no config: the embedded Whisper tiny.en, plus the embedded
     text models (MiniLM sentence embeddings, SmolLM2 chat) whose weight packages are installed."""
     from .sources.embedded import is_available
 
-    text = tuple(replace(embedded_spec(n), default=True) for n in DEFAULT_TEXT_MODELS if is_available(n))
-    return ServerConfig(models=(replace(embedded_spec(DEFAULT_ASR_MODEL), default=True), *text))
+    names = [DEFAULT_ASR_MODEL, *(n for n in DEFAULT_TEXT_MODELS if is_available(n))]
+    return {"models": [{"name": n, "source": f"embedded:{n}", "default": True} for n in names]}
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Builds a dataclass from a mapping, rejecting unknown keys with their path."""
+def default_config() -> ServerConfig:
+    return parse_config(default_document())
+
+
+def parse_config(data: Any, origins: Mapping[str, str] | None = None) -> ServerConfig:
+    """Validates a decoded config document; `origins` names the environment variables behind key paths."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    names = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}"
-        )
-    try:
-        return cls(**data)
-    except ValueError as exc:  # a dataclass's own validation (limits that admit nothing)
-        raise ConfigError(f"{where}: {exc}") from exc
+        raise ConfigError(f"config: expected a mapping at the top level, got {type(data).__name__}")
+    data, renamed = _renamed_keys(data)
+    return _validated(ServerConfig, data, {**renamed, **(origins or {})})
 
 
-def _model_from_dict(data: Any, index: int) -> ModelSpec:
-    where = f"models[{index}]"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping")
-    data = dict(data)
-    for required in ("name",):
-        if not data.get(required):
-            raise ConfigError(f"{where}.{required} is required")
-    source = data.get("source")
-    if not source:
-        raise ConfigError(f"{where}.source is required ('embedded:<name>', a local directory or a Hub id)")
-    if str(source).startswith("embedded:"):
-        base = embedded_spec(str(source).split(":", 1)[1])
-        data.setdefault("task", base.task)
-        # The embedded defaults (greedy decoding...) stay unless the file overrides them one by one.
-        data["pipeline_kwargs"] = {**base.pipeline_kwargs, **(data.get("pipeline_kwargs") or {})}
-        data.setdefault("request_defaults", base.request_defaults)
-    if not data.get("task"):
-        raise ConfigError(f"{where}.task is required (a transformers pipeline task)")
-    if "batching" in data:
-        data["batching"] = _build(BatchingConfig, data["batching"], f"{where}.batching")
-    spec: ModelSpec = _build(ModelSpec, data, where)
-    _validate_model(spec, where)
-    return spec
-
-
-def _validate_model(spec: ModelSpec, where: str) -> None:
-    from transformers.pipelines import SUPPORTED_TASKS
-
-    if spec.task not in SUPPORTED_TASKS:
-        raise ConfigError(f"{where}.task {spec.task!r} is not a pipeline task of this transformers version")
-    if spec.batching.max_batch_size < 1:
-        raise ConfigError(f"{where}.batching.max_batch_size must be >= 1")
-    if spec.replicas < 1:
-        raise ConfigError(f"{where}.replicas must be >= 1")
-    if spec.batching.max_queue_size < 1:
-        raise ConfigError(f"{where}.batching.max_queue_size must be >= 1")
-    if spec.batching.max_queue_delay_ms < 0:
-        raise ConfigError(f"{where}.batching.max_queue_delay_ms must be >= 0")
-    if spec.dtype not in {"auto", "float32", "float16", "bfloat16", "int8"}:
-        raise ConfigError(f"{where}.dtype {spec.dtype!r}: use auto, float32, float16, bfloat16 or int8")
-    if not isinstance(spec.pipeline_kwargs, dict):
-        raise ConfigError(f"{where}.pipeline_kwargs must be a mapping")
-    _validate_request_defaults(spec, where)
-
-
-def _validate_request_defaults(spec: ModelSpec, where: str) -> None:
-    if not isinstance(spec.request_defaults, dict):
-        raise ConfigError(f"{where}.request_defaults must be a mapping")
-    allowed = REQUEST_DEFAULTS.get(spec.task, {})
-    for key, value in spec.request_defaults.items():
-        if key not in allowed:
-            names = ", ".join(sorted(allowed)) or "none"
+def _renamed_keys(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The keys that `limits` replaced still work, with a warning naming the new key; two of them set to
+    different values are refused, since they are one limit now. Also returns new path -> old path, so
+    that an error in a moved value names the key the file has."""
+    limits = data.get("limits", {})
+    if not isinstance(limits, dict):
+        return data, {}  # pydantic reports the type
+    data, limits = dict(data), dict(limits)
+    set_by = {key: f"limits.{key}" for key in limits}
+    for section, old, new in _RENAMED:
+        if not isinstance(data.get(section), dict) or old not in data[section]:
+            continue
+        value = data[section][old]
+        data[section] = {k: v for k, v in data[section].items() if k != old}
+        if new in limits and limits[new] != value:
             raise ConfigError(
-                f"{where}.request_defaults.{key}: not an option of {spec.task!r} (allowed: {names})"
+                f"{section}.{old}: renamed to limits.{new}; {set_by[new]} sets it to {limits[new]!r} and "
+                f"{section}.{old} to {value!r}: keep only limits.{new}"
             )
-        if not isinstance(value, allowed[key]):
-            raise ConfigError(f"{where}.request_defaults.{key}: expected {allowed[key][0].__name__}")
-    pooling = spec.request_defaults.get("pooling", "none")
-    if pooling not in POOLINGS:
-        raise ConfigError(f"{where}.request_defaults.pooling {pooling!r}: use {', '.join(POOLINGS)}")
-    if spec.request_defaults.get("normalize") and pooling == "none":
-        raise ConfigError(f"{where}.request_defaults.normalize needs pooling 'mean' or 'cls'")
+        limits[new], set_by[new] = value, f"{section}.{old}"
+        log.warning("config key %s.%s is deprecated: use limits.%s", section, old, new)
+    # The rest of the old section moves too, so that its typos are reported beside the keys it allows.
+    for key, value in (data.pop("inputs", None) or {}).items():
+        limits[key], set_by[key] = value, f"inputs.{key}"
+    if limits:
+        data["limits"] = limits
+    moved = {f"limits.{new}": by for new, by in set_by.items() if not by.startswith("limits.")}
+    return data, moved
 
 
-def _validate_inputs(limits: InputLimits) -> None:
-    if limits.max_text_chars < 1:
-        raise ConfigError("inputs.max_text_chars must be >= 1")
-    if limits.max_batch_inputs < 1:
-        raise ConfigError("inputs.max_batch_inputs must be >= 1")
+def _validated(model: type[Section], data: dict[str, Any], origins: Mapping[str, str] | None = None) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise config_error(exc, model, origins) from None
 
 
-def parse_config(data: Any) -> ServerConfig:
-    """Validates a decoded config document."""
-    if not isinstance(data, dict):
-        raise ConfigError("config: expected a mapping at the top level")
-    data = dict(data)
-    models_raw = data.pop("models", None)
-    if not models_raw:
-        raise ConfigError("models: at least one model is required")
-    if not isinstance(models_raw, list):
-        raise ConfigError("models: expected a list")
-    models = tuple(_model_from_dict(m, i) for i, m in enumerate(models_raw))
-    names = [m.name for m in models]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ConfigError(f"models: duplicate name(s) {', '.join(duplicates)}")
-    if "audio" in data:
-        data["audio"] = _build(AudioLimits, data["audio"], "audio")
-    if "images" in data:
-        data["images"] = _build(ImageLimits, data["images"], "images")
-    if "inputs" in data:
-        data["inputs"] = _build(InputLimits, data["inputs"], "inputs")
-        _validate_inputs(data["inputs"])
-    if "streaming" in data:
-        data["streaming"] = _build(StreamingLimits, data["streaming"], "streaming")
-    return _build(ServerConfig, {**data, "models": models}, "config")
-
-
-def load_config(path: Path) -> ServerConfig:
-    """Reads a .yaml/.yml or .toml file."""
+def read_document(path: Path) -> dict[str, Any]:
+    """The decoded mapping of a .yaml/.yml or .toml file."""
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    kind = "TOML" if path.suffix == ".toml" else "YAML"
     try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+        data = tomllib.loads(text) if kind == "TOML" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {exc}") from exc
-    return parse_config(data)
+        raise ConfigError(f"{path}: not valid {kind}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: Path) -> ServerConfig:
+    """A file's config, without environment overrides."""
+    return parse_config(read_document(path))
+
+
+def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """`data` with every PIPELINED_<KEY> variable applied, and the key path each one set (for errors).
+
+    Values are strings, as the environment holds them; the fields' types convert them (`"6000"` -> 6000).
+    A value starting with `[` or `{` is read as JSON (`PIPELINED_IMAGES__ALLOWED_URL_HOSTS='["cdn.example"]'`).
+    """
+    data, origins = _copy(data), {}
+    for variable in sorted(environ):
+        if not variable.startswith(ENV_PREFIX) or variable in _OTHER_ENV:
+            continue
+        keys = variable[len(ENV_PREFIX) :].lower().split("__")
+        if keys[0] not in ServerConfig.model_fields:
+            log.warning("%s names no config key; known: %s", variable, ", ".join(ServerConfig.model_fields))
+            continue
+        raw = environ[variable]
+        if raw.lstrip()[:1] in ("[", "{"):
+            try:
+                value: Any = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{variable}: not valid JSON: {exc}") from None
+        else:
+            value = raw
+        path = _set(data, keys, value, variable)
+        origins[path] = variable
+    return data, origins
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_copy(v) for v in value]
+    return value
+
+
+def _set(data: dict[str, Any], keys: list[str], value: Any, variable: str) -> str:
+    """Sets data[k0][k1]... = value (an index where the container is a list); the key path it set."""
+    container: Any = data
+    path = ""
+    for position, key in enumerate(keys):
+        last = position == len(keys) - 1
+        if isinstance(container, list):
+            if not key.isdigit() or int(key) >= len(container):
+                raise ConfigError(f"{variable}: {path} has {len(container)} entries; {key!r} is not an index")
+            index: int | str = int(key)
+            path += f"[{index}]"
+        else:
+            index = key
+            path += f".{key}" if path else key
+        if last:
+            container[index] = value
+        else:
+            child = container.get(index) if isinstance(container, dict) else container[index]
+            if not isinstance(child, dict | list):
+                child = {}
+                container[index] = child
+            container = child
+    return path
+
+
+def resolve_config(
+    path: Path | None, environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None
+) -> ServerConfig:
+    """The config the server runs: the file (or the defaults), then PIPELINED_ variables, then `overrides`
+    (the command-line flags, as top-level keys; `models` replaces the list)."""
+    data = read_document(path) if path else default_document()
+    if overrides and "models" in overrides:
+        data["models"] = overrides["models"]
+    data, origins = apply_env(data, environ)
+    data.update({k: v for k, v in (overrides or {}).items() if k != "models"})
+    return parse_config(data, origins)
+
+
+def check_devices(config: ServerConfig) -> None:
+    """Refuses, at start, a device this machine lacks (cuda without CUDA, cuda:3 with one GPU, mps off a
+    Mac): the model would otherwise sit NOT_SERVING with a torch error in ListModels."""
+    import torch
+
+    problems = []
+    for index, spec in enumerate(config.models):
+        missing = _missing_device(torch, spec.device)
+        if missing:
+            problems.append(f"models[{index}].device: {spec.device!r} {missing}")
+    if problems:
+        raise ConfigError("\n  ".join(problems))
+
+
+def _missing_device(torch: Any, device: str) -> str:
+    """Why `device` is not on this machine, or '' when it is."""
+    kind, _, number = device.partition(":")
+    if kind in ("cpu", "auto"):
+        return ""
+    if kind == "mps":
+        return "" if torch.backends.mps.is_available() else "but MPS (Apple GPU) is not available here"
+    backend = getattr(torch, kind, None)
+    if backend is None or not backend.is_available():
+        built = f"torch {torch.__version__}"
+        return f"but no {kind.upper()} device is available here ({built}); use cpu or a machine with one"
+    count = backend.device_count()
+    if number and int(number) >= count:
+        return f"but this machine has {count} {kind.upper()} device(s): {kind}:0 to {kind}:{count - 1}"
+    return ""

@@ -10,35 +10,32 @@ import io
 import urllib.error
 import urllib.request
 import warnings
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import ConfigError, InvalidInput, PermissionDenied
+from pydantic import Field, field_validator
+
+from .errors import InvalidInput, PermissionDenied
+from .sections import Float, Int, Section
 
 
-@dataclass(frozen=True)
-class ImageLimits:
-    """Bounds on images and on the inputs of one request (vision, multimodal and audio-task services)."""
+class ImageLimits(Section):
+    """Bounds on one image; how many inputs a request may carry is `limits.max_inputs_per_request`."""
 
     # Largest width x height accepted; checked from the header before the pixels are decoded.
-    max_pixels: int = 40_000_000
-    # Most inputs (images, clips, texts, prompts) one request may carry.
-    max_inputs_per_request: int = 64
+    max_pixels: Int = Field(default=40_000_000, gt=0)
     # Hosts whose http(s) URLs the server fetches itself; empty (the default) refuses every URL.
     allowed_url_hosts: tuple[str, ...] = ()
     # Give up on a URL after this many seconds.
-    url_timeout_s: float = 10.0
+    url_timeout_s: Float = Field(default=10.0, gt=0)
     # Largest image fetched from a URL, in bytes.
-    max_url_bytes: int = 32 * 1024 * 1024
+    max_url_bytes: Int = Field(default=32 * 1024 * 1024, gt=0)
 
-    def __post_init__(self) -> None:
-        if self.max_pixels <= 0 or self.max_inputs_per_request <= 0 or self.max_url_bytes <= 0:
-            raise ConfigError(f"images: limits must be positive: {self}")
-        if self.url_timeout_s <= 0:
-            raise ConfigError(f"images.url_timeout_s must be positive: {self}")
-        # YAML/TOML give lists; keep the dataclass hashable and immutable.
-        object.__setattr__(self, "allowed_url_hosts", tuple(h.lower() for h in self.allowed_url_hosts))
+    @field_validator("allowed_url_hosts", mode="after")
+    @classmethod
+    def _lower_case(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
+        """Host names compare case-insensitively; URLs are matched lower-cased."""
+        return tuple(h.lower() for h in hosts)
 
 
 def decode_image(data: bytes, limits: ImageLimits) -> Any:

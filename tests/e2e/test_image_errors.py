@@ -23,7 +23,7 @@ import tiny_vision_models as tiny  # noqa: E402
 from harness import ServerThread  # noqa: E402
 from pipelined import Client, InvalidArgument, PipelinedError  # noqa: E402
 from pipelined.v1 import image_pb2, vision_pb2  # noqa: E402
-from pipelined_server.config import ModelSpec, ServerConfig, parse_config  # noqa: E402
+from pipelined_server.config import InputLimits, ModelSpec, ServerConfig, parse_config  # noqa: E402
 from pipelined_server.errors import ConfigError  # noqa: E402
 from pipelined_server.images import ImageLimits  # noqa: E402
 
@@ -61,8 +61,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     specs = tuple(
         ModelSpec(name=t, task=t, source=str(b(tmp_path_factory.mktemp(t)))) for t, b in TASKS.items()
     )
-    limits = ImageLimits(max_pixels=1_000_000, max_inputs_per_request=3, allowed_url_hosts=("127.0.0.1",))
-    thread = ServerThread(ServerConfig(host="127.0.0.1", port=0, metrics_port=0, images=limits, models=specs))
+    limits = ImageLimits(max_pixels=1_000_000, allowed_url_hosts=("127.0.0.1",))
+    config = ServerConfig(
+        host="127.0.0.1",
+        port=0,
+        metrics_port=0,
+        images=limits,
+        limits=InputLimits(max_inputs_per_request=3),
+        models=specs,
+    )
+    thread = ServerThread(config)
     yield thread
     thread.stop()
 
@@ -159,7 +167,7 @@ def test_image_limits_config() -> None:
     assert config.images.max_pixels == 10 and config.images.allowed_url_hosts == ("example.com",)
     with pytest.raises(ConfigError, match="images"):
         parse_config({**base, "images": {"max_pixel": 10}})
-    with pytest.raises(ConfigError, match="positive"):
+    with pytest.raises(ConfigError, match=r"images\.max_pixels: Input should be greater than 0"):
         parse_config({**base, "images": {"max_pixels": 0}})
 
 

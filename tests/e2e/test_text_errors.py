@@ -37,7 +37,7 @@ def _status(call: Any, request: Any) -> grpc.RpcError:
                 model="tiny-sentiment",
                 inputs=[text_pb2.TextPairInput(text="x" * (LIMITS.max_text_chars + 1))],
             ),
-            "inputs.max_text_chars",
+            "limits.max_text_chars",
         ),
         (
             "ClassifyText",
@@ -51,9 +51,9 @@ def _status(call: Any, request: Any) -> grpc.RpcError:
             "ClassifyText",
             text_pb2.ClassifyTextRequest(
                 model="tiny-sentiment",
-                inputs=[text_pb2.TextPairInput(text="a")] * (LIMITS.max_batch_inputs + 1),
+                inputs=[text_pb2.TextPairInput(text="a")] * (LIMITS.max_inputs_per_request + 1),
             ),
-            "inputs.max_batch_inputs",
+            "limits.max_inputs_per_request",
         ),
         ("ClassifyText", text_pb2.ClassifyTextRequest(model="tiny-sentiment"), "inputs is empty"),
         (
@@ -78,7 +78,7 @@ def _status(call: Any, request: Any) -> grpc.RpcError:
         (
             "ClassifyTokens",
             text_pb2.ClassifyTokensRequest(model="tiny-ner", inputs=["a"] * 17),
-            "max_batch_inputs",
+            "limits.max_inputs_per_request",
         ),
         ("FillMask", text_pb2.FillMaskRequest(model="tiny-mlm", inputs=["no mask here"]), "[MASK]"),
         ("FillMask", text_pb2.FillMaskRequest(model="tiny-mlm", inputs=["a [MASK]"], top_k=-1), "top_k"),
@@ -205,8 +205,8 @@ def test_generic_limits_and_bad_blobs(client: Client) -> None:
     pipe = GenericPipeline(client, "feature-extraction", "tiny-encoder")
     with pytest.raises(InvalidArgument, match="max_text_chars"):
         pipe("x" * (LIMITS.max_text_chars + 1))
-    with pytest.raises(InvalidArgument, match="max_batch_inputs"):
-        pipe(["a"] * (LIMITS.max_batch_inputs + 1))
+    with pytest.raises(InvalidArgument, match="limits.max_inputs_per_request"):
+        pipe(["a"] * (LIMITS.max_inputs_per_request + 1))
     request = pipe.build_request({"$image": "missing"}, {})
     with pytest.raises(grpc.RpcError) as caught:
         client.generic.Run(request, timeout=60)

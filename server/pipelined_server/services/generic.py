@@ -1,26 +1,19 @@
-"""GenericService: any pipeline task by name; tasks/generic.py does the conversions."""
+"""GenericService: any pipeline task by name, through the shared unary path (unary.py) with the generic
+adapter (tasks/generic.py)."""
 
 from __future__ import annotations
 
 import grpc
 from pipelined.v1 import generic_pb2, generic_pb2_grpc
 
-from ..errors import InvalidInput
 from ..tasks import generic
-from .calls import CallInfo, ServerState, rpc
+from .calls import CallInfo, rpc
+from .unary import Servicer
 
 
-class GenericServicer(generic_pb2_grpc.GenericServiceServicer):
-    def __init__(self, state: ServerState) -> None:
-        self.state = state
-
+class GenericServicer(Servicer, generic_pb2_grpc.GenericServiceServicer):
     @rpc("generic")
     async def Run(
         self, request: generic_pb2.RunRequest, context: grpc.aio.ServicerContext, call: CallInfo
     ) -> generic_pb2.RunResponse:
-        if not request.task:
-            raise InvalidInput("task is required, e.g. 'table-question-answering'")
-        call.task = request.task
-        instance = self.state.registry.ready(request.model, request.task)
-        call.model = instance.name
-        return await generic.run(instance, request, self.state.config, context.time_remaining())
+        return await self.unary(generic.ADAPTER, request, context, call)

@@ -1,22 +1,20 @@
-"""MultimodalService: proto in, proto out; tasks/image_text.py and tasks/document_qa.py do the rest."""
+"""MultimodalService: unary RPCs are the shared path (unary.py) with their task's adapter
+(tasks/image_text.py, tasks/document_qa.py); streaming generation reuses the adapter's steps."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
 from pipelined.v1 import multimodal_pb2, multimodal_pb2_grpc
 
 from ..tasks import document_qa, image_text
-from ..tasks.image_input import check_count
-from ..tasks.submit import run_items
-from .calls import CallInfo, ServerState, rpc
+from .calls import CallInfo, rpc
+from .unary import Servicer
 
 
-class MultimodalServicer(multimodal_pb2_grpc.MultimodalServiceServicer):
-    def __init__(self, state: ServerState) -> None:
-        self.state = state
-
+class MultimodalServicer(Servicer, multimodal_pb2_grpc.MultimodalServiceServicer):
     @rpc(image_text.TASK)
     async def GenerateFromImage(
         self,
@@ -24,19 +22,7 @@ class MultimodalServicer(multimodal_pb2_grpc.MultimodalServiceServicer):
         context: grpc.aio.ServicerContext,
         call: CallInfo,
     ) -> multimodal_pb2.GenerateFromImageResponse:
-        instance = self.state.registry.ready(request.model, call.task)
-        call.model = instance.name
-        kwargs = image_text.call_kwargs(request.generation, request)
-        check_count(len(request.prompts), "prompts", self.state.config.images)
-        items = await image_text.load_prompts(list(request.prompts), kwargs, self.state.config.images)
-        outputs = await run_items(instance, items, kwargs, context.time_remaining())
-        return multimodal_pb2.GenerateFromImageResponse(
-            results=[
-                multimodal_pb2.GeneratedImageText(generated_text=image_text.generated_text(o))
-                for o in outputs
-            ],
-            model=instance.name,
-        )
+        return await self.unary(image_text.ADAPTER, request, context, call)
 
     @rpc(image_text.TASK)
     async def StreamGenerateFromImage(
@@ -48,7 +34,9 @@ class MultimodalServicer(multimodal_pb2_grpc.MultimodalServiceServicer):
         instance = self.state.registry.ready(request.model, call.task)
         call.model = instance.name
         kwargs = image_text.call_kwargs(request.generation, request)
-        (item,) = await image_text.load_prompts([request.prompt], kwargs, self.state.config.images)
+        (item,) = await asyncio.to_thread(
+            image_text.prompt_items, [request.prompt], kwargs, self.state.config
+        )
         async for piece in image_text.stream_text(instance, item, kwargs, context.time_remaining()):
             yield multimodal_pb2.StreamGenerateFromImageResponse(text=piece, model=instance.name)
 
@@ -59,11 +47,4 @@ class MultimodalServicer(multimodal_pb2_grpc.MultimodalServiceServicer):
         context: grpc.aio.ServicerContext,
         call: CallInfo,
     ) -> multimodal_pb2.AnswerDocumentQuestionResponse:
-        instance = self.state.registry.ready(request.model, call.task)
-        call.model = instance.name
-        kwargs = document_qa.call_kwargs(request)
-        items = await document_qa.load_questions(request, self.state.config.images)
-        outputs = await run_items(instance, items, kwargs, context.time_remaining())
-        return multimodal_pb2.AnswerDocumentQuestionResponse(
-            results=[document_qa.answers(o) for o in outputs], model=instance.name
-        )
+        return await self.unary(document_qa.ADAPTER, request, context, call)

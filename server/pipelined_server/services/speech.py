@@ -1,7 +1,9 @@
-"""SpeechService: proto in, proto out; the ASR adapter does the rest."""
+"""SpeechService: Recognize is the shared unary path (unary.py) with the ASR adapter (tasks/asr.py); file
+streaming decodes window by window (tasks/asr_longform.py), live streams run a session (streaming/)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -14,13 +16,14 @@ from ..streaming.session import IdleGuard, StreamSession, read_config
 from ..streaming.streams import ActiveStreams
 from ..tasks import asr
 from ..tasks.asr_longform import segment_stream
-from ..tasks.audio_input import decode_audio_input_async
+from ..tasks.audio_input import decode_audio_input
 from .calls import CallInfo, ServerState, rpc
+from .unary import Servicer
 
 
-class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
+class SpeechServicer(Servicer, speech_pb2_grpc.SpeechServiceServicer):
     def __init__(self, state: ServerState) -> None:
-        self.state = state
+        super().__init__(state)
         self.streams = ActiveStreams(state.config.streaming.max_streams, state.metrics)
 
     def _model(self, config: speech_pb2.RecognitionConfig, call: CallInfo) -> ModelInstance:
@@ -32,13 +35,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
     async def Recognize(
         self, request: speech_pb2.RecognizeRequest, context: grpc.aio.ServicerContext, call: CallInfo
     ) -> speech_pb2.RecognizeResponse:
-        instance = self._model(request.config, call)
-        kwargs = asr.call_kwargs(request.config, asr.model_kind(instance))
-        samples = await decode_audio_input_async(
-            request.audio, instance.sampling_rate, self.state.config.audio
-        )
-        output = await asr.recognize(instance, samples, kwargs, context.time_remaining())
-        return asr.response_from_output(output, instance.name, kwargs)
+        return await self.unary(asr.ADAPTER, request, context, call)
 
     @rpc(asr.TASK)
     async def StreamingRecognizeFile(
@@ -49,8 +46,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServiceServicer):
     ) -> AsyncIterator[speech_pb2.StreamingRecognizeFileResponse]:
         instance = self._model(request.config, call)
         kwargs = asr.call_kwargs(request.config, asr.model_kind(instance))
-        samples = await decode_audio_input_async(
-            request.audio, instance.sampling_rate, self.state.config.audio
+        samples = await asyncio.to_thread(
+            decode_audio_input, request.audio, instance.sampling_rate, self.state.config.audio
         )
         async for response in segment_stream(instance, samples, kwargs, context.time_remaining):
             yield response

@@ -10,15 +10,18 @@ Batching rules live here because only this adapter knows which inputs a batch wo
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from pipelined.v1 import speech_pb2
 
+from ..config import ServerConfig
 from ..errors import InvalidInput
 from ..registry import ModelInstance
+from .adapter import Adapter, Item
+from .audio_input import decode_audio_input
 from .decoding import decoding_kwargs
 from .durations import to_duration, to_seconds
 
@@ -149,12 +152,39 @@ def response_from_output(
     )
 
 
-async def recognize(
-    instance: ModelInstance, samples: np.ndarray, kwargs: dict[str, Any], timeout: float | None
-) -> Any:
-    """One pipeline result through the model's scheduler."""
-    assert instance.scheduler is not None
-    call = plan(kwargs, model_kind(instance), samples, instance.sampling_rate)
-    return await instance.scheduler.submit(
-        samples, call.kwargs, key=call.key, batchable=call.batchable, timeout=timeout
-    )
+class Recognition(Adapter[speech_pb2.RecognizeRequest, speech_pb2.RecognizeResponse]):
+    """Recognize: one clip, one pipeline result."""
+
+    task = TASK
+
+    def model_of(self, request: speech_pb2.RecognizeRequest) -> str:
+        return request.config.model
+
+    def arguments(
+        self, request: speech_pb2.RecognizeRequest, instance: ModelInstance, config: ServerConfig
+    ) -> dict[str, Any]:
+        return call_kwargs(request.config, model_kind(instance))
+
+    def items(
+        self,
+        request: speech_pb2.RecognizeRequest,
+        instance: ModelInstance,
+        config: ServerConfig,
+        kwargs: dict[str, Any],
+    ) -> list[Item]:
+        samples = decode_audio_input(request.audio, instance.sampling_rate, config.audio)
+        call = plan(kwargs, model_kind(instance), samples, instance.sampling_rate)
+        return [Item(samples, key=call.key, batchable=call.batchable, kwargs=call.kwargs)]
+
+    def response(
+        self,
+        request: speech_pb2.RecognizeRequest,
+        instance: ModelInstance,
+        kwargs: dict[str, Any],
+        items: Sequence[Item],
+        outputs: list[Any],
+    ) -> speech_pb2.RecognizeResponse:
+        return response_from_output(outputs[0], instance.name, kwargs)
+
+
+ADAPTER = Recognition()

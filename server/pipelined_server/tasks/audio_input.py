@@ -1,8 +1,6 @@
-"""AudioInput proto -> mono float32 samples at the model's rate (decoding runs off the event loop)."""
+"""AudioInput proto -> mono float32 samples at the model's rate (blocking: callers run it off the event loop)."""
 
 from __future__ import annotations
-
-import asyncio
 
 import numpy as np
 from pipelined.v1 import audio_pb2
@@ -40,9 +38,3 @@ def decode_audio_input(audio: audio_pb2.AudioInput, model_rate: int, limits: Aud
     if source == "raw":
         return decode_raw(audio.raw.data, raw_format(audio.raw.format, model_rate), model_rate, limits)
     raise InvalidInput("audio is missing: set audio.encoded (file bytes) or audio.raw (PCM with its format)")
-
-
-async def decode_audio_input_async(
-    audio: audio_pb2.AudioInput, model_rate: int, limits: AudioLimits
-) -> np.ndarray:
-    return await asyncio.to_thread(decode_audio_input, audio, model_rate, limits)

@@ -8,15 +8,22 @@ padded to its longest clip.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from pipelined.v1 import audio_tasks_pb2
 
 from ..audio import encode_wav
+from ..config import ServerConfig
 from ..errors import InvalidInput
+from ..registry import ModelInstance
+from .adapter import Adapter, Item
+from .audio_input import decode_audio_input
+from .checks import check_count
 from .decoding import decoding_kwargs
-from .submit import Item
+from .encoding import as_list, class_scores
+from .options import classification_kwargs, zero_shot_classification_kwargs
 
 AUDIO_CLASSIFICATION = "audio-classification"
 ZERO_SHOT_AUDIO_CLASSIFICATION = "zero-shot-audio-classification"
@@ -35,15 +42,84 @@ def generate_kwargs(request: audio_tasks_pb2.GenerateAudioRequest) -> dict[str, 
     return {"generate_kwargs": generate} if generate else {}
 
 
-def texts(request: audio_tasks_pb2.GenerateAudioRequest) -> list[Item]:
-    if any(not text.strip() for text in request.texts):
-        raise InvalidInput("every text to synthesise must be non-empty")
-    return [Item(text, batchable=False) for text in request.texts]
-
-
 def generated_audio(output: dict[str, Any]) -> audio_tasks_pb2.GeneratedAudio:
     audio = np.asarray(output["audio"])
     rate = int(output["sampling_rate"])
     return audio_tasks_pb2.GeneratedAudio(
         wav=encode_wav(audio, rate), sampling_rate_hertz=rate, shape=list(audio.shape)
     )
+
+
+class AudioClassification(Adapter[Any, Any]):
+    """Clips in, label scores out: audio-classification and its zero-shot twin differ in options only."""
+
+    def __init__(
+        self, task: str, response_type: Callable[..., Any], options: Callable[[Any], dict[str, Any]]
+    ) -> None:
+        self.task, self._response_type, self._options = task, response_type, options
+
+    def arguments(self, request: Any, instance: ModelInstance, config: ServerConfig) -> dict[str, Any]:
+        return self._options(request)
+
+    def items(
+        self, request: Any, instance: ModelInstance, config: ServerConfig, kwargs: dict[str, Any]
+    ) -> list[Item]:
+        check_count(len(request.audios), "audios", config.limits)
+        rate = instance.sampling_rate
+        return same_length([decode_audio_input(a, rate, config.audio) for a in request.audios])
+
+    def response(
+        self,
+        request: Any,
+        instance: ModelInstance,
+        kwargs: dict[str, Any],
+        items: Sequence[Item],
+        outputs: list[Any],
+    ) -> Any:
+        return self._response_type(results=[class_scores(as_list(o)) for o in outputs], model=instance.name)
+
+
+class TextToAudio(Adapter[audio_tasks_pb2.GenerateAudioRequest, audio_tasks_pb2.GenerateAudioResponse]):
+    task = TEXT_TO_AUDIO
+    # WAV encoding of every result is blocking work.
+    encodes = True
+
+    def arguments(
+        self, request: audio_tasks_pb2.GenerateAudioRequest, instance: ModelInstance, config: ServerConfig
+    ) -> dict[str, Any]:
+        return generate_kwargs(request)
+
+    def items(
+        self,
+        request: audio_tasks_pb2.GenerateAudioRequest,
+        instance: ModelInstance,
+        config: ServerConfig,
+        kwargs: dict[str, Any],
+    ) -> list[Item]:
+        check_count(len(request.texts), "texts", config.limits)
+        if any(not text.strip() for text in request.texts):
+            raise InvalidInput("every text to synthesise must be non-empty")
+        return [Item(text, batchable=False) for text in request.texts]
+
+    def response(
+        self,
+        request: audio_tasks_pb2.GenerateAudioRequest,
+        instance: ModelInstance,
+        kwargs: dict[str, Any],
+        items: Sequence[Item],
+        outputs: list[Any],
+    ) -> audio_tasks_pb2.GenerateAudioResponse:
+        return audio_tasks_pb2.GenerateAudioResponse(
+            results=[generated_audio(o) for o in outputs], model=instance.name
+        )
+
+
+AUDIO_CLASSIFICATION_ADAPTER = AudioClassification(
+    AUDIO_CLASSIFICATION, audio_tasks_pb2.ClassifyAudioResponse, classification_kwargs
+)
+ZERO_SHOT_AUDIO_CLASSIFICATION_ADAPTER = AudioClassification(
+    ZERO_SHOT_AUDIO_CLASSIFICATION,
+    audio_tasks_pb2.ClassifyAudioZeroShotResponse,
+    zero_shot_classification_kwargs,
+)
+TEXT_TO_AUDIO_ADAPTER = TextToAudio()

@@ -7,16 +7,18 @@ questions over identical words share a batch.
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from pipelined.v1 import multimodal_pb2
 
+from ..config import ServerConfig
 from ..errors import InvalidInput
 from ..images import ImageLimits
-from .image_input import check_count, load_image_input
-from .options import positive
-from .submit import Item
+from ..registry import ModelInstance
+from .adapter import Adapter, Item
+from .checks import check_count, positive
+from .image_input import load_image_input
 
 TASK = "document-question-answering"
 
@@ -54,13 +56,6 @@ def _load(question: multimodal_pb2.DocumentQuestion, limits: ImageLimits) -> Ite
     return Item(payload, key=key)
 
 
-async def load_questions(
-    request: multimodal_pb2.AnswerDocumentQuestionRequest, limits: ImageLimits
-) -> list[Item]:
-    check_count(len(request.questions), "questions", limits)
-    return await asyncio.to_thread(lambda: [_load(q, limits) for q in request.questions])
-
-
 def answers(output: Any) -> multimodal_pb2.DocumentAnswers:
     records = output if isinstance(output, list) else [output]
     return multimodal_pb2.DocumentAnswers(
@@ -71,3 +66,42 @@ def answers(output: Any) -> multimodal_pb2.DocumentAnswers:
             for a in records
         ]
     )
+
+
+class DocumentQuestionAnswering(
+    Adapter[multimodal_pb2.AnswerDocumentQuestionRequest, multimodal_pb2.AnswerDocumentQuestionResponse]
+):
+    task = TASK
+
+    def arguments(
+        self,
+        request: multimodal_pb2.AnswerDocumentQuestionRequest,
+        instance: ModelInstance,
+        config: ServerConfig,
+    ) -> dict[str, Any]:
+        return call_kwargs(request)
+
+    def items(
+        self,
+        request: multimodal_pb2.AnswerDocumentQuestionRequest,
+        instance: ModelInstance,
+        config: ServerConfig,
+        kwargs: dict[str, Any],
+    ) -> list[Item]:
+        check_count(len(request.questions), "questions", config.limits)
+        return [_load(q, config.images) for q in request.questions]
+
+    def response(
+        self,
+        request: multimodal_pb2.AnswerDocumentQuestionRequest,
+        instance: ModelInstance,
+        kwargs: dict[str, Any],
+        items: Sequence[Item],
+        outputs: list[Any],
+    ) -> multimodal_pb2.AnswerDocumentQuestionResponse:
+        return multimodal_pb2.AnswerDocumentQuestionResponse(
+            results=[answers(o) for o in outputs], model=instance.name
+        )
+
+
+ADAPTER = DocumentQuestionAnswering()

@@ -24,6 +24,11 @@ def float32_array(values: Any) -> common_pb2.Float32Tensor:
     return common_pb2.Float32Tensor(data=np.ascontiguousarray(array).tobytes(), shape=list(array.shape))
 
 
+def as_list(output: Any) -> list[Any]:
+    """Pipelines return a bare dict instead of a one-element list in some cases (e.g. top_k=1)."""
+    return output if isinstance(output, list) else [output]
+
+
 def class_scores(outputs: list[dict[str, Any]]) -> common_pb2.LabelScores:
     """A list of {"label", "score"} dicts (classification pipelines)."""
     return common_pb2.LabelScores(

@@ -15,16 +15,17 @@ first token, normalisation scales to unit L2 norm.
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from pipelined.v1 import common_pb2, text_pb2
 
-from ..config import InputLimits
+from ..config import ServerConfig
 from ..errors import InvalidInput
 from ..registry import ModelInstance
-from .text_inputs import check_texts, run_all
+from .adapter import Adapter, Item
+from .checks import check_texts
 
 TASK = "feature-extraction"
 _POOLINGS = {
@@ -78,27 +79,45 @@ def _tensor(array: np.ndarray) -> common_pb2.Float32Tensor:
     return common_pb2.Float32Tensor(data=array.tobytes(), shape=list(array.shape))
 
 
-async def extract(
-    instance: ModelInstance,
-    request: text_pb2.ExtractFeaturesRequest,
-    limits: InputLimits,
-    timeout: float | None,
-) -> text_pb2.ExtractFeaturesResponse:
-    check_texts(request.inputs, limits)
-    pooling, normalize = pooling_of(request, instance.spec.request_defaults)
-    truncation = request.truncation if request.HasField("truncation") else False
-    # Tokenizing up to the input limits takes a while: keep the event loop free for other calls.
-    counts = await asyncio.to_thread(
-        lambda: [_token_count(instance, text, truncation) for text in request.inputs]
-    )
-    kwargs: dict[str, Any] = {"return_tensors": True}
-    if request.HasField("truncation"):
-        kwargs["truncation"] = request.truncation
-    outputs = await run_all(instance, list(request.inputs), kwargs, timeout)
-    embeddings = []
-    for output, count in zip(outputs, counts, strict=True):
-        hidden = output.detach().float().cpu().numpy()[:, :count]
-        embeddings.append(_tensor(pool(hidden, pooling, normalize)))
-    return text_pb2.ExtractFeaturesResponse(
-        embeddings=embeddings, pooling=POOLING_PROTO[pooling], normalized=normalize, model=instance.name
-    )
+class FeatureExtraction(Adapter[text_pb2.ExtractFeaturesRequest, text_pb2.ExtractFeaturesResponse]):
+    task = TASK
+
+    def arguments(
+        self, request: text_pb2.ExtractFeaturesRequest, instance: ModelInstance, config: ServerConfig
+    ) -> dict[str, Any]:
+        pooling_of(request, instance.spec.request_defaults)  # refused before any work
+        kwargs: dict[str, Any] = {"return_tensors": True}
+        if request.HasField("truncation"):
+            kwargs["truncation"] = request.truncation
+        return kwargs
+
+    def items(
+        self,
+        request: text_pb2.ExtractFeaturesRequest,
+        instance: ModelInstance,
+        config: ServerConfig,
+        kwargs: dict[str, Any],
+    ) -> list[Item]:
+        check_texts(request.inputs, config.limits)
+        truncation = bool(kwargs.get("truncation", False))
+        return [Item(text, note=_token_count(instance, text, truncation)) for text in request.inputs]
+
+    def response(
+        self,
+        request: text_pb2.ExtractFeaturesRequest,
+        instance: ModelInstance,
+        kwargs: dict[str, Any],
+        items: Sequence[Item],
+        outputs: list[Any],
+    ) -> text_pb2.ExtractFeaturesResponse:
+        pooling, normalize = pooling_of(request, instance.spec.request_defaults)
+        embeddings = []
+        for output, item in zip(outputs, items, strict=True):
+            hidden = output.detach().float().cpu().numpy()[:, : item.note]
+            embeddings.append(_tensor(pool(hidden, pooling, normalize)))
+        return text_pb2.ExtractFeaturesResponse(
+            embeddings=embeddings, pooling=POOLING_PROTO[pooling], normalized=normalize, model=instance.name
+        )
+
+
+ADAPTER = FeatureExtraction()

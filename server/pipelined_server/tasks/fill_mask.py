@@ -7,14 +7,16 @@ scores match unbatched ones to float32 rounding.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pipelined.v1 import text_pb2
 
-from ..config import InputLimits
+from ..config import ServerConfig
 from ..errors import InvalidInput
 from ..registry import ModelInstance
-from .text_inputs import check_texts, run_all
+from .adapter import Adapter, Item
+from .checks import check_texts, positive
 
 TASK = "fill-mask"
 
@@ -22,9 +24,7 @@ TASK = "fill-mask"
 def call_kwargs(request: text_pb2.FillMaskRequest) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     if request.HasField("top_k"):
-        if request.top_k < 1:
-            raise InvalidInput(f"top_k must be >= 1, got {request.top_k}")
-        kwargs["top_k"] = request.top_k
+        kwargs["top_k"] = positive("top_k", request.top_k)
     if request.targets:
         kwargs["targets"] = list(request.targets)
     return kwargs
@@ -51,13 +51,37 @@ def _masks(output: list[Any]) -> text_pb2.FillMaskResult:
     )
 
 
-async def fill(
-    instance: ModelInstance, request: text_pb2.FillMaskRequest, limits: InputLimits, timeout: float | None
-) -> text_pb2.FillMaskResponse:
-    check_texts(request.inputs, limits)
-    mask = getattr(instance.pipeline.tokenizer, "mask_token", None)
-    for i, text in enumerate(request.inputs):
-        if mask and mask not in text:
-            raise InvalidInput(f"inputs[{i}] holds no mask token; this model's mask token is {mask!r}")
-    outputs = await run_all(instance, list(request.inputs), call_kwargs(request), timeout)
-    return text_pb2.FillMaskResponse(results=[_masks(o) for o in outputs], model=instance.name)
+class FillMask(Adapter[text_pb2.FillMaskRequest, text_pb2.FillMaskResponse]):
+    task = TASK
+
+    def arguments(
+        self, request: text_pb2.FillMaskRequest, instance: ModelInstance, config: ServerConfig
+    ) -> dict[str, Any]:
+        return call_kwargs(request)
+
+    def items(
+        self,
+        request: text_pb2.FillMaskRequest,
+        instance: ModelInstance,
+        config: ServerConfig,
+        kwargs: dict[str, Any],
+    ) -> list[Item]:
+        check_texts(request.inputs, config.limits)
+        mask = getattr(instance.pipeline.tokenizer, "mask_token", None)
+        for i, text in enumerate(request.inputs):
+            if mask and mask not in text:
+                raise InvalidInput(f"inputs[{i}] holds no mask token; this model's mask token is {mask!r}")
+        return [Item(text) for text in request.inputs]
+
+    def response(
+        self,
+        request: text_pb2.FillMaskRequest,
+        instance: ModelInstance,
+        kwargs: dict[str, Any],
+        items: Sequence[Item],
+        outputs: list[Any],
+    ) -> text_pb2.FillMaskResponse:
+        return text_pb2.FillMaskResponse(results=[_masks(o) for o in outputs], model=instance.name)
+
+
+ADAPTER = FillMask()

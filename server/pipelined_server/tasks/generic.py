@@ -8,6 +8,7 @@ list stays a list: the pipeline batches within the call, as it would in-process)
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,16 +18,17 @@ from pipelined.v1 import generic_pb2
 from ..config import ServerConfig
 from ..errors import InvalidInput, PermissionDenied
 from ..registry import ModelInstance
+from .adapter import Adapter, Item
+from .checks import check_count, check_text
 from .generic_values import OutputEncoder, struct_to_python, to_python
-from .text_inputs import check_count, check_text
 
 
 def _check_sizes(value: Any, config: ServerConfig, where: str = "inputs") -> None:
     if isinstance(value, str):
-        check_text(value, config.inputs, where)
+        check_text(value, config.limits, where)
     elif isinstance(value, list):
         if where == "inputs":
-            check_count(len(value), config.inputs)
+            check_count(len(value), "inputs", config.limits)
         for i, item in enumerate(value):
             _check_sizes(item, config, f"{where}[{i}]")
     elif isinstance(value, dict):
@@ -96,24 +98,51 @@ def _run(pipe: Any, inputs: Any, parameters: dict[str, Any]) -> Any:
     return pipe(inputs, **parameters) if inputs is not None else pipe(**parameters)
 
 
-async def run(
-    instance: ModelInstance, request: generic_pb2.RunRequest, config: ServerConfig, timeout: float | None
-) -> generic_pb2.RunResponse:
-    assert instance.scheduler is not None
-    blobs = dict(request.blobs)
-    decode = _audio_decoder(instance, config)
-    inputs = to_python(request.inputs, blobs, decode) if request.HasField("inputs") else None
-    parameters = struct_to_python(request.parameters, blobs, decode) if request.HasField("parameters") else {}
-    if not isinstance(parameters, dict):
-        raise InvalidInput("parameters must be an object of keyword arguments")
-    _check_sizes(inputs, config)
-    _check_sizes(parameters, config, "parameters")
-    if instance.spec.task in _MEDIA_TASKS:
-        _refuse_server_side_sources(inputs, config)
-        _refuse_server_side_sources(parameters, config)
-    output = await instance.scheduler.submit_call(
-        lambda pipe: _run(pipe, inputs, parameters), timeout=timeout
-    )
-    encoder = OutputEncoder()
-    encoded = encoder.encode(output)
-    return generic_pb2.RunResponse(outputs=encoded, blobs=encoder.blobs, model=instance.name)
+class Generic(Adapter[generic_pb2.RunRequest, generic_pb2.RunResponse]):
+    """Any task by name; the work is one call of the pipeline, as in-process."""
+
+    task = "generic"
+    # Outputs (images, arrays) are encoded into blobs: blocking work.
+    encodes = True
+
+    def task_of(self, request: generic_pb2.RunRequest) -> str:
+        if not request.task:
+            raise InvalidInput("task is required, e.g. 'table-question-answering'")
+        return request.task
+
+    def items(
+        self,
+        request: generic_pb2.RunRequest,
+        instance: ModelInstance,
+        config: ServerConfig,
+        kwargs: dict[str, Any],
+    ) -> list[Item]:
+        blobs = dict(request.blobs)
+        decode = _audio_decoder(instance, config)
+        inputs = to_python(request.inputs, blobs, decode) if request.HasField("inputs") else None
+        parameters = (
+            struct_to_python(request.parameters, blobs, decode) if request.HasField("parameters") else {}
+        )
+        if not isinstance(parameters, dict):
+            raise InvalidInput("parameters must be an object of keyword arguments")
+        _check_sizes(inputs, config)
+        _check_sizes(parameters, config, "parameters")
+        if instance.spec.task in _MEDIA_TASKS:
+            _refuse_server_side_sources(inputs, config)
+            _refuse_server_side_sources(parameters, config)
+        return [Item(call=lambda pipe: _run(pipe, inputs, parameters))]
+
+    def response(
+        self,
+        request: generic_pb2.RunRequest,
+        instance: ModelInstance,
+        kwargs: dict[str, Any],
+        items: Sequence[Item],
+        outputs: list[Any],
+    ) -> generic_pb2.RunResponse:
+        encoder = OutputEncoder()
+        encoded = encoder.encode(outputs[0])
+        return generic_pb2.RunResponse(outputs=encoded, blobs=encoder.blobs, model=instance.name)
+
+
+ADAPTER = Generic()

@@ -10,20 +10,21 @@ by beam search share a batch. Streaming calls always run alone.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Hashable, Sequence
 from typing import Any
 
 from pipelined.v1 import common_pb2, multimodal_pb2
 
+from ..config import ServerConfig
 from ..errors import InvalidInput
 from ..images import ImageLimits
 from ..loading import run_batch
 from ..registry import ModelInstance
+from .adapter import Adapter, Item
+from .checks import check_count
 from .decoding import decoding_kwargs
 from .generation_stream import stream_pieces
 from .image_input import load_image_input
-from .submit import Item
 
 TASK = "image-text-to-text"
 
@@ -77,16 +78,15 @@ def _count_images(prompt: multimodal_pb2.ImageTextPrompt) -> int:
     return sum(1 for m in prompt.chat.messages for p in m.parts if p.WhichOneof("part") == "image")
 
 
-async def load_prompts(
-    prompts: list[multimodal_pb2.ImageTextPrompt], kwargs: dict[str, Any], limits: ImageLimits
+def prompt_items(
+    prompts: Sequence[multimodal_pb2.ImageTextPrompt], kwargs: dict[str, Any], config: ServerConfig
 ) -> list[Item]:
+    """Blocking: one item per prompt, its images decoded; the images of all prompts count as inputs."""
+    # Every image counts as an input: a chat may carry several per prompt.
     images = sum(_count_images(p) for p in prompts)
-    if images > limits.max_inputs_per_request:
-        raise InvalidInput(
-            f"the request has {images} images; this server accepts at most {limits.max_inputs_per_request} "
-            "per request (images.max_inputs_per_request)"
-        )
-    loaded = await asyncio.to_thread(lambda: [_load_prompt(p, limits) for p in prompts])
+    if images:
+        check_count(images, "images", config.limits)
+    loaded = [_load_prompt(p, config.images) for p in prompts]
     sampling = bool(kwargs.get("generate_kwargs", {}).get("do_sample"))
     return [Item(payload, key=key, batchable=not sampling) for payload, key in loaded]
 
@@ -111,3 +111,40 @@ def stream_text(
         return run_batch(pipe, [item.payload], call)
 
     return stream_pieces(instance, generate, lambda pipe: pipe.processor.tokenizer, timeout)
+
+
+class ImageTextToText(
+    Adapter[multimodal_pb2.GenerateFromImageRequest, multimodal_pb2.GenerateFromImageResponse]
+):
+    task = TASK
+
+    def arguments(
+        self, request: multimodal_pb2.GenerateFromImageRequest, instance: ModelInstance, config: ServerConfig
+    ) -> dict[str, Any]:
+        return call_kwargs(request.generation, request)
+
+    def items(
+        self,
+        request: multimodal_pb2.GenerateFromImageRequest,
+        instance: ModelInstance,
+        config: ServerConfig,
+        kwargs: dict[str, Any],
+    ) -> list[Item]:
+        check_count(len(request.prompts), "prompts", config.limits)
+        return prompt_items(request.prompts, kwargs, config)
+
+    def response(
+        self,
+        request: multimodal_pb2.GenerateFromImageRequest,
+        instance: ModelInstance,
+        kwargs: dict[str, Any],
+        items: Sequence[Item],
+        outputs: list[Any],
+    ) -> multimodal_pb2.GenerateFromImageResponse:
+        return multimodal_pb2.GenerateFromImageResponse(
+            results=[multimodal_pb2.GeneratedImageText(generated_text=generated_text(o)) for o in outputs],
+            model=instance.name,
+        )
+
+
+ADAPTER = ImageTextToText()

@@ -5,13 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import InvalidInput
+from .checks import positive
 from .encoding import LOGIT_FUNCTIONS
-
-
-def positive(name: str, value: int) -> int:
-    if value < 1:
-        raise InvalidInput(f"{name} must be >= 1, got {value}")
-    return value
 
 
 def candidate_labels(candidate_labels: Any) -> list[str]:
@@ -22,10 +17,15 @@ def candidate_labels(candidate_labels: Any) -> list[str]:
 
 
 def classification_kwargs(request: Any) -> dict[str, Any]:
-    """top_k and function_to_apply (image- and audio-classification share them)."""
+    """top_k and function_to_apply (text-, image- and audio-classification share them)."""
     kwargs: dict[str, Any] = {}
     if request.HasField("top_k"):
         kwargs["top_k"] = positive("top_k", request.top_k)
+    return {**kwargs, **score_function(request)}
+
+
+def score_function(request: Any) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
     if request.function_to_apply:
         if request.function_to_apply not in LOGIT_FUNCTIONS:
             raise InvalidInput(f"unknown function_to_apply value {request.function_to_apply}")

@@ -11,20 +11,19 @@ Streaming runs alone too (see generation_stream.py).
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from pipelined.v1 import text_pb2
 
-from ..batching import gather_or_cancel
-from ..config import InputLimits
+from ..config import InputLimits, ServerConfig
 from ..errors import InvalidInput
 from ..registry import ModelInstance
+from .adapter import Adapter, Item
+from .checks import check_count, check_text, positive
 from .decoding import decoding_kwargs
-from .text_inputs import check_count, check_text, positive, run_all
 
 TASK = "text-generation"
 ROLES = ("system", "user", "assistant", "tool")
@@ -42,7 +41,7 @@ class GenerationCall:
 def call_kwargs(params: text_pb2.GenerationParameters, instance: ModelInstance) -> GenerationCall:
     kwargs: dict[str, Any] = decoding_kwargs(params.decoding)
     if params.HasField("num_return_sequences"):
-        positive(params.num_return_sequences, "num_return_sequences")
+        positive("num_return_sequences", params.num_return_sequences)
         kwargs["num_return_sequences"] = params.num_return_sequences
     if params.stop_sequences:
         if any(not s for s in params.stop_sequences):
@@ -52,9 +51,13 @@ def call_kwargs(params: text_pb2.GenerationParameters, instance: ModelInstance) 
         kwargs["return_full_text"] = params.return_full_text
     return GenerationCall(
         kwargs=kwargs,
-        seed=params.seed if params.HasField("seed") else None,
+        seed=_seed(params),
         sampling=_samples(kwargs, instance),
     )
+
+
+def _seed(params: text_pb2.GenerationParameters) -> int | None:
+    return params.seed if params.HasField("seed") else None
 
 
 def _samples(kwargs: dict[str, Any], instance: ModelInstance) -> bool:
@@ -91,7 +94,7 @@ def prompt_of(item: text_pb2.GenerationInput, limits: InputLimits, where: str) -
 def prompts_of(
     request: text_pb2.GenerateTextRequest, limits: InputLimits
 ) -> list[str | list[dict[str, str]]]:
-    check_count(len(request.inputs), limits)
+    check_count(len(request.inputs), "inputs", limits)
     return [prompt_of(item, limits, f"inputs[{i}]") for i, item in enumerate(request.inputs)]
 
 
@@ -134,27 +137,42 @@ def _generation(record: dict[str, Any]) -> text_pb2.Generation:
     return text_pb2.Generation(text=text or "")
 
 
-async def generate(
-    instance: ModelInstance, request: text_pb2.GenerateTextRequest, limits: InputLimits, timeout: float | None
-) -> text_pb2.GenerateTextResponse:
-    prompts = prompts_of(request, limits)
-    call = call_kwargs(request.parameters, instance)
-    assert instance.scheduler is not None
-    if call.sampling or instance.tokenizer.pad_token_id is None:
-        instance.scheduler.ensure_room(len(prompts))
-        outputs = await gather_or_cancel(
-            instance.scheduler.submit_call(
-                partial(run_alone, prompt=p, kwargs=call.kwargs, seed=call.seed), timeout=timeout
-            )
-            for p in prompts
+class TextGeneration(Adapter[text_pb2.GenerateTextRequest, text_pb2.GenerateTextResponse]):
+    task = TASK
+
+    def arguments(
+        self, request: text_pb2.GenerateTextRequest, instance: ModelInstance, config: ServerConfig
+    ) -> dict[str, Any]:
+        return call_kwargs(request.parameters, instance).kwargs
+
+    def items(
+        self,
+        request: text_pb2.GenerateTextRequest,
+        instance: ModelInstance,
+        config: ServerConfig,
+        kwargs: dict[str, Any],
+    ) -> list[Item]:
+        prompts = prompts_of(request, config.limits)
+        if _samples(kwargs, instance) or instance.tokenizer.pad_token_id is None:
+            seed = _seed(request.parameters)
+            return [Item(call=partial(run_alone, prompt=p, kwargs=kwargs, seed=seed)) for p in prompts]
+        return [Item(p, key=batch_key(instance, p)) for p in prompts]
+
+    def response(
+        self,
+        request: text_pb2.GenerateTextRequest,
+        instance: ModelInstance,
+        kwargs: dict[str, Any],
+        items: Sequence[Item],
+        outputs: list[Any],
+    ) -> text_pb2.GenerateTextResponse:
+        return text_pb2.GenerateTextResponse(
+            results=[
+                text_pb2.GeneratedSequences(generations=[_generation(r) for r in records])
+                for records in outputs
+            ],
+            model=instance.name,
         )
-    else:
-        # Tokenizing (chat templates too) takes a while: keep the event loop free for other calls.
-        keys = await asyncio.to_thread(lambda: [batch_key(instance, p) for p in prompts])
-        outputs = await run_all(instance, prompts, call.kwargs, timeout, keys=keys)
-    return text_pb2.GenerateTextResponse(
-        results=[
-            text_pb2.GeneratedSequences(generations=[_generation(r) for r in records]) for records in outputs
-        ],
-        model=instance.name,
-    )
+
+
+ADAPTER = TextGeneration()

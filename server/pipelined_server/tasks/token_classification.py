@@ -7,14 +7,16 @@ mask, so scores match unbatched ones to float32 rounding.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pipelined.v1 import text_pb2
 
-from ..config import InputLimits
+from ..config import ServerConfig
 from ..errors import InvalidInput
 from ..registry import ModelInstance
-from .text_inputs import check_texts, run_all
+from .adapter import Adapter, Item
+from .checks import check_texts
 
 TASK = "token-classification"
 _STRATEGIES = {
@@ -52,15 +54,36 @@ def _entity(entity: dict[str, Any]) -> text_pb2.TokenEntity:
     return proto
 
 
-async def classify(
-    instance: ModelInstance,
-    request: text_pb2.ClassifyTokensRequest,
-    limits: InputLimits,
-    timeout: float | None,
-) -> text_pb2.ClassifyTokensResponse:
-    check_texts(request.inputs, limits)
-    outputs = await run_all(instance, list(request.inputs), call_kwargs(request), timeout)
-    return text_pb2.ClassifyTokensResponse(
-        results=[text_pb2.TokenClassification(entities=[_entity(e) for e in o]) for o in outputs],
-        model=instance.name,
-    )
+class TokenClassification(Adapter[text_pb2.ClassifyTokensRequest, text_pb2.ClassifyTokensResponse]):
+    task = TASK
+
+    def arguments(
+        self, request: text_pb2.ClassifyTokensRequest, instance: ModelInstance, config: ServerConfig
+    ) -> dict[str, Any]:
+        return call_kwargs(request)
+
+    def items(
+        self,
+        request: text_pb2.ClassifyTokensRequest,
+        instance: ModelInstance,
+        config: ServerConfig,
+        kwargs: dict[str, Any],
+    ) -> list[Item]:
+        check_texts(request.inputs, config.limits)
+        return [Item(text) for text in request.inputs]
+
+    def response(
+        self,
+        request: text_pb2.ClassifyTokensRequest,
+        instance: ModelInstance,
+        kwargs: dict[str, Any],
+        items: Sequence[Item],
+        outputs: list[Any],
+    ) -> text_pb2.ClassifyTokensResponse:
+        return text_pb2.ClassifyTokensResponse(
+            results=[text_pb2.TokenClassification(entities=[_entity(e) for e in o]) for o in outputs],
+            model=instance.name,
+        )
+
+
+ADAPTER = TokenClassification()

@@ -9,14 +9,19 @@ of the same size share a batch there.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pipelined.v1 import vision_pb2
 
+from ..config import ServerConfig
 from ..errors import InvalidInput
-from .encoding import float32_array, png_bytes
-from .options import candidate_labels, positive
-from .submit import Item
+from ..registry import ModelInstance
+from .adapter import Adapter, Item
+from .checks import check_count, positive
+from .encoding import as_list, class_scores, float32_array, png_bytes
+from .image_input import load_image_input
+from .options import candidate_labels, classification_kwargs, zero_shot_classification_kwargs
 
 IMAGE_CLASSIFICATION = "image-classification"
 OBJECT_DETECTION = "object-detection"
@@ -104,6 +109,86 @@ def depth(output: dict[str, Any]) -> vision_pb2.DepthEstimate:
     )
 
 
-def as_list(output: Any) -> list[Any]:
-    """Pipelines return a bare dict instead of a one-element list in some cases (e.g. top_k=1)."""
-    return output if isinstance(output, list) else [output]
+def _no_options(request: Any) -> dict[str, Any]:
+    return {}
+
+
+class ImageTask(Adapter[Any, Any]):
+    """One vision task: images in, one result per image out. The tasks differ in their options, their
+    batching rule (`any_size` or `same_size`) and how one output becomes a result proto."""
+
+    def __init__(
+        self,
+        task: str,
+        response_type: Callable[..., Any],
+        options: Callable[[Any], dict[str, Any]],
+        plan: Callable[[list[Any]], list[Item]],
+        result: Callable[[Any], Any],
+        encodes: bool = False,
+    ) -> None:
+        self.task, self.encodes = task, encodes
+        self._response_type, self._options, self._plan, self._result = response_type, options, plan, result
+
+    def arguments(self, request: Any, instance: ModelInstance, config: ServerConfig) -> dict[str, Any]:
+        return self._options(request)
+
+    def items(
+        self, request: Any, instance: ModelInstance, config: ServerConfig, kwargs: dict[str, Any]
+    ) -> list[Item]:
+        check_count(len(request.images), "images", config.limits)
+        return self._plan([load_image_input(image, config.images) for image in request.images])
+
+    def response(
+        self,
+        request: Any,
+        instance: ModelInstance,
+        kwargs: dict[str, Any],
+        items: Sequence[Item],
+        outputs: list[Any],
+    ) -> Any:
+        return self._response_type(results=[self._result(o) for o in outputs], model=instance.name)
+
+
+IMAGE_CLASSIFICATION_ADAPTER = ImageTask(
+    IMAGE_CLASSIFICATION,
+    vision_pb2.ClassifyImageResponse,
+    classification_kwargs,
+    any_size,
+    lambda o: class_scores(as_list(o)),
+)
+OBJECT_DETECTION_ADAPTER = ImageTask(
+    OBJECT_DETECTION,
+    vision_pb2.DetectObjectsResponse,
+    detection_kwargs,
+    same_size,
+    lambda o: detected_objects(as_list(o)),
+)
+ZERO_SHOT_IMAGE_CLASSIFICATION_ADAPTER = ImageTask(
+    ZERO_SHOT_IMAGE_CLASSIFICATION,
+    vision_pb2.ClassifyImageZeroShotResponse,
+    zero_shot_classification_kwargs,
+    any_size,
+    lambda o: class_scores(as_list(o)),
+)
+ZERO_SHOT_OBJECT_DETECTION_ADAPTER = ImageTask(
+    ZERO_SHOT_OBJECT_DETECTION,
+    vision_pb2.DetectObjectsZeroShotResponse,
+    zero_shot_detection_kwargs,
+    same_size,
+    lambda o: detected_objects(as_list(o)),
+)
+# Masks and depth maps travel as PNG: encoding them is blocking work.
+IMAGE_SEGMENTATION_ADAPTER = ImageTask(
+    IMAGE_SEGMENTATION,
+    vision_pb2.SegmentImageResponse,
+    segmentation_kwargs,
+    same_size,
+    lambda o: segments(as_list(o)),
+    encodes=True,
+)
+DEPTH_ESTIMATION_ADAPTER = ImageTask(
+    DEPTH_ESTIMATION, vision_pb2.EstimateDepthResponse, _no_options, same_size, depth, encodes=True
+)
+IMAGE_FEATURE_EXTRACTION_ADAPTER = ImageTask(
+    IMAGE_FEATURE_EXTRACTION, vision_pb2.ExtractImageFeaturesResponse, feature_kwargs, any_size, float32_array
+)

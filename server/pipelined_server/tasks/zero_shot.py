@@ -7,14 +7,16 @@ unbatched ones to float32 rounding.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pipelined.v1 import text_pb2
 
-from ..config import InputLimits
+from ..config import InputLimits, ServerConfig
 from ..errors import InvalidInput
 from ..registry import ModelInstance
-from .text_inputs import check_text, check_texts, run_all
+from .adapter import Adapter, Item
+from .checks import check_text, check_texts
 
 TASK = "zero-shot-classification"
 
@@ -36,18 +38,41 @@ def call_kwargs(request: text_pb2.ClassifyZeroShotRequest, limits: InputLimits) 
     return kwargs
 
 
-async def classify(
-    instance: ModelInstance,
-    request: text_pb2.ClassifyZeroShotRequest,
-    limits: InputLimits,
-    timeout: float | None,
-) -> text_pb2.ClassifyZeroShotResponse:
-    check_texts(request.inputs, limits)
-    outputs = await run_all(instance, list(request.inputs), call_kwargs(request, limits), timeout)
-    return text_pb2.ClassifyZeroShotResponse(
-        results=[
-            text_pb2.ZeroShotClassification(sequence=o["sequence"], labels=o["labels"], scores=o["scores"])
-            for o in outputs
-        ],
-        model=instance.name,
-    )
+class ZeroShotClassification(Adapter[text_pb2.ClassifyZeroShotRequest, text_pb2.ClassifyZeroShotResponse]):
+    task = TASK
+
+    def arguments(
+        self, request: text_pb2.ClassifyZeroShotRequest, instance: ModelInstance, config: ServerConfig
+    ) -> dict[str, Any]:
+        return call_kwargs(request, config.limits)
+
+    def items(
+        self,
+        request: text_pb2.ClassifyZeroShotRequest,
+        instance: ModelInstance,
+        config: ServerConfig,
+        kwargs: dict[str, Any],
+    ) -> list[Item]:
+        check_texts(request.inputs, config.limits)
+        return [Item(text) for text in request.inputs]
+
+    def response(
+        self,
+        request: text_pb2.ClassifyZeroShotRequest,
+        instance: ModelInstance,
+        kwargs: dict[str, Any],
+        items: Sequence[Item],
+        outputs: list[Any],
+    ) -> text_pb2.ClassifyZeroShotResponse:
+        return text_pb2.ClassifyZeroShotResponse(
+            results=[
+                text_pb2.ZeroShotClassification(
+                    sequence=o["sequence"], labels=o["labels"], scores=o["scores"]
+                )
+                for o in outputs
+            ],
+            model=instance.name,
+        )
+
+
+ADAPTER = ZeroShotClassification()
