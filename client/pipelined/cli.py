@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import wave
 from collections.abc import Iterator
@@ -92,6 +93,9 @@ class Progress:
             file=sys.stderr,
             disable=not sys.stderr.isatty(),
             leave=False,
+            # A terminal that reports no size (some ptys) would get no bar: shutil falls back to 80x24.
+            ncols=shutil.get_terminal_size().columns,
+            nrows=shutil.get_terminal_size().lines,
             bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} {unit} [{elapsed}<{remaining}]"
             if total
             else None,
@@ -377,6 +381,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("pipelined: interrupted", file=sys.stderr)
         code = 130
+    except BrokenPipeError:
+        # The reader stopped reading (`| head`): not an error of ours. stdout is pointed at devnull so that
+        # the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
     except (OSError, ValueError) as error:  # a missing or unreadable file, an input the client cannot send
         print(f"pipelined: {error}", file=sys.stderr)
         code = 3

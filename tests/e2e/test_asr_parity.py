@@ -190,7 +190,7 @@ def _as_chunks(segments: list[dict[str, Any]]) -> dict[str, Any]:
     return {"text": "".join(c["text"] for c in chunks), "chunks": chunks}
 
 
-@pytest.mark.parametrize("seconds", [70.0, 95.0])
+@pytest.mark.parametrize("seconds", [4.0, 70.0, 95.0])
 def test_stream_file_equals_unary_long_form(client: Client, local_whisper: Any, seconds: float) -> None:
     """Text and segment timestamps of the stream equal the unary call's and the in-process pipeline's on the
     same long file (they differed at every 30 s seam when each window was decoded on its own)."""

@@ -174,7 +174,8 @@ class _WhisperObserver:
 
 def _whisper_job(samples: np.ndarray, rate: int, kwargs: dict[str, Any], deadline: float | None) -> Work:
     want_words = kwargs.get("return_timestamps") == "word"
-    call = plan(kwargs, WHISPER, samples, rate)
+    # Segments need timestamps, whatever the length (plan() adds them only past 30 s).
+    call = plan({**kwargs, "return_timestamps": "word" if want_words else True}, WHISPER, samples, rate)
 
     def work(pipe: Any, emit: Emit, stop: threading.Event) -> None:
         observer = _WhisperObserver(pipe, want_words, emit, stop, deadline)
