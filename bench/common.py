@@ -45,7 +45,7 @@ def free_port() -> int:
 class ServerProcess:
     """`pipelined-server` in its own process, so client threads and the server never share a GIL."""
 
-    def __init__(self, args: Sequence[str], torch_threads: int = 1) -> None:
+    def __init__(self, args: Sequence[str], torch_threads: int = 1, workers: str = "1") -> None:
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         cmd = [
@@ -62,6 +62,8 @@ class ServerProcess:
             str(torch_threads),
             "--log-level",
             "WARNING",
+            "--workers",
+            workers,
             *args,
         ]
         self.process = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -85,6 +87,27 @@ class ServerProcess:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(60)
+
+    def worker_pids(self) -> list[int]:
+        """The serving processes: the server itself, or each worker under a supervisor."""
+        children = [
+            int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == self.process.pid
+        ]
+        return children or [self.process.pid]
+
+    def worker_rss_mib(self) -> list[float]:
+        """Resident memory of each serving process."""
+        from pipelined_server.workers import rss_bytes
+
+        return [round(rss_bytes(pid) / 2**20) for pid in self.worker_pids()]
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return -1
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -1,17 +1,18 @@
-"""Unary text classification: pipelined (default config) against the in-process pipeline (and TorchServe).
+"""Unary text classification: pipelined (default config) against TorchServe and the in-process pipeline.
 
 Question: what does a gRPC round trip through pipelined cost against calling the same `transformers.pipeline`
-in process, at concurrency 1 (latency) and 8 / 32 (throughput)? Uses the peers harness (../shared/peers, or
-$PEERS): its tiny random BERT classifier, its closed-loop load generator (`loadgen.py`, protocol pipelined)
-and its in-process baseline (`inproc_baseline.py`), all run with this project's venv. The pipelined server is
-this tree's code with the model's defaults (no batching block). TorchServe (batched 8 / 5 ms) is added only
-when `setup.sh` has built it in $PEERS (venv-torchserve); that build takes several minutes and is not done here.
+in process, and against TorchServe, at concurrency 1 (latency) and 8 / 32 (throughput)? Uses the peers
+harness ($PEERS, else ~/.cache/pipelined-peers once `bash ../shared/peers/setup.sh` has built it, else
+../shared/peers): its tiny random BERT classifier, its closed-loop load generator (`loadgen.py`: one gRPC
+channel, so one connection) and its in-process baseline (`inproc_baseline.py`). The pipelined server is this
+tree's code with the model's defaults (no batching block, `workers: auto`). TorchServe batched (8 / 5 ms,
+the peers' config) runs in the same repeat loop when setup.sh has built it; one torch thread everywhere.
 
     PYTHONPATH=$PWD/client:$PWD/server .venv/bin/python bench/unary_peers.py --duration 5 --repeats 3
 
-Prints one row per server with medians over the repeats: c=1 p50 (ms), c=8 and c=32 req/s, and the
-ratio of each to the in-process figure (single calls; for c=8/32 the in-process row is the same pipeline
-called with lists of 8, batch_size 8, in items/s, i.e. the batched limit).
+Prints one row per server with medians over the repeats: c=1 p50 (ms), c=8 and c=32 req/s, the ratio of each
+to the in-process figure (single calls; for c=8/32 also to the same pipeline called with lists of 8,
+batch_size 8, in items/s: the batched limit) and to TorchServe, and each pipelined worker's resident memory.
 """
 
 from __future__ import annotations
@@ -24,16 +25,22 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from common import REPO, ServerProcess, table
 
-# $PEERS, else the nearest ../shared/peers above the checkout (a worktree may sit one level deeper).
+# $PEERS, else the copy setup.sh builds, else the nearest ../shared/peers above the checkout (a worktree may
+# sit one level deeper; that read-only copy has no TorchServe build).
+_BUILT = Path.home() / ".cache" / "pipelined-peers"
 HARNESS = Path(
     os.environ.get("PEERS")
+    or (_BUILT if (_BUILT / "loadgen.py").exists() else None)
     or next((p / "shared" / "peers" for p in REPO.parents if (p / "shared" / "peers").is_dir()), "peers")
 )
+TORCHSERVE = "TorchServe batched (8 / 5 ms)"
+PIPELINED = "pipelined (default config)"
 
 
 def _run_json(cmd: list[str], out: Path, env: dict[str, str]) -> list[dict[str, Any]]:
@@ -48,6 +55,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument(
+        "--profile", type=int, default=0, help="c=N: also sample the server with py-spy under this load"
+    )
+    ap.add_argument(
+        "--quiet-wait", type=float, default=30.0, help="max s to wait for the machine to go idle per phase"
+    )
     ap.add_argument(
         "--max-queue-delay-ms", type=float, default=None, help="override the default batching delay"
     )
@@ -72,38 +85,43 @@ def main() -> None:
             with config.open("a") as f:
                 f.write(f"    batching: {{max_queue_delay_ms: {a.max_queue_delay_ms}}}\n")
         py = sys.executable
-        rows: dict[str, list[dict[str, Any]]] = {"in-process": [], "pipelined (default config)": []}
+        rows: dict[str, list[dict[str, Any]]] = {"in-process": [], PIPELINED: []}
         torchserve = HARNESS / "venv-torchserve" / "bin" / "torchserve"
+        built = torchserve.exists() and (HARNESS / "torchserve" / "model_store" / "tiny-textcls.mar").exists()
+        if built:
+            rows[TORCHSERVE] = []
+        else:
+            print(f"TorchServe not built in {HARNESS} (run ../shared/peers/setup.sh, ~5+ min); row omitted")
+        py = sys.executable
+        load = ["--concurrency", a.concurrency, "--duration", str(a.duration), "--warmup", str(a.warmup)]
+        load += ["--quiet-wait", str(a.quiet_wait)]
+        memory: list[list[float]] = []
+        profiled = ""
         for _ in range(a.repeats):
             inproc = _run_json(
                 [py, str(work / "inproc_baseline.py"), "--model", str(model), "--modes", "single,list8_bs8"]
-                + ["--threads", "1", "--duration", str(a.duration), "--warmup", str(a.warmup)],
+                + ["--threads", "1", "--duration", str(a.duration), "--warmup", str(a.warmup)]
+                + ["--quiet-wait", str(a.quiet_wait)],
                 work / "inproc.jsonl",
                 env,
             )
             rows["in-process"].append({r.get("mode", r.get("label")): r for r in inproc})
-            server = ServerProcess(["--config", str(config)])
+            server = ServerProcess(["--config", str(config)], workers="auto")
             try:
                 server.wait_ready()
                 cmd = [py, str(work / "loadgen.py"), "--protocol", "pipelined", "--target", server.target]
-                cmd += [
-                    "--model",
-                    "tiny-textcls",
-                    "--concurrency",
-                    a.concurrency,
-                    "--duration",
-                    str(a.duration),
-                ]
-                cmd += ["--warmup", str(a.warmup), "--server-pid", str(server.process.pid)]
-                rows["pipelined (default config)"].append(
-                    {r["concurrency"]: r for r in _run_json(cmd, work / "lg.jsonl", env)}
-                )
+                cmd += ["--model", "tiny-textcls", *load, "--server-pid", str(server.process.pid)]
+                rows[PIPELINED].append({r["concurrency"]: r for r in _run_json(cmd, work / "lg.jsonl", env)})
+                memory.append(server.worker_rss_mib())
+                if a.profile and not profiled:
+                    profiled = _profile_under_load(a.profile, server, work, env)
             finally:
                 server.stop()
-        if torchserve.exists():
-            print("TorchServe found in $PEERS; run $PEERS/run_all.sh STEPS=torchserve-batched for its row")
-        else:
-            print(f"TorchServe not built in {HARNESS} (run ../shared/peers/setup.sh, ~5+ min); row omitted")
+            if built:
+                rows[TORCHSERVE].append(_torchserve(load, work, env))
+        if profiled:
+            print(profiled)
+        print(f"pipelined worker resident memory (MiB, per process, last repeat): {memory[-1]}")
         print(table_of(rows, [int(c) for c in a.concurrency.split(",")]))
         print(
             f"\nreproduce: PYTHONPATH=$PWD/client:$PWD/server {py} bench/unary_peers.py "
@@ -111,6 +129,78 @@ def main() -> None:
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+# Where a server's busy samples go, by the first matching frame of each stack (leaf first). Idle samples
+# (waiting in select/epoll or on a condition) are left out.
+_IDLE = ("select (selectors.py", "Condition.wait", "Event.wait", "_worker (concurrent/futures/thread.py:8")
+_CATEGORIES = (
+    ("model forward (torch)", "Module._call_impl"),
+    ("pipeline pre/postprocess", "transformers/pipelines/"),
+    ("tokenizer", "tokenization_utils"),
+    ("scheduler", "pipelined_server/batching/"),
+    ("adapter + servicer", "pipelined_server/"),
+    ("protobuf", "google/protobuf/"),
+)
+
+
+def _profile_under_load(concurrency: int, server: ServerProcess, work: Path, env: dict[str, str]) -> str:
+    """Loads the server at `concurrency` for 8 s while py-spy samples its serving process for 5 s."""
+    cmd = [sys.executable, str(work / "loadgen.py"), "--protocol", "pipelined", "--target", server.target]
+    cmd += ["--model", "tiny-textcls", "--concurrency", str(concurrency), "--duration", "8", "--warmup", "1"]
+    load = subprocess.Popen([*cmd, "--quiet-wait", "0"], env=env, stdout=subprocess.DEVNULL)
+    try:
+        # The loadgen holds one connection, so one worker serves it: sample the one whose CPU time grows.
+        pids = server.worker_pids()
+        before = {pid: _cpu_seconds(pid) for pid in pids}
+        time.sleep(1.5)
+        busiest = max(pids, key=lambda pid: _cpu_seconds(pid) - before[pid])
+        return f"c={concurrency}, pid {busiest}:\n" + profile(busiest, 5, work / "profile.txt")
+    finally:
+        load.wait()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def profile(pid: int, seconds: float, out: Path) -> str:
+    """Samples the server with py-spy for `seconds` and says where its busy time goes."""
+    py_spy = Path(sys.executable).with_name("py-spy")
+    cmd = [str(py_spy), "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "250", "-f", "raw"]
+    subprocess.run([*cmd, "--threads", "-o", str(out)], check=True, capture_output=True)
+    counts: dict[str, int] = {}
+    busy = 0
+    for line in out.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack:
+            continue
+        frames = stack.split(";")
+        if any(frames[-1].startswith(idle) or idle in frames[-1] for idle in _IDLE):
+            continue
+        busy += int(n)
+        category = next(
+            (name for name, marker in _CATEGORIES if any(marker in f for f in reversed(frames))),
+            "gRPC + event loop",
+        )
+        counts[category] = counts.get(category, 0) + int(n)
+    rows = sorted(counts.items(), key=lambda kv: -kv[1])
+    return table(["where the server's busy samples go", "share"], [(k, f"{v / busy:.0%}") for k, v in rows])
+
+
+def _torchserve(load: list[str], work: Path, env: dict[str, str]) -> dict[int, dict[str, Any]]:
+    """One TorchServe run with the peers' own scripts (batched config, gRPC on 127.0.0.1:18183)."""
+    ts_env = {**env, "PEERS": str(HARNESS), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    pidfile = HARNESS / "run" / "torchserve.pid"
+    try:
+        subprocess.run(["bash", str(HARNESS / "start_torchserve.sh"), "batched"], check=True, env=ts_env)
+        cmd = [str(HARNESS / "venv-loadgen" / "bin" / "python"), str(HARNESS / "loadgen.py")]
+        cmd += ["--protocol", "torchserve", "--target", "127.0.0.1:18183", "--model", "tiny-textcls", *load]
+        cmd += ["--server-pid", pidfile.read_text().strip()]
+        return {r["concurrency"]: r for r in _run_json(cmd, work / "ts.jsonl", ts_env)}
+    finally:
+        subprocess.run(["bash", str(HARNESS / "stop_pidfile.sh"), str(pidfile)], env=ts_env, check=False)
 
 
 def table_of(rows: dict[str, list[dict[Any, Any]]], concurrency: list[int]) -> str:
@@ -121,23 +211,33 @@ def table_of(rows: dict[str, list[dict[Any, Any]]], concurrency: list[int]) -> s
     in_p50 = med([r["single"]["p50_ms"] for r in inproc if "single" in r])
     in_rps = med([r["single"]["items_per_s"] for r in inproc if "single" in r])
     in_batched = med([r["list8_bs8"]["items_per_s"] for r in inproc if "list8_bs8" in r])
-    headers = ["server", "c=1 p50 ms", "x in-proc"]
+    ts = rows.get(TORCHSERVE)
+    ts_rps = {c: med([r[c]["rps"] for r in ts]) for c in concurrency[1:]} if ts else {}
+    headers = ["server", "c=1 p50 ms", "- in-proc ms"]
     for c in concurrency[1:]:
-        headers += [f"c={c} req/s", "x in-proc single", "x in-proc list8"]
-    first: list[object] = ["in-process (single / list of 8, bs 8)", in_p50, 1.0]
+        headers += [f"c={c} req/s", "x in-proc list8", "x TorchServe"]
+    first: list[object] = ["in-process (single / list of 8, bs 8)", in_p50, 0.0]
     for _ in concurrency[1:]:
-        first += [f"{in_rps:.0f} / {in_batched:.0f}", 1.0, 1.0]
+        first += [f"{in_rps:.0f} / {in_batched:.0f}", 1.0, "-"]
     out = [first]
     for name, runs in rows.items():
         if name == "in-process":
             continue
         p50 = med([r[concurrency[0]]["p50_ms"] for r in runs])
-        row: list[object] = [name, p50, p50 / in_p50]
+        row: list[object] = [name, p50, p50 - in_p50]
         for c in concurrency[1:]:
             rps = med([r[c]["rps"] for r in runs])
-            row += [f"{rps:.0f}", rps / in_rps, rps / in_batched]
+            row += [f"{rps:.0f}", rps / in_batched, rps / ts_rps[c] if ts_rps else "-"]
         out.append(row)
-    return table(headers, out)
+    lines = [table(headers, out)]
+    runs = rows[PIPELINED]
+    p50 = med([r[concurrency[0]]["p50_ms"] for r in runs])
+    lines.append(f"target c=1 p50 <= in-process + 1.0 ms: {p50:.2f} vs {in_p50 + 1:.2f} ms")
+    for c, want in ((8, 1.2), (32, 1.5)):
+        if c in ts_rps:
+            rps = med([r[c]["rps"] for r in runs])
+            lines.append(f"target c={c} >= {want}x TorchServe: {rps / ts_rps[c]:.2f}x")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

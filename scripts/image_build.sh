@@ -5,7 +5,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 IMAGE="${1:-pipelined-server:latest}"
-BASE="${BASE:-debian-bookworm-python:local}"
+# The base's name says what it holds: a base made before tesseract-ocr joined it is not reused.
+BASE="${BASE:-debian-bookworm-python-ocr:local}"
 SUITE="${SUITE:-bookworm}"
 # The Debian mirror this host already uses (deb822 URIs: or a classic deb line), unless MIRROR is given.
 MIRROR="${MIRROR:-$(grep -hoE '^URIs: *[^ ]+|^deb +[^ ]+' /etc/apt/sources.list.d/* /etc/apt/sources.list 2>/dev/null | head -1 | awk '{print $2}' || true)}"
@@ -20,7 +21,7 @@ command -v docker >/dev/null || { echo "image_build: install docker (apt-get ins
 if ! docker image inspect "$BASE" >/dev/null 2>&1; then
   command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap
   rootfs="$(mktemp -d)"
-  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,libsndfile1,passwd \
+  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,libsndfile1,passwd,tesseract-ocr \
     "$SUITE" "$rootfs" "$MIRROR"
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
   tar -C "$rootfs" -c . | docker import -c 'ENV LANG=C.UTF-8' -c 'CMD ["/bin/bash"]' - "$BASE"

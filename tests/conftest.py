@@ -11,6 +11,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Servers the tests start as subprocesses run one process each, so their pid, memory and signals are the
+# server's own; tests/e2e/test_workers.py covers several workers.
+os.environ.setdefault("PIPELINED_WORKERS", "1")
 
 import sys  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""`pipelined`: the command-line client (transcribe, run, listen, models, health).
+"""`pipelined`: the command-line client (transcribe, run, listen, models, health, demo).
 
 Every subcommand takes `--json` (one JSON value per line on stdout, for scripts); progress goes to stderr and
 only when stderr is a terminal, so pipes and files get the results alone."""
@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 
 from .client import DEFAULT_TARGET, Client
+from .demo import command as demo_command
 from .errors import PipelinedError
 
 DEFAULT_PORT = 50051
@@ -356,7 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     h = sub.add_parser("health", help="server (or one model's) health")
     h.add_argument("service", nargs="?", default="", help="a model name; empty for the whole server")
     h.set_defaults(run=health)
-    for each in (t, r, li, m, h):
+    d = sub.add_parser("demo", help="serve a web demo of the served models (needs pipelined[demo])")
+    demo_command.add_arguments(d)
+    d.set_defaults(run=demo_command.run)
+    for each in (t, r, li, m, h, d):
         each.add_argument("--target", default=argparse.SUPPRESS, help="server address")
         each.add_argument(
             "--timeout", type=float, default=argparse.SUPPRESS, help="deadline per call, in seconds"

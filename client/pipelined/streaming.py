@@ -42,16 +42,8 @@ STREAM_OPTIONS = {
     "min_silence_s",
     "speech_padding_s",
 }
-# Recognition arguments that make sense on a live stream.
-RECOGNITION_OPTIONS = {
-    "language",
-    "task",
-    "return_timestamps",
-    "generate_kwargs",
-    "num_beams",
-    "max_new_tokens",
-    "temperature",
-}
+# Recognition arguments of a live stream: those every recognition shares.
+RECOGNITION_OPTIONS = asr.SHARED
 DEFAULT_RATE = 16000
 
 

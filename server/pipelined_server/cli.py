@@ -14,11 +14,17 @@ from typing import Any
 
 from .config import DEFAULT_PORT, ServerConfig, check_devices, resolve_config
 from .errors import ConfigError
+from .workers import Supervisor, is_worker, resolve_workers, watch_parent
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="pipelined-server", description="Serve transformers pipelines over gRPC."
+        prog="pipelined-server",
+        description="Serve transformers pipelines over gRPC.",
+        epilog="PIPELINED_<KEY> environment variables override the config file and flags override both; "
+        "`__` separates nested keys and list indexes (PIPELINED_PORT=6000, "
+        "PIPELINED_LIMITS__MAX_INPUTS_PER_REQUEST=32, PIPELINED_MODELS__0__REPLICAS=2). "
+        "A bad config exits with status 2 and names the key.",
     )
     parser.add_argument("--config", type=Path, help="YAML or TOML file naming the models to serve")
     parser.add_argument("--host", help="address to bind (default [::])")
@@ -26,11 +32,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--metrics-port", type=int, help="Prometheus port (default 9464; 0 disables)")
     parser.add_argument("--model", help="serve one model without a file: embedded name, local dir or Hub id")
     parser.add_argument("--task", help="pipeline task of --model (required unless it is embedded)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto (device_map='auto')")
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:N, mps, xpu[:N] or auto (device_map='auto')"
+    )
     parser.add_argument("--dtype", default=None, help="auto, float32, float16, bfloat16 or int8")
     parser.add_argument("--torch-threads", type=int, help="torch intra-op threads (default 1)")
     parser.add_argument(
         "--replicas", type=int, default=None, help="--model: pipelines sharing its weights, one thread each"
+    )
+    parser.add_argument(
+        "--workers", help="server processes on the port: 'auto' (one per core for CPU models) or a count"
     )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
@@ -43,11 +54,17 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str] | None = N
         "port": args.port,
         "metrics_port": args.metrics_port,
         "torch_threads": args.torch_threads,
+        "workers": args.workers if args.workers in (None, "auto") else _count(args.workers),
     }
     if args.model:
         overrides["models"] = [_single_model(args)]
     overrides = {k: v for k, v in overrides.items() if v is not None}
     return resolve_config(args.config, os.environ if environ is None else environ, overrides)
+
+
+def _count(value: str) -> int | str:
+    """A flag's number, or the text as given so that validation names it."""
+    return int(value) if value.isdigit() else value
 
 
 def _single_model(args: argparse.Namespace) -> dict[str, Any]:
@@ -77,8 +94,12 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # The task is held here: the loop keeps only weak references.
+    parent_watch = loop.create_task(watch_parent(stop)) if is_worker() else None
     print(f"pipelined-server listening on {config.host}:{app.port}", flush=True)
     await stop.wait()
+    if parent_watch is not None:
+        parent_watch.cancel()
     logging.getLogger(__name__).info("draining (grace %.0f s)", config.grace_period_s)
     await app.drain()
 
@@ -94,6 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"pipelined-server: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
+    count = 1 if is_worker() else resolve_workers(config)
+    if count > 1:
+        raise SystemExit(Supervisor(config, sys.argv[1:] if argv is None else argv, count).run())
     asyncio.run(serve(config))
     # A model still loading holds a worker thread that would block interpreter exit; the drain is done.
     sys.stdout.flush()

@@ -36,8 +36,9 @@ DEFAULT_TEXT_MODELS = ("all-minilm-l6-v2", "smollm2-135m-instruct")
 # Environment variables named PIPELINED_<KEY> override the file; `__` separates nested keys and list
 # indexes (PIPELINED_LIMITS__MAX_INPUTS_PER_REQUEST, PIPELINED_MODELS__0__REPLICAS), as in pydantic-settings.
 ENV_PREFIX = "PIPELINED_"
-# PIPELINED_ variables that are not config keys: the model cache, and the client's default target.
-_OTHER_ENV = {"PIPELINED_CACHE_DIR", "PIPELINED_TARGET"}
+# PIPELINED_ variables that are not config keys: the model cache, the client's default target, and the index
+# the supervisor gives each worker process (workers.py).
+_OTHER_ENV = {"PIPELINED_CACHE_DIR", "PIPELINED_TARGET", "PIPELINED_WORKER_INDEX"}
 
 # pipelined's own per-request options (not transformers arguments) a model may default, per task.
 POOLINGS = ("none", "mean", "cls")
@@ -199,11 +200,19 @@ class ServerConfig(Section):
     max_message_bytes: Int = Field(default=64 * 1024 * 1024, gt=0)
     # torch intra-op threads; on small shared CPUs more threads than cores is much slower.
     torch_threads: Int = Field(default=1, ge=1)
+    # Server processes on the port (SO_REUSEPORT, see workers.py): "auto" (0) is one per usable core when
+    # every model is on the CPU, else one (a GPU holds the weights once; replicas share them in one process).
+    workers: Int = Field(default=0, ge=0)
     limits: InputLimits = InputLimits()
     audio: AudioLimits = AudioLimits()
     images: ImageLimits = ImageLimits()
     streaming: StreamingLimits = StreamingLimits()
     models: tuple[ModelSpec, ...]
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _auto_workers(cls, value: Any) -> Any:
+        return 0 if value == "auto" else value
 
     @field_validator("models")
     @classmethod

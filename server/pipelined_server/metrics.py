@@ -1,6 +1,8 @@
 """Prometheus metrics, defined once and shared by the servicers, the scheduler and the registry.
 
-A private registry keeps tests that build several servers in one process from colliding.
+A private registry keeps tests that build several servers in one process from colliding. Under several
+worker processes (workers.py) prometheus-client's multiprocess mode stores every sample in a per-process
+file that the supervisor sums; each gauge says how its workers' values combine.
 """
 
 from __future__ import annotations
@@ -44,7 +46,11 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            "pipelined_queue_depth", "Requests waiting per model.", ["model"], registry=r
+            "pipelined_queue_depth",
+            "Requests waiting per model.",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.pipeline_calls = Counter(
             "pipelined_pipeline_calls_total", "Calls into the transformers pipeline.", ["model"], registry=r
@@ -59,13 +65,25 @@ class Metrics:
             registry=r,
         )
         self.load_seconds = Gauge(
-            "pipelined_model_load_seconds", "Time taken to load each model.", ["model"], registry=r
+            "pipelined_model_load_seconds",
+            "Time taken to load each model.",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.model_ready = Gauge(
-            "pipelined_model_ready", "1 when the model serves requests.", ["model"], registry=r
+            "pipelined_model_ready",
+            "1 when the model serves requests; with several worker processes, how many serve it.",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.active_streams = Gauge(
-            "pipelined_active_streams", "Live recognition streams open.", ["model"], registry=r
+            "pipelined_active_streams",
+            "Live recognition streams open.",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.time_to_first_result = Histogram(
             "pipelined_stream_time_to_first_result_seconds",

@@ -32,6 +32,11 @@ def raw(
     return audio_pb2.AudioInput(raw=audio_pb2.RawAudio(data=data, format=fmt))
 
 
+def clip(**shared: Any) -> speech_pb2.ClipRecognitionConfig:
+    """A whole-clip config carrying only shared fields."""
+    return speech_pb2.ClipRecognitionConfig(config=speech_pb2.RecognitionConfig(**shared))
+
+
 GOOD = raw(np.zeros(8000, np.int16).tobytes())
 
 BAD_REQUESTS: list[tuple[str, speech_pb2.RecognizeRequest, grpc.StatusCode, str]] = [
@@ -74,40 +79,57 @@ BAD_REQUESTS: list[tuple[str, speech_pb2.RecognizeRequest, grpc.StatusCode, str]
     ),
     (
         "unknown model",
-        speech_pb2.RecognizeRequest(config=speech_pb2.RecognitionConfig(model="nope"), audio=GOOD),
+        speech_pb2.RecognizeRequest(config=clip(model="nope"), audio=GOOD),
         grpc.StatusCode.NOT_FOUND,
         "nope",
     ),
     (
         "char timestamps on whisper",
         speech_pb2.RecognizeRequest(
-            config=speech_pb2.RecognitionConfig(timestamps=speech_pb2.TIMESTAMP_GRANULARITY_CHAR), audio=GOOD
+            config=clip(timestamps=speech_pb2.TIMESTAMP_GRANULARITY_CHAR), audio=GOOD
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
         "CHAR",
     ),
     (
         "language on ctc",
-        speech_pb2.RecognizeRequest(
-            config=speech_pb2.RecognitionConfig(model="tiny-ctc", language="fr"), audio=GOOD
-        ),
+        speech_pb2.RecognizeRequest(config=clip(model="tiny-ctc", language="fr"), audio=GOOD),
         grpc.StatusCode.INVALID_ARGUMENT,
         "generative",
     ),
     (
         "unknown language",
-        speech_pb2.RecognizeRequest(config=speech_pb2.RecognitionConfig(language="klingon"), audio=GOOD),
+        speech_pb2.RecognizeRequest(config=clip(language="klingon"), audio=GOOD),
         grpc.StatusCode.INVALID_ARGUMENT,
         "klingon",
     ),
     (
         "zero beams",
         speech_pb2.RecognizeRequest(
-            config=speech_pb2.RecognitionConfig(generation=common_pb2.DecodingOptions(num_beams=0)),
+            config=clip(generation=common_pb2.DecodingOptions(num_beams=0)),
             audio=GOOD,
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
         "num_beams",
+    ),
+    (
+        "stride without chunk",
+        speech_pb2.RecognizeRequest(
+            config=speech_pb2.ClipRecognitionConfig(stride_length={"seconds": 2}), audio=GOOD
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "stride_length needs chunk_length",
+    ),
+    (
+        "return_language on ctc",
+        speech_pb2.RecognizeRequest(
+            config=speech_pb2.ClipRecognitionConfig(
+                config=clip(model="tiny-ctc").config, return_language=True
+            ),
+            audio=GOOD,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "return_language",
     ),
 ]
 

@@ -168,6 +168,23 @@ def test_stream_file_words(client: Client) -> None:
             assert w_start is not None and start <= (w_start + (w_end or w_start)) / 2 <= end + 1e-6
 
 
+def test_stream_file_takes_only_shared_options(client: Client) -> None:
+    """Chunking, batching and the language report belong to a whole-clip call (ClipRecognitionConfig): a
+    pipeline's defaults of them are left out of long-audio streams, and asking for them there fails."""
+    audio = tiny_audio(8.0, seed=12)
+    plain = list(client.pipeline(ASR, model="tiny-whisper").stream_file(audio))
+    chunked = client.pipeline(ASR, model="tiny-whisper", chunk_length_s=5, batch_size=2, return_language=True)
+    assert list(chunked.stream_file(audio)) == plain
+    for option in (
+        {"chunk_length_s": 5},
+        {"stride_length_s": 1},
+        {"batch_size": 2},
+        {"return_language": True},
+    ):
+        with pytest.raises(TypeError, match=f"{next(iter(option))} only apply to a whole-clip call"):
+            list(chunked.stream_file(audio, **option))
+
+
 def test_ctc_stream_file(client: Client, local_ctc: Any) -> None:
     audio = np.concatenate([tiny_audio(20.0, seed=9), np.zeros(16000, np.float32), tiny_audio(20.0, seed=10)])
     segments = list(client.pipeline(ASR, model="tiny-ctc").stream_file(audio, return_timestamps="word"))

@@ -215,10 +215,14 @@ BAD_STREAMS = [
         "nope",
     ),
     (
-        "chunk_length",
-        [config_request(config=speech_pb2.RecognitionConfig(chunk_length={"seconds": 5}))],
+        "char timestamps",
+        [
+            config_request(
+                config=speech_pb2.RecognitionConfig(timestamps=speech_pb2.TIMESTAMP_GRANULARITY_CHAR)
+            )
+        ],
         grpc.StatusCode.INVALID_ARGUMENT,
-        "chunk_length",
+        "not CHAR",
     ),
 ]
 

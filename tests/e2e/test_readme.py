@@ -45,7 +45,10 @@ pytestmark = [
 NOT_RUN = {
     "make serve": "starts the server (the test runs its own)",
     ". .venv/bin/activate": "the test puts the venv's bin folder on the PATH itself",
-    "pipelined listen --mic": "needs a microphone",
+    "pipelined listen --mic": "needs a microphone (and `pipelined demo` serves a web page until stopped)",
+    "pip install 'pipelined[demo]'": "the web demo serves a page until stopped",
+    "import pipelined.demo": "launches the web demo (serves until stopped)",
+    "PIPELINED_TOKEN=... pipelined demo --target server.example:50051 --ca-file ca.pem \\": "a demo behind TLS/auth on another host",
     "from transformers import pipeline": "downloads from the Hub (the test builds tiny models instead)",
     "pipelined-server --config local-models.yaml --port 50052": "starts a server (the test runs this config)",
     "make test": "the development commands (the suite itself, lint, benchmarks)",

@@ -116,6 +116,24 @@ class TorchStyleDataset:
         return self.items[i]
 
 
+class CountingDataset(TorchStyleDataset):
+    """Counts the items read, to show that items are read as their requests leave, not ahead of them."""
+
+    reads = 0
+
+    def __getitem__(self, i: int) -> Any:
+        self.reads += 1
+        return super().__getitem__(i)
+
+
+def test_dataset_read_as_requests_leave(client: Client) -> None:
+    dataset = CountingDataset(TEXTS * 3)
+    results = client.pipeline(model="tiny-sentiment", max_in_flight=2)(dataset, batch_size=8, num_workers=2)
+    first = next(results)
+    assert dataset.reads == 2  # max_in_flight requests left before the first result: no more were read
+    assert_close([first, *results], local_pipeline("tiny-sentiment")(TEXTS * 3))
+
+
 def test_key_dataset(client: Client) -> None:
     from transformers.pipelines.pt_utils import KeyDataset
 
@@ -156,6 +174,70 @@ def test_generator_batch_size_2(client: Client) -> None:
     remote = [out for out in pipe(data(), batch_size=2)]
     local = [out for out in local_pipeline("tiny-sentiment")(data(), batch_size=2)]
     assert_close(remote, local)
+
+
+# ---- the same datasets through the asyncio client: `await pipe(dataset)` -> a list, `pipe.iterate(dataset)`
+
+
+def _datasets() -> dict[str, tuple[Any, list[Any]]]:
+    """name -> (remote input, the local pipeline's input for the same items)."""
+    from transformers.pipelines.pt_utils import KeyDataset, KeyPairDataset
+
+    rows = [{"text": a, "pair": b} for a, b in zip(TEXTS, reversed(TEXTS), strict=True)]
+    cases: dict[str, tuple[Any, list[Any]]] = {
+        "KeyDataset": (KeyDataset(rows, "text"), list(KeyDataset(rows, "text"))),
+        "KeyPairDataset": (KeyPairDataset(rows, "text", "pair"), list(KeyPairDataset(rows, "text", "pair"))),
+        "torch-style": (TorchStyleDataset(TEXTS * 2), TEXTS * 2),
+    }
+    try:
+        import datasets
+    except ImportError:
+        return cases
+    column = datasets.Dataset.from_dict({"text": TEXTS})["text"]
+    cases["datasets column"] = (column, list(column))
+    return cases
+
+
+@pytest.mark.parametrize("name", ["KeyDataset", "KeyPairDataset", "torch-style", "datasets column"])
+async def test_datasets_asyncio(server: ServerThread, name: str) -> None:
+    cases = _datasets()
+    if name not in cases:
+        pytest.skip("the datasets package is not installed (pip install datasets)")
+    remote_input, local_input = cases[name]
+    local = local_pipeline("tiny-sentiment")(local_input)
+    async with AsyncClient(server.target, timeout=120) as aclient:
+        pipe = aclient.pipeline(model="tiny-sentiment", max_in_flight=2)
+        assert_close(await pipe(remote_input, batch_size=2, num_workers=2), local)
+        assert_close([r async for r in pipe.iterate(remote_input, batch_size=2)], local)
+
+
+async def test_dataset_read_as_requests_leave_asyncio(server: ServerThread) -> None:
+    dataset = CountingDataset(TEXTS * 3)
+    async with AsyncClient(server.target, timeout=120) as aclient:
+        results = aclient.pipeline(model="tiny-sentiment", max_in_flight=2).iterate(dataset, num_workers=4)
+        first = await anext(results)
+        assert dataset.reads == 2  # max_in_flight requests left before the first result: no more were read
+        rest = [r async for r in results]
+    assert_close([first, *rest], local_pipeline("tiny-sentiment")(TEXTS * 3))
+
+
+async def test_generator_batch_size_2_asyncio(server: ServerThread) -> None:
+    def data() -> Any:
+        for i in range(6):
+            yield f"{TEXTS[i % 4]} {i}"
+
+    async with AsyncClient(server.target, timeout=120) as aclient:
+        remote = await aclient.pipeline(model="tiny-sentiment")(data(), batch_size=2)
+    assert_close(remote, list(local_pipeline("tiny-sentiment")(data(), batch_size=2)))
+
+
+async def test_unsupported_input_asyncio(server: ServerThread) -> None:
+    async with AsyncClient(server.target, timeout=120) as aclient:
+        pipe = aclient.pipeline(model="tiny-sentiment")
+        with pytest.raises(TypeError, match="unsupported text-classification input of type int"):
+            await pipe(42)
+        with pytest.raises(TypeError, match="unsupported"):
+            await pipe(TEXTS, batch_size=2, not_an_argument=1)
 
 
 # ---- generation: sampling arguments as in the local pipeline; `seed` makes sampling reproducible

@@ -1,8 +1,11 @@
 """The asyncio twin of the remote pipeline, built on the same steps (see `pipelines/base.py`): the sync
 pipeline (made with the asyncio client, so its `method()` is the asyncio stub method) parses each call,
 builds each request and reads each response; the twin only awaits. `await pipe(x)`: one input -> its
-result, a list (or any iterable) -> a list, at most `max_in_flight` requests at once, results in input
-order; `pipe.iterate(inputs)`: results of a (possibly async) iterable as they come, in input order."""
+result, a list (or any iterable, or a dataset) -> a list, at most `max_in_flight` requests at once, results
+in input order; `pipe.iterate(inputs)`: results of a (possibly async) iterable or a dataset as they come, in
+input order. A dataset (`KeyDataset`, `KeyPairDataset`, anything with `__len__` and `__getitem__`) is read
+on a worker thread, item by item as requests leave: its `__getitem__` may decode files without blocking
+the event loop. `batch_size`/`num_workers` are accepted as by the sync pipeline."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable
 from typing import Any, TypeVar
 
 from .. import _transport
-from ..pipelines.base import DEFAULT_MAX_IN_FLIGHT, RemotePipeline
+from ..pipelines.base import DEFAULT_MAX_IN_FLIGHT, RemotePipeline, is_dataset, iter_dataset
 
 R = TypeVar("R")
 
@@ -47,23 +50,32 @@ class AsyncPipeline:
 
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
         timeout = self.sync.call_timeout(kwargs)
-        inputs, merged = self.sync.parse_call(*args, **kwargs)
+        inputs, merged = self.sync.parse_call(*args, **self.sync.without_loader_arguments(kwargs))
         if self.sync.is_single(inputs):
             results = await self.send(self.sync.request_unit(inputs), merged, timeout)
             return self.sync.present(results[0], inputs, merged)
         if isinstance(inputs, list | tuple):
             calls = (self.send(unit, merged, timeout) for unit in self.sync.request_units(list(inputs)))
             return [result async for result in in_order(calls, self.max_in_flight)]
-        if isinstance(inputs, Iterable | AsyncIterable):
+        if isinstance(inputs, Iterable | AsyncIterable) or is_dataset(inputs):
             return [result async for result in self.iterate(inputs, timeout=timeout, **merged)]
         raise TypeError(f"unsupported {self.task} input of type {type(inputs).__name__}")
 
-    def iterate(self, inputs: Iterable[Any] | AsyncIterable[Any], **kwargs: Any) -> AsyncIterator[Any]:
-        """Results of a (possibly async, possibly endless) iterable of single inputs, in input order."""
+    def iterate(self, inputs: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """Results of a (possibly async, possibly endless) iterable of single inputs, or of a dataset, in
+        input order."""
         timeout = self.sync.call_timeout(kwargs)
+        kwargs = self.sync.without_loader_arguments(kwargs)
+        items: AsyncIterable[Any]
+        if is_dataset(inputs) and not isinstance(inputs, list | tuple | str | bytes | dict):
+            items = threaded(inputs if isinstance(inputs, Iterable) else iter_dataset(inputs))
+        elif isinstance(inputs, Iterable | AsyncIterable):
+            items = aiter_of(inputs)
+        else:
+            raise TypeError(f"iterate() takes an iterable or a dataset of {self.task} inputs")
 
         async def calls() -> AsyncIterator[Awaitable[list[Any]]]:
-            async for item in aiter_of(inputs):
+            async for item in items:
                 one, merged = self.sync.parse_call(item, **kwargs)
                 if not self.sync.is_single(one):
                     raise TypeError(

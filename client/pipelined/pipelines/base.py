@@ -25,7 +25,8 @@ from .. import _transport
 from ..errors import Unavailable
 
 DEFAULT_MAX_IN_FLIGHT = 4
-# Call arguments of transformers' pipelines that only configure its local DataLoader: accepted, unused.
+# Call arguments of transformers' pipelines that configure its local DataLoader: accepted, and left to the
+# server's batching unless the task takes them itself (speech's `batch_size` batches one clip's chunks).
 LOADER_ARGUMENTS = ("batch_size", "num_workers")
 
 
@@ -90,6 +91,9 @@ class RemotePipeline:
         if unknown:
             raise TypeError(f"unsupported {self.task} argument(s): {', '.join(sorted(unknown))}")
 
+    def without_loader_arguments(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in kwargs.items() if k not in LOADER_ARGUMENTS or k in self.accepted}
+
     def parse_call(self, inputs: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         """A call's input(s) and call arguments (defaults merged, checked) as the pipeline reads them;
         tasks whose call takes more positional arguments say how."""
@@ -134,10 +138,8 @@ class RemotePipeline:
 
     # ---- the synchronous call
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        for key in LOADER_ARGUMENTS:  # the server batches; these only shape transformers' DataLoader
-            kwargs.pop(key, None)
         timeout = self.call_timeout(kwargs)
-        inputs, merged = self.parse_call(*args, **kwargs)
+        inputs, merged = self.parse_call(*args, **self.without_loader_arguments(kwargs))
         if self.is_single(inputs):
             return self.present(self.send(self.request_unit(inputs), merged, timeout)[0], inputs, merged)
         if isinstance(inputs, list | tuple):

@@ -197,10 +197,18 @@ class ImageTextToTextPipeline(RemotePipeline):
 
 class DocumentQuestionAnsweringPipeline(RemotePipeline):
     """`pipe(image, question, word_boxes=...)` or `pipe({"image", "question", "word_boxes"})` (or a list of
-    those dicts). No OCR runs anywhere: give `word_boxes` unless the model reads pixels itself."""
+    those dicts). Without `word_boxes`, the server reads the page with Tesseract OCR (in `lang`, e.g. "deu"),
+    as the local pipeline does."""
 
     task = "document-question-answering"
-    accepted = frozenset({"top_k", "max_answer_len", "handle_impossible_answer", "timeout"})
+    accepted = frozenset({"top_k", "max_answer_len", "handle_impossible_answer", "timeout", "lang"})
+
+    def check_arguments(self, kwargs: dict[str, Any]) -> None:
+        if "tesseract_config" in kwargs:
+            # Arbitrary Tesseract flags from callers would reach a subprocess on the server (config files, output
+            # paths): its OCR runs with Tesseract's defaults, and `lang` picks the language.
+            raise TypeError("tesseract_config is not sent over gRPC; `lang` picks the OCR language")
+        super().check_arguments(kwargs)
 
     def parse_call(  # type: ignore[override]
         self, image: Any = None, question: str | None = None, word_boxes: Any = None, **kwargs: Any
@@ -232,6 +240,7 @@ class DocumentQuestionAnsweringPipeline(RemotePipeline):
             model=self.model,
             questions=[question],
             handle_impossible_answer=bool(kwargs.get("handle_impossible_answer")),
+            ocr_language=kwargs.get("lang") or "",
         )
         for name in ("top_k", "max_answer_len"):
             if kwargs.get(name) is not None:

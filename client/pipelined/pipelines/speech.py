@@ -22,7 +22,7 @@ class SpeechRecognitionPipeline(RemotePipeline):
 
     def check_arguments(self, kwargs: dict[str, Any]) -> None:
         # Also rejects bad values (an unknown task, uneven strides) before anything is sent.
-        asr.recognition_config(self.model, kwargs)
+        asr.clip_config(self.model, kwargs)
 
     def method(self) -> Any:
         return self.client.speech.Recognize
@@ -32,7 +32,7 @@ class SpeechRecognitionPipeline(RemotePipeline):
 
     def build_request(self, inputs: Any, kwargs: dict[str, Any]) -> speech_pb2.RecognizeRequest:
         return speech_pb2.RecognizeRequest(
-            config=asr.recognition_config(self.model, kwargs), audio=audio_input(inputs)
+            config=asr.clip_config(self.model, kwargs), audio=audio_input(inputs)
         )
 
     def read_results(self, response: Any, inputs: Any, kwargs: dict[str, Any]) -> list[Any]:
@@ -41,7 +41,8 @@ class SpeechRecognitionPipeline(RemotePipeline):
     def stream_file_request(
         self, inputs: Any, kwargs: dict[str, Any]
     ) -> speech_pb2.StreamingRecognizeFileRequest:
-        merged = {**self.defaults, **kwargs}
+        # The pipeline's clip-only defaults (chunking, batching) have no use here; this call's own are refused.
+        merged = {**{k: v for k, v in self.defaults.items() if k not in asr.CLIP_ONLY}, **kwargs}
         return speech_pb2.StreamingRecognizeFileRequest(
             config=asr.recognition_config(self.model, merged), audio=audio_input(inputs)
         )

@@ -385,8 +385,9 @@ class DocumentQuestion(_message.Message):
 
     @_builtins.property
     def word_boxes(self) -> _containers.RepeatedCompositeFieldContainer[Global___DocumentWord]:
-        """The page's words with their boxes (the pipeline's `word_boxes`). The
-        server runs no OCR, so models that need words need these.
+        """The page's words with their boxes (the pipeline's `word_boxes`). Without
+        them, the server reads the page's words with Tesseract OCR for models that
+        need words (LayoutLM), as the local pipeline does.
         """
 
     def __init__(
@@ -415,6 +416,7 @@ class AnswerDocumentQuestionRequest(_message.Message):
     TOP_K_FIELD_NUMBER: _builtins.int
     MAX_ANSWER_LEN_FIELD_NUMBER: _builtins.int
     HANDLE_IMPOSSIBLE_ANSWER_FIELD_NUMBER: _builtins.int
+    OCR_LANGUAGE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Name of a served model; empty picks the default document-question-answering model."""
     top_k: _builtins.int
@@ -423,6 +425,11 @@ class AnswerDocumentQuestionRequest(_message.Message):
     """Longest answer, in tokens; unset: 15."""
     handle_impossible_answer: _builtins.bool
     """Also consider "no answer" (`handle_impossible_answer`)."""
+    ocr_language: _builtins.str
+    """Tesseract language(s) of the OCR for pages without `word_boxes` (the
+    pipeline's `lang`): "eng", "deu", "eng+fra"; each must be installed on the
+    server. Empty: Tesseract's default (English).
+    """
     @_builtins.property
     def questions(self) -> _containers.RepeatedCompositeFieldContainer[Global___DocumentQuestion]:
         """The questions; each gets its answers."""
@@ -435,10 +442,11 @@ class AnswerDocumentQuestionRequest(_message.Message):
         top_k: _builtins.int | None = ...,
         max_answer_len: _builtins.int | None = ...,
         handle_impossible_answer: _builtins.bool = ...,
+        ocr_language: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_answer_len", b"_max_answer_len", "_top_k", b"_top_k", "max_answer_len", b"max_answer_len", "top_k", b"top_k"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_answer_len", b"_max_answer_len", "_top_k", b"_top_k", "handle_impossible_answer", b"handle_impossible_answer", "max_answer_len", b"max_answer_len", "model", b"model", "questions", b"questions", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_answer_len", b"_max_answer_len", "_top_k", b"_top_k", "handle_impossible_answer", b"handle_impossible_answer", "max_answer_len", b"max_answer_len", "model", b"model", "ocr_language", b"ocr_language", "questions", b"questions", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_answer_len: _TypeAlias = _typing.Literal["max_answer_len"]  # noqa: Y015
     _WhichOneofArgType__max_answer_len: _TypeAlias = _typing.Literal["_max_answer_len", b"_max_answer_len"]  # noqa: Y015

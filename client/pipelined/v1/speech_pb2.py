@@ -27,41 +27,43 @@ from pipelined.v1 import audio_pb2 as pipelined_dot_v1_dot_audio__pb2
 from pipelined.v1 import common_pb2 as pipelined_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pipelined/v1/speech.proto\x12\x0cpipelined.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x18pipelined/v1/audio.proto\x1a\x19pipelined/v1/common.proto\"\xd7\x02\n\x11RecognitionConfig\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12&\n\x04task\x18\x03 \x01(\x0e\x32\x18.pipelined.v1.SpeechTask\x12\x36\n\ntimestamps\x18\x04 \x01(\x0e\x32\".pipelined.v1.TimestampGranularity\x12/\n\x0c\x63hunk_length\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rstride_length\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nbatch_size\x18\x07 \x01(\x05\x12\x31\n\ngeneration\x18\x08 \x01(\x0b\x32\x1d.pipelined.v1.DecodingOptions\x12\x17\n\x0freturn_language\x18\t \x01(\x08\"\x91\x01\n\x0fTranscriptChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12/\n\x0cstart_offset\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nend_offset\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08language\x18\x04 \x01(\t\"l\n\x10RecognizeRequest\x12/\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1f.pipelined.v1.RecognitionConfig\x12\'\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x18.pipelined.v1.AudioInput\"q\n\x11RecognizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12-\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x1d.pipelined.v1.TranscriptChunk\x12\x10\n\x08language\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\"y\n\x1dStreamingRecognizeFileRequest\x12/\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1f.pipelined.v1.RecognitionConfig\x12\'\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x18.pipelined.v1.AudioInput\"\xf4\x01\n\x1eStreamingRecognizeFileResponse\x12.\n\x07segment\x18\x01 \x01(\x0b\x32\x1d.pipelined.v1.TranscriptChunk\x12,\n\x05words\x18\x02 \x03(\x0b\x32\x1d.pipelined.v1.TranscriptChunk\x12\x32\n\x0f\x61udio_processed\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0e\x61udio_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05model\x18\x05 \x01(\t\"\x87\x01\n\x19StreamingRecognizeRequest\x12\x44\n\x10streaming_config\x18\x01 \x01(\x0b\x32(.pipelined.v1.StreamingRecognitionConfigH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x42\x13\n\x11streaming_request\"\xa7\x02\n\x1aStreamingRecognitionConfig\x12/\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1f.pipelined.v1.RecognitionConfig\x12\x32\n\x0c\x61udio_format\x18\x02 \x01(\x0b\x32\x1c.pipelined.v1.RawAudioFormat\x12\x17\n\x0finterim_results\x18\x03 \x01(\x08\x12\x34\n\x0b\x65ndpointing\x18\x04 \x01(\x0b\x32\x1f.pipelined.v1.EndpointingConfig\x12\x36\n\x13min_decode_interval\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1d\n\x15voice_activity_events\x18\x06 \x01(\x08\"\x90\x01\n\x11\x45ndpointingConfig\x12\x18\n\x10speech_threshold\x18\x01 \x01(\x02\x12.\n\x0bmin_silence\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0espeech_padding\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xef\x01\n\x1aStreamingRecognitionResult\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08is_final\x18\x02 \x01(\x08\x12\x11\n\tstability\x18\x03 \x01(\x02\x12/\n\x0cstart_offset\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nend_offset\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\x05words\x18\x06 \x03(\x0b\x32\x1d.pipelined.v1.TranscriptChunk\x12\x10\n\x08language\x18\x07 \x01(\t\"\xba\x02\n\x1aStreamingRecognizeResponse\x12\x39\n\x07results\x18\x01 \x03(\x0b\x32(.pipelined.v1.StreamingRecognitionResult\x12/\n\x0cspeech_event\x18\x02 \x01(\x0e\x32\x19.pipelined.v1.SpeechEvent\x12\x36\n\x13speech_event_offset\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x0f\x61udio_processed\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12processing_latency\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05model\x18\x06 \x01(\t*`\n\nSpeechTask\x12\x1b\n\x17SPEECH_TASK_UNSPECIFIED\x10\x00\x12\x1a\n\x16SPEECH_TASK_TRANSCRIBE\x10\x01\x12\x19\n\x15SPEECH_TASK_TRANSLATE\x10\x02*\xa0\x01\n\x14TimestampGranularity\x12%\n!TIMESTAMP_GRANULARITY_UNSPECIFIED\x10\x00\x12!\n\x1dTIMESTAMP_GRANULARITY_SEGMENT\x10\x01\x12\x1e\n\x1aTIMESTAMP_GRANULARITY_WORD\x10\x02\x12\x1e\n\x1aTIMESTAMP_GRANULARITY_CHAR\x10\x03*k\n\x0bSpeechEvent\x12\x1c\n\x18SPEECH_EVENT_UNSPECIFIED\x10\x00\x12\x1f\n\x1bSPEECH_EVENT_SPEECH_STARTED\x10\x01\x12\x1d\n\x19SPEECH_EVENT_SPEECH_ENDED\x10\x02\x32\xc1\x02\n\rSpeechService\x12L\n\tRecognize\x12\x1e.pipelined.v1.RecognizeRequest\x1a\x1f.pipelined.v1.RecognizeResponse\x12u\n\x16StreamingRecognizeFile\x12+.pipelined.v1.StreamingRecognizeFileRequest\x1a,.pipelined.v1.StreamingRecognizeFileResponse0\x01\x12k\n\x12StreamingRecognize\x12\'.pipelined.v1.StreamingRecognizeRequest\x1a(.pipelined.v1.StreamingRecognizeResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pipelined/v1/speech.proto\x12\x0cpipelined.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x18pipelined/v1/audio.proto\x1a\x19pipelined/v1/common.proto\"\xc7\x01\n\x11RecognitionConfig\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12&\n\x04task\x18\x03 \x01(\x0e\x32\x18.pipelined.v1.SpeechTask\x12\x36\n\ntimestamps\x18\x04 \x01(\x0e\x32\".pipelined.v1.TimestampGranularity\x12\x31\n\ngeneration\x18\x05 \x01(\x0b\x32\x1d.pipelined.v1.DecodingOptions\"\xd8\x01\n\x15\x43lipRecognitionConfig\x12/\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1f.pipelined.v1.RecognitionConfig\x12/\n\x0c\x63hunk_length\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rstride_length\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12\x17\n\x0freturn_language\x18\x05 \x01(\x08\"\x91\x01\n\x0fTranscriptChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12/\n\x0cstart_offset\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nend_offset\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08language\x18\x04 \x01(\t\"p\n\x10RecognizeRequest\x12\x33\n\x06\x63onfig\x18\x01 \x01(\x0b\x32#.pipelined.v1.ClipRecognitionConfig\x12\'\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x18.pipelined.v1.AudioInput\"q\n\x11RecognizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12-\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x1d.pipelined.v1.TranscriptChunk\x12\x10\n\x08language\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\"y\n\x1dStreamingRecognizeFileRequest\x12/\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1f.pipelined.v1.RecognitionConfig\x12\'\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x18.pipelined.v1.AudioInput\"\xf4\x01\n\x1eStreamingRecognizeFileResponse\x12.\n\x07segment\x18\x01 \x01(\x0b\x32\x1d.pipelined.v1.TranscriptChunk\x12,\n\x05words\x18\x02 \x03(\x0b\x32\x1d.pipelined.v1.TranscriptChunk\x12\x32\n\x0f\x61udio_processed\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0e\x61udio_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05model\x18\x05 \x01(\t\"\x87\x01\n\x19StreamingRecognizeRequest\x12\x44\n\x10streaming_config\x18\x01 \x01(\x0b\x32(.pipelined.v1.StreamingRecognitionConfigH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x42\x13\n\x11streaming_request\"\xa7\x02\n\x1aStreamingRecognitionConfig\x12/\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1f.pipelined.v1.RecognitionConfig\x12\x32\n\x0c\x61udio_format\x18\x02 \x01(\x0b\x32\x1c.pipelined.v1.RawAudioFormat\x12\x17\n\x0finterim_results\x18\x03 \x01(\x08\x12\x34\n\x0b\x65ndpointing\x18\x04 \x01(\x0b\x32\x1f.pipelined.v1.EndpointingConfig\x12\x36\n\x13min_decode_interval\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1d\n\x15voice_activity_events\x18\x06 \x01(\x08\"\x90\x01\n\x11\x45ndpointingConfig\x12\x18\n\x10speech_threshold\x18\x01 \x01(\x02\x12.\n\x0bmin_silence\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0espeech_padding\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xef\x01\n\x1aStreamingRecognitionResult\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08is_final\x18\x02 \x01(\x08\x12\x11\n\tstability\x18\x03 \x01(\x02\x12/\n\x0cstart_offset\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nend_offset\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\x05words\x18\x06 \x03(\x0b\x32\x1d.pipelined.v1.TranscriptChunk\x12\x10\n\x08language\x18\x07 \x01(\t\"\xba\x02\n\x1aStreamingRecognizeResponse\x12\x39\n\x07results\x18\x01 \x03(\x0b\x32(.pipelined.v1.StreamingRecognitionResult\x12/\n\x0cspeech_event\x18\x02 \x01(\x0e\x32\x19.pipelined.v1.SpeechEvent\x12\x36\n\x13speech_event_offset\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x0f\x61udio_processed\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12processing_latency\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05model\x18\x06 \x01(\t*`\n\nSpeechTask\x12\x1b\n\x17SPEECH_TASK_UNSPECIFIED\x10\x00\x12\x1a\n\x16SPEECH_TASK_TRANSCRIBE\x10\x01\x12\x19\n\x15SPEECH_TASK_TRANSLATE\x10\x02*\xa0\x01\n\x14TimestampGranularity\x12%\n!TIMESTAMP_GRANULARITY_UNSPECIFIED\x10\x00\x12!\n\x1dTIMESTAMP_GRANULARITY_SEGMENT\x10\x01\x12\x1e\n\x1aTIMESTAMP_GRANULARITY_WORD\x10\x02\x12\x1e\n\x1aTIMESTAMP_GRANULARITY_CHAR\x10\x03*k\n\x0bSpeechEvent\x12\x1c\n\x18SPEECH_EVENT_UNSPECIFIED\x10\x00\x12\x1f\n\x1bSPEECH_EVENT_SPEECH_STARTED\x10\x01\x12\x1d\n\x19SPEECH_EVENT_SPEECH_ENDED\x10\x02\x32\xc1\x02\n\rSpeechService\x12L\n\tRecognize\x12\x1e.pipelined.v1.RecognizeRequest\x1a\x1f.pipelined.v1.RecognizeResponse\x12u\n\x16StreamingRecognizeFile\x12+.pipelined.v1.StreamingRecognizeFileRequest\x1a,.pipelined.v1.StreamingRecognizeFileResponse0\x01\x12k\n\x12StreamingRecognize\x12\'.pipelined.v1.StreamingRecognizeRequest\x1a(.pipelined.v1.StreamingRecognizeResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pipelined.v1.speech_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SPEECHTASK']._serialized_start=2359
-  _globals['_SPEECHTASK']._serialized_end=2455
-  _globals['_TIMESTAMPGRANULARITY']._serialized_start=2458
-  _globals['_TIMESTAMPGRANULARITY']._serialized_end=2618
-  _globals['_SPEECHEVENT']._serialized_start=2620
-  _globals['_SPEECHEVENT']._serialized_end=2727
+  _globals['_SPEECHTASK']._serialized_start=2438
+  _globals['_SPEECHTASK']._serialized_end=2534
+  _globals['_TIMESTAMPGRANULARITY']._serialized_start=2537
+  _globals['_TIMESTAMPGRANULARITY']._serialized_end=2697
+  _globals['_SPEECHEVENT']._serialized_start=2699
+  _globals['_SPEECHEVENT']._serialized_end=2806
   _globals['_RECOGNITIONCONFIG']._serialized_start=129
-  _globals['_RECOGNITIONCONFIG']._serialized_end=472
-  _globals['_TRANSCRIPTCHUNK']._serialized_start=475
-  _globals['_TRANSCRIPTCHUNK']._serialized_end=620
-  _globals['_RECOGNIZEREQUEST']._serialized_start=622
-  _globals['_RECOGNIZEREQUEST']._serialized_end=730
-  _globals['_RECOGNIZERESPONSE']._serialized_start=732
-  _globals['_RECOGNIZERESPONSE']._serialized_end=845
-  _globals['_STREAMINGRECOGNIZEFILEREQUEST']._serialized_start=847
-  _globals['_STREAMINGRECOGNIZEFILEREQUEST']._serialized_end=968
-  _globals['_STREAMINGRECOGNIZEFILERESPONSE']._serialized_start=971
-  _globals['_STREAMINGRECOGNIZEFILERESPONSE']._serialized_end=1215
-  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_start=1218
-  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_end=1353
-  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_start=1356
-  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_end=1651
-  _globals['_ENDPOINTINGCONFIG']._serialized_start=1654
-  _globals['_ENDPOINTINGCONFIG']._serialized_end=1798
-  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_start=1801
-  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_end=2040
-  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_start=2043
-  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_end=2357
-  _globals['_SPEECHSERVICE']._serialized_start=2730
-  _globals['_SPEECHSERVICE']._serialized_end=3051
+  _globals['_RECOGNITIONCONFIG']._serialized_end=328
+  _globals['_CLIPRECOGNITIONCONFIG']._serialized_start=331
+  _globals['_CLIPRECOGNITIONCONFIG']._serialized_end=547
+  _globals['_TRANSCRIPTCHUNK']._serialized_start=550
+  _globals['_TRANSCRIPTCHUNK']._serialized_end=695
+  _globals['_RECOGNIZEREQUEST']._serialized_start=697
+  _globals['_RECOGNIZEREQUEST']._serialized_end=809
+  _globals['_RECOGNIZERESPONSE']._serialized_start=811
+  _globals['_RECOGNIZERESPONSE']._serialized_end=924
+  _globals['_STREAMINGRECOGNIZEFILEREQUEST']._serialized_start=926
+  _globals['_STREAMINGRECOGNIZEFILEREQUEST']._serialized_end=1047
+  _globals['_STREAMINGRECOGNIZEFILERESPONSE']._serialized_start=1050
+  _globals['_STREAMINGRECOGNIZEFILERESPONSE']._serialized_end=1294
+  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_start=1297
+  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_end=1432
+  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_start=1435
+  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_end=1730
+  _globals['_ENDPOINTINGCONFIG']._serialized_start=1733
+  _globals['_ENDPOINTINGCONFIG']._serialized_end=1877
+  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_start=1880
+  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_end=2119
+  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_start=2122
+  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_end=2436
+  _globals['_SPEECHSERVICE']._serialized_start=2809
+  _globals['_SPEECHSERVICE']._serialized_end=3130
 # @@protoc_insertion_point(module_scope)

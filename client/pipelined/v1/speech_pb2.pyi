@@ -104,8 +104,11 @@ Global___SpeechEvent: _TypeAlias = SpeechEvent  # noqa: Y015
 
 @_typing.final
 class RecognitionConfig(_message.Message):
-    """Options of one recognition, mirroring the pipeline's call arguments. Unset
-    fields take the model's configured defaults.
+    """What every recognition shares, whichever RPC carries it (Recognize,
+    StreamingRecognizeFile, StreamingRecognize). Mirrors the pipeline's call
+    arguments; unset fields take the model's configured defaults. Options that
+    only one kind of recognition uses live in `ClipRecognitionConfig` (a whole
+    clip in one call) and `StreamingRecognitionConfig` (live audio).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -114,11 +117,7 @@ class RecognitionConfig(_message.Message):
     LANGUAGE_FIELD_NUMBER: _builtins.int
     TASK_FIELD_NUMBER: _builtins.int
     TIMESTAMPS_FIELD_NUMBER: _builtins.int
-    CHUNK_LENGTH_FIELD_NUMBER: _builtins.int
-    STRIDE_LENGTH_FIELD_NUMBER: _builtins.int
-    BATCH_SIZE_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
-    RETURN_LANGUAGE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Name of a served model; empty picks the server's default speech model."""
     language: _builtins.str
@@ -128,23 +127,10 @@ class RecognitionConfig(_message.Message):
     task: Global___SpeechTask.ValueType
     """Transcribe or translate to English (multilingual Whisper only)."""
     timestamps: Global___TimestampGranularity.ValueType
-    """Which timestamps to return with the text."""
-    batch_size: _builtins.int
-    """Chunks decoded together within this request (`batch_size`); zero means 1."""
-    return_language: _builtins.bool
-    """Also report the detected language (`return_language`)."""
-    @_builtins.property
-    def chunk_length(self) -> _duration_pb2.Duration:
-        """Pipeline chunking (`chunk_length_s`): split long audio into windows of
-        this length and stitch the results. Unset or zero disables it.
-        """
-
-    @_builtins.property
-    def stride_length(self) -> _duration_pb2.Duration:
-        """Overlap on each side of a chunk (`stride_length_s`); defaults to a sixth of
-        `chunk_length`.
-        """
-
+    """Which timestamps to return with the text. Long audio always returns
+    segment times and adds the words of each segment for WORD; live audio
+    takes WORD or nothing.
+    """
     @_builtins.property
     def generation(self) -> _common_pb2.DecodingOptions:
         """Decoding options passed to `generate`."""
@@ -156,19 +142,67 @@ class RecognitionConfig(_message.Message):
         language: _builtins.str = ...,
         task: Global___SpeechTask.ValueType = ...,
         timestamps: Global___TimestampGranularity.ValueType = ...,
-        chunk_length: _duration_pb2.Duration | None = ...,
-        stride_length: _duration_pb2.Duration | None = ...,
-        batch_size: _builtins.int = ...,
         generation: _common_pb2.DecodingOptions | None = ...,
-        return_language: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk_length", b"chunk_length", "generation", b"generation", "stride_length", b"stride_length"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "chunk_length", b"chunk_length", "generation", b"generation", "language", b"language", "model", b"model", "return_language", b"return_language", "stride_length", b"stride_length", "task", b"task", "timestamps", b"timestamps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "language", b"language", "model", b"model", "task", b"task", "timestamps", b"timestamps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecognitionConfig: _TypeAlias = RecognitionConfig  # noqa: Y015
+
+@_typing.final
+class ClipRecognitionConfig(_message.Message):
+    """Options of a whole clip recognized in one call (Recognize only): the
+    pipeline's own chunking and batching, and the language report. Long audio
+    (StreamingRecognizeFile) is decoded window by window by the server and live
+    audio is cut into utterances, so neither has a use for them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONFIG_FIELD_NUMBER: _builtins.int
+    CHUNK_LENGTH_FIELD_NUMBER: _builtins.int
+    STRIDE_LENGTH_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    RETURN_LANGUAGE_FIELD_NUMBER: _builtins.int
+    batch_size: _builtins.int
+    """Chunks decoded together within this request (`batch_size`); zero means 1."""
+    return_language: _builtins.bool
+    """Also report the detected language (`return_language`, Whisper only)."""
+    @_builtins.property
+    def config(self) -> Global___RecognitionConfig:
+        """What every recognition shares."""
+
+    @_builtins.property
+    def chunk_length(self) -> _duration_pb2.Duration:
+        """Pipeline chunking (`chunk_length_s`): split long audio into windows of
+        this length and stitch the results. Unset or zero disables it.
+        """
+
+    @_builtins.property
+    def stride_length(self) -> _duration_pb2.Duration:
+        """Overlap on each side of a chunk (`stride_length_s`); defaults to a sixth of
+        `chunk_length`. Needs `chunk_length`.
+        """
+
+    def __init__(
+        self,
+        *,
+        config: Global___RecognitionConfig | None = ...,
+        chunk_length: _duration_pb2.Duration | None = ...,
+        stride_length: _duration_pb2.Duration | None = ...,
+        batch_size: _builtins.int = ...,
+        return_language: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk_length", b"chunk_length", "config", b"config", "stride_length", b"stride_length"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "chunk_length", b"chunk_length", "config", b"config", "return_language", b"return_language", "stride_length", b"stride_length"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClipRecognitionConfig: _TypeAlias = ClipRecognitionConfig  # noqa: Y015
 
 @_typing.final
 class TranscriptChunk(_message.Message):
@@ -219,7 +253,7 @@ class RecognizeRequest(_message.Message):
     CONFIG_FIELD_NUMBER: _builtins.int
     AUDIO_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def config(self) -> Global___RecognitionConfig:
+    def config(self) -> Global___ClipRecognitionConfig:
         """How to recognize it."""
 
     @_builtins.property
@@ -229,7 +263,7 @@ class RecognizeRequest(_message.Message):
     def __init__(
         self,
         *,
-        config: Global___RecognitionConfig | None = ...,
+        config: Global___ClipRecognitionConfig | None = ...,
         audio: _audio_pb2.AudioInput | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "config", b"config"]  # noqa: Y015
@@ -286,7 +320,7 @@ class StreamingRecognizeFileRequest(_message.Message):
     AUDIO_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def config(self) -> Global___RecognitionConfig:
-        """How to recognize it; `chunk_length` and `batch_size` are ignored here."""
+        """How to recognize it: the server decodes it window by window itself."""
 
     @_builtins.property
     def audio(self) -> _audio_pb2.AudioInput:
@@ -404,10 +438,8 @@ class StreamingRecognitionConfig(_message.Message):
     """Send SPEECH_STARTED and SPEECH_ENDED events."""
     @_builtins.property
     def config(self) -> Global___RecognitionConfig:
-        """Model, language, task, generation options; `timestamps` WORD returns the
-        words of each result with their times. `chunk_length`, `stride_length`,
-        `batch_size` and `return_language` do not apply to live audio and are
-        rejected.
+        """What every recognition shares; `timestamps` WORD returns the words of each
+        result with their times.
         """
 
     @_builtins.property

@@ -1,4 +1,5 @@
-"""automatic-speech-recognition call arguments -> RecognitionConfig, and responses -> the pipeline's dicts."""
+"""automatic-speech-recognition call arguments -> RecognitionConfig (what every recognition shares) and
+ClipRecognitionConfig (what a whole-clip call adds), and responses -> the pipeline's dicts."""
 
 from __future__ import annotations
 
@@ -18,22 +19,21 @@ _TIMESTAMPS = {
 }
 _TASKS = {"transcribe": speech_pb2.SPEECH_TASK_TRANSCRIBE, "translate": speech_pb2.SPEECH_TASK_TRANSLATE}
 _GENERATION = ("num_beams", "max_new_tokens", "temperature")
-KNOWN = {
-    "return_timestamps",
-    "chunk_length_s",
-    "stride_length_s",
-    "batch_size",
-    "return_language",
-    "generate_kwargs",
-    "language",
-    "task",
-    *_GENERATION,
-}
+# Call arguments every recognition takes: a whole clip, long audio streamed back, live audio.
+SHARED = frozenset({"return_timestamps", "generate_kwargs", "language", "task", *_GENERATION})
+# Call arguments only a whole-clip call takes: the pipeline's chunking and batching, the language report.
+CLIP_ONLY = frozenset({"chunk_length_s", "stride_length_s", "batch_size", "return_language"})
+KNOWN = SHARED | CLIP_ONLY
 
 
 def recognition_config(model: str, kwargs: dict[str, Any]) -> speech_pb2.RecognitionConfig:
-    """Maps the transformers ASR pipeline's call arguments onto the wire config."""
-    unknown = set(kwargs) - KNOWN
+    """Maps the transformers ASR pipeline's shared call arguments onto the wire config."""
+    unknown = set(kwargs) - SHARED
+    if unknown & CLIP_ONLY:
+        raise TypeError(
+            f"{', '.join(sorted(unknown & CLIP_ONLY))} only apply to a whole-clip call: long and live audio "
+            "are cut into windows by the server"
+        )
     if unknown:
         raise TypeError(f"unsupported automatic-speech-recognition argument(s): {', '.join(sorted(unknown))}")
     generate = dict(kwargs.get("generate_kwargs") or {})
@@ -61,6 +61,14 @@ def recognition_config(model: str, kwargs: dict[str, Any]) -> speech_pb2.Recogni
     if timestamps not in _TIMESTAMPS:
         raise ValueError(f"return_timestamps must be True, 'word' or 'char', got {timestamps!r}")
     config.timestamps = _TIMESTAMPS[timestamps]
+    return config
+
+
+def clip_config(model: str, kwargs: dict[str, Any]) -> speech_pb2.ClipRecognitionConfig:
+    """The wire config of a whole-clip call: the shared config plus the clip-only arguments."""
+    config = speech_pb2.ClipRecognitionConfig(
+        config=recognition_config(model, {k: v for k, v in kwargs.items() if k not in CLIP_ONLY})
+    )
     if kwargs.get("chunk_length_s"):
         config.chunk_length.CopyFrom(_duration(kwargs["chunk_length_s"]))
     stride = kwargs.get("stride_length_s")

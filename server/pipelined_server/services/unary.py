@@ -40,7 +40,10 @@ class Servicer:
         instance = self.state.registry.ready(adapter.model_of(request), call.task)
         call.model = instance.name
         kwargs = adapter.arguments(request, instance, config)
-        items = await asyncio.to_thread(adapter.items, request, instance, config, kwargs)
+        if adapter.decodes:
+            items = await asyncio.to_thread(adapter.items, request, instance, config, kwargs)
+        else:
+            items = adapter.items(request, instance, config, kwargs)
         outputs = await run_items(instance, items, kwargs, context.time_remaining())
         if adapter.encodes:
             return await asyncio.to_thread(adapter.response, request, instance, kwargs, items, outputs)
@@ -55,6 +58,8 @@ async def run_items(
     assert instance.scheduler is not None
     scheduler = instance.scheduler
     scheduler.ensure_room(len(items))
+    if len(items) == 1:  # the common case, without a task and a gather around the one submission
+        return [await _submit(scheduler, items[0], kwargs, timeout)]
     return await gather_or_cancel(_submit(scheduler, item, kwargs, timeout) for item in items)
 
 

@@ -51,17 +51,6 @@ def stream_options(config: speech_pb2.StreamingRecognitionConfig, instance: Mode
             "streaming_config.audio_format is required (encoding, sample_rate_hertz, channel_count)"
         )
     recognition = config.config
-    for name in ("chunk_length", "stride_length"):
-        if recognition.HasField(name):
-            raise InvalidInput(
-                f"config.{name} does not apply to live audio (the server cuts utterances itself)"
-            )
-    if recognition.batch_size:
-        raise InvalidInput(
-            "config.batch_size does not apply to live audio (decode steps are batched across streams)"
-        )
-    if recognition.return_language:
-        raise InvalidInput("config.return_language is not supported on live streams")
     kind = asr.model_kind(instance)
     word_times = recognition.timestamps == speech_pb2.TIMESTAMP_GRANULARITY_WORD
     if recognition.timestamps == speech_pb2.TIMESTAMP_GRANULARITY_CHAR:

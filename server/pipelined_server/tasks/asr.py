@@ -1,4 +1,5 @@
-"""automatic-speech-recognition: RecognitionConfig -> pipeline arguments, pipeline output -> protos.
+"""automatic-speech-recognition: RecognitionConfig (what every recognition shares) and ClipRecognitionConfig
+(what only a whole-clip Recognize adds) -> pipeline arguments, pipeline output -> protos.
 
 Batching rules live here because only this adapter knows which inputs a batch would change:
 - Whisper pads every window to 30 s, so short clips of any length batch together safely;
@@ -55,7 +56,7 @@ def model_kind(instance: ModelInstance) -> str:
 
 
 def call_kwargs(config: speech_pb2.RecognitionConfig, kind: str) -> dict[str, Any]:
-    """Pipeline call arguments for a config, rejecting what this kind of model cannot do."""
+    """Pipeline call arguments of the shared config, rejecting what this kind of model cannot do."""
     kwargs: dict[str, Any] = {}
     generate: dict[str, Any] = {}
     is_whisper = kind == WHISPER
@@ -86,9 +87,14 @@ def call_kwargs(config: speech_pb2.RecognitionConfig, kind: str) -> dict[str, An
         if kind == "seq2seq":
             raise InvalidInput("this sequence-to-sequence model cannot return timestamps")
         kwargs["return_timestamps"] = timestamps
+    return kwargs
 
-    chunk_s = to_seconds(config.chunk_length) if config.HasField("chunk_length") else 0.0
-    stride_s = to_seconds(config.stride_length) if config.HasField("stride_length") else None
+
+def clip_kwargs(clip: speech_pb2.ClipRecognitionConfig, kind: str) -> dict[str, Any]:
+    """Recognize: the shared arguments plus the pipeline's chunking, batching and language report."""
+    kwargs = call_kwargs(clip.config, kind)
+    chunk_s = to_seconds(clip.chunk_length) if clip.HasField("chunk_length") else 0.0
+    stride_s = to_seconds(clip.stride_length) if clip.HasField("stride_length") else None
     if chunk_s < 0 or (stride_s is not None and stride_s < 0):
         raise InvalidInput("chunk_length and stride_length must not be negative")
     if chunk_s > 0:
@@ -101,12 +107,12 @@ def call_kwargs(config: speech_pb2.RecognitionConfig, kind: str) -> dict[str, An
             kwargs["stride_length_s"] = stride_s
     elif stride_s:
         raise InvalidInput("stride_length needs chunk_length")
-    if config.batch_size < 0:
-        raise InvalidInput(f"batch_size must be >= 0, got {config.batch_size}")
-    if config.batch_size:
-        kwargs["batch_size"] = config.batch_size
-    if config.return_language:
-        if not is_whisper:
+    if clip.batch_size < 0:
+        raise InvalidInput(f"batch_size must be >= 0, got {clip.batch_size}")
+    if clip.batch_size:
+        kwargs["batch_size"] = clip.batch_size
+    if clip.return_language:
+        if kind != WHISPER:
             raise InvalidInput("return_language needs a Whisper model")
         kwargs["return_language"] = True
     return kwargs
@@ -158,12 +164,12 @@ class Recognition(Adapter[speech_pb2.RecognizeRequest, speech_pb2.RecognizeRespo
     task = TASK
 
     def model_of(self, request: speech_pb2.RecognizeRequest) -> str:
-        return request.config.model
+        return request.config.config.model
 
     def arguments(
         self, request: speech_pb2.RecognizeRequest, instance: ModelInstance, config: ServerConfig
     ) -> dict[str, Any]:
-        return call_kwargs(request.config, model_kind(instance))
+        return clip_kwargs(request.config, model_kind(instance))
 
     def items(
         self,

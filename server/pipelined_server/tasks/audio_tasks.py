@@ -8,7 +8,7 @@ padded to its longest clip.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,7 @@ from ..audio import encode_wav
 from ..config import ServerConfig
 from ..errors import InvalidInput
 from ..registry import ModelInstance
-from .adapter import Adapter, Item
+from .adapter import Adapter, Item, ResultPerInput
 from .audio_input import decode_audio_input
 from .checks import check_count
 from .decoding import decoding_kwargs
@@ -50,16 +50,8 @@ def generated_audio(output: dict[str, Any]) -> audio_tasks_pb2.GeneratedAudio:
     )
 
 
-class AudioClassification(Adapter[Any, Any]):
+class AudioClassification(ResultPerInput):
     """Clips in, label scores out: audio-classification and its zero-shot twin differ in options only."""
-
-    def __init__(
-        self, task: str, response_type: Callable[..., Any], options: Callable[[Any], dict[str, Any]]
-    ) -> None:
-        self.task, self._response_type, self._options = task, response_type, options
-
-    def arguments(self, request: Any, instance: ModelInstance, config: ServerConfig) -> dict[str, Any]:
-        return self._options(request)
 
     def items(
         self, request: Any, instance: ModelInstance, config: ServerConfig, kwargs: dict[str, Any]
@@ -67,16 +59,6 @@ class AudioClassification(Adapter[Any, Any]):
         check_count(len(request.audios), "audios", config.limits)
         rate = instance.sampling_rate
         return same_length([decode_audio_input(a, rate, config.audio) for a in request.audios])
-
-    def response(
-        self,
-        request: Any,
-        instance: ModelInstance,
-        kwargs: dict[str, Any],
-        items: Sequence[Item],
-        outputs: list[Any],
-    ) -> Any:
-        return self._response_type(results=[class_scores(as_list(o)) for o in outputs], model=instance.name)
 
 
 class TextToAudio(Adapter[audio_tasks_pb2.GenerateAudioRequest, audio_tasks_pb2.GenerateAudioResponse]):
@@ -114,12 +96,17 @@ class TextToAudio(Adapter[audio_tasks_pb2.GenerateAudioRequest, audio_tasks_pb2.
         )
 
 
+def _label_scores(output: Any) -> Any:
+    return class_scores(as_list(output))
+
+
 AUDIO_CLASSIFICATION_ADAPTER = AudioClassification(
-    AUDIO_CLASSIFICATION, audio_tasks_pb2.ClassifyAudioResponse, classification_kwargs
+    AUDIO_CLASSIFICATION, audio_tasks_pb2.ClassifyAudioResponse, classification_kwargs, _label_scores
 )
 ZERO_SHOT_AUDIO_CLASSIFICATION_ADAPTER = AudioClassification(
     ZERO_SHOT_AUDIO_CLASSIFICATION,
     audio_tasks_pb2.ClassifyAudioZeroShotResponse,
     zero_shot_classification_kwargs,
+    _label_scores,
 )
 TEXT_TO_AUDIO_ADAPTER = TextToAudio()

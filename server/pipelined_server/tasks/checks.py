@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from ..config import InputLimits
 from ..errors import InvalidInput
+from .adapter import Item
 
 
 def check_count(count: int, field: str, limits: InputLimits) -> None:
@@ -33,6 +34,12 @@ def check_texts(texts: Sequence[str], limits: InputLimits, field: str = "inputs"
     check_count(len(texts), field, limits)
     for index, text in enumerate(texts):
         check_text(text, limits, f"{field}[{index}]")
+
+
+def text_items(texts: Sequence[str], limits: InputLimits) -> list[Item]:
+    """One item per checked text: the tasks whose inputs are plain strings of any length batch freely."""
+    check_texts(texts, limits)
+    return [Item(text) for text in texts]
 
 
 def positive(name: str, value: int) -> int:

@@ -19,13 +19,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from pipelined.v1 import common_pb2, text_pb2
+from pipelined.v1 import text_pb2
 
 from ..config import ServerConfig
 from ..errors import InvalidInput
 from ..registry import ModelInstance
 from .adapter import Adapter, Item
 from .checks import check_texts
+from .encoding import float32_array
 
 TASK = "feature-extraction"
 _POOLINGS = {
@@ -74,11 +75,6 @@ def pool(hidden: np.ndarray, pooling: str, normalize: bool) -> np.ndarray:
     return np.ascontiguousarray(vector, dtype=np.float32)
 
 
-def _tensor(array: np.ndarray) -> common_pb2.Float32Tensor:
-    array = np.ascontiguousarray(array, dtype="<f4")
-    return common_pb2.Float32Tensor(data=array.tobytes(), shape=list(array.shape))
-
-
 class FeatureExtraction(Adapter[text_pb2.ExtractFeaturesRequest, text_pb2.ExtractFeaturesResponse]):
     task = TASK
 
@@ -114,7 +110,7 @@ class FeatureExtraction(Adapter[text_pb2.ExtractFeaturesRequest, text_pb2.Extrac
         embeddings = []
         for output, item in zip(outputs, items, strict=True):
             hidden = output.detach().float().cpu().numpy()[:, : item.note]
-            embeddings.append(_tensor(pool(hidden, pooling, normalize)))
+            embeddings.append(float32_array(pool(hidden, pooling, normalize)))
         return text_pb2.ExtractFeaturesResponse(
             embeddings=embeddings, pooling=POOLING_PROTO[pooling], normalized=normalize, model=instance.name
         )

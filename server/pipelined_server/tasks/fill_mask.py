@@ -16,7 +16,7 @@ from ..config import ServerConfig
 from ..errors import InvalidInput
 from ..registry import ModelInstance
 from .adapter import Adapter, Item
-from .checks import check_texts, positive
+from .checks import positive, text_items
 
 TASK = "fill-mask"
 
@@ -53,6 +53,7 @@ def _masks(output: list[Any]) -> text_pb2.FillMaskResult:
 
 class FillMask(Adapter[text_pb2.FillMaskRequest, text_pb2.FillMaskResponse]):
     task = TASK
+    decodes = False  # items only check string lengths
 
     def arguments(
         self, request: text_pb2.FillMaskRequest, instance: ModelInstance, config: ServerConfig
@@ -66,12 +67,12 @@ class FillMask(Adapter[text_pb2.FillMaskRequest, text_pb2.FillMaskResponse]):
         config: ServerConfig,
         kwargs: dict[str, Any],
     ) -> list[Item]:
-        check_texts(request.inputs, config.limits)
+        items = text_items(request.inputs, config.limits)
         mask = getattr(instance.pipeline.tokenizer, "mask_token", None)
         for i, text in enumerate(request.inputs):
             if mask and mask not in text:
                 raise InvalidInput(f"inputs[{i}] holds no mask token; this model's mask token is {mask!r}")
-        return [Item(text) for text in request.inputs]
+        return items
 
     def response(
         self,

@@ -36,6 +36,7 @@ def _labels(output: Any) -> text_pb2.TextClassification:
 
 class TextClassification(Adapter[text_pb2.ClassifyTextRequest, text_pb2.ClassifyTextResponse]):
     task = TASK
+    decodes = False  # items only check string lengths
 
     def arguments(
         self, request: text_pb2.ClassifyTextRequest, instance: ModelInstance, config: ServerConfig

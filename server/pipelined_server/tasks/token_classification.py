@@ -16,7 +16,7 @@ from ..config import ServerConfig
 from ..errors import InvalidInput
 from ..registry import ModelInstance
 from .adapter import Adapter, Item
-from .checks import check_texts
+from .checks import text_items
 
 TASK = "token-classification"
 _STRATEGIES = {
@@ -56,6 +56,7 @@ def _entity(entity: dict[str, Any]) -> text_pb2.TokenEntity:
 
 class TokenClassification(Adapter[text_pb2.ClassifyTokensRequest, text_pb2.ClassifyTokensResponse]):
     task = TASK
+    decodes = False  # items only check string lengths
 
     def arguments(
         self, request: text_pb2.ClassifyTokensRequest, instance: ModelInstance, config: ServerConfig
@@ -69,8 +70,7 @@ class TokenClassification(Adapter[text_pb2.ClassifyTokensRequest, text_pb2.Class
         config: ServerConfig,
         kwargs: dict[str, Any],
     ) -> list[Item]:
-        check_texts(request.inputs, config.limits)
-        return [Item(text) for text in request.inputs]
+        return text_items(request.inputs, config.limits)
 
     def response(
         self,

@@ -9,7 +9,7 @@ of the same size share a batch there.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from pipelined.v1 import vision_pb2
@@ -17,7 +17,7 @@ from pipelined.v1 import vision_pb2
 from ..config import ServerConfig
 from ..errors import InvalidInput
 from ..registry import ModelInstance
-from .adapter import Adapter, Item
+from .adapter import Item, ResultPerInput
 from .checks import check_count, positive
 from .encoding import as_list, class_scores, float32_array, png_bytes
 from .image_input import load_image_input
@@ -113,9 +113,8 @@ def _no_options(request: Any) -> dict[str, Any]:
     return {}
 
 
-class ImageTask(Adapter[Any, Any]):
-    """One vision task: images in, one result per image out. The tasks differ in their options, their
-    batching rule (`any_size` or `same_size`) and how one output becomes a result proto."""
+class ImageTask(ResultPerInput):
+    """One vision task: images in, one result each; `plan` is its batching rule (`any_size`, `same_size`)."""
 
     def __init__(
         self,
@@ -126,27 +125,14 @@ class ImageTask(Adapter[Any, Any]):
         result: Callable[[Any], Any],
         encodes: bool = False,
     ) -> None:
-        self.task, self.encodes = task, encodes
-        self._response_type, self._options, self._plan, self._result = response_type, options, plan, result
-
-    def arguments(self, request: Any, instance: ModelInstance, config: ServerConfig) -> dict[str, Any]:
-        return self._options(request)
+        super().__init__(task, response_type, options, result, encodes)
+        self._plan = plan
 
     def items(
         self, request: Any, instance: ModelInstance, config: ServerConfig, kwargs: dict[str, Any]
     ) -> list[Item]:
         check_count(len(request.images), "images", config.limits)
         return self._plan([load_image_input(image, config.images) for image in request.images])
-
-    def response(
-        self,
-        request: Any,
-        instance: ModelInstance,
-        kwargs: dict[str, Any],
-        items: Sequence[Item],
-        outputs: list[Any],
-    ) -> Any:
-        return self._response_type(results=[self._result(o) for o in outputs], model=instance.name)
 
 
 IMAGE_CLASSIFICATION_ADAPTER = ImageTask(

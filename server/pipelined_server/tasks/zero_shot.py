@@ -16,7 +16,7 @@ from ..config import InputLimits, ServerConfig
 from ..errors import InvalidInput
 from ..registry import ModelInstance
 from .adapter import Adapter, Item
-from .checks import check_text, check_texts
+from .checks import check_text, text_items
 
 TASK = "zero-shot-classification"
 
@@ -40,6 +40,7 @@ def call_kwargs(request: text_pb2.ClassifyZeroShotRequest, limits: InputLimits) 
 
 class ZeroShotClassification(Adapter[text_pb2.ClassifyZeroShotRequest, text_pb2.ClassifyZeroShotResponse]):
     task = TASK
+    decodes = False  # items only check string lengths
 
     def arguments(
         self, request: text_pb2.ClassifyZeroShotRequest, instance: ModelInstance, config: ServerConfig
@@ -53,8 +54,7 @@ class ZeroShotClassification(Adapter[text_pb2.ClassifyZeroShotRequest, text_pb2.
         config: ServerConfig,
         kwargs: dict[str, Any],
     ) -> list[Item]:
-        check_texts(request.inputs, config.limits)
-        return [Item(text) for text in request.inputs]
+        return text_items(request.inputs, config.limits)
 
     def response(
         self,

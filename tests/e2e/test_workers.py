@@ -1,0 +1,174 @@
+"""Several worker processes on one port: every worker serves, metrics are totals, drain and restarts hold."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from pipelined.v1 import text_pb2, text_pb2_grpc
+from pipelined_server.config import ModelSpec, ServerConfig, parse_config
+from pipelined_server.errors import ConfigError
+from pipelined_server.workers import resolve_workers, usable_cores
+from text_fixtures import tiny_text_dirs
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            # The command name may hold spaces: the parent pid is the 2nd field after its closing ")".
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return sorted(found)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _channel(target: str) -> grpc.Channel:
+    # Each channel its own TCP connection (gRPC shares connections between identical channels of a process
+    # by default): the kernel spreads connections, not calls, over SO_REUSEPORT listeners.
+    return grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+def _classify(channel: grpc.Channel, n: int) -> None:
+    stub = text_pb2_grpc.TextServiceStub(channel)
+    for _ in range(n):
+        stub.ClassifyText(
+            text_pb2.ClassifyTextRequest(inputs=[text_pb2.TextPairInput(text="a short sentence")]), timeout=60
+        )
+
+
+def _metric(port: int, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M))
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen[str], str, int]]:
+    # One server for the module (starting workers is the slow part): the tests run in order, the last one ends it.
+    config = tmp_path_factory.mktemp("workers") / "server.yaml"
+    source = tiny_text_dirs()["sequence"]
+    config.write_text(
+        "grace_period_s: 10\nworkers: 2\n"
+        f"models:\n  - {{name: cls, task: text-classification, source: '{source}', default: true}}\n"
+    )
+    port, metrics_port = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PIPELINED_WORKERS"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelined_server.cli", "--config", str(config), "--host", "127.0.0.1"]
+        + ["--port", str(port), "--metrics-port", str(metrics_port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+    )
+    target = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while _metric_or_zero(metrics_port, "pipelined_model_ready") < 2:
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            assert time.monotonic() < deadline, "the workers never became ready"
+            time.sleep(0.2)
+        yield process, target, metrics_port
+    finally:
+        if process.poll() is None:
+            process.kill()
+            for child in _children(process.pid):
+                os.kill(child, signal.SIGKILL)
+
+
+def _metric_or_zero(port: int, name: str) -> float:
+    try:
+        return _metric(port, name)
+    except OSError:
+        return 0.0
+
+
+def test_every_worker_serves_and_metrics_count_them_all(two_workers: Any) -> None:
+    process, target, metrics_port = two_workers
+    workers = _children(process.pid)
+    assert len(workers) == 2
+    # model_ready sums over the live workers: how many serve the model.
+    assert _metric(metrics_port, "pipelined_model_ready") == 2
+    idle_before = {pid: _cpu_seconds(pid) for pid in workers}
+    time.sleep(1.0)
+    idle_cpu = max(_cpu_seconds(pid) - idle_before[pid] for pid in workers)
+    before = {pid: _cpu_seconds(pid) for pid in workers}
+    channels = [_channel(target) for _ in range(16)]
+    for channel in channels:  # 16 connections: all on one worker has probability 2 * 2**-16
+        _classify(channel, 10)
+    used = {pid: _cpu_seconds(pid) - before[pid] for pid in workers}
+    assert _metric(metrics_port, "pipelined_requests_total") == 160
+    assert _metric(metrics_port, "pipelined_pipeline_items_total") == 160
+    # Each worker did real work (far more CPU than a second of idling costs), so both took connections.
+    assert all(cpu > max(0.05, 5 * idle_cpu) for cpu in used.values()), (used, idle_cpu)
+    for channel in channels:
+        channel.close()
+
+
+def test_a_dead_worker_is_replaced_and_sigterm_drains_all(two_workers: Any) -> None:
+    process, target, metrics_port = two_workers
+    first, second = _children(process.pid)
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while first in _children(process.pid) or len(_children(process.pid)) < 2:
+        assert time.monotonic() < deadline, "the killed worker was not replaced"
+        time.sleep(0.2)
+    assert second in _children(process.pid)
+    # The survivor serves throughout; the replacement loads and serves too.
+    channel = _channel(target)
+    _classify(channel, 3)
+    while _metric(metrics_port, "pipelined_model_ready") < 2:
+        assert time.monotonic() < deadline, "the replacement never loaded"
+        time.sleep(0.2)
+    workers = _children(process.pid)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(60) == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "a worker outlived the supervisor"
+    channel.close()
+
+
+def test_auto_workers_follow_the_cores_on_cpu_and_stay_one_on_a_gpu() -> None:
+    cpu = ServerConfig(models=(ModelSpec(name="m", task="text-classification", source="x"),))
+    assert resolve_workers(cpu) == max(1, usable_cores())
+    two_threads = ServerConfig(torch_threads=2, models=cpu.models)
+    assert resolve_workers(two_threads) == max(1, usable_cores() // 2)
+    gpu = ServerConfig(models=(ModelSpec(name="m", task="text-classification", source="x", device="cuda:0"),))
+    assert resolve_workers(gpu) == 1
+    assert resolve_workers(ServerConfig(workers=3, models=gpu.models)) == 3
+
+
+@pytest.mark.parametrize("value", [-1, "two", 1.5, True])
+def test_workers_must_be_auto_or_a_count(value: Any) -> None:
+    doc = {"workers": value, "models": [{"name": "m", "task": "text-classification", "source": "x"}]}
+    with pytest.raises(ConfigError, match="workers"):
+        parse_config(doc)
+
+
+def test_workers_auto_in_a_file() -> None:
+    doc = {"workers": "auto", "models": [{"name": "m", "task": "text-classification", "source": "x"}]}
+    assert parse_config(doc).workers == 0
