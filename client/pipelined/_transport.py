@@ -148,6 +148,17 @@ def wait_bound(wait_for_ready: bool | float | None) -> float:
     return float(wait_for_ready)
 
 
+def _time_left(waiting: Waiting | None, error: Unavailable, started: float) -> float:
+    """Seconds this call may still wait after `error`; raises it when the call does not wait, and the
+    gave-up error once the bound has passed."""
+    if waiting is None or waiting.bound_s <= 0:
+        raise error
+    left = waiting.bound_s - (time.monotonic() - started)
+    if left <= 0:
+        raise waiting.gave_up(error) from None
+    return left
+
+
 def _next_delay(delay: float) -> float:
     return min(delay * 2, _MAX_DELAY_S)
 
@@ -160,12 +171,8 @@ def waiting_for(attempt: Callable[[], R], waiting: Waiting | None) -> R:
         try:
             return attempt()
         except Unavailable as error:
-            if waiting is None or waiting.bound_s <= 0:
-                raise
-            left = waiting.bound_s - (time.monotonic() - started)
-            if left <= 0:
-                raise waiting.gave_up(error) from None
-            if not waiting.still_starting():
+            left = _time_left(waiting, error, started)
+            if not waiting or not waiting.still_starting():
                 raise
             time.sleep(min(delay, left))
             delay = _next_delay(delay)
@@ -179,12 +186,8 @@ async def awaiting_for(attempt: Callable[[], Awaitable[R]], waiting: Waiting | N
         try:
             return await attempt()
         except Unavailable as error:
-            if waiting is None or waiting.bound_s <= 0:
-                raise
-            left = waiting.bound_s - (time.monotonic() - started)
-            if left <= 0:
-                raise waiting.gave_up(error) from None
-            if not await waiting.still_starting():
+            left = _time_left(waiting, error, started)
+            if not waiting or not await waiting.still_starting():
                 raise
             await asyncio.sleep(min(delay, left))
             delay = _next_delay(delay)
