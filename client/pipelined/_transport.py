@@ -132,8 +132,8 @@ class Waiting:
 
     def gave_up(self, error: Unavailable) -> Unavailable:
         return Unavailable(
-            f"{error.message} (waited {self.bound_s:g} s for {self.what}; "
-            "give Client(wait_for_ready=SECONDS) to wait longer)"
+            f"{error.message} (waited {self.bound_s:g} s for {self.what}; wait longer with "
+            "Client(wait_for_ready=SECONDS), or `pipelined --wait SECONDS`)"
         )
 
 

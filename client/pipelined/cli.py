@@ -19,7 +19,7 @@ import grpc
 
 from .client import DEFAULT_TARGET, Client
 from .demo import command as demo_command
-from .errors import PipelinedError
+from .errors import NotFound, PipelinedError
 
 DEFAULT_PORT = 50051
 EPILOG = """exit codes: 0 ok, 1 other error / not serving, 2 usage, 3 not found or invalid argument,
@@ -213,13 +213,17 @@ def run(client: Client, args: argparse.Namespace) -> int:
         )
         return 2
     for value in _inputs(args):
+        generated = False
         for piece in stream_pipe.stream(value, **params):
+            generated = generated or bool(piece.strip())
             if args.json:
                 print_json({"text": piece})
             else:
                 print(piece, end="", flush=True)
         if not args.json:
             print()
+        if not generated and isinstance(value, str) and not args.chat:
+            print("pipelined: the model generated no text; a chat model needs --chat", file=sys.stderr)
     return 0
 
 
@@ -281,7 +285,10 @@ def models(client: Client, args: argparse.Namespace) -> int:
 def health(client: Client, args: argparse.Namespace) -> int:
     """SERVING / NOT_SERVING of the server or one model; a model that is not serving says why (loading, or
     its load error). Exit 0 only when serving."""
-    status = client.health(args.service)
+    try:
+        status = client.health(args.service)
+    except NotFound:  # the health service says only "not found"
+        raise NotFound(f"no model named {args.service!r} is served (`pipelined models` lists them)") from None
     why = ""
     if args.service and status != "SERVING":
         model = client.model(args.service)

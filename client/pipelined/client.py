@@ -8,7 +8,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from . import _transport
-from .errors import PipelinedError, Unavailable
+from .errors import DeadlineExceeded, PipelinedError, Unavailable
 from .pipelines.registry import make_pipeline, resolve
 from .v1 import models_pb2
 
@@ -24,7 +24,8 @@ def is_starting(served: list[dict[str, Any]]) -> bool:
 
 
 def waited_for(model: str, task: str) -> str:
-    return f"model {model!r} to load" if model else f"the server's {task or 'default'} model to load"
+    served = f"model {model!r}" if model else f"its {task} models" if task else "its models"
+    return f"the server to start and {served} to load"
 
 
 def model_dict(info: models_pb2.ModelInfo) -> dict[str, Any]:
@@ -120,7 +121,7 @@ class Client:
                     self.models_stub.ListModels, models_pb2.ListModelsRequest(task=task), PROBE_TIMEOUT_S
                 )
                 served = [model_dict(m) for m in listed.models]
-        except Unavailable:
+        except (Unavailable, DeadlineExceeded):  # not up yet, or too busy starting to answer
             return True
         except PipelinedError:
             return False

@@ -28,6 +28,7 @@ SERVER_MODULES = {
     "silero_vad": "silero-vad",
     "accelerate": "accelerate",
     "gguf": "gguf",
+    "pytesseract": "pytesseract",
 }
 
 

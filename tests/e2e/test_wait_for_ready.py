@@ -88,7 +88,10 @@ def test_the_bound_passes_with_a_clear_error(loading_server: ServerThread) -> No
     with Client(loading_server.target, wait_for_ready=0.3) as client, pytest.raises(Unavailable) as raised:
         client.pipeline(TASK, model="tiny-sentiment")(["a", "b"])
     message = str(raised.value)
-    assert "still loading" in message and "waited 0.3 s for model 'tiny-sentiment' to load" in message
+    assert (
+        "still loading" in message
+        and "waited 0.3 s for the server to start and model 'tiny-sentiment' to load" in message
+    )
     assert "wait_for_ready" in message
 
 

@@ -9,7 +9,7 @@ from grpc_health.v1 import health_pb2
 
 from .. import _transport
 from ..client import PROBE_TIMEOUT_S, is_starting, model_dict, waited_for
-from ..errors import PipelinedError, Unavailable
+from ..errors import DeadlineExceeded, PipelinedError, Unavailable
 from ..pipelines.registry import make_pipeline, resolve
 from ..v1 import models_pb2
 from .base import AsyncPipeline
@@ -79,7 +79,7 @@ class Client:
                     self.models_stub.ListModels, models_pb2.ListModelsRequest(task=task), PROBE_TIMEOUT_S
                 )
                 served = [model_dict(m) for m in listed.models]
-        except Unavailable:
+        except (Unavailable, DeadlineExceeded):  # not up yet, or too busy starting to answer
             return True
         except PipelinedError:
             return False
