@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,29 @@ def _single_model(args: argparse.Namespace) -> dict[str, Any]:
     return {**model, "default": True, **{k: v for k, v in changes.items() if v is not None}}
 
 
+# After the grace period, the calls still running are cancelled and their work stops at its next chunk or
+# token (batching/abandon.py); one forward pass cannot be interrupted, so the process exits at this many
+# seconds past the grace whatever is still running.
+EXIT_MARGIN_S = 5.0
+
+
+def _exit_now() -> None:
+    logging.getLogger(__name__).warning(
+        "work still running %.0f s past the grace period: exiting", EXIT_MARGIN_S
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def _exit_after(seconds: float) -> threading.Timer:
+    """A watchdog thread: it exits even when the event loop or the interpreter's exit waits on a worker."""
+    timer = threading.Timer(seconds, _exit_now)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 async def serve(config: ServerConfig) -> None:
     import torch
 
@@ -92,8 +116,18 @@ async def serve(config: ServerConfig) -> None:
     await app.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    signals = (signal.SIGTERM, signal.SIGINT)
+
+    def on_signal() -> None:
+        stop.set()
+        for sig in signals:
+            # A second SIGTERM/SIGINT ends the process at once, in the kernel: the operator does not want to
+            # wait for the drain, and no Python code (nor a busy event loop) stands in the way.
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_DFL)
+
+    for sig in signals:
+        loop.add_signal_handler(sig, on_signal)
     # The task is held here: the loop keeps only weak references.
     parent_watch = loop.create_task(watch_parent(stop)) if is_worker() else None
     print(f"pipelined-server listening on {config.host}:{app.port}", flush=True)
@@ -101,6 +135,7 @@ async def serve(config: ServerConfig) -> None:
     if parent_watch is not None:
         parent_watch.cancel()
     logging.getLogger(__name__).info("draining (grace %.0f s)", config.grace_period_s)
+    _exit_after(config.grace_period_s + EXIT_MARGIN_S)
     await app.drain()
 
 

@@ -65,6 +65,37 @@ class InputLimits(Section):
     max_inputs_per_request: Int = Field(default=256, ge=1)
     # Characters in one text input (a prompt, a chat message, a sentence to embed).
     max_text_chars: Int = Field(default=100_000, ge=1)
+    # The work one request may ask for. Measured before these bounds (issue 10, 2-core CPU, whisper-tiny.en):
+    # `chunk_length_s: 0.01` cost about 85 s of work per second of audio; one 16 MiB blob referenced 100
+    # times by a generic call decoded to +1.6 GiB on the event loop.
+    # Generation (every generating task, typed or generic): tokens per sequence, beams, sequences.
+    max_new_tokens: Int = Field(default=1024, ge=1)
+    max_num_beams: Int = Field(default=8, ge=1)
+    max_num_return_sequences: Int = Field(default=8, ge=1)
+    # A request's own `batch_size` (inputs the pipeline runs at once within the call).
+    max_batch_size: Int = Field(default=64, ge=1)
+    # Zero-shot labels per request: every label is one more forward pass per input.
+    max_candidate_labels: Int = Field(default=64, ge=1)
+    # Chunked ASR: each chunk is one forward pass (Whisper pads every chunk to 30 s), so tiny chunks, or
+    # strides that leave little new audio per chunk (chunk_length - 2 * stride_length), multiply the work.
+    min_chunk_length_s: Float = Field(default=1.0, gt=0)
+    min_chunk_step_s: Float = Field(default=0.5, gt=0)
+    # Generic calls: blob references (`$bytes`, `$image`, `$audio`, `$ndarray`) in inputs and parameters...
+    max_blob_references: Int = Field(default=256, ge=1)
+    # ...and the bytes they decode to, every reference counted (a pipeline converts each input).
+    max_decoded_bytes_per_request: Int = Field(default=256 * 1024 * 1024, ge=1)
+    # Decoded bytes held by all calls at once; beyond it a call answers RESOURCE_EXHAUSTED.
+    max_decoded_bytes_in_flight: Int = Field(default=1024 * 1024 * 1024, ge=1)
+
+    @model_validator(mode="after")
+    def _budgets_in_order(self) -> InputLimits:
+        if self.max_decoded_bytes_in_flight < self.max_decoded_bytes_per_request:
+            raise invalid(
+                "max_decoded_bytes_in_flight",
+                f"{self.max_decoded_bytes_in_flight} must be >= max_decoded_bytes_per_request "
+                f"({self.max_decoded_bytes_per_request})",
+            )
+        return self
 
 
 class BatchingConfig(Section):

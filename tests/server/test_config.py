@@ -49,6 +49,11 @@ def test_yaml_and_toml_configs(tmp_path: Path) -> None:
         ({"models": [{"name": "a", "source": "embedded:nope"}]}, "nope"),
         ({"models": [{"name": "a", "source": "embedded:whisper-base"}] * 2}, "duplicate"),
         ({"models": [{"name": "a", "source": "embedded:whisper-base"}], "audio": {"max_x": 1}}, "audio"),
+        ({"models": [{"name": "a", "source": "embedded:whisper-base"}], "limits": {"max_x": 1}}, "limits"),
+        (
+            {"models": [{"name": "a", "source": "embedded:whisper-base"}], "limits": {"max_num_beams": 0}},
+            "limits.max_num_beams: Input should be greater than or equal to 1",
+        ),
     ],
 )
 def test_bad_configs_name_the_field(document: dict, needle: str) -> None:

@@ -278,3 +278,40 @@ async def test_after_a_full_batch_the_next_waits_for_batchmates_and_drops_cancel
     assert recorder.batches == [[1, 2], [4, 5]]
     assert metrics.value("pipelined_requests_skipped_total", {"model": "m", "reason": "cancelled"}) == 1
     await scheduler.close()
+
+
+async def test_running_work_stops_when_its_caller_leaves_and_counts_as_skipped() -> None:
+    """A call that checks between steps (as the pipeline hooks do before every forward and at every token)
+    ends once its caller cancels or its deadline passes; the next item runs at once."""
+    from pipelined_server.batching import Abandoned, raise_if_abandoned
+
+    started, steps = threading.Event(), []
+
+    def long_work(replica: Any) -> str:
+        started.set()
+        for step in range(2000):  # ~20 s unless abandoned
+            raise_if_abandoned()
+            steps.append(step)
+            time.sleep(0.01)
+        return "done"
+
+    metrics = Metrics()
+    scheduler = Scheduler("m", [None], Recorder(), BatchingConfig(max_batch_size=1), metrics)
+    scheduler.start()
+    for leave in ("cancel", "deadline"):
+        steps.clear()
+        started.clear()
+        timeout = 0.2 if leave == "deadline" else None
+        job = asyncio.ensure_future(scheduler.submit_call(long_work, timeout=timeout))
+        await asyncio.to_thread(started.wait, 10)
+        if leave == "cancel":
+            job.cancel()
+        with pytest.raises((asyncio.CancelledError, Abandoned, DeadlineExpired)):
+            await job
+        assert await scheduler.submit(5, {}) == 10  # served as soon as the abandoned work stopped
+        assert len(steps) < 1000
+    labels = {"model": "m"}
+    assert metrics.value("pipelined_requests_skipped_total", {**labels, "reason": "cancelled"}) == 1
+    assert metrics.value("pipelined_requests_skipped_total", {**labels, "reason": "deadline"}) == 1
+    assert metrics.value("pipelined_pipeline_items_total", labels) == 2  # the two served items only
+    await scheduler.close()

@@ -11,6 +11,9 @@ changes the output) and marks items that must run alone as not batchable.
 
 Some work is not "one input through the pipeline": a streamed generation pushes tokens while it runs, a
 seeded sampled generation must seed the RNG right before it, a generic call passes its input as is.
+Callers that leave stop their work even once it runs: between chunks and at every generated token
+(abandon.py); such work counts as skipped, not as pipeline items.
+
 `submit_call(fn)` queues such a callable; it runs alone, in queue order, on a worker thread, and receives
 that worker's own pipeline replica, so no pipeline object ever runs twice at once.
 
@@ -43,6 +46,7 @@ from typing import Any
 from ..config import BatchingConfig
 from ..errors import Cancelled, DeadlineExpired, InvalidInput, ModelNotReady, QueueFull
 from ..metrics import Metrics
+from .abandon import Abandoned, install, running
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,11 @@ class WorkItem:
     # Higher runs first (see the module docstring); 0 for ordinary requests.
     priority: int = 0
 
+    def abandoned(self) -> bool:
+        """Nobody waits for the result: the caller cancelled, or its deadline passed. Read from the worker
+        thread too (batching/abandon.py): a future's done() is a plain attribute read."""
+        return self.future.done() or (self.deadline is not None and time.monotonic() >= self.deadline)
+
 
 class Scheduler:
     """Queues work items and runs them in batches, one worker thread per pipeline replica."""
@@ -83,7 +92,8 @@ class Scheduler:
         metrics: Metrics,
     ) -> None:
         self.model = model
-        self._replicas = list(replicas)
+        # Each replica stops between chunks and at every generated token once its caller left (abandon.py).
+        self._replicas = [install(replica) for replica in replicas]
         self._run_batch = run_batch
         self._config = config
         self._metrics = metrics
@@ -296,37 +306,64 @@ class Scheduler:
         return alive
 
     def _compute(self, pipeline: Any, batch: list[WorkItem]) -> list[tuple[bool, Any]]:
-        """Runs on a worker thread. A failing batch is retried item by item so one bad input fails alone."""
-        try:
-            return [(True, out) for out in self._call(pipeline, batch)]
-        except Exception as exc:
-            if len(batch) == 1:
-                return [(False, exc)]
+        """Runs on a worker thread. A failing batch is retried item by item so one bad input fails alone.
+        Work abandoned while it ran (abandon.py) is counted as skipped, not as pipeline items."""
+        with running(batch):
+            try:
+                return [(True, out) for out in self._call(pipeline, batch)]
+            except Abandoned:
+                return [self._skip_abandoned(item) for item in batch]
+            except Exception as exc:
+                if len(batch) == 1:
+                    return [(False, exc)]
         outcomes: list[tuple[bool, Any]] = []
         for item in batch:
-            if item.future.cancelled():
-                outcomes.append((False, Cancelled("cancelled")))
+            if item.abandoned():
+                outcomes.append(self._skip_abandoned(item))
                 continue
-            try:
-                outcomes.append((True, self._call(pipeline, [item])[0]))
-            except Exception as exc:
-                outcomes.append((False, exc))
+            with running([item]):
+                try:
+                    outcomes.append((True, self._call(pipeline, [item])[0]))
+                except Abandoned:
+                    outcomes.append(self._skip_abandoned(item))
+                except Exception as exc:
+                    outcomes.append((False, exc))
         return outcomes
 
+    def _skip_abandoned(self, item: WorkItem) -> tuple[bool, Any]:
+        if item.deadline is not None and time.monotonic() >= item.deadline:
+            self._skipped_deadline.inc()
+            return (
+                False,
+                DeadlineExpired("deadline passed while the request was computed; the work stopped"),
+            )
+        self._skipped_cancelled.inc()
+        return (False, Cancelled("cancelled while computing; the work stopped"))
+
     def _call(self, pipeline: Any, batch: list[WorkItem]) -> list[Any]:
-        self._pipeline_calls.inc()
-        self._pipeline_items.inc(len(batch))
         try:
             if batch[0].call is not None:
-                return [batch[0].call(pipeline)]
-            outputs = self._run_batch(pipeline, [item.payload for item in batch], batch[0].kwargs)
+                outputs = [batch[0].call(pipeline)]
+            else:
+                outputs = self._run_batch(pipeline, [item.payload for item in batch], batch[0].kwargs)
+        except Abandoned:
+            raise
         except (ValueError, TypeError) as exc:
+            self._count_computed(batch)
             # transformers validates arguments and inputs by raising these: the caller's mistake. The same
             # exception types from our own code elsewhere stay INTERNAL (services/calls.py).
             raise InvalidInput(f"the pipeline rejected the request: {exc}") from exc
+        except Exception:
+            self._count_computed(batch)
+            raise
+        self._count_computed(batch)
         if len(outputs) != len(batch):
             raise RuntimeError(f"pipeline returned {len(outputs)} outputs for {len(batch)} inputs")
         return outputs
+
+    def _count_computed(self, batch: list[WorkItem]) -> None:
+        self._pipeline_calls.inc()
+        self._pipeline_items.inc(len(batch))
 
 
 async def gather_or_cancel(awaitables: Iterable[Awaitable[Any]]) -> list[Any]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from ..budget import ByteBudget
 from ..config import ServerConfig
 from ..errors import Cancelled, PipelinedError
 from ..metrics import Metrics
@@ -38,9 +39,12 @@ class ServerState:
     drain_started: asyncio.Event = field(default_factory=asyncio.Event)
     inflight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    # Decoded request payloads held by all calls at once (limits.max_decoded_bytes_in_flight).
+    decoded_bytes: ByteBudget = field(init=False)
 
     def __post_init__(self) -> None:
         self.idle.set()
+        self.decoded_bytes = ByteBudget(self.config.limits.max_decoded_bytes_in_flight, "request payloads")
 
 
 @dataclass

@@ -33,7 +33,7 @@ class MultimodalServicer(Servicer, multimodal_pb2_grpc.MultimodalServiceServicer
     ) -> AsyncIterator[multimodal_pb2.StreamGenerateFromImageResponse]:
         instance = self.state.registry.ready(request.model, call.task)
         call.model = instance.name
-        kwargs = image_text.call_kwargs(request.generation, request)
+        kwargs = image_text.call_kwargs(request.generation, request, self.state.config.limits)
         (item,) = await asyncio.to_thread(
             image_text.prompt_items, [request.prompt], kwargs, self.state.config
         )

@@ -45,7 +45,9 @@ class SpeechServicer(Servicer, speech_pb2_grpc.SpeechServiceServicer):
         call: CallInfo,
     ) -> AsyncIterator[speech_pb2.StreamingRecognizeFileResponse]:
         instance = self._model(request.config, call)
-        kwargs = asr.call_kwargs(request.config, asr.model_kind(instance))
+        kwargs = asr.call_kwargs(request.config, asr.model_kind(instance), self.state.config.limits)
+        assert instance.scheduler is not None
+        instance.scheduler.ensure_room(1)  # a full queue refuses before the audio is decoded
         samples = await asyncio.to_thread(
             decode_audio_input, request.audio, instance.sampling_rate, self.state.config.audio
         )
@@ -63,7 +65,7 @@ class SpeechServicer(Servicer, speech_pb2_grpc.SpeechServiceServicer):
         guard = IdleGuard(requests, limits.idle_timeout_s, self.state.drain_started)
         config = await read_config(guard)
         instance = self._model(config.config, call)
-        options = stream_options(config, instance)
+        options = stream_options(config, instance, self.state.config.limits)
         with self.streams.open(instance.name):
             session = StreamSession(instance, options, limits, self.state.config.audio, self.state.metrics)
             async for response in session.run(guard):

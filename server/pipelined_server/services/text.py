@@ -65,7 +65,7 @@ class TextServicer(Servicer, text_pb2_grpc.TextServiceServicer):
         instance = self.state.registry.ready(request.model, call.task)
         call.model = instance.name
         prompt = text_generation.prompt_of(request.input, self.state.config.limits, "input")
-        generation = text_generation.call_kwargs(request.parameters, instance)
+        generation = text_generation.call_kwargs(request.parameters, instance, self.state.config.limits)
         if generation.kwargs.get("num_return_sequences", 1) != 1:
             raise InvalidInput("streaming generates one sequence: num_return_sequences must be 1")
         async for piece in stream_generation(

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import grpc
 
 from ..batching import Scheduler, gather_or_cancel
+from ..budget import holding
 from ..registry import ModelInstance
 from ..tasks.adapter import Adapter, Item
 from .calls import CallInfo, ServerState
@@ -35,11 +36,24 @@ class Servicer:
         context: grpc.aio.ServicerContext,
         call: CallInfo,
     ) -> Response:
+        # What the call decodes is reserved from the server-wide budget until it answers (budget.py).
+        with holding(self.state.decoded_bytes):
+            return await self._unary(adapter, request, context, call)
+
+    async def _unary(
+        self,
+        adapter: Adapter[Request, Response],
+        request: Request,
+        context: grpc.aio.ServicerContext,
+        call: CallInfo,
+    ) -> Response:
         config = self.state.config
         call.task = adapter.task_of(request)
         instance = self.state.registry.ready(adapter.model_of(request), call.task)
         call.model = instance.name
         kwargs = adapter.arguments(request, instance, config)
+        assert instance.scheduler is not None
+        instance.scheduler.ensure_room(1)  # a full queue refuses before anything is decoded
         if adapter.decodes:
             items = await asyncio.to_thread(adapter.items, request, instance, config, kwargs)
         else:

@@ -8,6 +8,7 @@ from typing import Any
 from pipelined.v1 import speech_pb2
 
 from ..audio import RawFormat
+from ..config import InputLimits
 from ..errors import InvalidInput
 from ..registry import ModelInstance
 from ..tasks import asr
@@ -45,7 +46,9 @@ def _seconds(config: Any, name: str, default: float) -> float:
     return value
 
 
-def stream_options(config: speech_pb2.StreamingRecognitionConfig, instance: ModelInstance) -> StreamOptions:
+def stream_options(
+    config: speech_pb2.StreamingRecognitionConfig, instance: ModelInstance, limits: InputLimits
+) -> StreamOptions:
     if not config.HasField("audio_format"):
         raise InvalidInput(
             "streaming_config.audio_format is required (encoding, sample_rate_hertz, channel_count)"
@@ -55,7 +58,7 @@ def stream_options(config: speech_pb2.StreamingRecognitionConfig, instance: Mode
     word_times = recognition.timestamps == speech_pb2.TIMESTAMP_GRANULARITY_WORD
     if recognition.timestamps == speech_pb2.TIMESTAMP_GRANULARITY_CHAR:
         raise InvalidInput("live streams return WORD timestamps or none, not CHAR")
-    kwargs = asr.call_kwargs(recognition, kind)
+    kwargs = asr.call_kwargs(recognition, kind, limits)
     if kind == asr.WHISPER:
         # Segment timestamps cost almost nothing and give the safe cut points; word times cost an alignment.
         kwargs["return_timestamps"] = "word" if word_times else True

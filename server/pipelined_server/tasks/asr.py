@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 from pipelined.v1 import speech_pb2
 
-from ..config import ServerConfig
+from ..config import InputLimits, ServerConfig
 from ..errors import InvalidInput
 from ..registry import ModelInstance
 from .adapter import Adapter, Item
 from .audio_input import decode_audio_input
+from .checks import check_batch_size, check_chunking
 from .decoding import decoding_kwargs
 from .durations import to_duration, to_seconds
 
@@ -55,17 +56,20 @@ def model_kind(instance: ModelInstance) -> str:
     return str(getattr(instance.pipeline, "type", ""))
 
 
-def call_kwargs(config: speech_pb2.RecognitionConfig, kind: str) -> dict[str, Any]:
-    """Pipeline call arguments of the shared config, rejecting what this kind of model cannot do."""
+def call_kwargs(config: speech_pb2.RecognitionConfig, kind: str, limits: InputLimits) -> dict[str, Any]:
+    """Pipeline call arguments of the shared config, rejecting what this kind of model cannot do or what
+    exceeds the server's `limits`."""
     kwargs: dict[str, Any] = {}
     generate: dict[str, Any] = {}
     is_whisper = kind == WHISPER
     if config.language:
         generate["language"] = config.language
     if config.task:
+        if config.task not in _SPEECH_TASKS:
+            raise InvalidInput(f"unknown task value {config.task}: use TRANSCRIBE or TRANSLATE")
         generate["task"] = _SPEECH_TASKS[config.task]
     if config.HasField("generation"):
-        gen = decoding_kwargs(config.generation, "generation.")
+        gen = decoding_kwargs(config.generation, limits, "generation.")
         if gen.get("temperature", 0) > 0 and "do_sample" not in gen:
             gen["do_sample"] = True
         generate.update(gen)
@@ -90,14 +94,16 @@ def call_kwargs(config: speech_pb2.RecognitionConfig, kind: str) -> dict[str, An
     return kwargs
 
 
-def clip_kwargs(clip: speech_pb2.ClipRecognitionConfig, kind: str) -> dict[str, Any]:
-    """Recognize: the shared arguments plus the pipeline's chunking, batching and language report."""
-    kwargs = call_kwargs(clip.config, kind)
+def clip_kwargs(clip: speech_pb2.ClipRecognitionConfig, kind: str, limits: InputLimits) -> dict[str, Any]:
+    """Recognize: the shared arguments plus the pipeline's chunking, batching and language report (within
+    the server's `limits`)."""
+    kwargs = call_kwargs(clip.config, kind, limits)
     chunk_s = to_seconds(clip.chunk_length) if clip.HasField("chunk_length") else 0.0
     stride_s = to_seconds(clip.stride_length) if clip.HasField("stride_length") else None
     if chunk_s < 0 or (stride_s is not None and stride_s < 0):
         raise InvalidInput("chunk_length and stride_length must not be negative")
     if chunk_s > 0:
+        check_chunking(chunk_s, stride_s, limits)
         kwargs["chunk_length_s"] = chunk_s
         if stride_s is not None:
             if 2 * stride_s >= chunk_s:
@@ -110,7 +116,7 @@ def clip_kwargs(clip: speech_pb2.ClipRecognitionConfig, kind: str) -> dict[str, 
     if clip.batch_size < 0:
         raise InvalidInput(f"batch_size must be >= 0, got {clip.batch_size}")
     if clip.batch_size:
-        kwargs["batch_size"] = clip.batch_size
+        kwargs["batch_size"] = check_batch_size(clip.batch_size, limits)
     if clip.return_language:
         if kind != WHISPER:
             raise InvalidInput("return_language needs a Whisper model")
@@ -169,7 +175,7 @@ class Recognition(Adapter[speech_pb2.RecognizeRequest, speech_pb2.RecognizeRespo
     def arguments(
         self, request: speech_pb2.RecognizeRequest, instance: ModelInstance, config: ServerConfig
     ) -> dict[str, Any]:
-        return clip_kwargs(request.config, model_kind(instance))
+        return clip_kwargs(request.config, model_kind(instance), config.limits)
 
     def items(
         self,

@@ -35,6 +35,16 @@ from .worker_stream import Emit, Work, stream_from_worker
 # Remaining seconds of the caller's deadline, asked afresh before each window.
 Timeout = Callable[[], float | None]
 
+
+def _before_window(timeout: Timeout) -> float | None:
+    """The deadline left for the next window; none left ends the stream here, between windows (a caller
+    that cancels ends it too: the window it waits on stops at its next token, batching/abandon.py)."""
+    remaining = timeout()
+    if remaining is not None and remaining <= 0:
+        raise DeadlineExpired("deadline passed between windows; the segments so far were sent")
+    return remaining
+
+
 _CUT_SEARCH_S = 5.0
 _CUT_FRAME_S = 0.1
 
@@ -200,7 +210,7 @@ async def _whisper_segments(
 ) -> AsyncIterator[speech_pb2.StreamingRecognizeFileResponse]:
     rate = instance.sampling_rate
     total_s = len(samples) / rate
-    remaining = timeout()
+    remaining = _before_window(timeout)
     deadline = None if remaining is None else time.monotonic() + remaining
     job = _whisper_job(samples, rate, kwargs, deadline)
     async for segment, words in stream_from_worker(instance, job, remaining):
@@ -220,7 +230,9 @@ async def _windowed_segments(
     while start < len(samples):
         end = quiet_cut(samples, start, int(WHISPER_WINDOW_S * rate), rate)
         piece = samples[start:end]
-        output = await instance.scheduler.submit(piece, call, key=("samples", len(piece)), timeout=timeout())
+        output = await instance.scheduler.submit(
+            piece, call, key=("samples", len(piece)), timeout=_before_window(timeout)
+        )
         text = output.get("text", "")
         if text.strip():
             segment = {"text": text, "timestamp": (0.0, len(piece) / rate)}

@@ -15,7 +15,7 @@ import numpy as np
 from pipelined.v1 import audio_tasks_pb2
 
 from ..audio import encode_wav
-from ..config import ServerConfig
+from ..config import InputLimits, ServerConfig
 from ..errors import InvalidInput
 from ..registry import ModelInstance
 from .adapter import Adapter, Item, ResultPerInput
@@ -23,7 +23,7 @@ from .audio_input import decode_audio_input
 from .checks import check_count
 from .decoding import decoding_kwargs
 from .encoding import as_list, class_scores
-from .options import classification_kwargs, zero_shot_classification_kwargs
+from .options import bounded_labels, classification_kwargs, zero_shot_classification_kwargs
 
 AUDIO_CLASSIFICATION = "audio-classification"
 ZERO_SHOT_AUDIO_CLASSIFICATION = "zero-shot-audio-classification"
@@ -34,9 +34,9 @@ def same_length(clips: list[np.ndarray]) -> list[Item]:
     return [Item(clip, key=("samples", len(clip))) for clip in clips]
 
 
-def generate_kwargs(request: audio_tasks_pb2.GenerateAudioRequest) -> dict[str, Any]:
+def generate_kwargs(request: audio_tasks_pb2.GenerateAudioRequest, limits: InputLimits) -> dict[str, Any]:
     """The set decoding fields and `guidance_scale`, as `generate_kwargs` of the pipeline call."""
-    generate = decoding_kwargs(request.generation)
+    generate = decoding_kwargs(request.generation, limits)
     if request.HasField("guidance_scale"):
         generate["guidance_scale"] = request.guidance_scale
     return {"generate_kwargs": generate} if generate else {}
@@ -52,6 +52,10 @@ def generated_audio(output: dict[str, Any]) -> audio_tasks_pb2.GeneratedAudio:
 
 class AudioClassification(ResultPerInput):
     """Clips in, label scores out: audio-classification and its zero-shot twin differ in options only."""
+
+    def arguments(self, request: Any, instance: ModelInstance, config: ServerConfig) -> dict[str, Any]:
+        # Zero-shot: every label is one more forward pass per input.
+        return bounded_labels(super().arguments(request, instance, config), config.limits)
 
     def items(
         self, request: Any, instance: ModelInstance, config: ServerConfig, kwargs: dict[str, Any]
@@ -69,7 +73,7 @@ class TextToAudio(Adapter[audio_tasks_pb2.GenerateAudioRequest, audio_tasks_pb2.
     def arguments(
         self, request: audio_tasks_pb2.GenerateAudioRequest, instance: ModelInstance, config: ServerConfig
     ) -> dict[str, Any]:
-        return generate_kwargs(request)
+        return generate_kwargs(request, config.limits)
 
     def items(
         self,

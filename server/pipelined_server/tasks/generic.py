@@ -3,11 +3,19 @@
 Batching rule: never. Only the typed adapters know when padding changes a task's results, so a
 generic call runs alone on the model's worker thread, with its inputs passed to the pipeline as is (a
 list stays a list: the pipeline batches within the call, as it would in-process).
+
+Bounds, in the order they apply (issue 10 measured each one missing): parameter names against the task's
+allow-list (generic_parameters.py) and queue room, before anything is decoded; every blob reference
+counted and sized from headers, in inputs and parameters alike, against `limits.max_blob_references` and
+`limits.max_decoded_bytes_per_request` (each reference counts: the pipeline converts every input); the
+server-wide `limits.max_decoded_bytes_in_flight` reserved (held until the call answers: budget.holding);
+then each blob decoded once, off the event loop.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,12 +23,22 @@ from urllib.parse import urlsplit
 import numpy as np
 from pipelined.v1 import generic_pb2
 
+from ..budget import ByteBudget, Reservation, current_reservation
 from ..config import ServerConfig
 from ..errors import InvalidInput, PermissionDenied
 from ..registry import ModelInstance
 from .adapter import Adapter, Item
 from .checks import check_count, check_text
-from .generic_values import OutputEncoder, struct_to_python, to_python
+from .generic_parameters import check_parameter_names, check_parameters
+from .generic_values import (
+    KEYS,
+    BlobRef,
+    OutputEncoder,
+    blob_references,
+    decoded_size,
+    struct_to_python,
+    to_python,
+)
 
 
 def _check_sizes(value: Any, config: ServerConfig, where: str = "inputs") -> None:
@@ -83,15 +101,76 @@ def _refuse_server_side_sources(value: Any, config: ServerConfig) -> None:
             _refuse_server_side_sources(item, config)
 
 
-def _audio_decoder(instance: ModelInstance, config: ServerConfig) -> Any:
-    def decode(data: bytes) -> dict[str, Any]:
+class _Decoding:
+    """One request's blobs, decoded once each, every reference charged to the request's budget."""
+
+    def __init__(
+        self,
+        instance: ModelInstance,
+        request: generic_pb2.RunRequest,
+        config: ServerConfig,
+        reservation: Reservation,
+    ) -> None:
+        self.instance, self.request, self.config = instance, request, config
+        self.reservation = reservation
+        self.blobs = dict(request.blobs)
+        self.charged = 0
+        self.audio_refs: Counter[str] = Counter()
+
+    def _charge(self, nbytes: int, what: str) -> None:
+        limit = self.config.limits.max_decoded_bytes_per_request
+        if self.charged + nbytes > limit:
+            raise InvalidInput(
+                f"the request's blob references decode to more than {limit} bytes ({what}); send fewer or "
+                "smaller blobs (limits.max_decoded_bytes_per_request)"
+            )
+        self.reservation.take(nbytes)  # the server-wide budget: RESOURCE_EXHAUSTED when over
+        self.charged += nbytes
+
+    def plan(self) -> None:
+        """Counts and sizes every reference before anything is decoded."""
+        refs: list[BlobRef] = []
+        if self.request.HasField("inputs"):
+            refs += blob_references(self.request.inputs)
+        if self.request.HasField("parameters"):
+            refs += blob_references(self.request.parameters)
+        limits = self.config.limits
+        if len(refs) > limits.max_blob_references:
+            raise InvalidInput(
+                f"the request references blobs {len(refs)} times (inputs and parameters); this server "
+                f"allows at most {limits.max_blob_references} (limits.max_blob_references)"
+            )
+        self.audio_refs = Counter(ref.name for ref in refs if ref.marker == "$audio")
+        sizes: dict[BlobRef, int] = {}
+        for ref in refs:
+            if ref not in sizes:
+                sizes[ref] = decoded_size(ref, self.blobs, self.config.images.max_pixels)
+        self._charge(sum(sizes[ref] for ref in refs), f"{len(refs)} references")
+
+    def decode_audio(self, data: bytes) -> dict[str, Any]:
         from ..audio import decode_encoded
 
-        rate = instance.sampling_rate or 16000
-        samples: np.ndarray = decode_encoded(data, rate, config.audio)
+        rate = self.instance.sampling_rate or 16000
+        samples: np.ndarray = decode_encoded(data, rate, self.config.audio)
+        # An audio file's decoded length is known once decoded (bounded by the audio limits): charged now,
+        # once per reference to the same bytes.
+        refs = max((n for name, n in self.audio_refs.items() if self.blobs.get(name) == data), default=1)
+        self._charge(samples.nbytes * refs, "decoded audio")
         return {"raw": samples, "sampling_rate": rate}
 
-    return decode
+    def values(self) -> tuple[Any, dict[str, Any]]:
+        self.plan()
+        cache: dict[Any, Any] = {}
+        request, blobs, decode = self.request, self.blobs, self.decode_audio
+        inputs = to_python(request.inputs, blobs, decode, cache) if request.HasField("inputs") else None
+        parameters = (
+            struct_to_python(request.parameters, blobs, decode, cache)
+            if request.HasField("parameters")
+            else {}
+        )
+        if not isinstance(parameters, dict):
+            raise InvalidInput("parameters must be an object of keyword arguments")
+        return inputs, parameters
 
 
 def _run(pipe: Any, inputs: Any, parameters: dict[str, Any]) -> Any:
@@ -110,6 +189,13 @@ class Generic(Adapter[generic_pb2.RunRequest, generic_pb2.RunResponse]):
             raise InvalidInput("task is required, e.g. 'table-question-answering'")
         return request.task
 
+    def arguments(
+        self, request: generic_pb2.RunRequest, instance: ModelInstance, config: ServerConfig
+    ) -> dict[str, Any]:
+        # Names only, before anything is decoded (values are checked once decoded, in items).
+        check_parameter_names([k for k in request.parameters.fields if k != KEYS], instance.spec.task)
+        return {}
+
     def items(
         self,
         request: generic_pb2.RunRequest,
@@ -117,14 +203,12 @@ class Generic(Adapter[generic_pb2.RunRequest, generic_pb2.RunResponse]):
         config: ServerConfig,
         kwargs: dict[str, Any],
     ) -> list[Item]:
-        blobs = dict(request.blobs)
-        decode = _audio_decoder(instance, config)
-        inputs = to_python(request.inputs, blobs, decode) if request.HasField("inputs") else None
-        parameters = (
-            struct_to_python(request.parameters, blobs, decode) if request.HasField("parameters") else {}
-        )
-        if not isinstance(parameters, dict):
-            raise InvalidInput("parameters must be an object of keyword arguments")
+        reservation = current_reservation()
+        if reservation is None:  # outside the unary path's `holding`: a budget of this call alone
+            limit = config.limits.max_decoded_bytes_per_request
+            reservation = Reservation(ByteBudget(limit, "request payloads"))
+        inputs, parameters = _Decoding(instance, request, config, reservation).values()
+        check_parameters(parameters, instance.spec.task, config.limits)
         _check_sizes(inputs, config)
         _check_sizes(parameters, config, "parameters")
         if instance.spec.task in _MEDIA_TASKS:

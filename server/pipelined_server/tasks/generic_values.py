@@ -2,7 +2,8 @@
 
 The conventions (documented in generic.proto): integral numbers become ints, `{"$float": x}` forces a
 float, `{"$tuple": [...]}` is a tuple, and `{"$bytes"|"$image"|"$audio"|"$ndarray": name, ...}` refer
-to a blob. Outputs convert numpy arrays and torch tensors to `$ndarray`, PIL images to `$image` (PNG),
+to a blob. Every reference is counted and sized before anything is decoded (`blob_references`,
+`decoded_size`), and a blob referenced many times is decoded once (the `cache` of one request). Outputs convert numpy arrays and torch tensors to `$ndarray`, PIL images to `$image` (PNG),
 numpy scalars to numbers. A Struct is a map, so key order is lost on the wire; an object whose keys are not
 in sorted order carries `"$keys": [...]`, their order (a pandas table's columns, an output dict's keys).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,104 @@ from ..errors import InvalidInput
 AudioDecoder = Callable[[bytes], Any]
 _MARKERS = ("$bytes", "$image", "$audio", "$ndarray")
 KEYS = "$keys"
+# Numeric and boolean arrays only: "S"/"U"/"V" of size 0 divide by zero, "O" would read pointers.
+_ARRAY_KINDS = "biufc"
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """One `{"$marker": name, ...}` object: what decoding it produces depends on all three."""
+
+    marker: str
+    name: str
+    dtype: str = ""
+    shape: tuple[int, ...] | None = None
+
+
+def blob_references(value: struct_pb2.Value | struct_pb2.Struct) -> list[BlobRef]:
+    """Every blob reference in a request value, found without decoding anything."""
+    refs: list[BlobRef] = []
+    stack: list[Any] = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, struct_pb2.Value):
+            kind = node.WhichOneof("kind")
+            if kind == "list_value":
+                stack.extend(node.list_value.values)
+            elif kind == "struct_value":
+                stack.append(node.struct_value)
+            continue
+        marker = next((m for m in _MARKERS if m in node.fields), None)
+        if marker is None:
+            stack.extend(node.fields.values())
+            continue
+        refs.append(_ref(marker, node))
+    return refs
+
+
+def _ref(marker: str, struct: struct_pb2.Struct) -> BlobRef:
+    name_value = struct.fields[marker]
+    name = name_value.string_value if name_value.WhichOneof("kind") == "string_value" else repr(name_value)
+    if marker != "$ndarray":
+        return BlobRef(marker, name)
+    dtype = struct.fields["dtype"].string_value if "dtype" in struct.fields else "float32"
+    shape = None
+    if "shape" in struct.fields:
+        dims = struct.fields["shape"].list_value.values
+        if any(not (math.isfinite(d.number_value) and d.number_value.is_integer()) for d in dims):
+            raise InvalidInput(f"blob {name!r}: shape must be a list of integers")
+        shape = tuple(int(d.number_value) for d in dims)
+    return BlobRef(marker, name, dtype, shape)
+
+
+def _array_dtype(spec: Any, name: str) -> np.dtype:
+    try:
+        dtype = np.dtype(str(spec))
+    except TypeError as exc:
+        raise InvalidInput(f"blob {name!r}: bad ndarray dtype {spec!r}: {exc}") from None
+    if dtype.kind not in _ARRAY_KINDS or dtype.itemsize == 0:
+        raise InvalidInput(
+            f"blob {name!r}: ndarray dtype {spec!r} is not a numeric or boolean type (bool, int*, uint*, "
+            "float*, complex*)"
+        )
+    return dtype
+
+
+def _array_shape(raw: bytes, dtype: np.dtype, shape: Any, name: str) -> tuple[int, ...]:
+    if shape is None:
+        if len(raw) % dtype.itemsize:
+            raise InvalidInput(f"blob {name!r}: {len(raw)} bytes is not a whole number of {dtype.name} items")
+        return (len(raw) // dtype.itemsize,)
+    if any(d < 0 for d in shape) or math.prod(shape) * dtype.itemsize != len(raw):
+        raise InvalidInput(
+            f"blob {name!r}: shape {list(shape)} of {dtype.name} does not fit its {len(raw)} bytes"
+        )
+    return tuple(shape)
+
+
+def decoded_size(ref: BlobRef, blobs: Mapping[str, bytes], max_pixels: int) -> int:
+    """Bytes one reference decodes to, read from headers only; an `$audio` reference counts 0 here (its
+    length is known once decoded, within the audio limits, and is counted then)."""
+    raw = _blob(blobs, ref.name)
+    if ref.marker == "$ndarray":
+        _array_shape(raw, _array_dtype(ref.dtype, ref.name), ref.shape, ref.name)
+        return len(raw)
+    if ref.marker == "$image":
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(raw)) as image:  # reads the header, decodes nothing
+                width, height, bands = image.width, image.height, len(image.getbands())
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+            raise InvalidInput(f"blob {ref.name!r} is not a readable image: {exc}") from None
+        if width * height > max_pixels:
+            raise InvalidInput(
+                f"blob {ref.name!r} is {width}x{height} pixels; the limit is {max_pixels} (images.max_pixels)"
+            )
+        return width * height * bands
+    if ref.marker == "$bytes":
+        return len(raw)
+    return 0
 
 
 def _blob(blobs: Mapping[str, bytes], name: Any) -> bytes:
@@ -33,11 +133,24 @@ def _blob(blobs: Mapping[str, bytes], name: Any) -> bytes:
     return blobs[name]
 
 
-def _from_marker(data: dict[str, Any], blobs: Mapping[str, bytes], decode_audio: AudioDecoder) -> Any:
+def _from_marker(
+    data: dict[str, Any], blobs: Mapping[str, bytes], decode_audio: AudioDecoder, cache: dict[Any, Any] | None
+) -> Any:
     if "$float" in data:
         return float(data["$float"])
     if "$tuple" in data:
         return tuple(data["$tuple"])
+    if cache is None:
+        return _decode_blob(data, blobs, decode_audio)
+    marker = next(m for m in _MARKERS if m in data)
+    shape = data.get("shape")
+    key = (marker, repr(data[marker]), str(data.get("dtype", "")), repr(shape))
+    if key not in cache:
+        cache[key] = _decode_blob(data, blobs, decode_audio)
+    return cache[key]
+
+
+def _decode_blob(data: dict[str, Any], blobs: Mapping[str, bytes], decode_audio: AudioDecoder) -> Any:
     if "$bytes" in data:
         return _blob(blobs, data["$bytes"])
     if "$image" in data:
@@ -46,23 +159,30 @@ def _from_marker(data: dict[str, Any], blobs: Mapping[str, bytes], decode_audio:
         try:
             image = Image.open(io.BytesIO(_blob(blobs, data["$image"])))
             image.load()
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise InvalidInput(f"blob {data['$image']!r} is not a readable image: {exc}") from None
         return image
     if "$audio" in data:
         return decode_audio(_blob(blobs, data["$audio"]))
     if "$ndarray" in data:
-        raw = _blob(blobs, data["$ndarray"])
-        try:
-            dtype = np.dtype(str(data.get("dtype", "float32"))).newbyteorder("<")
-            shape = tuple(int(d) for d in data.get("shape", [len(raw) // dtype.itemsize]))
-            return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
-        except (TypeError, ValueError) as exc:
-            raise InvalidInput(f"blob {data['$ndarray']!r}: bad ndarray: {exc}") from None
+        name = data["$ndarray"]
+        raw = _blob(blobs, name)
+        dtype = _array_dtype(data.get("dtype", "float32"), name).newbyteorder("<")
+        shape = data.get("shape")
+        if shape is not None and (not isinstance(shape, list) or not all(isinstance(d, int) for d in shape)):
+            raise InvalidInput(f"blob {name!r}: shape must be a list of integers")
+        dims = _array_shape(raw, dtype, shape, name)
+        return np.frombuffer(raw, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
     return None
 
 
-def to_python(value: struct_pb2.Value, blobs: Mapping[str, bytes], decode_audio: AudioDecoder) -> Any:
+def to_python(
+    value: struct_pb2.Value,
+    blobs: Mapping[str, bytes],
+    decode_audio: AudioDecoder,
+    cache: dict[Any, Any] | None = None,
+) -> Any:
+    """The Python value; `cache` (one per request) decodes each referenced blob once."""
     kind = value.WhichOneof("kind")
     if kind is None or kind == "null_value":
         return None
@@ -74,8 +194,8 @@ def to_python(value: struct_pb2.Value, blobs: Mapping[str, bytes], decode_audio:
         number = value.number_value
         return int(number) if math.isfinite(number) and number.is_integer() else number
     if kind == "list_value":
-        return [to_python(v, blobs, decode_audio) for v in value.list_value.values]
-    return struct_to_python(value.struct_value, blobs, decode_audio)
+        return [to_python(v, blobs, decode_audio, cache) for v in value.list_value.values]
+    return struct_to_python(value.struct_value, blobs, decode_audio, cache)
 
 
 def _key_order(struct: struct_pb2.Struct) -> list[str]:
@@ -91,11 +211,14 @@ def _key_order(struct: struct_pb2.Struct) -> list[str]:
 
 
 def struct_to_python(
-    struct: struct_pb2.Struct, blobs: Mapping[str, bytes], decode_audio: AudioDecoder
+    struct: struct_pb2.Struct,
+    blobs: Mapping[str, bytes],
+    decode_audio: AudioDecoder,
+    cache: dict[Any, Any] | None = None,
 ) -> Any:
-    data = {k: to_python(struct.fields[k], blobs, decode_audio) for k in _key_order(struct)}
+    data = {k: to_python(struct.fields[k], blobs, decode_audio, cache) for k in _key_order(struct)}
     if any(marker in data for marker in ("$float", "$tuple", *_MARKERS)):
-        return _from_marker(data, blobs, decode_audio)
+        return _from_marker(data, blobs, decode_audio, cache)
     return data
 
 

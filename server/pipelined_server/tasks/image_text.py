@@ -15,7 +15,7 @@ from typing import Any
 
 from pipelined.v1 import common_pb2, multimodal_pb2
 
-from ..config import ServerConfig
+from ..config import InputLimits, ServerConfig
 from ..errors import InvalidInput
 from ..images import ImageLimits
 from ..loading import run_batch
@@ -29,8 +29,8 @@ from .image_input import load_image_input
 TASK = "image-text-to-text"
 
 
-def call_kwargs(generation: common_pb2.DecodingOptions, request: Any) -> dict[str, Any]:
-    generate = decoding_kwargs(generation)
+def call_kwargs(generation: common_pb2.DecodingOptions, request: Any, limits: InputLimits) -> dict[str, Any]:
+    generate = decoding_kwargs(generation, limits)
     kwargs: dict[str, Any] = {"return_full_text": False}
     if generate:
         kwargs["generate_kwargs"] = generate
@@ -121,7 +121,7 @@ class ImageTextToText(
     def arguments(
         self, request: multimodal_pb2.GenerateFromImageRequest, instance: ModelInstance, config: ServerConfig
     ) -> dict[str, Any]:
-        return call_kwargs(request.generation, request)
+        return call_kwargs(request.generation, request, config.limits)
 
     def items(
         self,

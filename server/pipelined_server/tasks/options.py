@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..config import InputLimits
 from ..errors import InvalidInput
-from .checks import positive
+from .checks import check_labels, check_template, positive
 from .encoding import LOGIT_FUNCTIONS
 
 
@@ -36,7 +37,13 @@ def score_function(request: Any) -> dict[str, Any]:
 def zero_shot_classification_kwargs(request: Any) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"candidate_labels": candidate_labels(request.candidate_labels)}
     if request.hypothesis_template:
-        if "{}" not in request.hypothesis_template:
-            raise InvalidInput('hypothesis_template must contain "{}" where the label goes')
+        check_template(request.hypothesis_template)
         kwargs["hypothesis_template"] = request.hypothesis_template
+    return kwargs
+
+
+def bounded_labels(kwargs: dict[str, Any], limits: InputLimits) -> dict[str, Any]:
+    """Options of a zero-shot task with their labels counted against `limits.max_candidate_labels`."""
+    if "candidate_labels" in kwargs:
+        check_labels(kwargs["candidate_labels"], limits)
     return kwargs

@@ -22,7 +22,7 @@ from ..config import InputLimits, ServerConfig
 from ..errors import InvalidInput
 from ..registry import ModelInstance
 from .adapter import Adapter, Item
-from .checks import check_count, check_text, positive
+from .checks import check_count, check_generation, check_text, positive
 from .decoding import decoding_kwargs
 
 TASK = "text-generation"
@@ -38,11 +38,14 @@ class GenerationCall:
     sampling: bool
 
 
-def call_kwargs(params: text_pb2.GenerationParameters, instance: ModelInstance) -> GenerationCall:
-    kwargs: dict[str, Any] = decoding_kwargs(params.decoding)
+def call_kwargs(
+    params: text_pb2.GenerationParameters, instance: ModelInstance, limits: InputLimits
+) -> GenerationCall:
+    kwargs: dict[str, Any] = decoding_kwargs(params.decoding, limits)
     if params.HasField("num_return_sequences"):
         positive("num_return_sequences", params.num_return_sequences)
         kwargs["num_return_sequences"] = params.num_return_sequences
+        check_generation(kwargs, limits)
     if params.stop_sequences:
         if any(not s for s in params.stop_sequences):
             raise InvalidInput("stop_sequences must not contain an empty string")
@@ -143,7 +146,7 @@ class TextGeneration(Adapter[text_pb2.GenerateTextRequest, text_pb2.GenerateText
     def arguments(
         self, request: text_pb2.GenerateTextRequest, instance: ModelInstance, config: ServerConfig
     ) -> dict[str, Any]:
-        return call_kwargs(request.parameters, instance).kwargs
+        return call_kwargs(request.parameters, instance, config.limits).kwargs
 
     def items(
         self,

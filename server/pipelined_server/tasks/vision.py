@@ -21,7 +21,7 @@ from .adapter import Item, ResultPerInput
 from .checks import check_count, positive
 from .encoding import as_list, class_scores, float32_array, png_bytes
 from .image_input import load_image_input
-from .options import candidate_labels, classification_kwargs, zero_shot_classification_kwargs
+from .options import bounded_labels, candidate_labels, classification_kwargs, zero_shot_classification_kwargs
 
 IMAGE_CLASSIFICATION = "image-classification"
 OBJECT_DETECTION = "object-detection"
@@ -127,6 +127,10 @@ class ImageTask(ResultPerInput):
     ) -> None:
         super().__init__(task, response_type, options, result, encodes)
         self._plan = plan
+
+    def arguments(self, request: Any, instance: ModelInstance, config: ServerConfig) -> dict[str, Any]:
+        # Zero-shot: every label is one more forward pass per input.
+        return bounded_labels(super().arguments(request, instance, config), config.limits)
 
     def items(
         self, request: Any, instance: ModelInstance, config: ServerConfig, kwargs: dict[str, Any]

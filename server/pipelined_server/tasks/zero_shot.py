@@ -16,7 +16,7 @@ from ..config import InputLimits, ServerConfig
 from ..errors import InvalidInput
 from ..registry import ModelInstance
 from .adapter import Adapter, Item
-from .checks import check_text, text_items
+from .checks import check_labels, check_template, check_text, text_items
 
 TASK = "zero-shot-classification"
 
@@ -25,14 +25,12 @@ def call_kwargs(request: text_pb2.ClassifyZeroShotRequest, limits: InputLimits) 
     labels = [label for label in request.candidate_labels if label.strip()]
     if not labels:
         raise InvalidInput("candidate_labels is empty: give at least one label")
+    check_labels(labels, limits)
     for i, label in enumerate(labels):
         check_text(label, limits, f"candidate_labels[{i}]")
     kwargs: dict[str, Any] = {"candidate_labels": labels, "multi_label": request.multi_label}
     if request.hypothesis_template:
-        if "{}" not in request.hypothesis_template:
-            raise InvalidInput(
-                f"hypothesis_template {request.hypothesis_template!r} must contain '{{}}' where the label goes"
-            )
+        check_template(request.hypothesis_template)
         check_text(request.hypothesis_template, limits, "hypothesis_template")
         kwargs["hypothesis_template"] = request.hypothesis_template
     return kwargs
