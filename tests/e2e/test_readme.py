@@ -52,6 +52,7 @@ NOT_RUN = {
     "from transformers import pipeline": "downloads from the Hub (the test builds tiny models instead)",
     "pipelined-server --config local-models.yaml --port 50052": "starts a server (the test runs this config)",
     "make test": "the development commands (the suite itself, lint, benchmarks)",
+    ".venv/bin/python -m pytest -m fault tests/fault": "a test suite of its own",
 }
 
 # What each block's output must show (regular expressions), by a line the block contains.
