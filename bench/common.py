@@ -17,15 +17,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 # The word error rate helper and the tiny-model builders live with the tests; benchmarks reuse them.
 sys.path.insert(0, str(REPO / "tests" / "fixtures"))
-SHARED_DATA = REPO.parent / "shared" / "data"
-DEFAULT_CLIPS = [
-    "audio/jfk.flac",
-    "audio/LJ001-0001.wav",
-    "audio/LJ001-0002.wav",
-    "audio/LJ001-0003.wav",
-    "audio/LJ001-0004.wav",
-    "audio/librispeech-1995-1837-0001.wav",
-]
+from paths import SHARED_DATA  # noqa: E402  (PIPELINED_SHARED_DATA points a worktree at it)
+from paths import TRANSCRIBED_CLIPS as DEFAULT_CLIPS  # noqa: E402
 
 
 def clips(names: Sequence[str] = DEFAULT_CLIPS) -> list[Path]:

@@ -41,6 +41,11 @@ def model_dict(info: models_pb2.ModelInfo) -> dict[str, Any]:
         "default": info.is_default,
         "max_batch_size": info.max_batch_size,
         "accepted_parameters": list(info.accepted_parameters),
+        # What the model costs and where its parts live (see ModelInfo in models.proto).
+        "weight_bytes": {w.device: w.bytes for w in info.weights},
+        "resident_bytes_after_load": info.resident_bytes_after_load,
+        "device_map": {p.module: p.device for p in info.device_map},
+        "replica_devices": list(info.replica_devices),
     }
 
 

@@ -10,6 +10,9 @@ class PipelinedError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
+    # Seconds after which the server said a retry may succeed (its `retry-after-ms` trailer), if it did.
+    retry_after_s: float | None = None
+
     def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
         if code is not None:
             self.code = code
@@ -96,4 +99,18 @@ def from_rpc_error(error: grpc.RpcError) -> PipelinedError:
     cls = _BY_CODE.get(code, PipelinedError)
     # An empty server message never shows as an empty string: fall back to the status's description.
     details = details or (code.value[1] if isinstance(code, grpc.StatusCode) else "") or code.name
-    return cls(details, code) if cls is PipelinedError else cls(details)
+    exc = cls(details, code) if cls is PipelinedError else cls(details)
+    exc.retry_after_s = retry_after_s(error)
+    return exc
+
+
+def retry_after_s(error: grpc.RpcError) -> float | None:
+    """The server's retry hint (trailing metadata `retry-after-ms`), in seconds, if it sent one."""
+    trailers = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    for key, value in trailers or ():
+        if key == "retry-after-ms":
+            try:
+                return int(value) / 1000
+            except ValueError:
+                return None
+    return None

@@ -28,6 +28,7 @@ from pipelined.v1 import (
 )
 
 from .config import ServerConfig
+from .memory_budgets import check_budgets
 from .metrics import Metrics
 from .registry import Registry
 from .services.audio_tasks import AudioServicer
@@ -115,7 +116,9 @@ class App:
         await self.health.set("", SERVING if overall else NOT_SERVING)
 
     async def start(self) -> int:
-        """Binds the port (0 picks a free one), starts serving health at once and loads models behind it."""
+        """Refuses a config whose models cannot fit their declared memory budgets (ConfigError), then binds
+        the port (0 picks a free one), starts serving health at once and loads models behind it."""
+        await asyncio.to_thread(check_budgets, self.config.models)
         self.port = self.server.add_insecure_port(f"{self.config.host}:{self.config.port}")
         if self.port == 0:
             raise OSError(f"cannot bind {self.config.host}:{self.config.port}")

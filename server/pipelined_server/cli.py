@@ -15,6 +15,7 @@ from typing import Any
 
 from .config import DEFAULT_PORT, ServerConfig, check_devices, resolve_config
 from .errors import ConfigError
+from .memory_budgets import check_budgets
 from .workers import Supervisor, is_worker, resolve_workers, watch_parent
 
 
@@ -147,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         config = build_config(args)
         check_devices(config)
+        if not is_worker():  # the supervisor checked it before starting the workers
+            check_budgets(config.models)
     except ConfigError as exc:
         print(f"pipelined-server: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc

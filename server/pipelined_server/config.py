@@ -24,6 +24,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from .audio import AudioLimits
 from .errors import ConfigError
 from .images import ImageLimits
+from .memory import device_key, parse_size
 from .sections import Float, Int, Section, config_error, invalid
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ POOLINGS = ("none", "mean", "cls")
 REQUEST_DEFAULTS: dict[str, dict[str, tuple[type, ...]]] = {
     "feature-extraction": {"pooling": (str,), "normalize": (bool,)},
 }
-DTYPES = ("auto", "float32", "float16", "bfloat16", "int8")
+# Weight dtypes a model may load with (int8 and nf4 are quantizations: see ModelSpec.dtype).
+DTYPES = ("auto", "float32", "float16", "bfloat16", "int8", "nf4")
 # Devices transformers places a pipeline on; "auto" means device_map="auto".
 _DEVICE = re.compile(r"cpu|auto|mps|(cuda|xpu)(:\d+)?")
 _DEVICES_HELP = "use cpu, cuda, cuda:N (e.g. cuda:0), mps, xpu, xpu:N, or auto (device_map='auto')"
@@ -126,6 +128,22 @@ class StreamingLimits(Section):
     max_window_s: Float = Field(default=5.0, gt=0)
     # ...and cut by force (its hypothesis made final) at this length, well under Whisper's 30 s window.
     hard_window_s: Float = Field(default=25.0, gt=0, le=30.0)
+    # Audio sustained faster than this many times real time ends the stream with RESOURCE_EXHAUSTED...
+    max_realtime_factor: Float = Field(default=3.0, gt=0)
+    # ...beyond this much audio sent ahead at once (a client reconnecting may replay what it buffered).
+    realtime_burst_s: Float = Field(default=30.0, ge=0)
+    # Audio a stream may hold not yet final (the decoder fell this far behind): RESOURCE_EXHAUSTED.
+    max_held_audio_s: Float = Field(default=60.0, gt=0)
+    # A stream's audio beyond this length is not read: its finals so far are sent, then OUT_OF_RANGE.
+    max_stream_duration_s: Float | None = Field(default=None, gt=0)
+    # Streams open at once from one client address (streams still waiting for their config count).
+    max_streams_per_peer: Int = Field(default=16, gt=0)
+    # Responses waiting for a client that does not read them: interims are merged, finals kept up to
+    # this many, then the stream ends with RESOURCE_EXHAUSTED (bounded memory per stream).
+    max_unread_responses: Int = Field(default=64, gt=0)
+    # A new stream is refused (RESOURCE_EXHAUSTED, retry hint) when the streams open on its model, with
+    # it, would use more than this fraction of the model's replicas' time (measured from recent decodes).
+    admission_max_utilization: Float = Field(default=0.85, gt=0)
 
     @model_validator(mode="after")
     def _windows_in_order(self) -> StreamingLimits:
@@ -143,10 +161,22 @@ class ModelSpec(Section):
     task: str
     # "embedded:<name>", a local directory, or a Hub id.
     source: str = Field(min_length=1)
-    # "cpu", "cuda", "cuda:1", "mps", or "auto" for device_map="auto".
+    # "cpu", "cuda", "cuda:1", "mps", or "auto" for device_map="auto" (accelerate splits the model over the
+    # GPUs, then the CPU, then the offload folder, within max_memory).
     device: str = "cpu"
-    # "auto", "float32", "float16", "bfloat16"; "int8" loads 8-bit with bitsandbytes.
+    # "auto", "float32", "float16", "bfloat16"; "int8": on CUDA 8-bit bitsandbytes, on CPU dynamic
+    # quantization of the linear layers (loading.cpu_int8); "nf4": 4-bit bitsandbytes (CUDA only).
     dtype: str = "auto"
+    # Memory budget per device ("cpu", "cuda:0", ...), in bytes once parsed ("2GiB", "500MB" in the file).
+    # With device auto it bounds what accelerate puts on each device; with a fixed device (or devices) the
+    # weights must fit it. A config whose models cannot fit is refused at start-up (memory.check_budgets).
+    max_memory: dict[str, int] = {}
+    # With device auto: where accelerate offloads the weights that do not fit max_memory (read back layer by
+    # layer at each call: slow, but a model larger than RAM still serves).
+    offload_folder: str = ""
+    # One copy of the weights per device, each with `replicas` pipelines (e.g. [cuda:0, cuda:1]); replaces
+    # `device`.
+    devices: tuple[str, ...] = ()
     batching: BatchingConfig = BatchingConfig()
     # Pipelines sharing one copy of the weights, each on its own worker thread: on a CPU, one per core
     # (with torch_threads 1) is how concurrent requests use every core.
@@ -201,6 +231,63 @@ class ModelSpec(Section):
         if dtype not in DTYPES:
             raise invalid("", f"{dtype!r}: use {', '.join(DTYPES)}")
         return dtype
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _budgets(cls, budgets: Any) -> Any:
+        """{device: size} with devices named as everywhere else (0 -> cuda:0) and sizes in bytes."""
+        if not isinstance(budgets, dict) or not budgets:
+            raise invalid("", "expected a mapping of device to size, e.g. {cpu: 2GiB, cuda:0: 10GiB}")
+        parsed = {}
+        for device, size in budgets.items():
+            key = device_key(device)
+            if not key:
+                raise invalid(str(device), f"{device!r} is not a device (cpu, mps, cuda, cuda:N)")
+            try:
+                parsed[key] = parse_size(size)
+            except ValueError as exc:
+                raise invalid(str(device), str(exc)) from None
+        return parsed
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _device_list(cls, devices: Any) -> Any:
+        if not isinstance(devices, list | tuple) or not devices:
+            raise invalid("", "expected a non-empty list such as [cuda:0, cuda:1]")
+        return devices
+
+    @model_validator(mode="before")
+    @classmethod
+    def _device_or_devices(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "device" in data and "devices" in data:
+            raise invalid("devices", "set device or devices, not both")
+        return data
+
+    @model_validator(mode="after")
+    def _placement_agrees(self) -> ModelSpec:
+        """device/devices, max_memory, offload_folder, replicas and dtype agree (errors name the key)."""
+        placed = self.devices or (self.device,)
+        for index, device in enumerate(self.devices):
+            if device == "auto":
+                raise invalid(f"devices[{index}]", "auto splits one copy over every device; use device: auto")
+            if not _DEVICE.fullmatch(device):
+                raise invalid(f"devices[{index}]", f"{device!r} is not a device: {_DEVICES_HELP}")
+        gpus = [d for d in self.devices if d != "cpu"]
+        if len(set(gpus)) != len(gpus):
+            raise invalid("devices", "a GPU listed twice would hold two copies of the weights")
+        if self.device == "auto" and self.replicas > 1:
+            # accelerate's offload hooks load a module's weights before its forward and drop them after:
+            # two threads in one split model would pull weights from under each other.
+            raise invalid("replicas", "a model split by device auto runs one pipeline (replicas: 1)")
+        if self.offload_folder and self.device != "auto":
+            raise invalid("offload_folder", "only device auto offloads (accelerate's device_map)")
+        if self.device != "auto":
+            extra = sorted(set(self.max_memory) - {device_key(d) for d in placed})
+            if extra:
+                raise invalid("max_memory", f"{', '.join(extra)} is not where this model is placed")
+        if self.dtype == "nf4" and not all(d == "auto" or d.startswith("cuda") for d in placed):
+            raise invalid("dtype", "nf4 (4-bit bitsandbytes) runs on CUDA only: device cuda:N or auto")
+        return self
 
     @model_validator(mode="after")
     def _request_defaults_of_the_task(self) -> ModelSpec:
@@ -449,9 +536,12 @@ def check_devices(config: ServerConfig) -> None:
 
     problems = []
     for index, spec in enumerate(config.models):
-        missing = _missing_device(torch, spec.device)
-        if missing:
-            problems.append(f"models[{index}].device: {spec.device!r} {missing}")
+        placed = {f"devices[{i}]": d for i, d in enumerate(spec.devices)} or {"device": spec.device}
+        placed |= {f"max_memory.{d}": d for d in spec.max_memory}
+        for key, device in placed.items():
+            missing = _missing_device(torch, device)
+            if missing:
+                problems.append(f"models[{index}].{key}: {device!r} {missing}")
     if problems:
         raise ConfigError("\n  ".join(problems))
 

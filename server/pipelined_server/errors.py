@@ -10,9 +10,11 @@ class PipelinedError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # When a retry may succeed: sent as the `retry-after-ms` trailing metadata (clients read it).
+        self.retry_after_s = retry_after_s
 
 
 class InvalidInput(PipelinedError):
@@ -39,6 +41,12 @@ class ModelNotReady(PipelinedError):
 
 class QueueFull(PipelinedError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class OutOfRange(PipelinedError):
+    """A stream went past a configured length (e.g. streaming.max_stream_duration_s)."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
 
 
 class DeadlineExpired(PipelinedError):

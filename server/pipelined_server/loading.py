@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,13 @@ EMBEDDED_PREFIX = "embedded:"
 @dataclass(frozen=True)
 class LoadedPipeline:
     pipeline: Any
+    # Where it runs: "cpu", "cuda:0", or for a model split by device auto "auto (cpu, disk)".
     device: str
     dtype: str
+    # Bytes of its weights per device ("disk": offloaded to the offload folder).
+    weight_bytes: dict[str, int] = field(default_factory=dict)
+    # Module -> device of a model split by accelerate (its hf_device_map), in model order; empty when whole.
+    placements: tuple[tuple[str, str], ...] = ()
 
 
 def resolve_source(source: str) -> str:
@@ -38,41 +43,164 @@ def resolve_source(source: str) -> str:
     return source  # a Hub id: transformers downloads it (or finds it in the HF cache when offline)
 
 
-def pipeline_kwargs_for(spec: ModelSpec) -> dict[str, Any]:
-    """Keyword arguments of transformers.pipeline() for this spec: device placement and dtype."""
-    kwargs: dict[str, Any] = dict(spec.pipeline_kwargs)
-    if spec.device == "auto":
-        kwargs["device_map"] = "auto"
-    else:
-        kwargs["device"] = spec.device
-    if spec.dtype == "int8":
-        from transformers import BitsAndBytesConfig
+def on_cuda(device: str) -> bool:
+    """Whether a device puts weights on CUDA GPUs ("auto" does when any GPU is visible)."""
+    if device.startswith("cuda"):
+        return True
+    if device == "auto":
+        import torch
 
-        model_kwargs = dict(kwargs.get("model_kwargs") or {})
-        model_kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-        kwargs["model_kwargs"] = model_kwargs
-        if spec.device != "auto":
+        return bool(torch.cuda.is_available())
+    return False
+
+
+def cpu_int8(spec: ModelSpec, device: str | None = None) -> bool:
+    """`dtype: int8` off CUDA is torch's dynamic quantization of the linear layers (bitsandbytes' 8-bit
+    kernels are CUDA only): the model loads in float32, then every nn.Linear becomes int8 weights with
+    activations quantized per call."""
+    return spec.dtype == "int8" and not on_cuda(device or spec.device)
+
+
+def _accelerate_max_memory(max_memory: dict[str, int]) -> dict[int | str, int]:
+    """accelerate names GPUs by index: {"cuda:1": n} becomes {1: n}."""
+    return {int(k.split(":")[1]) if k.startswith("cuda:") else k: v for k, v in max_memory.items()}
+
+
+def _bitsandbytes_config(dtype: str) -> Any:
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if dtype == "nf4":
+        # bfloat16 compute where the GPU has it (Ampere and later), else float16: QLoRA's defaults.
+        compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute
+        )
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def pipeline_kwargs_for(spec: ModelSpec, device: str | None = None) -> dict[str, Any]:
+    """Keyword arguments of transformers.pipeline() for this spec on `device` (its own by default; one of
+    its `devices` for a replica): device placement, memory budgets, offload and dtype."""
+    device = device or spec.device
+    kwargs: dict[str, Any] = dict(spec.pipeline_kwargs)
+    model_kwargs: dict[str, Any] = dict(kwargs.get("model_kwargs") or {})
+    if device == "auto":
+        kwargs["device_map"] = "auto"
+        if spec.max_memory:
+            model_kwargs["max_memory"] = _accelerate_max_memory(spec.max_memory)
+        if spec.offload_folder:
+            model_kwargs["offload_folder"] = spec.offload_folder
+    else:
+        kwargs["device"] = device
+    if spec.dtype in ("int8", "nf4") and not cpu_int8(spec, device):
+        model_kwargs["quantization_config"] = _bitsandbytes_config(spec.dtype)
+        if device != "auto":
             kwargs.pop("device")
-            kwargs["device_map"] = spec.device
+            kwargs["device_map"] = device
+    elif spec.dtype == "int8":
+        kwargs["dtype"] = "float32"  # quantized after loading: see cpu_int8
     elif spec.dtype != "auto":
         kwargs["dtype"] = spec.dtype
+    if model_kwargs:
+        kwargs["model_kwargs"] = model_kwargs
     return kwargs
 
 
-def load_pipeline(spec: ModelSpec) -> LoadedPipeline:
-    """Loads the pipeline (blocking: call it off the event loop)."""
+def quantize_linear_layers(model: Any) -> int:
+    """Dynamic int8 quantization of every nn.Linear, in place; returns how many were quantized.
+
+    Weights are quantized per output channel: with one scale per tensor MiniLM's sentence embeddings kept
+    a cosine similarity of only 0.919 (worst of 8 sentences) with float32's, per channel 0.969. Loading in
+    float32 first costs resident memory: tiny.en int8 ends at ~650 MiB RSS against float32's ~440 MiB
+    (malloc_trim does not return it). torch.ao.quantization is deprecated in favour of torchao but still
+    ships (torch 2.13) and needs no extra package; its warnings are silenced here so that they do not
+    repeat at every start-up."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        quantize_dynamic(
+            model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True
+        )
+    return sum(1 for m in model.modules() if isinstance(m, QuantizedLinear))
+
+
+# CPU flags of native half-precision arithmetic; without them torch converts to float32 per operation.
+_NATIVE_CPU_FLAGS = {"bfloat16": ("avx512_bf16", "amx_bf16"), "float16": ("avx512_fp16", "amx_fp16")}
+
+
+def check_cpu_dtype(dtype: str, where: str) -> None:
+    """Refuses a half dtype this CPU's torch cannot compute (a matmul and a convolution are tried), and
+    warns where it is only emulated: on this AVX2 CPU Whisper tiny.en took 1.8-3.4x float32's time per clip
+    in float16 or bfloat16 (bench/dtypes.py, two runs on a loaded machine)."""
+    import torch
+
+    if dtype not in _NATIVE_CPU_FLAGS:
+        return
+    kind = getattr(torch, dtype)
+    try:
+        x = torch.ones(1, 4, 8, dtype=kind)
+        torch.nn.functional.conv1d(x, torch.ones(4, 4, 3, dtype=kind))
+        (x[0] @ x[0].T).sum().item()
+    except RuntimeError as exc:
+        raise ConfigError(f"{where}: this CPU's torch cannot compute {dtype}: {exc}") from exc
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return
+    if not any(flag in flags for flag in _NATIVE_CPU_FLAGS[dtype]):
+        log.warning(
+            "%s: this CPU has no native %s arithmetic; torch emulates it (slower than float32)", where, dtype
+        )
+
+
+def load_pipeline(spec: ModelSpec, device: str | None = None) -> LoadedPipeline:
+    """Loads the pipeline on `device` (the spec's own by default) (blocking: call it off the event loop)."""
     import transformers
 
+    from .memory import device_name, weight_bytes_by_device
+
+    device = device or spec.device
     model = resolve_source(spec.source)
-    log.info("loading %s (%s) from %s on %s", spec.name, spec.task, model, spec.device)
+    log.info("loading %s (%s) from %s on %s", spec.name, spec.task, model, device)
+    if not on_cuda(device):
+        check_cpu_dtype(spec.dtype, f"{spec.name}.dtype")
     # The task is a runtime string, so none of transformers' per-task overloads applies.
     make_pipeline: Any = transformers.pipeline
-    pipe = make_pipeline(spec.task, model=model, **pipeline_kwargs_for(spec))
+    pipe = make_pipeline(spec.task, model=model, **pipeline_kwargs_for(spec, device))
     torch_model = getattr(pipe, "model", None)
-    device_map = getattr(torch_model, "hf_device_map", None)
-    device = str(device_map) if device_map else str(getattr(pipe, "device", spec.device))
+    device_map = dict(getattr(torch_model, "hf_device_map", None) or {})
+    placements = tuple((module, device_name(place)) for module, place in device_map.items())
+    split = sorted({place for _, place in placements}, key=[p for _, p in placements].index)
+    summary = (
+        f"auto ({', '.join(split)})" if device == "auto" and split else str(getattr(pipe, "device", device))
+    )
     dtype = str(getattr(torch_model, "dtype", "")).removeprefix("torch.")
-    return LoadedPipeline(pipeline=pipe, device=device, dtype=dtype)
+    if cpu_int8(spec, device):
+        if set(split) - {"cpu"}:
+            raise ConfigError(
+                f"{spec.name}: dtype int8 on CPU quantizes the weights in memory; parts placed on "
+                f"{', '.join(sorted(set(split) - {'cpu'}))} cannot be (drop max_memory / offload_folder)"
+            )
+        quantized = quantize_linear_layers(torch_model)
+        log.info("%s: %d linear layers quantized to int8", spec.name, quantized)
+        dtype = "int8"
+    elif spec.dtype in ("int8", "nf4"):
+        dtype = spec.dtype  # bitsandbytes: model.dtype reports the compute dtype, not the stored one
+    weights = weight_bytes_by_device(torch_model) if torch_model is not None else {}
+    return LoadedPipeline(pipe, device=summary, dtype=dtype, weight_bytes=weights, placements=placements)
+
+
+def load_replicas(spec: ModelSpec) -> list[LoadedPipeline]:
+    """One loaded copy per device of `devices` (or the one `device`), one after another."""
+    return [load_pipeline(spec, device) for device in spec.devices or (spec.device,)]
 
 
 def replicate(pipe: Any, count: int) -> list[Any]:

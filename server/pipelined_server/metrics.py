@@ -71,6 +71,18 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.weight_bytes = Gauge(
+            "pipelined_model_weight_bytes",
+            "Bytes of each model's weights per device (disk: offloaded by accelerate).",
+            ["model", "device"],
+            registry=r,
+        )
+        self.resident_bytes_after_load = Gauge(
+            "pipelined_model_resident_bytes_after_load",
+            "Resident memory of the server process right after the model loaded (models load in order).",
+            ["model"],
+            registry=r,
+        )
         self.model_ready = Gauge(
             "pipelined_model_ready",
             "1 when the model serves requests; with several worker processes, how many serve it.",
@@ -104,6 +116,13 @@ class Metrics:
             "Decode time divided by the audio duration it covered, per decode step.",
             ["model"],
             buckets=(0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+            registry=r,
+        )
+        self.stream_headroom = Gauge(
+            "pipelined_stream_headroom",
+            "Live streams a model can still admit within its measured capacity "
+            "(streaming.max_streams minus open streams until decodes have been measured).",
+            ["model"],
             registry=r,
         )
         self.streams_ended = Counter(

@@ -14,7 +14,8 @@ from typing import Any
 from .batching import Scheduler
 from .config import ModelSpec, ServerConfig
 from .errors import ModelNotFound, ModelNotReady
-from .loading import load_pipeline, replicate, run_batch
+from .loading import load_replicas, replicate, run_batch
+from .memory import resident_bytes
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,13 @@ class ModelInstance:
     device: str = ""
     dtype: str = ""
     is_default: bool = False
+    # What it costs, measured once loaded: its weights' bytes per device (summed over the copies on its
+    # devices; "disk" for offloaded weights), and the server process's RSS right after it loaded.
+    weight_bytes: dict[str, int] = field(default_factory=dict)
+    resident_bytes: int = 0
+    # Module -> device of a model that accelerate split (device auto); the device of each copy (devices).
+    placements: tuple[tuple[str, str], ...] = ()
+    replica_devices: tuple[str, ...] = ()
     # A tokenizer copy for the event loop (token counts, batching keys): a Rust tokenizer mutates its
     # truncation state per call, so sharing one with a worker thread raises "Already borrowed".
     tokenizer: Any = None
@@ -76,7 +84,7 @@ class Registry:
     async def _load(self, instance: ModelInstance) -> None:
         started = time.monotonic()
         try:
-            loaded = await asyncio.to_thread(load_pipeline, instance.spec)
+            copies = await asyncio.to_thread(load_replicas, instance.spec)
         except Exception as exc:  # a model that fails to load must not take the others down
             log.exception("model %s failed to load", instance.name)
             instance.state = ModelState.FAILED
@@ -84,11 +92,21 @@ class Registry:
             self.on_health(instance.name, False)
             return
         instance.load_seconds = time.monotonic() - started
+        loaded = copies[0]
         instance.pipeline = loaded.pipeline
         pipeline_tokenizer = getattr(loaded.pipeline, "tokenizer", None)
         instance.tokenizer = copy.deepcopy(pipeline_tokenizer) if pipeline_tokenizer is not None else None
-        instance.device, instance.dtype = loaded.device, loaded.dtype
-        replicas = replicate(loaded.pipeline, instance.spec.replicas)
+        instance.device = ", ".join(dict.fromkeys(c.device for c in copies))
+        instance.dtype = loaded.dtype
+        instance.placements = loaded.placements
+        instance.replica_devices = tuple(c.device for c in copies) if instance.spec.devices else ()
+        for c in copies:
+            for device, size in c.weight_bytes.items():
+                instance.weight_bytes[device] = instance.weight_bytes.get(device, 0) + size
+                self.metrics.weight_bytes.labels(instance.name, device).set(instance.weight_bytes[device])
+        instance.resident_bytes = resident_bytes()
+        self.metrics.resident_bytes_after_load.labels(instance.name).set(instance.resident_bytes)
+        replicas = [r for c in copies for r in replicate(c.pipeline, instance.spec.replicas)]
         instance.scheduler = Scheduler(
             instance.name, replicas, run_batch, instance.spec.batching, self.metrics
         )

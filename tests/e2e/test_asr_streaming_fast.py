@@ -3,7 +3,9 @@
 Several recordings are joined without their silences and sped up with FFmpeg's `atempo` (PyAV), so
 the stream is one long utterance of about 6 words a second: the decode window must slide many times.
 Every second of speech must lie under some final result's time span, and the streamed transcript's
-word error rate must stay within a few points of the offline transcript of the same audio.
+word error rate must stay within 3 points of the offline transcript of the same audio. The audio is paced
+by the server's decodes (tests/fixtures/pacing.py), so the result does not depend on the machine's load;
+streaming at real-time pace is measured by bench/asr_streaming.py.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import numpy as np
 import pytest
 from asr_specs import ASR
 from harness import ServerThread
+from pacing import DecodePacedSource
 from paths import shared_file, shared_reference
 from pipelined import Client
-from pipelined.streaming import FileSource
 from pipelined_server.config import ServerConfig, embedded_spec
 from pipelined_server.sources.embedded import is_available
 from wer import wer
@@ -115,9 +117,14 @@ def test_fast_continuous_speech_loses_nothing(pipe: Any, fast_speech: tuple[Path
     path, reference, samples = fast_speech
     duration = len(samples) / RATE
     assert duration > 20, duration  # long enough for many window slides
-    finals = [
-        r for r in pipe.stream(FileSource(path, realtime=True, speed=1.0), interim_results=True) if r.is_final
-    ]
+    # Paced by the server's decodes, not the wall clock: each decode step covers the same audio whatever
+    # the machine's load, so the transcript is the one an idle machine streaming in real time would give.
+    source = DecodePacedSource(samples)
+    finals = []
+    for result in pipe.stream(source, interim_results=True):
+        source.observe(result)
+        if result.is_final:
+            finals.append(result)
     spans = [(r.start, r.end) for r in finals if r.text.strip() and r.start is not None]
     # Every second of speech (loud enough to be speech) lies under some final's span (0.5 s slack).
     missing = []
@@ -132,4 +139,4 @@ def test_fast_continuous_speech_loses_nothing(pipe: Any, fast_speech: tuple[Path
     live = " ".join(r.text for r in finals)
     offline = pipe(str(path))["text"]
     live_wer, offline_wer = wer(reference, live), wer(reference, offline)
-    assert live_wer <= offline_wer + 0.10, (live, offline, live_wer, offline_wer)
+    assert live_wer <= offline_wer + 0.03, (live, offline, live_wer, offline_wer)

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pipelined/v1/models.proto\x12\x0cpipelined.v1\x1a\x1egoogle/protobuf/duration.proto\"!\n\x11ListModelsRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.pipelined.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\":\n\x10GetModelResponse\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.pipelined.v1.ModelInfo\"\xa6\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\'\n\x05state\x18\x06 \x01(\x0e\x32\x18.pipelined.v1.ModelState\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x1b\n\x13sampling_rate_hertz\x18\x08 \x01(\x05\x12\x1b\n\x13\x61\x63\x63\x65pted_parameters\x18\t \x03(\t\x12\x30\n\rload_duration\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0emax_batch_size\x18\x0b \x01(\x05\x12\x12\n\nis_default\x18\x0c \x01(\x08*q\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x15\n\x11MODEL_STATE_READY\x10\x02\x12\x16\n\x12MODEL_STATE_FAILED\x10\x03\x32\xab\x01\n\rModelsService\x12O\n\nListModels\x12\x1f.pipelined.v1.ListModelsRequest\x1a .pipelined.v1.ListModelsResponse\x12I\n\x08GetModel\x12\x1d.pipelined.v1.GetModelRequest\x1a\x1e.pipelined.v1.GetModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pipelined/v1/models.proto\x12\x0cpipelined.v1\x1a\x1egoogle/protobuf/duration.proto\"!\n\x11ListModelsRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.pipelined.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\":\n\x10GetModelResponse\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.pipelined.v1.ModelInfo\"\xc3\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\'\n\x05state\x18\x06 \x01(\x0e\x32\x18.pipelined.v1.ModelState\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x1b\n\x13sampling_rate_hertz\x18\x08 \x01(\x05\x12\x1b\n\x13\x61\x63\x63\x65pted_parameters\x18\t \x03(\t\x12\x30\n\rload_duration\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0emax_batch_size\x18\x0b \x01(\x05\x12\x12\n\nis_default\x18\x0c \x01(\x08\x12,\n\x07weights\x18\r \x03(\x0b\x32\x1b.pipelined.v1.DeviceWeights\x12!\n\x19resident_bytes_after_load\x18\x0e \x01(\x03\x12\x31\n\ndevice_map\x18\x0f \x03(\x0b\x32\x1d.pipelined.v1.ModulePlacement\x12\x17\n\x0freplica_devices\x18\x10 \x03(\t\".\n\rDeviceWeights\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\"1\n\x0fModulePlacement\x12\x0e\n\x06module\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t*q\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x15\n\x11MODEL_STATE_READY\x10\x02\x12\x16\n\x12MODEL_STATE_FAILED\x10\x03\x32\xab\x01\n\rModelsService\x12O\n\nListModels\x12\x1f.pipelined.v1.ListModelsRequest\x1a .pipelined.v1.ListModelsResponse\x12I\n\x08GetModel\x12\x1d.pipelined.v1.GetModelRequest\x1a\x1e.pipelined.v1.GetModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pipelined.v1.models_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELSTATE']._serialized_start=563
-  _globals['_MODELSTATE']._serialized_end=676
+  _globals['_MODELSTATE']._serialized_start=819
+  _globals['_MODELSTATE']._serialized_end=932
   _globals['_LISTMODELSREQUEST']._serialized_start=75
   _globals['_LISTMODELSREQUEST']._serialized_end=108
   _globals['_LISTMODELSRESPONSE']._serialized_start=110
@@ -43,7 +43,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELRESPONSE']._serialized_start=206
   _globals['_GETMODELRESPONSE']._serialized_end=264
   _globals['_MODELINFO']._serialized_start=267
-  _globals['_MODELINFO']._serialized_end=561
-  _globals['_MODELSSERVICE']._serialized_start=679
-  _globals['_MODELSSERVICE']._serialized_end=850
+  _globals['_MODELINFO']._serialized_end=718
+  _globals['_DEVICEWEIGHTS']._serialized_start=720
+  _globals['_DEVICEWEIGHTS']._serialized_end=766
+  _globals['_MODULEPLACEMENT']._serialized_start=768
+  _globals['_MODULEPLACEMENT']._serialized_end=817
+  _globals['_MODELSSERVICE']._serialized_start=935
+  _globals['_MODELSSERVICE']._serialized_end=1106
 # @@protoc_insertion_point(module_scope)

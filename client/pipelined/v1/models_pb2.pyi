@@ -160,6 +160,10 @@ class ModelInfo(_message.Message):
     LOAD_DURATION_FIELD_NUMBER: _builtins.int
     MAX_BATCH_SIZE_FIELD_NUMBER: _builtins.int
     IS_DEFAULT_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    RESIDENT_BYTES_AFTER_LOAD_FIELD_NUMBER: _builtins.int
+    DEVICE_MAP_FIELD_NUMBER: _builtins.int
+    REPLICA_DEVICES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name used in requests."""
     task: _builtins.str
@@ -180,6 +184,10 @@ class ModelInfo(_message.Message):
     """Largest number of requests computed together."""
     is_default: _builtins.bool
     """True for the model used when a request names none for its task."""
+    resident_bytes_after_load: _builtins.int
+    """Resident memory (RSS) of the server process right after this model
+    loaded, in bytes (models load one after another); 0 until loaded.
+    """
     @_builtins.property
     def accepted_parameters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Parameters a request may set for this model's task."""
@@ -187,6 +195,25 @@ class ModelInfo(_message.Message):
     @_builtins.property
     def load_duration(self) -> _duration_pb2.Duration:
         """Time spent loading the model."""
+
+    @_builtins.property
+    def weights(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeviceWeights]:
+        """Bytes of its weights on each device where they live, measured once loaded
+        (summed over the copies of `replica_devices`; "disk" for weights offloaded
+        to the offload folder). Empty until loaded.
+        """
+
+    @_builtins.property
+    def device_map(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModulePlacement]:
+        """Where each part of a model split over devices lives (accelerate's device
+        map, device "auto"), in model order; empty when the model is whole.
+        """
+
+    @_builtins.property
+    def replica_devices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The device of each copy of the weights when the model runs on several
+        (`devices` in the server config), one entry per copy; empty otherwise.
+        """
 
     def __init__(
         self,
@@ -203,11 +230,67 @@ class ModelInfo(_message.Message):
         load_duration: _duration_pb2.Duration | None = ...,
         max_batch_size: _builtins.int = ...,
         is_default: _builtins.bool = ...,
+        weights: _abc.Iterable[Global___DeviceWeights] | None = ...,
+        resident_bytes_after_load: _builtins.int = ...,
+        device_map: _abc.Iterable[Global___ModulePlacement] | None = ...,
+        replica_devices: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["load_duration", b"load_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_parameters", b"accepted_parameters", "device", b"device", "dtype", b"dtype", "error", b"error", "is_default", b"is_default", "load_duration", b"load_duration", "max_batch_size", b"max_batch_size", "name", b"name", "sampling_rate_hertz", b"sampling_rate_hertz", "source", b"source", "state", b"state", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_parameters", b"accepted_parameters", "device", b"device", "device_map", b"device_map", "dtype", b"dtype", "error", b"error", "is_default", b"is_default", "load_duration", b"load_duration", "max_batch_size", b"max_batch_size", "name", b"name", "replica_devices", b"replica_devices", "resident_bytes_after_load", b"resident_bytes_after_load", "sampling_rate_hertz", b"sampling_rate_hertz", "source", b"source", "state", b"state", "task", b"task", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+
+@_typing.final
+class DeviceWeights(_message.Message):
+    """A model's weights on one device."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    device: _builtins.str
+    """"cpu", "cuda:0", ..., or "disk"."""
+    bytes: _builtins.int
+    """Bytes of weights there."""
+    def __init__(
+        self,
+        *,
+        device: _builtins.str = ...,
+        bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "device", b"device"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceWeights: _TypeAlias = DeviceWeights  # noqa: Y015
+
+@_typing.final
+class ModulePlacement(_message.Message):
+    """One part of a model split over devices."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODULE_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    module: _builtins.str
+    """Module path in the model, e.g. "model.decoder.layers.3"."""
+    device: _builtins.str
+    """"cpu", "cuda:0", ..., or "disk"."""
+    def __init__(
+        self,
+        *,
+        module: _builtins.str = ...,
+        device: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "module", b"module"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModulePlacement: _TypeAlias = ModulePlacement  # noqa: Y015

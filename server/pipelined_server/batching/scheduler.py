@@ -113,10 +113,16 @@ class Scheduler:
         self._skipped_deadline = metrics.skipped.labels(model, "deadline")
         self._pipeline_calls = metrics.pipeline_calls.labels(model)
         self._pipeline_items = metrics.pipeline_items.labels(model)
+        # Seconds the replicas spent computing, all together: live-stream admission reads its rate.
+        self.busy_s = 0.0
 
     @property
     def depth(self) -> int:
         return len(self._queue)
+
+    @property
+    def replica_count(self) -> int:
+        return len(self._replicas)
 
     def start(self) -> None:
         if not self._workers:
@@ -236,6 +242,7 @@ class Scheduler:
         except Exception as exc:  # the worker must survive anything, or its replica stops serving
             log.exception("scheduler %s: batch failed outside the pipeline", self.model)
             outcomes = [(False, exc)] * len(batch)
+        self.busy_s += time.monotonic() - started
         for item, (ok, value) in zip(batch, outcomes, strict=True):
             if item.future.done():
                 continue  # the caller left while we computed

@@ -66,6 +66,12 @@ def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
 
 
+def _trailers(exc: BaseException) -> tuple[tuple[str, str], ...]:
+    """A retry hint as trailing metadata (`retry-after-ms`, like HTTP's Retry-After), where the error has one."""
+    retry = getattr(exc, "retry_after_s", None)
+    return (("retry-after-ms", str(round(retry * 1000))),) if retry is not None else ()
+
+
 class _Tracked:
     """Counts a call in flight and records its outcome."""
 
@@ -123,7 +129,7 @@ def rpc(task: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                     except Exception as exc:
                         code, message = _status_of(exc)
                         tracked.finish(code)
-                        await context.abort(code, message)
+                        await context.abort(code, message, _trailers(exc))
                     tracked.finish(grpc.StatusCode.OK)
 
             return stream_wrapper
@@ -142,7 +148,7 @@ def rpc(task: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 except Exception as exc:
                     code, message = _status_of(exc)
                     tracked.finish(code)
-                    await context.abort(code, message)
+                    await context.abort(code, message, _trailers(exc))
                 tracked.finish(grpc.StatusCode.OK)
                 return response
 

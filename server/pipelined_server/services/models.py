@@ -32,6 +32,10 @@ def model_info(instance: ModelInstance) -> models_pb2.ModelInfo:
         load_duration=to_duration(instance.load_seconds),
         max_batch_size=spec.batching.max_batch_size,
         is_default=instance.is_default,
+        weights=[models_pb2.DeviceWeights(device=d, bytes=n) for d, n in instance.weight_bytes.items()],
+        resident_bytes_after_load=instance.resident_bytes,
+        device_map=[models_pb2.ModulePlacement(module=m, device=d) for m, d in instance.placements],
+        replica_devices=instance.replica_devices,
     )
 
 

@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 import grpc
 from pipelined.v1 import speech_pb2, speech_pb2_grpc
 
-from ..errors import ModelNotReady
+from ..errors import ModelNotReady, OutOfRange
 from ..registry import ModelInstance
+from ..streaming.admission import Admission
 from ..streaming.options import stream_options
 from ..streaming.session import IdleGuard, StreamSession, read_config
 from ..streaming.streams import ActiveStreams
@@ -24,7 +25,9 @@ from .unary import Servicer
 class SpeechServicer(Servicer, speech_pb2_grpc.SpeechServiceServicer):
     def __init__(self, state: ServerState) -> None:
         super().__init__(state)
-        self.streams = ActiveStreams(state.config.streaming.max_streams, state.metrics)
+        limits = state.config.streaming
+        self.streams = ActiveStreams(limits.max_streams, limits.max_streams_per_peer, state.metrics)
+        self.admission = Admission(limits.admission_max_utilization, limits.max_streams, state.metrics)
 
     def _model(self, config: speech_pb2.RecognitionConfig, call: CallInfo) -> ModelInstance:
         instance = self.state.registry.ready(config.model, asr.TASK)
@@ -63,14 +66,31 @@ class SpeechServicer(Servicer, speech_pb2_grpc.SpeechServiceServicer):
     ) -> AsyncIterator[speech_pb2.StreamingRecognizeResponse]:
         limits = self.state.config.streaming
         guard = IdleGuard(requests, limits.idle_timeout_s, self.state.drain_started)
-        config = await read_config(guard)
-        instance = self._model(config.config, call)
-        options = stream_options(config, instance, self.state.config.limits)
-        with self.streams.open(instance.name):
-            session = StreamSession(instance, options, limits, self.state.config.audio, self.state.metrics)
+        # The slot is held from the start: streams still waiting for their config count too.
+        with self.streams.open(context.peer()) as slot:
+            config = await read_config(guard)
+            instance = self._model(config.config, call)
+            options = stream_options(config, instance, self.state.config.limits)
+            self.admission.admit(instance, self.streams.by_model[instance.name])
+            slot.name(instance.name)
+            session = StreamSession(
+                instance,
+                options,
+                limits,
+                self.state.config.audio,
+                self.state.metrics,
+                on_audio=lambda seconds: self.admission.received(
+                    instance, seconds, self.streams.by_model[instance.name]
+                ),
+            )
             async for response in session.run(guard):
                 yield response
-        if guard.drained:
-            raise ModelNotReady(
-                "the server is shutting down: this stream's audio so far was transcribed; reconnect"
-            )
+            if guard.drained:
+                raise ModelNotReady(
+                    "the server is shutting down: this stream's audio so far was transcribed; reconnect"
+                )
+            if session.duration_reached:
+                raise OutOfRange(
+                    f"the stream reached streaming.max_stream_duration_s={limits.max_stream_duration_s:g} s: "
+                    "its audio up to there was transcribed; open a new stream to go on"
+                )

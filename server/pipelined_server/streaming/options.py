@@ -60,8 +60,10 @@ def stream_options(
         raise InvalidInput("live streams return WORD timestamps or none, not CHAR")
     kwargs = asr.call_kwargs(recognition, kind, limits)
     if kind == asr.WHISPER:
-        # Segment timestamps cost almost nothing and give the safe cut points; word times cost an alignment.
-        kwargs["return_timestamps"] = "word" if word_times else True
+        # Word times (cross-attention alignment heads + DTW) whatever the client asked: segment times
+        # spread over a segment's words put its end at the window's end when Whisper skipped speech
+        # there, and a window cut at that "word end" lost the speech (StreamSession._slide).
+        kwargs["return_timestamps"] = "word"
     elif kind.startswith("ctc"):
         kwargs["return_timestamps"] = "word"
     else:

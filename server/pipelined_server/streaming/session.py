@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -40,6 +40,7 @@ from .agreement import LocalAgreement, Word
 from .buffer import RollingBuffer
 from .decode import Hypothesis, decode_window, hypothesis
 from .options import StreamOptions
+from .outbox import Outbox
 from .vad import VAD_EXECUTOR, SpeechDetector, VadEvent
 
 # How long a final decode waits before retrying when the model's queue is full.
@@ -137,21 +138,29 @@ class StreamSession:
         limits: StreamingLimits,
         audio_limits: AudioLimits,
         metrics: Metrics,
+        on_audio: Callable[[float], object] | None = None,
     ) -> None:
         self.instance = instance
         self.options = options
         self.limits = limits
         self.metrics = metrics
+        # Called with the seconds of every chunk received (admission measures the model's load).
+        self._on_audio = on_audio
         self.rate = instance.sampling_rate
         self.resampler = StreamResampler(options.audio_format, self.rate, audio_limits)
         self.buffer = RollingBuffer()
         self.detector: SpeechDetector | None = None
         self.utterances: deque[Utterance] = deque()
-        self.outbox: asyncio.Queue[Any] = asyncio.Queue()
+        self.outbox = Outbox(limits.max_unread_responses)
         self.wake = asyncio.Event()
         self.eof = False
         self.final_end_s = 0.0
         self.first_audio_at: float | None = None
+        # Seconds of audio received (at the model's rate), and whether the stream stopped reading at
+        # streaming.max_stream_duration_s (its audio so far is transcribed, then it ends OUT_OF_RANGE).
+        self.received_s = 0.0
+        self.duration_reached = False
+        self._tasks: list[asyncio.Task[None]] = []
         self.answered = False
         # The interim decode step in flight, if any, and the sample its window ends at.
         self._interim: asyncio.Task[None] | None = None
@@ -170,7 +179,7 @@ class StreamSession:
         self.detector = await loop.run_in_executor(
             VAD_EXECUTOR, partial(SpeechDetector, self.rate, options.threshold, options.min_silence_s)
         )
-        tasks = [
+        tasks = self._tasks = [
             loop.create_task(self._guarded(self._read(guard))),
             loop.create_task(self._guarded(self._decode())),
         ]
@@ -197,7 +206,11 @@ class StreamSession:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            await self.outbox.put(exc)
+            # The stream ends with this error: the other task stops too, so nothing grows meanwhile.
+            self.outbox.put_control(exc)
+            for task in self._tasks:
+                if task is not asyncio.current_task():
+                    task.cancel()
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -219,12 +232,36 @@ class StreamSession:
             now = time.monotonic()
             if self.first_audio_at is None:
                 self.first_audio_at = now
-            await self._ingest(self.resampler.push(request.audio), now)
+            samples = self.resampler.push(request.audio)
+            self.received_s += len(samples) / self.rate
+            if self._on_audio is not None:
+                self._on_audio(len(samples) / self.rate)
+            self._check_pace(now)
+            await self._ingest(samples, now)
+            duration = self.limits.max_stream_duration_s
+            if duration is not None and self.received_s >= duration:
+                self.duration_reached = True
+                break
         await self._ingest(self.resampler.flush(), time.monotonic())
         assert self.detector is not None
         self._on_events(self.detector.flush(self.buffer.end))
         self.eof = True
         self.wake.set()
+
+    def _check_pace(self, now: float) -> None:
+        """Audio sustained faster than `max_realtime_factor` times real time (beyond a burst) is refused:
+        live audio comes at its own pace, and a recording sent at full speed would make its stream's
+        decodes (and every other stream's) fall behind. Recordings go to StreamingRecognizeFile."""
+        assert self.first_audio_at is not None
+        limits = self.limits
+        allowed = limits.realtime_burst_s + limits.max_realtime_factor * (now - self.first_audio_at)
+        if self.received_s > allowed:
+            raise QueueFull(
+                f"the stream sent {self.received_s:.1f} s of audio in {now - self.first_audio_at:.1f} s, "
+                f"faster than streaming.max_realtime_factor={limits.max_realtime_factor:g} times real "
+                f"time beyond a {limits.realtime_burst_s:g} s burst (streaming.realtime_burst_s); send live "
+                "audio at its pace, and recordings to StreamingRecognizeFile"
+            )
 
     async def _ingest(self, samples: np.ndarray, arrived: float) -> None:
         if len(samples) == 0:
@@ -234,6 +271,14 @@ class StreamSession:
         events = await asyncio.get_running_loop().run_in_executor(VAD_EXECUTOR, self.detector.push, samples)
         self._on_events(events)
         self._trim()
+        held_s = self.buffer.held / self.rate
+        if held_s > self.limits.max_held_audio_s:
+            # Audio is only trimmed once every word in it is final: the decoder has fallen this far behind.
+            raise QueueFull(
+                f"the stream holds {held_s:.1f} s of audio not yet transcribed "
+                f"(streaming.max_held_audio_s={self.limits.max_held_audio_s:g}): the server cannot keep "
+                "up with this stream; retry later or on another instance"
+            )
         self.wake.set()
 
     def _on_events(self, events: list[VadEvent]) -> None:
@@ -251,7 +296,7 @@ class StreamSession:
 
     def _announce(self, u: Utterance) -> None:
         if self.options.events:
-            self.outbox.put_nowait(
+            self.outbox.put(
                 responses.response(
                     [],
                     self._seconds(self.buffer.end),
@@ -280,7 +325,7 @@ class StreamSession:
             if self.utterances and self._interim is None:
                 self._start_interim(self.utterances[0])
             if self.eof and not self.utterances:
-                await self.outbox.put(_DONE)
+                self.outbox.put_control(_DONE)
                 return
 
     def _start_interim(self, u: Utterance) -> None:
@@ -359,6 +404,7 @@ class StreamSession:
             u.decoded_end = end  # the model is saturated: skip this interim, try again with more audio
             return
         u.decoded_end, u.last = end, hyp
+
         tail: list[Word] = []
         if end - u.window_start >= self._hard_window:
             final = self._force(u, hyp, end)
@@ -388,6 +434,7 @@ class StreamSession:
         else:
             hyp = await self._final_hypothesis(u, end)
         final = u.agreement.finish(hyp.words)
+
         event = (
             speech_pb2.SPEECH_EVENT_SPEECH_ENDED
             if self.options.events
@@ -465,6 +512,7 @@ class StreamSession:
         else:
             upto, at = len(hyp.words), end
         final = u.agreement.force(hyp.words, upto)
+
         self._move_window(u, at)
         return final
 
@@ -502,7 +550,7 @@ class StreamSession:
             self.answered = True
             self.metrics.time_to_first_result.labels(self.instance.name).observe(now - self.first_audio_at)
         latency = now - self.buffer.arrival_of(end)
-        self.outbox.put_nowait(
+        self.outbox.put(
             responses.response(results, end_s, self.instance.name, latency, event=event, event_s=event_s)
         )
 

@@ -1,0 +1,182 @@
+"""Live-stream limits through a real server and a real gRPC client: each limit ends only the stream that
+passed it, with its own status and a message naming the setting, and the server keeps serving.
+
+Tiny random models; the tests that need speech replay a recording of ../shared/data (skipped without it).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from asr_specs import ASR, asr_specs
+from harness import ServerThread
+from pipelined import Client
+from pipelined.errors import ResourceExhausted
+from pipelined.v1 import speech_pb2, speech_pb2_grpc
+from pipelined_server.config import ServerConfig, StreamingLimits
+from test_asr_streaming import RATE, SILENCE, audio_requests, config_request, seconds, speech, wait_until
+
+ACTIVE = "pipelined_active_streams"
+
+
+@pytest.fixture(scope="module")
+def start(tiny_whisper_dir: Path, tiny_ctc_dir: Path) -> Iterator[Callable[..., ServerThread]]:
+    """Starts a server with the given streaming limits (stopped at the end of the module)."""
+    servers: list[ServerThread] = []
+
+    def start(**limits: Any) -> ServerThread:
+        config = ServerConfig(
+            host="127.0.0.1",
+            port=0,
+            metrics_port=0,
+            streaming=StreamingLimits(**limits),
+            models=asr_specs(tiny_whisper_dir, tiny_ctc_dir),
+        )
+        servers.append(ServerThread(config))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def stub_of(server: ServerThread, **options: Any) -> speech_pb2_grpc.SpeechServiceStub:
+    channel = grpc.insecure_channel(server.target, options=list(options.items()))
+    return speech_pb2_grpc.SpeechServiceStub(channel)
+
+
+def held_open(
+    gate: threading.Event, first: tuple[Any, ...] = (config_request(),)
+) -> Iterator[speech_pb2.StreamingRecognizeRequest]:
+    """A stream that sends `first`, then silence at real-time pace until `gate` is set."""
+    yield from first
+    while not gate.is_set():
+        yield SILENCE
+        time.sleep(0.1)
+
+
+def never_configured(gate: threading.Event) -> Iterator[speech_pb2.StreamingRecognizeRequest]:
+    """A stream that sends nothing (not even its config) until `gate` is set."""
+    gate.wait(60)
+    yield from ()
+
+
+def still_serves(server: ServerThread) -> None:
+    """Another stream on the same server runs to its OK end, and no stream is left open."""
+    stub = stub_of(server)
+    call = stub.StreamingRecognize(iter([config_request(), *audio_requests(np.zeros(RATE, np.float32))]))
+    assert list(call) == [] and call.code() == grpc.StatusCode.OK
+    wait_until(lambda: sum(server.metric(ACTIVE, model=m) for m in ("", "tiny-whisper")) == 0)
+
+
+def failure(call: Any) -> tuple[list[Any], grpc.RpcError]:
+    """The responses a call sent before it failed, and its error."""
+    received: list[Any] = []
+    with pytest.raises(grpc.RpcError) as caught:
+        for response in call:
+            received.append(response)
+    return received, caught.value
+
+
+def test_audio_faster_than_real_time_is_resource_exhausted(start: Callable[..., ServerThread]) -> None:
+    server = start(max_realtime_factor=3.0, realtime_burst_s=2.0)
+    minute = audio_requests(np.zeros(60 * RATE, np.float32))  # sent at once: far beyond 3x real time
+    _, error = failure(stub_of(server).StreamingRecognize(iter([config_request(), *minute]), timeout=120))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+    assert "max_realtime_factor=3" in error.details()
+    still_serves(server)
+
+
+def test_held_audio_is_capped(start: Callable[..., ServerThread]) -> None:
+    server = start(max_held_audio_s=3.0)
+    # One long utterance (pauses shorter than 10 s do not end it), and a window that may only move past
+    # final words once it is 5 s long (max_window_s): the stream must hold more than 3 s at some point.
+    config = config_request(endpointing=speech_pb2.EndpointingConfig(min_silence={"seconds": 10}))
+    call = stub_of(server).StreamingRecognize(iter([config, *audio_requests(speech())]), timeout=120)
+    _, error = failure(call)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+    assert "max_held_audio_s=3" in error.details()
+    still_serves(server)
+
+
+def test_stream_duration_limit_sends_the_finals_then_out_of_range(start: Callable[..., ServerThread]) -> None:
+    server = start(max_stream_duration_s=2.0)
+    config = config_request(voice_activity_events=True)
+    call = stub_of(server).StreamingRecognize(iter([config, *audio_requests(speech())]), timeout=120)
+    received, error = failure(call)
+    assert error.code() == grpc.StatusCode.OUT_OF_RANGE, error.details()
+    assert "max_stream_duration_s=2" in error.details()
+    finals = [r for response in received for r in response.results if r.is_final]
+    assert finals, "the speech before the limit was transcribed"
+    assert all(seconds(r.end_offset) <= 2.0 + 1e-6 for r in finals)
+    assert received[-1].speech_event == speech_pb2.SPEECH_EVENT_SPEECH_ENDED
+    still_serves(server)
+
+
+def test_streams_without_config_count_and_time_out(start: Callable[..., ServerThread]) -> None:
+    server = start(max_streams=2, idle_timeout_s=1.0)
+    stub = stub_of(server)
+    gates = [threading.Event() for _ in range(2)]
+    silent = [stub.StreamingRecognize(never_configured(g), timeout=60) for g in gates]
+    wait_until(lambda: server.metric(ACTIVE, model="") == 2)
+    _, error = failure(stub.StreamingRecognize(iter([config_request(), SILENCE]), timeout=60))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_streams=2" in error.details()
+    for call in silent:
+        _, error = failure(call)
+        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "idle_timeout_s" in error.details()
+    for gate in gates:
+        gate.set()
+    still_serves(server)
+
+
+def test_per_peer_stream_limit(start: Callable[..., ServerThread]) -> None:
+    server = start(max_streams_per_peer=1)
+    stub = stub_of(server)
+    gate = threading.Event()
+    first = stub.StreamingRecognize(held_open(gate), timeout=60)
+    wait_until(lambda: server.metric(ACTIVE, model="tiny-whisper") == 1)
+    _, error = failure(stub.StreamingRecognize(iter([config_request(), SILENCE]), timeout=60))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_streams_per_peer=1" in error.details() and "127.0.0.1" in error.details()
+    gate.set()
+    assert list(first) == [] and first.code() == grpc.StatusCode.OK
+    still_serves(server)
+
+
+def test_admission_refuses_past_measured_capacity_with_a_retry_hint(
+    start: Callable[..., ServerThread],
+) -> None:
+    # Any measured load is past a utilization this small: the second stream must be refused.
+    server = start(admission_max_utilization=1e-6)
+    stub = stub_of(server)
+    gate = threading.Event()
+
+    responses: list[Any] = []
+    first = stub.StreamingRecognize(
+        held_open(gate, (config_request(), *audio_requests(speech()))), timeout=120
+    )
+    reader = threading.Thread(target=lambda: responses.extend(first))
+    reader.start()
+    wait_until(lambda: any(r.is_final for response in responses for r in response.results), 120)
+    assert server.metric("pipelined_stream_headroom", model="tiny-whisper") == 0
+    with pytest.raises(ResourceExhausted) as caught:
+        list(
+            Client(server.target)
+            .pipeline(ASR, model="tiny-whisper")
+            .stream(iter([np.zeros(1600, np.float32)]))
+        )
+    assert "admission_max_utilization" in caught.value.message
+    assert caught.value.retry_after_s == 5.0
+    gate.set()
+    reader.join(60)
+    assert first.code() == grpc.StatusCode.OK, "the admitted stream keeps going"
+    still_serves(server)  # no stream open: the next one is admitted

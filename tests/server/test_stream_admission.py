@@ -1,0 +1,55 @@
+"""Admission of live streams from the model's measured real-time factor (no gRPC: a stand-in scheduler
+whose busy seconds the test advances, as the real one does while it computes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from pipelined_server.errors import QueueFull
+from pipelined_server.metrics import Metrics
+from pipelined_server.streaming import admission
+from pipelined_server.streaming.admission import Admission
+
+
+@dataclass
+class Busy:
+    busy_s: float = 0.0
+    replica_count: int = 2
+
+
+@dataclass
+class Instance:
+    name: str = "m"
+    scheduler: Busy = field(default_factory=Busy)
+
+
+def stream_for(gate: Admission, model: Any, seconds: float, rtf: float, streams: int) -> None:
+    """`streams` streams each receive `seconds` of audio, costing `rtf` replica-seconds per audio second."""
+    for _ in range(int(seconds * 10)):
+        for _ in range(streams):
+            model.scheduler.busy_s += 0.1 * rtf
+            gate.received(model, 0.1, streams)
+
+
+def test_refuses_the_stream_that_would_pass_the_utilization_and_keeps_the_measure(monkeypatch: Any) -> None:
+    clock = [0.0]
+    monkeypatch.setattr(admission.time, "monotonic", lambda: clock[0])
+    metrics = Metrics()
+    gate = Admission(max_utilization=0.8, max_streams=64, metrics=metrics)
+    model = Instance()
+    gate.admit(model, 0)  # nothing measured: admitted
+    assert metrics.value("pipelined_stream_headroom", {"model": "m"}) == 64
+    for _ in range(30):  # 3 s of audio per stream, 0.5 replica-seconds per audio second: 25% of 2 replicas
+        clock[0] += 0.1
+        stream_for(gate, model, 0.1, rtf=0.5, streams=2)
+    gate.admit(model, 2)  # 3 x 25% = 75% <= 80%
+    assert metrics.value("pipelined_stream_headroom", {"model": "m"}) == 1
+    with pytest.raises(QueueFull, match="admission_max_utilization=0.8") as caught:
+        gate.admit(model, 3)  # 4 x 25% = 100%
+    assert caught.value.retry_after_s == admission.RETRY_AFTER_S
+    clock[0] += 600  # a quiet spell: the last measure still holds
+    with pytest.raises(QueueFull):
+        gate.admit(model, 3)
+    gate.admit(model, 0)  # no stream open: nothing to protect
