@@ -28,13 +28,13 @@ def _spec() -> ModelSpec:
 def held_loading(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     """The server's model loading blocks until the returned event is set."""
     release = threading.Event()
-    load = registry.load_pipeline
+    load = registry.load_replicas
 
     def held(spec: ModelSpec) -> Any:
         release.wait(120)
         return load(spec)
 
-    monkeypatch.setattr(registry, "load_pipeline", held)
+    monkeypatch.setattr(registry, "load_replicas", held)
     yield release
     release.set()
 
