@@ -53,6 +53,7 @@ NOT_RUN = {
     "pipelined-server --config local-models.yaml --port 50052": "starts a server (the test runs this config)",
     "make test": "the development commands (the suite itself, lint, benchmarks)",
     ".venv/bin/python -m pytest -m fault tests/fault": "a test suite of its own",
+    "docker run -d -p 127.0.0.1:50051:50051 -p 127.0.0.1:9464:9464 pipelined-server:latest": "needs Docker and the image",
 }
 
 # What each block's output must show (regular expressions), by a line the block contains.
