@@ -185,7 +185,8 @@ def results(response: speech_pb2.StreamingRecognizeResponse) -> list[StreamingRe
 class FileSource:
     """A recording as live audio: float32 chunks of `chunk_s` seconds, at real-time pace unless `realtime=False`.
 
-    Reads WAV with the standard library; other formats (FLAC, OGG, ...) need the `soundfile` package.
+    Reads 16-bit WAV with the standard library; other formats (FLAC, OGG, ...) need the `soundfile` package
+    (`pip install 'pipelined[audio]'`).
     """
 
     encoding = "float32"
@@ -230,7 +231,7 @@ def _read_audio(path: Path) -> tuple[np.ndarray, int]:
         return np.asarray(data, dtype=np.float32), int(rate)
     if path.suffix.lower() != ".wav":
         raise ValueError(
-            f"{path}: reading {path.suffix} files needs the soundfile package (pip install soundfile)"
+            f"{path}: reading {path.suffix} files needs the soundfile package: pip install 'pipelined[audio]'"
         )
     with wave.open(str(path)) as w:
         if w.getsampwidth() != 2:

@@ -21,9 +21,10 @@ class AsyncSpeechRecognitionPipeline(AsyncPipeline):
     async def stream_file(self, inputs: Any, **kwargs: Any) -> AsyncIterator[dict[str, Any]]:
         """Long audio: yields each segment as soon as it is decoded."""
         client = self.sync.client
+        timeout = self.sync.call_timeout(kwargs)
         request = self.sync.stream_file_request(inputs, kwargs)
-        async for response in _transport.astream(
-            client.speech.StreamingRecognizeFile(request, timeout=client.timeout)
+        async for response in _transport.aopened_stream(
+            lambda: client.speech.StreamingRecognizeFile(request, timeout=timeout), self.sync.waiting()
         ):
             yield segment_dict(response)
 

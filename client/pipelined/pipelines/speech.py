@@ -51,9 +51,10 @@ class SpeechRecognitionPipeline(RemotePipeline):
 
     def stream_file(self, inputs: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
         """Long audio: yields each segment (`text`, `timestamp`, optional `words`) as soon as it is decoded."""
+        timeout = self.call_timeout(kwargs)
         request = self.stream_file_request(inputs, kwargs)
-        for response in _transport.stream(
-            self.client.speech.StreamingRecognizeFile(request, timeout=self.client.timeout)
+        for response in _transport.opened_stream(
+            lambda: self.client.speech.StreamingRecognizeFile(request, timeout=timeout), self.waiting()
         ):
             yield asr.segment_dict(response)
 
