@@ -32,6 +32,17 @@ class Unavailable(PipelinedError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class StreamInterrupted(Unavailable):
+    """A live stream broke: its server went away or is draining. The SDK retries unary calls on another
+    server by itself, never a live stream (its audio is sent once; gRPC cannot replay it), so this is
+    raised instead. `resume_from_s`: where the audio no final result covered starts, in seconds from
+    the start of the stream; `stream(..., reconnect=N)` opens a new stream from there by itself."""
+
+    def __init__(self, message: str, resume_from_s: float) -> None:
+        super().__init__(f"live stream interrupted ({message}); resume from {resume_from_s:.2f} s")
+        self.resume_from_s = resume_from_s
+
+
 class ResourceExhausted(PipelinedError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 

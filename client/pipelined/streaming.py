@@ -9,11 +9,14 @@ become the stream's format unless the call names them.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import itertools
 import queue
+import threading
 import time
 import wave
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,7 +185,8 @@ def results(response: speech_pb2.StreamingRecognizeResponse) -> list[StreamingRe
 class FileSource:
     """A recording as live audio: float32 chunks of `chunk_s` seconds, at real-time pace unless `realtime=False`.
 
-    Reads WAV with the standard library; other formats (FLAC, OGG, ...) need the `soundfile` package.
+    Reads 16-bit WAV with the standard library; other formats (FLAC, OGG, ...) need the `soundfile` package
+    (`pip install 'pipelined[audio]'`).
     """
 
     encoding = "float32"
@@ -227,7 +231,7 @@ def _read_audio(path: Path) -> tuple[np.ndarray, int]:
         return np.asarray(data, dtype=np.float32), int(rate)
     if path.suffix.lower() != ".wav":
         raise ValueError(
-            f"{path}: reading {path.suffix} files needs the soundfile package (pip install soundfile)"
+            f"{path}: reading {path.suffix} files needs the soundfile package: pip install 'pipelined[audio]'"
         )
     with wave.open(str(path)) as w:
         if w.getsampwidth() != 2:
@@ -280,3 +284,142 @@ class MicrophoneSource:
                     yield chunks.get(timeout=0.5)
                 except queue.Empty:
                     continue
+
+
+_SAMPLE_BYTES = {audio_pb2.AUDIO_ENCODING_LINEAR16: 2, audio_pb2.AUDIO_ENCODING_FLOAT32: 4}
+
+
+class ReplayBuffer:
+    """The audio of a live stream since its last final result, so that a new stream can resume there
+    after the connection broke (gRPC never retries a live stream: its audio is gone once sent).
+
+    Every chunk is recorded as it is taken from the source (a chunk taken by a stream that then broke
+    is replayed, not lost); final results drop what they cover. At most `max_s` seconds are kept: a
+    stream with no final for longer resumes that far back, not further.
+    """
+
+    def __init__(
+        self,
+        config: speech_pb2.StreamingRecognitionConfig,
+        chunks: Iterable[Any] | AsyncIterable[Any],
+        max_s: float = 120.0,
+    ) -> None:
+        fmt = config.audio_format
+        self.encoding = fmt.encoding
+        self.bytes_per_s = fmt.sample_rate_hertz * max(fmt.channel_count, 1) * _SAMPLE_BYTES[fmt.encoding]
+        self.max_bytes = int(max_s * self.bytes_per_s)
+        self._source: Any = chunks.__aiter__() if isinstance(chunks, AsyncIterable) else iter(chunks)
+        self._lock = threading.Lock()
+        self._pull = threading.Lock()
+        self._apull: asyncio.Lock | None = None
+        # (start in the whole stream, in bytes; raw PCM), oldest first.
+        self._kept: list[tuple[int, bytes]] = []
+        self._kept_bytes = 0
+        self._taken = 0
+        self._generation = 0
+
+    def resume_offset_s(self) -> float:
+        """Where a new stream starts, in seconds from the start of the whole stream."""
+        with self._lock:
+            return (self._kept[0][0] if self._kept else self._taken) / self.bytes_per_s
+
+    def committed(self, end_s: float) -> None:
+        """A final result covers the audio up to `end_s` (seconds from the start of the whole stream)."""
+        end = int(end_s * self.bytes_per_s)
+        with self._lock:
+            while self._kept and self._kept[0][0] + len(self._kept[0][1]) <= end:
+                self._kept_bytes -= len(self._kept.pop(0)[1])
+
+    def _start(self) -> tuple[int, int]:
+        """A new connection's generation (retiring the previous one) and the byte it starts at."""
+        with self._lock:
+            self._generation += 1
+            return self._generation, self._kept[0][0] if self._kept else self._taken
+
+    def _next_kept(self, generation: int, position: int) -> tuple[bool, tuple[int, bytes] | None]:
+        """(still current, the kept (start, chunk) at or after byte `position`, if any)."""
+        with self._lock:
+            if generation != self._generation:
+                return False, None
+            return True, next(((start, data) for start, data in self._kept if start >= position), None)
+
+    def chunks(self) -> Iterator[bytes]:
+        """One connection's audio: what is kept, then new chunks from the source. Starting another
+        connection retires this one: a chunk its sender was still waiting for when the call broke is
+        kept and sent by the new one."""
+        generation, position = self._start()
+        while True:
+            current, kept = self._next_kept(generation, position)
+            if not current:
+                return
+            if kept is not None:
+                position = kept[0] + len(kept[1])
+                yield kept[1]
+                continue
+            with self._pull:  # one reader of the source at a time (a generator cannot be shared)
+                chunk = next(self._source, None)
+                if chunk is None:
+                    return
+                self._keep(chunk_bytes(chunk, self.encoding))
+
+    async def achunks(self) -> AsyncIterator[bytes]:
+        """`chunks` for an asyncio stream (the source may be sync or async)."""
+        generation, position = self._start()
+        self._apull = self._apull or asyncio.Lock()
+        while True:
+            current, kept = self._next_kept(generation, position)
+            if not current:
+                return
+            if kept is not None:
+                position = kept[0] + len(kept[1])
+                yield kept[1]
+                continue
+            async with self._apull:
+                if isinstance(self._source, AsyncIterator):
+                    chunk = await anext(self._source, None)
+                else:
+                    chunk = next(self._source, None)
+                if chunk is None:
+                    return
+                self._keep(chunk_bytes(chunk, self.encoding))
+
+    def _keep(self, data: bytes) -> None:
+        with self._lock:
+            self._kept.append((self._taken, data))
+            self._taken += len(data)
+            self._kept_bytes += len(data)
+            while self._kept_bytes > self.max_bytes and len(self._kept) > 1:
+                self._kept_bytes -= len(self._kept.pop(0)[1])
+
+
+def resumed_results(
+    response: speech_pb2.StreamingRecognizeResponse, replay: ReplayBuffer, offset_s: float
+) -> list[StreamingResult]:
+    """The results of one response of a stream that started `offset_s` into the audio, in whole-stream
+    times; its finals release the audio they cover from the replay buffer."""
+    out = [shifted(result, offset_s) for result in results(response)]
+    for result in out:
+        if result.is_final and result.end is not None:
+            replay.committed(result.end)
+    return out
+
+
+def shifted(result: StreamingResult, offset_s: float) -> StreamingResult:
+    """A result of a resumed stream with its times counted from the start of the whole stream."""
+    if not offset_s:
+        return result
+
+    def add(t: float | None) -> float | None:
+        return None if t is None else t + offset_s
+
+    words = [
+        {**w, "timestamp": (w["timestamp"][0] + offset_s, w["timestamp"][1] + offset_s)} for w in result.words
+    ]
+    return dataclasses.replace(
+        result,
+        start=add(result.start),
+        end=add(result.end),
+        words=words,
+        audio_processed=result.audio_processed + offset_s,
+        event_time=add(result.event_time),
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -27,12 +28,14 @@ from pipelined.v1 import (
     vision_pb2_grpc,
 )
 
-from .config import ServerConfig
+from . import logs
+from .config import GrpcOptions, ServerConfig
 from .memory_budgets import check_budgets
 from .metrics import Metrics
 from .registry import Registry
+from .security import AuthInterceptor, TokenStore, server_credentials
 from .services.audio_tasks import AudioServicer
-from .services.calls import ServerState
+from .services.calls import RPC_TASKS, ServerState
 from .services.generic import GenericServicer
 from .services.models import ModelsServicer
 from .services.multimodal import MultimodalServicer
@@ -62,6 +65,45 @@ def _add(servicer: Any, pb2: Any, pb2_grpc: Any, server: grpc.aio.Server) -> str
     return str(service.full_name)
 
 
+def server_options(config: ServerConfig) -> list[tuple[str, int]]:
+    """gRPC channel arguments of the server: message size, keepalive enforcement, connection age and
+    idle limits, concurrent streams per connection (config `grpc:`; defaults in config.GrpcOptions)."""
+    g: GrpcOptions = config.grpc
+
+    def ms(seconds: float) -> int:
+        return int(seconds * 1000)
+
+    options = [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.keepalive_time_ms", ms(g.keepalive_time_s)),
+        ("grpc.keepalive_timeout_ms", ms(g.keepalive_timeout_s)),
+        # Enforcement: pings closer than this (with no data in between) are strikes; two strikes, GOAWAY.
+        ("grpc.http2.min_ping_interval_without_data_ms", ms(g.min_ping_interval_s)),
+        ("grpc.keepalive_permit_without_calls", int(g.permit_keepalive_without_calls)),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_concurrent_streams", g.max_concurrent_streams),
+    ]
+    if g.max_connection_age_s:
+        options.append(("grpc.max_connection_age_ms", ms(g.max_connection_age_s)))
+    if g.max_connection_age_grace_s:
+        options.append(("grpc.max_connection_age_grace_ms", ms(g.max_connection_age_grace_s)))
+    if g.max_connection_idle_s:
+        options.append(("grpc.max_connection_idle_ms", ms(g.max_connection_idle_s)))
+    return options
+
+
+def _rejected(details: grpc.HandlerCallDetails, code: grpc.StatusCode, message: str) -> None:
+    """Access log line of a call refused before any handler (no token): peer unknown at this stage."""
+    logs.access(
+        method=details.method.rsplit("/", 1)[-1],
+        code=code,
+        latency_s=0.0,
+        peer="",
+        request_id=logs.request_id(details.invocation_metadata),
+    )
+
+
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -75,18 +117,27 @@ class App:
     server: grpc.aio.Server
     state: ServerState
     health: health.aio.HealthServicer
+    tokens: TokenStore | None = None
     port: int = 0
+    # The plaintext health-only server (`health_port`), when configured.
+    health_server: grpc.aio.Server | None = None
+    health_port: int = 0
     _load_task: asyncio.Task[None] | None = None
     _health_tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
     def build(cls, config: ServerConfig, metrics: Metrics | None = None) -> App:
         metrics = metrics or Metrics()
-        options = [
-            ("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_send_message_length", config.max_message_bytes),
-        ]
-        server = grpc.aio.server(options=options)
+        metrics.allow(
+            models=(m.name for m in config.models), tasks=(*(m.task for m in config.models), *RPC_TASKS)
+        )
+        tokens = TokenStore(Path(config.auth.tokens_file)) if config.auth.tokens_file else None
+        interceptors = [AuthInterceptor(tokens, on_reject=_rejected)] if tokens else []
+        server = grpc.aio.server(
+            options=server_options(config),
+            interceptors=interceptors,
+            maximum_concurrent_rpcs=config.grpc.max_concurrent_rpcs,
+        )
         health_servicer = health.aio.HealthServicer()
         app_holder: list[App] = []
 
@@ -99,7 +150,9 @@ class App:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         services += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(services, server)
-        app = cls(config=config, metrics=metrics, server=server, state=state, health=health_servicer)
+        app = cls(
+            config=config, metrics=metrics, server=server, state=state, health=health_servicer, tokens=tokens
+        )
         app_holder.append(app)
         return app
 
@@ -119,16 +172,34 @@ class App:
         """Refuses a config whose models cannot fit their declared memory budgets (ConfigError), then binds
         the port (0 picks a free one), starts serving health at once and loads models behind it."""
         await asyncio.to_thread(check_budgets, self.config.models)
-        self.port = self.server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        address = f"{self.config.host}:{self.config.port}"
+        if self.config.tls.enabled:
+            self.port = self.server.add_secure_port(address, server_credentials(self.config.tls))
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot bind {self.config.host}:{self.config.port}")
         await self.health.set("", NOT_SERVING)
         for name in self.state.registry.instances:
             await self.health.set(name, NOT_SERVING)
         await self.server.start()
+        if self.config.health_port is not None:
+            await self._start_health_server()
         self._load_task = asyncio.get_running_loop().create_task(self.state.registry.load_all())
         log.info("listening on %s:%d", self.config.host, self.port)
         return self.port
+
+    async def _start_health_server(self) -> None:
+        """grpc.health.v1 alone, in plaintext, on its own port: Kubernetes' native gRPC probes speak no
+        TLS, and the health status is no secret (the same servicer answers on the main port)."""
+        self.health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+        address = f"{self.config.host}:{self.config.health_port}"
+        self.health_port = self.health_server.add_insecure_port(address)
+        if self.health_port == 0:
+            raise OSError(f"cannot bind {address}")
+        await self.health_server.start()
+        log.info("health checks in plaintext on %s:%d", self.config.host, self.health_port)
 
     async def wait_loaded(self) -> None:
         if self._load_task is not None:
@@ -145,4 +216,6 @@ class App:
         except TimeoutError:
             log.warning("%d calls still running after %.1f s grace; stopping", self.state.inflight, grace)
         await self.server.stop(0)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         await self.state.registry.close()

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import DEFAULT_PORT, ServerConfig, check_devices, resolve_config
+from . import logs
+from .config import DEFAULT_PORT, ServerConfig, check_devices, check_files, resolve_config
 from .errors import ConfigError
 from .memory_budgets import check_budgets
 from .workers import Supervisor, is_worker, resolve_workers, watch_parent
@@ -45,7 +46,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--workers", help="server processes on the port: 'auto' (one per core for CPU models) or a count"
     )
+    parser.add_argument(
+        "--health-port", type=int, help="also serve grpc.health.v1 alone in plaintext here (TLS + probes)"
+    )
+    parser.add_argument("--tls-cert", help="PEM certificate chain: serve TLS (with --tls-key)")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-client-ca", help="PEM CA: require client certificates it signed (mutual TLS)")
+    parser.add_argument(
+        "--auth-tokens-file", help="YAML bearer tokens (tokens: [{name, token, models?}]); SIGHUP re-reads it"
+    )
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), help="log lines (default: config, else text)"
+    )
     return parser.parse_args(argv)
 
 
@@ -56,10 +69,15 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str] | None = N
         "port": args.port,
         "metrics_port": args.metrics_port,
         "torch_threads": args.torch_threads,
+        "health_port": args.health_port,
         "workers": args.workers if args.workers in (None, "auto") else _count(args.workers),
     }
     if args.model:
         overrides["models"] = [_single_model(args)]
+    tls = {"cert_file": args.tls_cert, "key_file": args.tls_key, "client_ca_file": args.tls_client_ca}
+    overrides["tls"] = {k: v for k, v in tls.items() if v} or None
+    overrides["auth"] = {"tokens_file": args.auth_tokens_file} if args.auth_tokens_file else None
+    overrides["logging"] = {"format": args.log_format} if args.log_format else None
     overrides = {k: v for k, v in overrides.items() if v is not None}
     return resolve_config(args.config, os.environ if environ is None else environ, overrides)
 
@@ -113,7 +131,9 @@ async def serve(config: ServerConfig) -> None:
     torch.set_num_threads(config.torch_threads)
     app = App.build(config)
     if config.metrics_port:
-        app.metrics.serve(config.metrics_port)
+        # The same host as gRPC, and HTTPS with the server's certificate when TLS is on (scrapers are
+        # not asked for a client certificate: Prometheus scrape configs rarely have one).
+        app.metrics.serve(config.metrics_port, config.host, config.tls.cert_file, config.tls.key_file)
     await app.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -129,30 +149,34 @@ async def serve(config: ServerConfig) -> None:
 
     for sig in signals:
         loop.add_signal_handler(sig, on_signal)
+    # SIGHUP re-reads the tokens (the supervisor of several workers passes it on); without tokens it is
+    # ignored rather than ending the server (its default action).
+    tokens = app.tokens
+    log = logging.getLogger(__name__)
+    loop.add_signal_handler(signal.SIGHUP, tokens.reload if tokens else lambda: log.info("SIGHUP: no tokens"))
     # The task is held here: the loop keeps only weak references.
     parent_watch = loop.create_task(watch_parent(stop)) if is_worker() else None
     print(f"pipelined-server listening on {config.host}:{app.port}", flush=True)
     await stop.wait()
     if parent_watch is not None:
         parent_watch.cancel()
-    logging.getLogger(__name__).info("draining (grace %.0f s)", config.grace_period_s)
+    log.info("draining (grace %.0f s)", config.grace_period_s)
     _exit_after(config.grace_period_s + EXIT_MARGIN_S)
     await app.drain()
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
         config = build_config(args)
         check_devices(config)
+        check_files(config)
         if not is_worker():  # the supervisor checked it before starting the workers
             check_budgets(config.models)
     except ConfigError as exc:
         print(f"pipelined-server: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
+    logs.setup(args.log_level, config.logging.format, access_log=config.logging.access_log)
     count = 1 if is_worker() else resolve_workers(config)
     if count > 1:
         raise SystemExit(Supervisor(config, sys.argv[1:] if argv is None else argv, count).run())

@@ -16,7 +16,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -152,6 +152,67 @@ class StreamingLimits(Section):
                 "max_window_s", f"{self.max_window_s} must be below hard_window_s ({self.hard_window_s})"
             )
         return self
+
+
+class TLSConfig(Section):
+    """Transport security of the gRPC port (and the metrics port). Empty: plaintext."""
+
+    cert_file: str = ""
+    key_file: str = ""
+    # Set: every client must present a certificate signed by this CA (mutual TLS).
+    client_ca_file: str = ""
+
+    @model_validator(mode="after")
+    def _files_in_pairs(self) -> TLSConfig:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise invalid("key_file" if self.cert_file else "cert_file", "cert_file and key_file go together")
+        if self.client_ca_file and not self.cert_file:
+            raise invalid("client_ca_file", "mutual TLS needs cert_file and key_file too")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+
+class AuthConfig(Section):
+    """Bearer tokens (security.py): empty means no authentication."""
+
+    # YAML: `tokens: [{name, token, models?}]`; re-read on SIGHUP.
+    tokens_file: str = ""
+
+
+class GrpcOptions(Section):
+    """gRPC server channel options (gRPC's production guidance: keepalive enforcement, connection age)."""
+
+    # The server pings a connection quiet for this long, and drops it when no answer comes within
+    # keepalive_timeout_s: a client that vanished (a dead node, a NAT that forgot) frees its streams.
+    keepalive_time_s: Float = Field(default=60.0, gt=0)
+    keepalive_timeout_s: Float = Field(default=20.0, gt=0)
+    # Clients pinging more often than this are told GOAWAY ("too_many_pings"); the SDK pings every 30 s.
+    min_ping_interval_s: Float = Field(default=10.0, ge=0)
+    # Whether clients may ping connections that have no call open (the SDK does, to notice dead servers).
+    permit_keepalive_without_calls: bool = True
+    # Connections are closed (GOAWAY, +-10 % jitter) after this long, so clients re-resolve and spread
+    # over replicas added since they connected; 0: never.
+    max_connection_age_s: Float = Field(default=300.0, ge=0)
+    # Calls still open on an aged connection get this long to finish; 0: no limit (live streams may run
+    # for hours; new calls already go to the new connection).
+    max_connection_age_grace_s: Float = Field(default=0.0, ge=0)
+    # A connection with no call for this long is closed; 0: never.
+    max_connection_idle_s: Float = Field(default=600.0, ge=0)
+    # Calls open at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+    max_concurrent_streams: Int = Field(default=256, ge=1)
+    # Calls open at once on the whole server; one more answers RESOURCE_EXHAUSTED at once.
+    max_concurrent_rpcs: Int = Field(default=2048, ge=1)
+
+
+class LoggingConfig(Section):
+    """The access log: one line per call (logs.py), never user content."""
+
+    access_log: bool = True
+    # "text" or "json" (one JSON object per line, for log collectors).
+    format: Literal["text", "json"] = "text"
 
 
 class ModelSpec(Section):
@@ -314,6 +375,9 @@ class ServerConfig(Section):
     metrics_port: Int = Field(default=DEFAULT_METRICS_PORT, ge=0, le=65535)
     # Seconds calls in flight get to finish after SIGTERM.
     grace_period_s: Float = Field(default=20.0, ge=0)
+    # grpc.health.v1 alone, in plaintext, on this port too (0 picks a free one; unset: none), for
+    # Kubernetes' native gRPC probes when the main port is TLS.
+    health_port: Int | None = Field(default=None, ge=0, le=65535)
     # Largest gRPC message accepted, in bytes.
     max_message_bytes: Int = Field(default=64 * 1024 * 1024, gt=0)
     # torch intra-op threads; on small shared CPUs more threads than cores is much slower.
@@ -325,6 +389,10 @@ class ServerConfig(Section):
     audio: AudioLimits = AudioLimits()
     images: ImageLimits = ImageLimits()
     streaming: StreamingLimits = StreamingLimits()
+    tls: TLSConfig = TLSConfig()
+    auth: AuthConfig = AuthConfig()
+    grpc: GrpcOptions = GrpcOptions()
+    logging: LoggingConfig = LoggingConfig()
     models: tuple[ModelSpec, ...]
 
     @field_validator("workers", mode="before")
@@ -525,8 +593,27 @@ def resolve_config(
     if overrides and "models" in overrides:
         data["models"] = overrides["models"]
     data, origins = apply_env(data, environ)
-    data.update({k: v for k, v in (overrides or {}).items() if k != "models"})
+    for key, value in (overrides or {}).items():
+        if key == "models":
+            continue
+        # A section's flags (--tls-cert) set its keys; the file's other keys of that section stay.
+        section = data.get(key)
+        data[key] = {**section, **value} if isinstance(value, dict) and isinstance(section, dict) else value
     return parse_config(data, origins)
+
+
+def check_files(config: ServerConfig) -> None:
+    """Refuses, at start, TLS and token files this machine lacks (checked here rather than when the
+    file is parsed, so that a config can be checked away from the server's secrets)."""
+    named = {f"tls.{k}": getattr(config.tls, k) for k in ("cert_file", "key_file", "client_ca_file")}
+    named["auth.tokens_file"] = config.auth.tokens_file
+    missing = [
+        f"{where}: no such file {path!r}"
+        for where, path in named.items()
+        if path and not Path(path).is_file()
+    ]
+    if missing:
+        raise ConfigError("\n  ".join(missing))
 
 
 def check_devices(config: ServerConfig) -> None:

@@ -40,6 +40,8 @@ class ModelNotReady(PipelinedError):
 
 
 class QueueFull(PipelinedError):
+    """A queue or a slot pool is full now: worth retrying shortly, on this replica or another."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 

@@ -2,11 +2,14 @@
 
 A private registry keeps tests that build several servers in one process from colliding. Under several
 worker processes (workers.py) prometheus-client's multiprocess mode stores every sample in a per-process
-file that the supervisor sums; each gauge says how its workers' values combine.
+file that the supervisor sums; each gauge says how its workers' values combine. Label values come only
+from what the server serves (`allow`): a model or task name a caller made up is counted as `unknown`, so
+4,000 calls naming 4,000 models add one series, not 4,000.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -15,9 +18,15 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
+UNKNOWN = "unknown"
+
+
 @dataclass
 class Metrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    # Label values callers may cause: the served models, and the served tasks plus the services' own.
+    models: set[str] = field(default_factory=set)
+    tasks: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -132,9 +141,28 @@ class Metrics:
             registry=r,
         )
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        """Exposes /metrics over HTTP on its own port."""
-        start_http_server(port, addr=addr, registry=self.registry)
+    def allow(self, models: Iterable[str] = (), tasks: Iterable[str] = ()) -> None:
+        """Admits label values (at start: the configured models and tasks)."""
+        self.models.update(models)
+        self.tasks.update(tasks)
+
+    def model_label(self, name: str) -> str:
+        return name if name in self.models else UNKNOWN
+
+    def task_label(self, task: str) -> str:
+        return task if task in self.tasks else UNKNOWN
+
+    def serve(self, port: int, addr: str = "0.0.0.0", certfile: str = "", keyfile: str = "") -> int:
+        """Exposes /metrics on its own port (HTTPS with a certificate and key); returns the port bound
+        (0 picks a free one)."""
+        server, _ = start_http_server(
+            port,
+            addr=addr.strip("[]"),
+            registry=self.registry,
+            certfile=certfile or None,
+            keyfile=keyfile or None,
+        )
+        return int(server.server_port)
 
     def value(self, name: str, labels: dict[str, str]) -> float:
         """Current value of a sample, 0 when absent (for tests and the CLI)."""

@@ -129,8 +129,13 @@ class Supervisor:
 
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self._metrics_dir)
+        tls = self.config.tls  # HTTPS with the server's certificate, as with one process (cli.serve)
         start_http_server(
-            self.config.metrics_port, addr=self.config.host.strip("[]") or "::", registry=registry
+            self.config.metrics_port,
+            addr=self.config.host.strip("[]") or "::",
+            registry=registry,
+            certfile=tls.cert_file or None,
+            keyfile=tls.key_file or None,
         )
 
     def _on_signal(self, signum: int, _frame: object) -> None:

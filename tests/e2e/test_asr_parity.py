@@ -153,9 +153,9 @@ def test_stream_file_segments_arrive_in_order(client: Client) -> None:
     assert segments, "no segment for 70 s of audio"
     starts = [s["timestamp"][0] for s in segments]
     assert starts == sorted(starts)
-    for s in segments:
-        start, end = s["timestamp"]
-        assert 0 <= start <= end <= 70.0 + 1e-6
+    # Starts only: the babbling tiny model may end a segment before it starts or past the audio; the stream
+    # reports what the unary call and the local pipeline report (test_stream_file_equals_unary_long_form).
+    assert starts[0] >= 0
     processed = [s["audio_processed_s"] for s in segments]
     assert processed == sorted(processed) and processed[-1] <= 70.0 + 1e-6
     assert all(s["audio_duration_s"] == pytest.approx(70.0) for s in segments)
@@ -207,18 +207,18 @@ def test_long_audio_without_timestamps_is_transcribed(client: Client, local_whis
     assert remote == {"text": local_whisper(audio.copy(), return_timestamps=True)["text"]}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by issue 16: stream_file and the local long-form call agree on the first three segments of "
-    "this clip, then part (the server re-decodes from 3.0 s, after an empty segment the local pipeline closes "
-    "at (3.0, 2.7)); strict, so the fix makes this fail until the mark is removed",
-)
-def test_stream_file_equals_the_local_sequential_long_form(client: Client, local_whisper: Any) -> None:
-    """stream_file runs Whisper's own sequential long-form algorithm window by window: its segments are the
-    chunks of the local pipeline's long-form call, text and timestamps."""
-    audio = tiny_audio(70.0, seed=7)
-    segments = list(client.pipeline(ASR, model="tiny-whisper").stream_file(audio))
-    local = local_whisper(audio.copy(), return_timestamps=True)
-    assert [s["text"] for s in segments] == [c["text"] for c in local["chunks"]]
-    for segment, chunk in zip(segments, local["chunks"], strict=True):
-        assert segment["timestamp"] == pytest.approx(chunk["timestamp"], abs=1e-6)
+def _as_chunks(segments: list[dict[str, Any]]) -> dict[str, Any]:
+    """A stream's segments in the unary result's shape (text joined, one chunk per segment)."""
+    chunks = [{"text": s["text"], "timestamp": s["timestamp"]} for s in segments]
+    return {"text": "".join(c["text"] for c in chunks), "chunks": chunks}
+
+
+@pytest.mark.parametrize("seconds", [4.0, 70.0, 95.0])
+def test_stream_file_equals_unary_long_form(client: Client, local_whisper: Any, seconds: float) -> None:
+    """Text and segment timestamps of the stream equal the unary call's and the in-process pipeline's on the
+    same long file (they differed at every 30 s seam when each window was decoded on its own)."""
+    audio = tiny_audio(seconds, seed=int(seconds))
+    pipe = client.pipeline(ASR, model="tiny-whisper")
+    unary = pipe(audio, return_timestamps=True)
+    assert_same(unary, local_whisper(audio.copy(), return_timestamps=True))
+    assert_same(_as_chunks(list(pipe.stream_file(audio))), unary)

@@ -91,3 +91,28 @@ def test_segment_stream_is_as_accurate_as_sequential_long_form(
     )
     assert streamed <= sequential + 0.02, (streamed, sequential)
     assert streamed <= chunked + 0.02, (streamed, chunked)
+
+
+@pytest.fixture(scope="module")
+def local_tiny_en() -> Any:
+    import transformers
+    from pipelined_server.sources.embedded import materialize
+
+    return transformers.pipeline(ASR, model=str(materialize("whisper-tiny.en")))
+
+
+def test_stream_file_equals_unary_long_form_on_real_speech(pipe: Any, local_tiny_en: Any) -> None:
+    """Over 60 s of real speech (every seam of Whisper's 30 s windows inside a sentence): the stream's segments
+    equal the unary call's and the in-process pipeline's, text and timestamps (the issue's seam lost words and
+    overlapped timestamps)."""
+    first, _ = _long_recording()
+    audio = np.concatenate([first, first[: 16000 * 20]])
+    assert len(audio) > 60 * 16000
+    local = local_tiny_en(audio.copy(), return_timestamps=True)
+    unary = pipe({"raw": audio, "sampling_rate": 16000}, return_timestamps=True)
+    streamed = list(pipe.stream_file({"raw": audio, "sampling_rate": 16000}))
+    for remote in (unary["chunks"], [{"text": s["text"], "timestamp": s["timestamp"]} for s in streamed]):
+        assert [c["text"] for c in remote] == [c["text"] for c in local["chunks"]]
+        for r, loc in zip(remote, local["chunks"], strict=True):
+            assert r["timestamp"] == pytest.approx(loc["timestamp"], abs=1e-6)
+    assert "".join(s["text"] for s in streamed) == local["text"]

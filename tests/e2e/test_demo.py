@@ -433,6 +433,7 @@ def test_interface_is_from_pipeline_for_a_remote_pipeline(
     with pytest.raises(ValueError, match="transformers"):
         gr.Interface.from_pipeline(pipe)  # why interface() exists: Gradio's needs transformers' classes
     picture = _image_file(tmp_path)
+    interface(pipe)  # a first call must not shadow the function with a submodule of the same name
     app = interface(pipe)
     port = _free_port()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
@@ -474,7 +475,7 @@ def test_demo_forwards_tls_and_token_and_guards_the_page(monkeypatch: pytest.Mon
 
 def test_the_demo_imports_neither_torch_nor_transformers_nor_the_server() -> None:
     probe = (
-        "import sys, pipelined.cli, pipelined.demo.app, pipelined.demo.interface; "
+        "import sys, pipelined.cli, pipelined.demo.app, pipelined.demo.single; "
         "print([m for m in ('torch', 'transformers', 'pipelined_server') if m in sys.modules])"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO / "client"))

@@ -251,9 +251,6 @@ def test_bad_inputs_are_invalid_argument_not_internal(server: ServerProcess, hea
     assert health.worst_s < HEALTH_S
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 10 item 5 (metric labels from served models only) belongs to 'security'"
-)
 def test_made_up_model_names_do_not_grow_the_metrics(server: ServerProcess) -> None:
     stub = models_pb2_grpc.ModelsServiceStub(server.channel)
     before = server.series()

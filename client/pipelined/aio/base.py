@@ -41,29 +41,30 @@ class AsyncPipeline:
     def defaults(self) -> dict[str, Any]:
         return dict(self.sync.defaults)
 
-    async def send(self, unit: Any, kwargs: dict[str, Any]) -> list[Any]:
+    async def send(self, unit: Any, kwargs: dict[str, Any], timeout: float | None) -> list[Any]:
         """Sends one request; its results, one per input of the unit."""
         sync = self.sync
-        response = await _transport.acall(
-            sync.method(), sync.build_request(unit, kwargs), sync.client.timeout
-        )
+        request = sync.build_request(unit, kwargs)
+        response = await _transport.acall(sync.method(), request, timeout, sync.waiting())
         return list(sync.read_results(response, unit, kwargs))
 
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        timeout = self.sync.call_timeout(kwargs)
         inputs, merged = self.sync.parse_call(*args, **self.sync.without_loader_arguments(kwargs))
         if self.sync.is_single(inputs):
-            results = await self.send(self.sync.request_unit(inputs), merged)
+            results = await self.send(self.sync.request_unit(inputs), merged, timeout)
             return self.sync.present(results[0], inputs, merged)
         if isinstance(inputs, list | tuple):
-            calls = (self.send(unit, merged) for unit in self.sync.request_units(list(inputs)))
+            calls = (self.send(unit, merged, timeout) for unit in self.sync.request_units(list(inputs)))
             return [result async for result in in_order(calls, self.max_in_flight)]
         if isinstance(inputs, Iterable | AsyncIterable) or is_dataset(inputs):
-            return [result async for result in self.iterate(inputs, **merged)]
+            return [result async for result in self.iterate(inputs, timeout=timeout, **merged)]
         raise TypeError(f"unsupported {self.task} input of type {type(inputs).__name__}")
 
     def iterate(self, inputs: Any, **kwargs: Any) -> AsyncIterator[Any]:
         """Results of a (possibly async, possibly endless) iterable of single inputs, or of a dataset, in
         input order."""
+        timeout = self.sync.call_timeout(kwargs)
         kwargs = self.sync.without_loader_arguments(kwargs)
         items: AsyncIterable[Any]
         if is_dataset(inputs) and not isinstance(inputs, list | tuple | str | bytes | dict):
@@ -80,7 +81,7 @@ class AsyncPipeline:
                     raise TypeError(
                         f"iterate() takes one {self.task} input per item, got {type(item).__name__}"
                     )
-                yield self.send(self.sync.request_unit(one), merged)
+                yield self.send(self.sync.request_unit(one), merged, timeout)
 
         return in_order(calls(), self.max_in_flight)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
 from grpc_health.v1 import health_pb2
 
-from .. import _transport
-from ..client import model_dict
+from .. import _channel, _transport
+from ..client import PROBE_TIMEOUT_S, is_starting, model_dict, waited_for
+from ..errors import DeadlineExceeded, PipelinedError, Unavailable
 from ..pipelines.registry import make_pipeline, resolve
 from ..v1 import models_pb2
 from .base import AsyncPipeline
@@ -28,12 +28,25 @@ class Client:
     audio_tasks: Any
 
     def __init__(
-        self, target: str = _transport.DEFAULT_TARGET, *, timeout: float | None = None, strict: bool = False
+        self,
+        target: str = _transport.DEFAULT_TARGET,
+        *,
+        timeout: float | None = None,
+        strict: bool = False,
+        wait_for_ready: bool | float = True,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        token: str | None = None,
+        tls: bool = False,
     ) -> None:
+        """As `pipelined.Client`: the same targets (load balancing, retries) and credentials."""
         self.target = target
         self.timeout = timeout
         self.strict = strict
-        self.channel = grpc.aio.insecure_channel(target, options=_transport.CHANNEL_OPTIONS)
+        self.wait_for_ready = _transport.wait_bound(wait_for_ready)
+        self.security = _channel.Security(ca_file, cert_file, key_file, token, tls)
+        self.channel = _channel.open_aio_channel(target, self.security)
         _transport.attach_stubs(self, self.channel)
 
     def pipeline(self, task: str | None = None, model: str | None = None, **defaults: Any) -> AsyncPipeline:
@@ -49,17 +62,57 @@ class Client:
     def _served_model(self, task: str | None, model: str | None) -> dict[str, Any]:
         from ..client import Client as SyncClient
 
-        with SyncClient(self.target, timeout=self.timeout) as client:
+        s = self.security
+        with SyncClient(
+            self.target,
+            timeout=self.timeout,
+            wait_for_ready=self.wait_for_ready,
+            ca_file=s.ca_file,
+            cert_file=s.cert_file,
+            key_file=s.key_file,
+            token=s.token,
+            tls=s.tls,
+        ) as client:
             return client.served_model(task, model)
+
+    def waiting(self, model: str, task: str) -> _transport.Waiting | None:
+        """As `pipelined.Client.waiting`; the probe is awaited."""
+        if not self.wait_for_ready:
+            return None
+        return _transport.Waiting(
+            self.wait_for_ready, lambda: self.still_starting(model, task), waited_for(model, task)
+        )
+
+    async def still_starting(self, model: str, task: str) -> bool:
+        """As `pipelined.Client.still_starting`."""
+        try:
+            if model:
+                request = models_pb2.GetModelRequest(name=model)
+                response = await _transport.acall(self.models_stub.GetModel, request, PROBE_TIMEOUT_S)
+                served = [model_dict(response.model)]
+            else:
+                listed = await _transport.acall(
+                    self.models_stub.ListModels, models_pb2.ListModelsRequest(task=task), PROBE_TIMEOUT_S
+                )
+                served = [model_dict(m) for m in listed.models]
+        except (Unavailable, DeadlineExceeded):  # not up yet, or too busy starting to answer
+            return True
+        except PipelinedError:
+            return False
+        return is_starting(served)
 
     async def models(self, task: str = "") -> list[dict[str, Any]]:
         request = models_pb2.ListModelsRequest(task=task)
-        response = await _transport.acall(self.models_stub.ListModels, request, self.timeout)
+        response = await _transport.acall(
+            self.models_stub.ListModels, request, self.timeout, self.waiting("", task)
+        )
         return [model_dict(m) for m in response.models]
 
     async def model(self, name: str) -> dict[str, Any]:
         request = models_pb2.GetModelRequest(name=name)
-        response = await _transport.acall(self.models_stub.GetModel, request, self.timeout)
+        response = await _transport.acall(
+            self.models_stub.GetModel, request, self.timeout, self.waiting(name, "")
+        )
         return model_dict(response.model)
 
     async def health(self, service: str = "") -> str:

@@ -17,8 +17,9 @@ class AsyncTextGenerationPipeline(AsyncPipeline):
         """Yields pieces of new text (prompt excluded) as the server generates them; leaving the loop
         early cancels the generation."""
         client = self.sync.client
+        timeout = self.sync.call_timeout(kwargs)
         request = self.sync.stream_request(prompt, kwargs)
-        async for response in _transport.astream(
-            client.text.StreamGenerateText(request, timeout=client.timeout)
+        async for response in _transport.aopened_stream(
+            lambda: client.text.StreamGenerateText(request, timeout=timeout), self.sync.waiting()
         ):
             yield response.text

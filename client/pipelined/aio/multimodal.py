@@ -16,8 +16,9 @@ class AsyncImageTextToTextPipeline(AsyncPipeline):
     async def stream(self, images: Any = None, text: Any = None, **kwargs: Any) -> AsyncIterator[str]:
         """Yields the new text of one prompt piece by piece; leaving the loop early cancels the generation."""
         client = self.sync.client
+        timeout = self.sync.call_timeout(kwargs)
         request = self.sync.stream_request(images, text, **kwargs)
-        async for response in _transport.astream(
-            client.multimodal.StreamGenerateFromImage(request, timeout=client.timeout)
+        async for response in _transport.aopened_stream(
+            lambda: client.multimodal.StreamGenerateFromImage(request, timeout=timeout), self.sync.waiting()
         ):
             yield response.text

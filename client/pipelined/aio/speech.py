@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any
 
 from .. import _transport, streaming
+from ..errors import StreamInterrupted, Unavailable
 from ..pipelines.speech import SpeechRecognitionPipeline
 from ..v1 import speech_pb2
 from ..wire.speech import segment_dict
@@ -19,37 +21,56 @@ class AsyncSpeechRecognitionPipeline(AsyncPipeline):
     async def stream_file(self, inputs: Any, **kwargs: Any) -> AsyncIterator[dict[str, Any]]:
         """Long audio: yields each segment as soon as it is decoded."""
         client = self.sync.client
+        timeout = self.sync.call_timeout(kwargs)
         request = self.sync.stream_file_request(inputs, kwargs)
-        async for response in _transport.astream(
-            client.speech.StreamingRecognizeFile(request, timeout=client.timeout)
+        async for response in _transport.aopened_stream(
+            lambda: client.speech.StreamingRecognizeFile(request, timeout=timeout), self.sync.waiting()
         ):
             yield segment_dict(response)
 
     async def stream(
-        self, chunks: Iterable[Any] | AsyncIterable[Any], *, deadline_s: float | None = None, **options: Any
+        self,
+        chunks: Iterable[Any] | AsyncIterable[Any],
+        *,
+        deadline_s: float | None = None,
+        reconnect: int = 0,
+        **options: Any,
     ) -> AsyncIterator[streaming.StreamingResult]:
-        """Live recognition (see the synchronous `stream`); `chunks` may be sync or async. A sync iterator
-        is read on a worker thread, so sources that pace themselves (FileSource, MicrophoneSource) do not
-        block the event loop."""
+        """Live recognition (see the synchronous `stream`, `reconnect` included); `chunks` may be sync
+        or async. A sync iterator is read on a worker thread, so sources that pace themselves
+        (FileSource, MicrophoneSource) do not block the event loop."""
         iterator = chunks.__aiter__() if isinstance(chunks, AsyncIterable) else threaded(chunks)
         first = await anext(iterator, None)
         config = streaming.streaming_config(
             self.sync.model, self.sync.stream_options(options), source=chunks, first=first
         )
 
-        async def requests() -> AsyncIterator[speech_pb2.StreamingRecognizeRequest]:
-            yield speech_pb2.StreamingRecognizeRequest(streaming_config=config)
+        async def audio() -> AsyncIterator[Any]:
             if first is None:
                 return
-            encoding = config.audio_format.encoding
-            yield speech_pb2.StreamingRecognizeRequest(audio=streaming.chunk_bytes(first, encoding))
+            yield first
             async for chunk in iterator:
-                yield speech_pb2.StreamingRecognizeRequest(audio=streaming.chunk_bytes(chunk, encoding))
+                yield chunk
+
+        replay = streaming.ReplayBuffer(config, audio())
+
+        async def requests() -> AsyncIterator[speech_pb2.StreamingRecognizeRequest]:
+            yield speech_pb2.StreamingRecognizeRequest(streaming_config=config)
+            async for data in replay.achunks():
+                yield speech_pb2.StreamingRecognizeRequest(audio=data)
 
         client = self.sync.client
-        # A live stream lasts as long as its audio: the client's per-call timeout is not its deadline.
-        async for response in _transport.astream(
-            client.speech.StreamingRecognize(requests(), timeout=deadline_s)
-        ):
-            for result in streaming.results(response):
-                yield result
+        for attempt in range(reconnect + 1):
+            offset = replay.resume_offset_s()
+            try:
+                # A live stream lasts as long as its audio: the client's per-call timeout is not its deadline.
+                async for response in _transport.astream(
+                    client.speech.StreamingRecognize(requests(), timeout=deadline_s)
+                ):
+                    for result in streaming.resumed_results(response, replay, offset):
+                        yield result
+                return
+            except Unavailable as error:
+                if attempt == reconnect:
+                    raise StreamInterrupted(error.message, replay.resume_offset_s()) from None
+            await asyncio.sleep(min(0.25 * 2**attempt, 4.0))

@@ -28,7 +28,7 @@ def build_app(client: Client) -> gr.Blocks:
 def interface(pipe: Any, **kwargs: Any) -> gr.Interface:
     """`gr.Interface.from_pipeline(pipe)` for `Client(...).pipeline(task)`: the same components per task;
     `kwargs` go to `gr.Interface` (title, description, examples, ...)."""
-    from .interface import interface as build
+    from .single import interface as build
 
     return build(pipe, **kwargs)
 

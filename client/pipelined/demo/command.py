@@ -20,12 +20,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--host", default="127.0.0.1", help="address the web page listens on (default 127.0.0.1)"
     )
     parser.add_argument("--port", type=int, default=7860, help="port of the web page (default 7860)")
+    # SUPPRESS: the same options given before the subcommand (`pipelined --ca-file F demo`) stay.
     parser.add_argument(
-        "--ca-file", default=None, help="TLS: CA certificate that signed the server's certificate"
+        "--ca-file",
+        default=argparse.SUPPRESS,
+        help="TLS: CA certificate that signed the server's certificate",
     )
     parser.add_argument(
         "--token",
-        default=None,
+        default=argparse.SUPPRESS,
         help=f"bearer token for the server (default ${TOKEN_ENV}); the page then asks for it as its password",
     )
     parser.add_argument(
@@ -36,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def credentials(args: argparse.Namespace) -> dict[str, Any]:
     """The TLS/auth arguments given, as `Client` keyword arguments (only those set)."""
-    given = {"ca_file": args.ca_file, "token": args.token or os.environ.get(TOKEN_ENV) or None}
+    ca_file, token = getattr(args, "ca_file", None), getattr(args, "token", None)
+    given = {"ca_file": ca_file, "token": token or os.environ.get(TOKEN_ENV) or None}
     return {k: v for k, v in given.items() if v}
 
 

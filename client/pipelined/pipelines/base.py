@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 from .. import _transport
+from ..errors import Unavailable
 
 DEFAULT_MAX_IN_FLIGHT = 4
 # Call arguments of transformers' pipelines that configure its local DataLoader: accepted, and left to the
@@ -30,10 +31,14 @@ LOADER_ARGUMENTS = ("batch_size", "num_workers")
 
 
 class Stubs(Protocol):
-    """What pipelines use of a client: the service stubs and the call timeout. The synchronous and the
-    asyncio client both have them, so one pipeline class builds requests and reads responses for both."""
+    """What pipelines use of a client: the service stubs, the call timeout and how a call waits for
+    readiness. The synchronous and the asyncio client both have them, so one pipeline class builds requests
+    and reads responses for both."""
 
     timeout: float | None
+
+    def waiting(self, model: str, task: str) -> Any: ...
+
     speech: Any
     text: Any
     generic: Any
@@ -72,6 +77,10 @@ class RemotePipeline:
     ) -> None:
         self.client = client
         self.model = model or ""
+        # `timeout=` (seconds) is the deadline of each call of this pipeline: the client's unless given here
+        # or per call. (transformers' image pipelines take `timeout` for fetching URLs: the client fetches
+        # them, within this deadline.)
+        self.timeout: float | None = defaults.pop("timeout", client.timeout)
         self.defaults = defaults
         self.max_in_flight = max_in_flight
         self.check_arguments(defaults)  # fail at construction on unknown defaults, as transformers does
@@ -118,37 +127,53 @@ class RemotePipeline:
     def present(self, result: Any, inputs: Any, kwargs: dict[str, Any]) -> Any:
         return result
 
+    # ---- call options shared by every call shape
+    def call_timeout(self, kwargs: dict[str, Any]) -> float | None:
+        """This call's deadline: its `timeout=` (taken out of kwargs), else the pipeline's."""
+        return kwargs.pop("timeout", self.timeout)
+
+    def waiting(self) -> Any:
+        """How a call waits while the server starts or the model loads (the client's wait_for_ready)."""
+        return self.client.waiting(self.model, self.task)
+
     # ---- the synchronous call
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        timeout = self.call_timeout(kwargs)
         inputs, merged = self.parse_call(*args, **self.without_loader_arguments(kwargs))
         if self.is_single(inputs):
-            return self.present(self.send(self.request_unit(inputs), merged)[0], inputs, merged)
+            return self.present(self.send(self.request_unit(inputs), merged, timeout)[0], inputs, merged)
         if isinstance(inputs, list | tuple):
-            return list(self.pipelined(self.request_units(list(inputs)), merged))
+            return list(self.pipelined(self.request_units(list(inputs)), merged, timeout))
         if isinstance(inputs, Iterable):
-            return self.pipelined((self.request_unit(item) for item in inputs), merged)
+            return self.pipelined((self.request_unit(item) for item in inputs), merged, timeout)
         if is_dataset(inputs):
-            return self.pipelined((self.request_unit(item) for item in iter_dataset(inputs)), merged)
+            return self.pipelined((self.request_unit(item) for item in iter_dataset(inputs)), merged, timeout)
         raise TypeError(f"unsupported {self.task} input of type {type(inputs).__name__}")
 
-    def send(self, unit: Any, kwargs: dict[str, Any]) -> list[Any]:
-        response = _transport.call(self.method(), self.build_request(unit, kwargs), self.client.timeout)
+    def send(self, unit: Any, kwargs: dict[str, Any], timeout: float | None) -> list[Any]:
+        request = self.build_request(unit, kwargs)
+        response = _transport.call(self.method(), request, timeout, self.waiting())
         return self.read_results(response, unit, kwargs)
 
-    def pipelined(self, units: Iterable[Any], kwargs: dict[str, Any]) -> Iterator[Any]:
-        pending: deque[tuple[Any, Any]] = deque()
+    def pipelined(self, units: Iterable[Any], kwargs: dict[str, Any], timeout: float | None) -> Iterator[Any]:
+        pending: deque[tuple[Any, Any, Any]] = deque()
 
-        def finish(unit: Any, future: Any) -> list[Any]:
-            return self.read_results(_transport.result(future), unit, kwargs)
+        def finish(unit: Any, request: Any, future: Any) -> list[Any]:
+            try:
+                response = _transport.result(future)
+            except Unavailable:
+                # Sent while the server started or the model loaded: sent again, waiting as a single call.
+                response = _transport.call(self.method(), request, timeout, self.waiting())
+            return self.read_results(response, unit, kwargs)
 
         try:
             for unit in units:
                 request = self.build_request(unit, kwargs)
-                pending.append((unit, _transport.submit(self.method(), request, self.client.timeout)))
+                pending.append((unit, request, _transport.submit(self.method(), request, timeout)))
                 if len(pending) >= self.max_in_flight:
                     yield from finish(*pending.popleft())
             while pending:
                 yield from finish(*pending.popleft())
         finally:
-            for _, future in pending:
+            for _, _, future in pending:
                 future.cancel()

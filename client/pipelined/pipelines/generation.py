@@ -99,8 +99,9 @@ class TextGenerationPipeline(TextPipeline):
 
     def stream(self, prompt: Any, **kwargs: Any) -> Iterator[str]:
         """Yields pieces of new text (prompt excluded) as the server generates them."""
+        timeout = self.call_timeout(kwargs)
         request = self.stream_request(prompt, kwargs)
-        for response in _transport.stream(
-            self.client.text.StreamGenerateText(request, timeout=self.client.timeout)
+        for response in _transport.opened_stream(
+            lambda: self.client.text.StreamGenerateText(request, timeout=timeout), self.waiting()
         ):
             yield response.text

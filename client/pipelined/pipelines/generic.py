@@ -145,10 +145,12 @@ class GenericPipeline(RemotePipeline):
     """`pipe(inputs, **parameters)` runs `pipeline(task)(inputs, **parameters)` on the server."""
 
     def __init__(self, client: Stubs, task: str, model: str | None, **defaults: Any) -> None:
-        # Every argument is the server pipeline's: none is checked here, none is the transport's.
+        # Every argument is the server pipeline's (none is checked here) except `timeout`: the call's
+        # deadline, as on every pipeline.
         self.client = client
         self.task = task
         self.model = model or ""
+        self.timeout = defaults.pop("timeout", client.timeout)
         self.defaults = defaults
         self.max_in_flight = DEFAULT_MAX_IN_FLIGHT
 

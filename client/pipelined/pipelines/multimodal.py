@@ -187,9 +187,10 @@ class ImageTextToTextPipeline(RemotePipeline):
 
     def stream(self, images: Any = None, text: Any = None, **kwargs: Any) -> Iterator[str]:
         """Yields the new text of one prompt piece by piece as it is generated."""
+        timeout = self.call_timeout(kwargs)
         request = self.stream_request(images, text, **kwargs)
-        for response in _transport.stream(
-            self.client.multimodal.StreamGenerateFromImage(request, timeout=self.client.timeout)
+        for response in _transport.opened_stream(
+            lambda: self.client.multimodal.StreamGenerateFromImage(request, timeout=timeout), self.waiting()
         ):
             yield response.text
 

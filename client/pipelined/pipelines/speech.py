@@ -4,10 +4,12 @@ long-audio segment streaming and live streaming."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .. import _transport, streaming
+from ..errors import StreamInterrupted, Unavailable
 from ..v1 import speech_pb2
 from ..wire import speech as asr
 from ..wire.audio import audio_input, is_single_audio
@@ -49,9 +51,10 @@ class SpeechRecognitionPipeline(RemotePipeline):
 
     def stream_file(self, inputs: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
         """Long audio: yields each segment (`text`, `timestamp`, optional `words`) as soon as it is decoded."""
+        timeout = self.call_timeout(kwargs)
         request = self.stream_file_request(inputs, kwargs)
-        for response in _transport.stream(
-            self.client.speech.StreamingRecognizeFile(request, timeout=self.client.timeout)
+        for response in _transport.opened_stream(
+            lambda: self.client.speech.StreamingRecognizeFile(request, timeout=timeout), self.waiting()
         ):
             yield asr.segment_dict(response)
 
@@ -60,7 +63,12 @@ class SpeechRecognitionPipeline(RemotePipeline):
         return {**{k: v for k, v in self.defaults.items() if k in streaming.RECOGNITION_OPTIONS}, **options}
 
     def stream(
-        self, chunks: Iterable[Any], *, deadline_s: float | None = None, **options: Any
+        self,
+        chunks: Iterable[Any],
+        *,
+        deadline_s: float | None = None,
+        reconnect: int = 0,
+        **options: Any,
     ) -> Iterator[streaming.StreamingResult]:
         """Live recognition: sends audio chunks as the iterator yields them (a microphone, a file replayed
         at real-time pace, ...) and yields interim and final results and speech events as they arrive.
@@ -70,14 +78,29 @@ class SpeechRecognitionPipeline(RemotePipeline):
         `speech_events` (True), `min_decode_interval_s` (latency/accuracy knob, 1.0), `vad_threshold`,
         `min_silence_s`, `speech_padding_s`, and the generation options. `deadline_s` bounds the whole
         stream (none by default: the client's per-call timeout does not apply to live audio).
+
+        A stream whose server goes away raises `StreamInterrupted` (never retried silently). With
+        `reconnect=N` it is resumed up to N times instead: a new stream (on another server of the
+        target, when it has several) starts from the end of the last final result, the audio since then
+        is sent again, and times keep counting from the start of the first stream.
         """
         merged = self.stream_options(options)
         first, all_chunks = streaming.split_first(chunks)
         config = streaming.streaming_config(self.model, merged, source=chunks, first=first)
-        responses = self.client.speech.StreamingRecognize(
-            # A live stream lasts as long as its audio (hours): the client's per-call timeout is not its deadline.
-            streaming.requests(config, all_chunks),
-            timeout=deadline_s,
-        )
-        for response in _transport.stream(responses):
-            yield from streaming.results(response)
+        replay = streaming.ReplayBuffer(config, all_chunks)
+        for attempt in range(reconnect + 1):
+            offset = replay.resume_offset_s()
+            responses = self.client.speech.StreamingRecognize(
+                # A live stream lasts as long as its audio (hours): the client's per-call timeout is not its deadline.
+                streaming.requests(config, replay.chunks()),
+                timeout=deadline_s,
+            )
+            try:
+                for response in _transport.stream(responses):
+                    yield from streaming.resumed_results(response, replay, offset)
+                return
+            except Unavailable as error:
+                if attempt == reconnect:
+                    raise StreamInterrupted(error.message, replay.resume_offset_s()) from None
+            # A server restarting in place needs a moment; another replica is picked at once.
+            time.sleep(min(0.25 * 2**attempt, 4.0))

@@ -1,4 +1,5 @@
-"""Every RPC passes through here: refusal while draining, error -> status mapping, metrics, in-flight count.
+"""Every RPC passes through here: refusal while draining, error -> status mapping, metrics, the access log
+line and request id, per-model access (a token limited to some models), in-flight count.
 
 This is the one place exceptions become gRPC status codes: typed PipelinedErrors keep their code and
 message (the scheduler turns the pipeline's own argument errors into InvalidInput); anything else is a
@@ -18,13 +19,16 @@ from typing import Any
 
 import grpc
 
+from .. import logs, security
 from ..budget import ByteBudget
 from ..config import ServerConfig
-from ..errors import Cancelled, PipelinedError
+from ..errors import Cancelled, PipelinedError, QueueFull
 from ..metrics import Metrics
 from ..registry import Registry
 
 log = logging.getLogger(__name__)
+# The pause a full queue asks for when it names none.
+QUEUE_FULL_RETRY_S = 0.5
 
 
 @dataclass
@@ -47,13 +51,32 @@ class ServerState:
         self.decoded_bytes = ByteBudget(self.config.limits.max_decoded_bytes_in_flight, "request payloads")
 
 
+# Every task label an @rpc method declares: with the served tasks, the only task labels metrics admit.
+RPC_TASKS: set[str] = set()
+
+
 @dataclass
 class CallInfo:
-    """Labels of one call; the servicer fills in the model once it knows it."""
+    """Labels of one call; the servicer fills in the model once it knows it, which is where a token
+    limited to some models is refused (PERMISSION_DENIED) before any work."""
 
     method: str
     task: str
-    model: str = ""
+    request_id: str = ""
+    # Who called: read when the call starts (a handler ended by the caller's cancellation may be closed
+    # after gRPC freed the call, when asking the context would crash the process).
+    peer: str = ""
+    principal: str = ""
+    _model: str = field(default="", repr=False)
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    @model.setter
+    def model(self, name: str) -> None:
+        security.check_model(name)
+        self._model = name
 
     def timeout(self, context: grpc.aio.ServicerContext) -> float | None:
         return context.time_remaining()
@@ -66,10 +89,48 @@ def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
 
 
-def _trailers(exc: BaseException) -> tuple[tuple[str, str], ...]:
-    """A retry hint as trailing metadata (`retry-after-ms`, like HTTP's Retry-After), where the error has one."""
+async def _abort(
+    context: grpc.aio.ServicerContext, info: CallInfo, exc: BaseException, code: grpc.StatusCode, message: str
+) -> None:
+    """Ends the call with the status of `exc`, the request id and the error's retry hint: `retry-after-ms`
+    for any client, and for RESOURCE_EXHAUSTED gRPC's own `grpc-retry-pushback-ms`, which the SDK's retry
+    policy honours: a full queue asks to be retried after a pause, a request over a budget (negative
+    hint) not at all."""
+    trailers: tuple[tuple[str, str], ...] = ((logs.REQUEST_ID_KEY, info.request_id),)
     retry = getattr(exc, "retry_after_s", None)
-    return (("retry-after-ms", str(round(retry * 1000))),) if retry is not None else ()
+    if retry is None and isinstance(exc, QueueFull):
+        retry = QUEUE_FULL_RETRY_S
+    if retry is not None:
+        trailers += (("retry-after-ms", str(round(retry * 1000))),)
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        trailers += (("grpc-retry-pushback-ms", str(round(retry * 1000)) if retry is not None else "-1"),)
+    await context.abort(code, message, trailing_metadata=trailers)
+
+
+def _record(state: ServerState, info: CallInfo, code: grpc.StatusCode, started: float) -> None:
+    """Metrics (labels only from served models and tasks) and the access log line of a finished call."""
+    latency = time.monotonic() - started
+    metrics = state.metrics
+    labels = (metrics.model_label(info.model), metrics.task_label(info.task), info.method)
+    metrics.requests.labels(*labels, code.name).inc()
+    metrics.request_latency.labels(*labels).observe(latency)
+    logs.access(
+        method=info.method,
+        model=labels[0] if info.model else "",
+        code=code,
+        latency_s=latency,
+        peer=info.peer,
+        request_id=info.request_id,
+        principal=info.principal,
+    )
+
+
+def _start(context: grpc.aio.ServicerContext, method: str, task: str) -> CallInfo:
+    """The call's labels and request id; the id goes back in the trailing metadata, errors included."""
+    request_id = logs.request_id(context.invocation_metadata())
+    info = CallInfo(method, task, request_id, context.peer(), security.principal())
+    context.set_trailing_metadata(((logs.REQUEST_ID_KEY, info.request_id),))
+    return info
 
 
 class _Tracked:
@@ -85,9 +146,7 @@ class _Tracked:
         return self
 
     def finish(self, code: grpc.StatusCode) -> None:
-        labels = (self.info.model or "unknown", self.info.task, self.info.method)
-        self.state.metrics.requests.labels(*labels, code.name).inc()
-        self.state.metrics.request_latency.labels(*labels).observe(time.monotonic() - self.started)
+        _record(self.state, self.info, code, self.started)
 
     def __exit__(self, *exc: object) -> None:
         self.state.inflight -= 1
@@ -97,7 +156,7 @@ class _Tracked:
 
 async def _refuse_if_draining(state: ServerState, context: grpc.aio.ServicerContext, info: CallInfo) -> None:
     if state.draining:
-        state.metrics.requests.labels("unknown", info.task, info.method, "UNAVAILABLE").inc()
+        _record(state, info, grpc.StatusCode.UNAVAILABLE, time.monotonic())
         await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another instance")
 
 
@@ -111,13 +170,15 @@ def _ended_early(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
 def rpc(task: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorates a servicer method `(self, request, context, call: CallInfo)`; unary or server-streaming."""
 
+    RPC_TASKS.add(task)
+
     def decorate(method: Callable[..., Any]) -> Callable[..., Any]:
         if inspect.isasyncgenfunction(method):
 
             @functools.wraps(method)
             async def stream_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
                 state: ServerState = self.state
-                info = CallInfo(method.__name__, task)
+                info = _start(context, method.__name__, task)
                 await _refuse_if_draining(state, context, info)
                 with _Tracked(state, info) as tracked:
                     try:
@@ -129,7 +190,7 @@ def rpc(task: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                     except Exception as exc:
                         code, message = _status_of(exc)
                         tracked.finish(code)
-                        await context.abort(code, message, _trailers(exc))
+                        await _abort(context, info, exc, code, message)
                     tracked.finish(grpc.StatusCode.OK)
 
             return stream_wrapper
@@ -137,7 +198,7 @@ def rpc(task: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         @functools.wraps(method)
         async def unary_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             state: ServerState = self.state
-            info = CallInfo(method.__name__, task)
+            info = _start(context, method.__name__, task)
             await _refuse_if_draining(state, context, info)
             with _Tracked(state, info) as tracked:
                 try:
@@ -148,7 +209,7 @@ def rpc(task: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 except Exception as exc:
                     code, message = _status_of(exc)
                     tracked.finish(code)
-                    await context.abort(code, message, _trailers(exc))
+                    await _abort(context, info, exc, code, message)
                 tracked.finish(grpc.StatusCode.OK)
                 return response
 

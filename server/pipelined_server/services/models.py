@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 from pipelined.v1 import models_pb2, models_pb2_grpc
 
+from .. import security
 from ..registry import ModelInstance, ModelState
 from ..tasks.durations import to_duration
 from ..tasks.parameters import accepted_parameters
@@ -47,7 +48,7 @@ class ModelsServicer(models_pb2_grpc.ModelsServiceServicer):
     async def ListModels(
         self, request: models_pb2.ListModelsRequest, context: grpc.aio.ServicerContext, call: CallInfo
     ) -> models_pb2.ListModelsResponse:
-        instances = self.state.registry.instances.values()
+        instances = [i for i in self.state.registry.instances.values() if security.visible(i.name)]
         return models_pb2.ListModelsResponse(
             models=[model_info(i) for i in instances if not request.task or i.spec.task == request.task]
         )

@@ -1,10 +1,15 @@
 """Long audio as a stream of final segments, each sent as soon as its window is decoded.
 
-Whisper: Whisper's own sequential long-form algorithm, window by window (the method that keeps every
-word; the pipeline's `chunk_length_s` stitching drops words at seams). A window's closed segments are
-final; an unclosed last segment is decoded again at the start of the next window, which begins where
-that segment began. A window that ends closed moves on by the whole window, as Whisper does. Each window
-is one scheduler item, so the windows of concurrent requests batch together.
+Whisper: the unary call's own computation, observed. The whole file runs through the pipeline exactly as
+a unary long-form request does (one job alone on a worker: Whisper's sequential long-form decoding over
+the whole file's log-mel features), and each window's segments are sent as soon as generate splits them.
+So the stream equals the unary result (text and timestamps). Decoding each 30 s window as a separate
+pipeline call does not: the window's features are computed from the window alone (another log-mel
+normalisation and STFT edge, zero-audio padding) and the seek rule was re-implemented, which changed words
+and timestamps at every seam (the issue: `(29.32, 30.32) ' at this space.'` streamed where the unary call
+gave `(29.32, 35.76) ' And this spills over into...'`). The price: windows of concurrent streams no
+longer batch together (unary long-form requests never did). A caller that leaves stops the decoding
+at the next window.
 
 Other models (CTC) have no timestamps to seek by: 30 s windows are cut at the quietest 100 ms of
 their last 5 s, so a cut rarely lands inside a word.
@@ -12,17 +17,20 @@ their last 5 s, so a cut rarely lands inside a word.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from pipelined.v1 import speech_pb2
 
-from ..errors import DeadlineExpired
+from ..errors import Cancelled, DeadlineExpired
+from ..loading import run_batch
 from ..registry import ModelInstance
-from .asr import WHISPER, WHISPER_WINDOW_S, chunk_to_proto, model_kind
+from .asr import WHISPER, WHISPER_WINDOW_S, chunk_to_proto, model_kind, plan
 from .durations import to_duration
+from .worker_stream import Emit, Work, stream_from_worker
 
 # Remaining seconds of the caller's deadline, asked afresh before each window.
 Timeout = Callable[[], float | None]
@@ -39,37 +47,6 @@ def _before_window(timeout: Timeout) -> float | None:
 
 _CUT_SEARCH_S = 5.0
 _CUT_FRAME_S = 0.1
-
-
-@dataclass(frozen=True)
-class WindowCommit:
-    """What one decoded window makes final, relative to the window's start."""
-
-    segments: list[dict[str, Any]]
-    advance_s: float
-
-
-def _ordered(chunk: dict[str, Any]) -> dict[str, Any]:
-    """A segment never ends before it starts (a weak model can emit timestamps out of order)."""
-    start, end = chunk["timestamp"]
-    if start is not None and end is not None and end < start:
-        return {**chunk, "timestamp": (start, start)}
-    return chunk
-
-
-def commit_window(chunks: list[dict[str, Any]], window_s: float, is_last: bool) -> WindowCommit:
-    """Applies Whisper's seek rule to a window's segment chunks."""
-    chunks = [_ordered(c) for c in chunks]
-    if not chunks:
-        return WindowCommit([], window_s)
-    last_start, last_end = chunks[-1]["timestamp"]
-    if last_end is not None:
-        return WindowCommit(list(chunks), window_s)
-    closed = {**chunks[-1], "timestamp": (last_start, window_s)}
-    if is_last or not last_start:
-        # Nothing earlier to fall back to (or no audio after it): keep it, closed at the window's end.
-        return WindowCommit([*chunks[:-1], closed], window_s)
-    return WindowCommit(list(chunks[:-1]), float(last_start))
 
 
 def quiet_cut(samples: np.ndarray, start: int, window: int, rate: int) -> int:
@@ -124,41 +101,122 @@ async def segment_stream(
         yield response
 
 
+class _SegmentRelay:
+    """Stands in for the model's `_retrieve_segment` (generate's split of one decoded window into
+    segments): calls it, then hands the segments to the observer of the calling thread, if any. Installed
+    once per model; replicas share the model, and each runs on its own worker thread."""
+
+    def __init__(self, original: Callable[..., Any]) -> None:
+        self.original = original
+        self.local = threading.local()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        segments, offset = self.original(*args, **kwargs)
+        observer = getattr(self.local, "observer", None)
+        if observer is not None:
+            observer(segments)
+        return segments, offset
+
+
+_relay_lock = threading.Lock()
+
+
+def _relay(model: Any) -> _SegmentRelay:
+    with _relay_lock:  # replicas share the model and may start their first stream together
+        relay = model.__dict__.get("_retrieve_segment")
+        if not isinstance(relay, _SegmentRelay):
+            relay = _SegmentRelay(type(model)._retrieve_segment)
+            model._retrieve_segment = relay
+        return relay
+
+
+class _WhisperObserver:
+    """Turns the segments generate has produced so far into the pipeline's chunks (the postprocess the
+    unary call ends with, so a prefix of segments gives a prefix of the final chunks) and emits the new
+    ones, with their words when asked."""
+
+    def __init__(
+        self, pipe: Any, want_words: bool, emit: Emit, stop: threading.Event, deadline: float | None
+    ) -> None:
+        self.pipe = pipe
+        self.want_words = want_words
+        self.emit = emit
+        self.stop = stop
+        self.deadline = deadline
+        self.segments: list[dict[str, Any]] = []
+        self.sent = 0
+
+    def __call__(self, segments: list[dict[str, Any]]) -> None:
+        # Raised inside generate: the worker is free at the next window, not at the end of the file.
+        if self.stop.is_set():
+            raise Cancelled("the caller left the stream")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise DeadlineExpired("the deadline passed while the file was being decoded")
+        self.segments.extend(segments)
+        self.send(*self.chunks(), final=False)
+
+    def chunks(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        from transformers.models.whisper.generation_whisper import _pad_to_max_length
+
+        if not self.segments:
+            return [], []
+        pad = self.pipe.model.generation_config.pad_token_id
+        tokens = _pad_to_max_length([self.segments], pad, "cpu", return_token_timestamps=self.want_words)
+        sequences = tokens[0] if self.want_words else tokens
+        out = self.pipe.postprocess([{"tokens": sequences, "is_last": True}], return_timestamps=True)
+        if not self.want_words:
+            return out.get("chunks") or [], []
+        words = self.pipe.postprocess(
+            [{"tokens": sequences, "token_timestamps": tokens[1], "is_last": True}], return_timestamps="word"
+        )
+        return out.get("chunks") or [], words.get("chunks") or []
+
+    def send(self, chunks: list[dict[str, Any]], words: list[dict[str, Any]], final: bool) -> None:
+        # generate's segments are closed; an unclosed tail (none expected) waits for the end.
+        ready = len(chunks)
+        if not final and chunks and chunks[-1]["timestamp"][1] is None:
+            ready -= 1
+        for chunk in chunks[self.sent : ready]:
+            start, end = chunk["timestamp"]
+            self.emit((chunk, _words_in(words, start, float("inf") if end is None else end)))
+        self.sent = max(self.sent, ready)
+
+
+def _whisper_job(samples: np.ndarray, rate: int, kwargs: dict[str, Any], deadline: float | None) -> Work:
+    want_words = kwargs.get("return_timestamps") == "word"
+    # Segments need timestamps, whatever the length (plan() adds them only past 30 s).
+    call = plan({**kwargs, "return_timestamps": "word" if want_words else True}, WHISPER, samples, rate)
+
+    def work(pipe: Any, emit: Emit, stop: threading.Event) -> None:
+        observer = _WhisperObserver(pipe, want_words, emit, stop, deadline)
+        relay = _relay(pipe.model)
+        relay.local.observer = observer
+        try:
+            # The unary call's very call (tasks/asr.py plan, loading.run_batch): same input, same arguments.
+            output = run_batch(pipe, [samples], call.kwargs)[0]
+        finally:
+            relay.local.observer = None
+        if want_words:
+            observer.send(*observer.chunks(), final=True)
+        else:
+            # Audio up to 30 s is decoded short-form: the pipeline's chunks are the result.
+            observer.send(output.get("chunks") or [], [], final=True)
+
+    return work
+
+
 async def _whisper_segments(
     instance: ModelInstance, samples: np.ndarray, kwargs: dict[str, Any], timeout: Timeout
 ) -> AsyncIterator[speech_pb2.StreamingRecognizeFileResponse]:
-    assert instance.scheduler is not None
     rate = instance.sampling_rate
     total_s = len(samples) / rate
-    window = int(WHISPER_WINDOW_S * rate)
-    generate = {k: v for k, v in kwargs.items() if k == "generate_kwargs"}
-    want_words = kwargs.get("return_timestamps") == "word"
-    seek = 0
-    while seek < len(samples):
-        piece = samples[seek : seek + window]
-        is_last = seek + window >= len(samples)
-        output = await instance.scheduler.submit(
-            piece, {"return_timestamps": True, **generate}, key="whisper", timeout=_before_window(timeout)
-        )
-        commit = commit_window(output.get("chunks") or [], len(piece) / rate, is_last)
-        words: list[dict[str, Any]] = []
-        if want_words and commit.segments:
-            committed = piece[: int(round(commit.advance_s * rate))]
-            word_output = await instance.scheduler.submit(
-                committed,
-                {"return_timestamps": "word", **generate},
-                key="whisper",
-                timeout=_before_window(timeout),
-            )
-            words = word_output.get("chunks") or []
-        offset_s = seek / rate
-        seek = min(len(samples), seek + max(1, int(round(commit.advance_s * rate))))
-        for segment in commit.segments:
-            start, end = segment["timestamp"]
-            seg_words = _words_in(words, start, end) if want_words else []
-            yield _response(
-                segment, seg_words, offset_s, min(offset_s + end, total_s), total_s, instance.name
-            )
+    remaining = _before_window(timeout)
+    deadline = None if remaining is None else time.monotonic() + remaining
+    job = _whisper_job(samples, rate, kwargs, deadline)
+    async for segment, words in stream_from_worker(instance, job, remaining):
+        end = segment["timestamp"][1]
+        processed = total_s if end is None else min(end, total_s)
+        yield _response(segment, words, 0.0, processed, total_s, instance.name)
 
 
 async def _windowed_segments(

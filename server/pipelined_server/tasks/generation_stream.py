@@ -10,26 +10,24 @@ criterion ends the generation at the next token, so the worker is free for the n
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ..registry import ModelInstance
 from .text_generation import run_alone
+from .worker_stream import Emit, stream_from_worker
 
-_END = object()
 
-
-def _streamer(tokenizer: Any, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> Any:
+def _streamer(tokenizer: Any, emit: Emit) -> Any:
     from transformers import TextStreamer
 
     class QueueStreamer(TextStreamer):
-        """A TextStreamer whose pieces go to an asyncio queue instead of stdout."""
+        """A TextStreamer whose pieces go to the caller instead of stdout."""
 
         def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
             if text:
-                loop.call_soon_threadsafe(queue.put_nowait, text)
+                emit(text)
 
     # Same decoding as the pipeline's postprocess: special tokens skipped.
     return QueueStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -54,52 +52,18 @@ def _stop_when(event: threading.Event) -> Any:
 Generate = Callable[[Any, dict[str, Any]], Any]
 
 
-async def stream_pieces(
+def stream_pieces(
     instance: ModelInstance, generate: Generate, tokenizer_of: Callable[[Any], Any], timeout: float | None
 ) -> AsyncIterator[str]:
     """Yields new text as `generate` produces it, alone on a worker (streamer and stopping criteria built
     there, for the replica that runs it); raises what the generation raised. Leaving early stops the
     generation at its next token."""
-    assert instance.scheduler is not None
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    stop = threading.Event()
 
-    def run(pipe: Any) -> None:
-        try:
-            if stop.is_set():  # the caller left while the job was queued
-                return
-            extra = {
-                "streamer": _streamer(tokenizer_of(pipe), loop, queue),
-                "stopping_criteria": _stop_when(stop),
-            }
-            generate(pipe, extra)
-        finally:
-            loop.call_soon_threadsafe(queue.put_nowait, _END)
+    def work(pipe: Any, emit: Emit, stop: threading.Event) -> None:
+        extra = {"streamer": _streamer(tokenizer_of(pipe), emit), "stopping_criteria": _stop_when(stop)}
+        generate(pipe, extra)
 
-    job = asyncio.ensure_future(instance.scheduler.submit_call(run, timeout=timeout))
-    try:
-        while True:
-            getter = asyncio.ensure_future(queue.get())
-            done, _ = await asyncio.wait({getter, job}, return_when=asyncio.FIRST_COMPLETED)
-            if getter not in done:
-                getter.cancel()
-                # The job ended (or failed before it started): flush what it queued, then its outcome.
-                while not queue.empty():
-                    piece = queue.get_nowait()
-                    if piece is not _END:
-                        yield piece
-                job.result()
-                return
-            piece = getter.result()
-            if piece is _END:
-                await job
-                return
-            yield piece
-    finally:
-        stop.set()
-        if not job.done():
-            job.cancel()
+    return stream_from_worker(instance, work, timeout)
 
 
 def stream_generation(

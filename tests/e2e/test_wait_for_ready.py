@@ -1,0 +1,170 @@
+"""wait_for_ready: a call made while the server starts or its model loads waits (bounded) instead of failing;
+a per-call `timeout=` overrides the client's. A real server; its model's loading is held on an event."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pipelined.aio
+import pytest
+from harness import ServerThread
+from pipelined import Client, DeadlineExceeded, Unavailable
+from pipelined_server import registry
+from pipelined_server.config import ModelSpec, ServerConfig
+from text_fixtures import tiny_text_dirs
+
+TASK = "text-classification"
+
+
+def _spec() -> ModelSpec:
+    return ModelSpec(name="tiny-sentiment", task=TASK, source=str(tiny_text_dirs()["sequence"]))
+
+
+@pytest.fixture()
+def held_loading(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """The server's model loading blocks until the returned event is set."""
+    release = threading.Event()
+    load = registry.load_replicas
+
+    def held(spec: ModelSpec) -> Any:
+        release.wait(120)
+        return load(spec)
+
+    monkeypatch.setattr(registry, "load_replicas", held)
+    yield release
+    release.set()
+
+
+@pytest.fixture()
+def loading_server(held_loading: threading.Event) -> Iterator[ServerThread]:
+    server = ServerThread(
+        ServerConfig(host="127.0.0.1", port=0, metrics_port=0, models=(_spec(),)), wait_loaded=False
+    )
+    yield server
+    held_loading.set()
+    server.stop()
+
+
+def _probed(client: Any) -> threading.Event:
+    """Set once the client has asked the server whether its model is still loading (it got UNAVAILABLE)."""
+    asked = threading.Event()
+    probe = client.still_starting
+
+    def recorded(model: str, task: str) -> Any:
+        asked.set()
+        return probe(model, task)
+
+    client.still_starting = recorded
+    return asked
+
+
+def test_call_waits_while_the_model_loads(
+    loading_server: ServerThread, held_loading: threading.Event
+) -> None:
+    with (
+        Client(loading_server.target, wait_for_ready=False) as eager,
+        pytest.raises(Unavailable, match="loading"),
+    ):
+        eager.pipeline(TASK, model="tiny-sentiment")("hello")
+    client = Client(loading_server.target, timeout=30, wait_for_ready=120)
+    asked = _probed(client)
+    results: list[Any] = []
+    call = threading.Thread(
+        target=lambda: results.append(client.pipeline(TASK, model="tiny-sentiment")("hello"))
+    )
+    call.start()
+    assert asked.wait(60), "the call never met the loading model"
+    held_loading.set()
+    call.join(120)
+    assert results and results[0][0]["label"]
+    client.close()
+
+
+def test_the_bound_passes_with_a_clear_error(loading_server: ServerThread) -> None:
+    with Client(loading_server.target, wait_for_ready=0.3) as client, pytest.raises(Unavailable) as raised:
+        client.pipeline(TASK, model="tiny-sentiment")(["a", "b"])
+    message = str(raised.value)
+    assert (
+        "still loading" in message
+        and "waited 0.3 s for the server to start and model 'tiny-sentiment' to load" in message
+    )
+    assert "wait_for_ready" in message
+
+
+async def test_asyncio_call_waits_while_the_model_loads(
+    loading_server: ServerThread, held_loading: threading.Event
+) -> None:
+    client = pipelined.aio.Client(loading_server.target, timeout=30, wait_for_ready=120)
+    asked = threading.Event()
+    probe = client.still_starting
+
+    async def recorded(model: str, task: str) -> bool:
+        asked.set()
+        return await probe(model, task)
+
+    client.still_starting = recorded  # type: ignore[method-assign]
+    pipe = client.pipeline(TASK, model="tiny-sentiment")
+    call = asyncio.ensure_future(pipe("hello"))
+    assert await asyncio.to_thread(asked.wait, 60), "the call never met the loading model"
+    held_loading.set()
+    result = await asyncio.wait_for(call, 120)
+    assert result[0]["label"]
+    await client.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_call_waits_for_a_server_that_is_starting() -> None:
+    port = _free_port()
+    client = Client(f"127.0.0.1:{port}", timeout=30, wait_for_ready=120)
+    asked = _probed(client)
+    results: list[Any] = []
+    call = threading.Thread(
+        target=lambda: results.append(client.pipeline(TASK, model="tiny-sentiment")("hi"))
+    )
+    call.start()
+    assert asked.wait(60), "the call did not find the server down"
+    server = ServerThread(ServerConfig(host="127.0.0.1", port=port, metrics_port=0, models=(_spec(),)))
+    try:
+        call.join(120)
+        assert results and results[0][0]["label"]
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_per_call_timeout_overrides_the_clients() -> None:
+    server = ServerThread(ServerConfig(host="127.0.0.1", port=0, metrics_port=0, models=(_spec(),)))
+    try:
+        with Client(server.target, timeout=1e-6) as client:
+            pipe = client.pipeline(TASK, model="tiny-sentiment")
+            with pytest.raises(DeadlineExceeded):
+                pipe("hello")
+            assert pipe("hello", timeout=60)[0]["label"]
+            assert list(pipe(iter(["a", "b"]), timeout=60))[1]["label"]
+            own = client.pipeline(TASK, model="tiny-sentiment", timeout=60)
+            assert own("hello")[0]["label"] and "timeout" not in own.defaults
+            with pytest.raises(DeadlineExceeded):
+                own("hello", timeout=1e-6)
+    finally:
+        server.stop()
+
+
+async def test_asyncio_per_call_timeout() -> None:
+    server = ServerThread(ServerConfig(host="127.0.0.1", port=0, metrics_port=0, models=(_spec(),)))
+    try:
+        async with pipelined.aio.Client(server.target, timeout=1e-6) as client:
+            pipe = client.pipeline(TASK, model="tiny-sentiment")
+            with pytest.raises(DeadlineExceeded):
+                await pipe("hello")
+            assert (await pipe(["a", "b"], timeout=60))[1]["label"]
+    finally:
+        server.stop()
