@@ -27,7 +27,7 @@ if _version_not_supported:
 
 class AudioServiceStub:
     """Audio pipelines other than speech recognition. Each request carries one or
-    more inputs (at most the server's `images.max_inputs_per_request`) and gets
+    more inputs (at most the server's `limits.max_inputs_per_request`) and gets
     one result per input, in order.
     """
 
@@ -56,7 +56,7 @@ class AudioServiceStub:
 
 class AudioServiceServicer:
     """Audio pipelines other than speech recognition. Each request carries one or
-    more inputs (at most the server's `images.max_inputs_per_request`) and gets
+    more inputs (at most the server's `limits.max_inputs_per_request`) and gets
     one result per input, in order.
     """
 
@@ -109,7 +109,7 @@ def add_AudioServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AudioService:
     """Audio pipelines other than speech recognition. Each request carries one or
-    more inputs (at most the server's `images.max_inputs_per_request`) and gets
+    more inputs (at most the server's `limits.max_inputs_per_request`) and gets
     one result per input, in order.
     """
 

@@ -28,7 +28,7 @@ GRPC_VERSION: str
 
 class AudioServiceStub:
     """Audio pipelines other than speech recognition. Each request carries one or
-    more inputs (at most the server's `images.max_inputs_per_request`) and gets
+    more inputs (at most the server's `limits.max_inputs_per_request`) and gets
     one result per input, in order.
     """
 
@@ -46,7 +46,7 @@ class AudioServiceStub:
 @_typing.type_check_only
 class AudioServiceAsyncStub(AudioServiceStub):
     """Audio pipelines other than speech recognition. Each request carries one or
-    more inputs (at most the server's `images.max_inputs_per_request`) and gets
+    more inputs (at most the server's `limits.max_inputs_per_request`) and gets
     one result per input, in order.
     """
 
@@ -60,7 +60,7 @@ class AudioServiceAsyncStub(AudioServiceStub):
 
 class AudioServiceServicer(metaclass=_abc_1.ABCMeta):
     """Audio pipelines other than speech recognition. Each request carries one or
-    more inputs (at most the server's `images.max_inputs_per_request`) and gets
+    more inputs (at most the server's `limits.max_inputs_per_request`) and gets
     one result per input, in order.
     """
 

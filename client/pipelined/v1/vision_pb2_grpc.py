@@ -27,7 +27,7 @@ if _version_not_supported:
 
 class VisionServiceStub:
     """Computer-vision pipelines. Every request carries one or more images (at most
-    the server's `images.max_inputs_per_request`) and gets one result per image,
+    the server's `limits.max_inputs_per_request`) and gets one result per image,
     in order. Each image is computed exactly as `pipeline(task)(image, **options)`
     would; the server may batch images of different requests together only where
     that cannot change a result.
@@ -78,7 +78,7 @@ class VisionServiceStub:
 
 class VisionServiceServicer:
     """Computer-vision pipelines. Every request carries one or more images (at most
-    the server's `images.max_inputs_per_request`) and gets one result per image,
+    the server's `limits.max_inputs_per_request`) and gets one result per image,
     in order. Each image is computed exactly as `pipeline(task)(image, **options)`
     would; the server may batch images of different requests together only where
     that cannot change a result.
@@ -181,7 +181,7 @@ def add_VisionServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class VisionService:
     """Computer-vision pipelines. Every request carries one or more images (at most
-    the server's `images.max_inputs_per_request`) and gets one result per image,
+    the server's `limits.max_inputs_per_request`) and gets one result per image,
     in order. Each image is computed exactly as `pipeline(task)(image, **options)`
     would; the server may batch images of different requests together only where
     that cannot change a result.

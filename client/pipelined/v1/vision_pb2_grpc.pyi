@@ -28,7 +28,7 @@ GRPC_VERSION: str
 
 class VisionServiceStub:
     """Computer-vision pipelines. Every request carries one or more images (at most
-    the server's `images.max_inputs_per_request`) and gets one result per image,
+    the server's `limits.max_inputs_per_request`) and gets one result per image,
     in order. Each image is computed exactly as `pipeline(task)(image, **options)`
     would; the server may batch images of different requests together only where
     that cannot change a result.
@@ -56,7 +56,7 @@ class VisionServiceStub:
 @_typing.type_check_only
 class VisionServiceAsyncStub(VisionServiceStub):
     """Computer-vision pipelines. Every request carries one or more images (at most
-    the server's `images.max_inputs_per_request`) and gets one result per image,
+    the server's `limits.max_inputs_per_request`) and gets one result per image,
     in order. Each image is computed exactly as `pipeline(task)(image, **options)`
     would; the server may batch images of different requests together only where
     that cannot change a result.
@@ -80,7 +80,7 @@ class VisionServiceAsyncStub(VisionServiceStub):
 
 class VisionServiceServicer(metaclass=_abc_1.ABCMeta):
     """Computer-vision pipelines. Every request carries one or more images (at most
-    the server's `images.max_inputs_per_request`) and gets one result per image,
+    the server's `limits.max_inputs_per_request`) and gets one result per image,
     in order. Each image is computed exactly as `pipeline(task)(image, **options)`
     would; the server may batch images of different requests together only where
     that cannot change a result.
