@@ -54,6 +54,14 @@ NOT_RUN = {
     "make test": "the development commands (the suite itself, lint, benchmarks)",
     ".venv/bin/python -m pytest -m fault tests/fault": "a test suite of its own",
     "docker run -d -p 127.0.0.1:50051:50051 -p 127.0.0.1:9464:9464 pipelined-server:latest": "needs Docker and the image",
+    # The security and scale-out walk-throughs start servers on fixed ports in the background and leave them
+    # running; the same flows run in tests/e2e/test_security.py and tests/e2e/test_scale_out.py.
+    "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 -subj /CN=pipelined-ca \\": (
+        "starts a TLS server in the background (tests/e2e/test_security.py runs the same flow)"
+    ),
+    "from pipelined import Client": "calls the TLS server of the block above (tests/e2e/test_security.py)",
+    "for p in 50071 50072 50073; do": "starts three servers in the background (tests/e2e/test_scale_out.py)",
+    "import os": "kills one of those servers (tests/e2e/test_scale_out.py runs the same flow)",
 }
 
 # What each block's output must show (regular expressions), by a line the block contains.
