@@ -310,7 +310,9 @@ def test_abandoned_generation_stops(server: ServerProcess, health: HealthProber)
     stub = text_pb2_grpc.TextServiceStub(server.channel)
     _generate_small(stub)  # the model's first call (warm-up) is not the one timed
     skipped = server.metric("pipelined_requests_skipped_total", model="tiny-lm")
-    params = text_pb2.GenerationParameters(decoding={"max_new_tokens": 1024, "do_sample": True})
+    # Greedy: the tiny LM then always runs to max_new_tokens (sampling may draw its end token early, and the
+    # call would finish before its deadline).
+    params = text_pb2.GenerationParameters(decoding={"max_new_tokens": 1024, "do_sample": False})
     request = text_pb2.GenerateTextRequest(
         model="tiny-lm", inputs=[text_pb2.GenerationInput(prompt="once")], parameters=params
     )
