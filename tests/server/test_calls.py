@@ -1,0 +1,41 @@
+"""services/calls.py on its own: which status a handler interrupted by gRPC ends with.
+
+gRPC cancels a handler both when its caller cancels and when its deadline passes; the requests metric and the
+access log tell the two apart by the time the call had left. Here the boundary is checked exactly, with a
+context that answers only `time_remaining()` (the one thing `_ended_early` asks); the two outcomes away from
+the boundary are checked through a real server in tests/e2e/test_server_failures.py.
+"""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from pipelined_server.services.calls import _ended_early
+
+
+class Remaining:
+    """The part of grpc.aio.ServicerContext that `_ended_early` reads."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+
+    def time_remaining(self) -> float | None:
+        return self.seconds
+
+
+@pytest.mark.parametrize(
+    ("remaining", "code"),
+    [
+        (None, grpc.StatusCode.CANCELLED),  # no deadline: only the caller can have ended it
+        (30.0, grpc.StatusCode.CANCELLED),
+        (1.0, grpc.StatusCode.CANCELLED),
+        (0.5, grpc.StatusCode.CANCELLED),  # cancelled half a second before its deadline
+        (1e-6, grpc.StatusCode.CANCELLED),
+        (0.0, grpc.StatusCode.DEADLINE_EXCEEDED),
+        (-0.25, grpc.StatusCode.DEADLINE_EXCEEDED),
+    ],
+)
+def test_an_interrupted_call_is_deadline_exceeded_only_once_its_time_is_up(
+    remaining: float | None, code: grpc.StatusCode
+) -> None:
+    assert _ended_early(Remaining(remaining)) is code  # type: ignore[arg-type]
