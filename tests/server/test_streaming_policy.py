@@ -160,3 +160,32 @@ def test_agreement_stops_at_the_first_differing_word() -> None:
     policy.update(words("a b c"))
     final, tail = policy.update(words("a b d"))
     assert _texts(final) == ["a", "b"] and _texts(tail) == ["d"]
+
+
+def test_with_nothing_in_common_a_word_ending_exactly_50_ms_late_is_already_final() -> None:
+    # 0.95 + 0.05 is exactly 1.0 in floating point: the boundary itself, not a value near it.
+    policy = LocalAgreement(committed=[Word("one", 0.0, 0.95)])
+    hypothesis = [Word("x", 0.0, 0.5), Word("y", 0.6, 1.0), Word("z", 1.1, 1.5)]
+    assert policy.after_committed(hypothesis) == 2
+
+
+def test_a_repetition_loop_of_hundreds_of_words_still_aligns() -> None:
+    """Whisper can loop on a word ("the the the ...") and fill its window with hundreds of them. Every one
+    counts in the alignment: none is ignored for being frequent (difflib's autojunk ignores a word that makes
+    up more than 1% of 200 or more), or the times would decide and, with the words moved, finals would be
+    repeated."""
+    committed = [Word("the", i * 0.1, i * 0.1 + 0.08) for i in range(210)]
+    policy = LocalAgreement(committed=committed)
+    # The next decode heard a sound before the loop and placed the words 0.3 s later.
+    moved = [Word(w.text, w.start + 0.3, w.end + 0.3) for w in committed]
+    hypothesis = [Word("uh", 0.0, 0.05), *moved, Word("end", 21.5, 21.8)]
+    assert policy.after_committed(hypothesis) == 211
+    assert _texts(policy.finish(hypothesis)) == ["end"]
+
+
+def test_a_case_change_that_changes_letters_still_agrees() -> None:
+    """Upper case of "ß" is "SS": "Straße" and "STRASSE" are one word in another case."""
+    policy = LocalAgreement()
+    policy.update([Word("die", 0.0, 0.3), Word("Straße", 0.4, 0.9)])
+    final, tail = policy.update([Word("die", 0.0, 0.3), Word("STRASSE", 0.4, 0.9), Word("entlang", 1.0, 1.4)])
+    assert _texts(final) == ["die", "STRASSE"] and _texts(tail) == ["entlang"]

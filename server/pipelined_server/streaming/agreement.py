@@ -27,8 +27,9 @@ class Word:
 
 
 def normalize(text: str) -> str:
-    """The form words are compared in: case and punctuation changes between decodes do not count."""
-    return text.lower().translate(_PUNCTUATION).strip()
+    """The form words are compared in: case and punctuation changes between decodes do not count. Case by
+    casefold(), not lower(): "STRASSE" is "Straße" in capitals, and lower() keeps the "ß" apart."""
+    return text.casefold().translate(_PUNCTUATION).strip()
 
 
 def common_prefix(a: list[Word], b: list[Word]) -> int:
