@@ -8,6 +8,7 @@ every test body (`guarded`), is bounded by GUARD_S, so a scheduler that never an
 
 from __future__ import annotations
 
+import array
 import asyncio
 import functools
 import logging
@@ -21,7 +22,7 @@ import pytest
 from pipelined_server.batching import Scheduler
 from pipelined_server.batching.scheduler import gather_or_cancel
 from pipelined_server.config import BatchingConfig
-from pipelined_server.errors import Cancelled, DeadlineExpired, InvalidInput, ModelNotReady, QueueFull
+from pipelined_server.errors import DeadlineExpired, InvalidInput, ModelNotReady, QueueFull
 from pipelined_server.metrics import Metrics
 
 # The bound of every wait: far above what any of these tests needs on a loaded 2-core machine (well under a
@@ -47,6 +48,7 @@ class Recorder:
     def __init__(self) -> None:
         self.batches: list[list[Any]] = []
         self.kwargs: list[dict[str, Any]] = []
+        self.replicas: list[Any] = []
         self.gate = threading.Event()
         self.gate.set()
         self._arrived = threading.Condition()
@@ -55,6 +57,7 @@ class Recorder:
         with self._arrived:
             self.batches.append(list(inputs))
             self.kwargs.append(kwargs)
+            self.replicas.append(replica)
             self._arrived.notify_all()
         self.gate.wait(GUARD_S)
         if any(isinstance(x, str) and x == "bad" for x in inputs):
@@ -82,7 +85,7 @@ async def until(condition: Callable[[], bool], what: str) -> None:
 
 def make(recorder: Recorder, metrics: Metrics | None = None, **batching: Any) -> Scheduler:
     config = BatchingConfig(**{"max_batch_size": 4, "max_queue_delay_ms": 50, **batching})
-    scheduler = Scheduler("m", [None], recorder, config, metrics or Metrics())
+    scheduler = Scheduler("m", ["replica"], recorder, config, metrics or Metrics())
     scheduler.start()
     return scheduler
 
@@ -104,15 +107,24 @@ async def test_concurrent_requests_share_batches_up_to_the_limit() -> None:
 @guarded
 async def test_keys_and_arguments_separate_batches_and_unbatchable_items_run_alone() -> None:
     recorder = Recorder()
-    scheduler = make(recorder)
-    await asyncio.gather(
-        scheduler.submit(1, {}, key="a"),
-        scheduler.submit(2, {}, key="b"),
-        scheduler.submit(3, {"x": 1}, key="a"),
-        scheduler.submit(4, {}, key="a"),
-        scheduler.submit(5, {}, key="a", batchable=False),
-    )
-    assert sorted(map(sorted, recorder.batches)) == [[1, 4], [2], [3], [5]]
+    recorder.gate.clear()
+    scheduler = make(recorder, max_queue_delay_ms=0)
+    busy = asyncio.ensure_future(scheduler.submit(0, {}))
+    await recorder.holding(1)
+    queued = [
+        asyncio.ensure_future(scheduler.submit(5, {}, key="a", batchable=False)),
+        asyncio.ensure_future(scheduler.submit(1, {}, key="a")),
+        asyncio.ensure_future(scheduler.submit(2, {}, key="b")),
+        asyncio.ensure_future(scheduler.submit(3, {"x": 1}, key="a")),
+        asyncio.ensure_future(scheduler.submit(4, {}, key="a")),
+    ]
+    await until(lambda: scheduler.depth == 5, "five items queued")
+    recorder.gate.set()
+    assert await asyncio.gather(busy, *queued) == [0, 10, 2, 4, 6, 8]
+    # In queue order; the unbatchable item takes no batchmates of its key either.
+    assert recorder.batches == [[0], [5], [1, 4], [2], [3]]
+    # Every batch ran on the worker's replica.
+    assert recorder.replicas == ["replica"] * 5
     await scheduler.close()
 
 
@@ -139,12 +151,16 @@ async def test_only_equal_call_arguments_batch_together() -> None:
         {"w": a + 1},  # other values
         {"s": {1, 2}},  # unhashable and unknown: never batched, even with an equal one
         {"s": {1, 2}},
+        {"top_k": 1},
+        {"top_p": 1},  # another name, the same value
+        {"b": array.array("b", [1])},  # bytes but no shape: not an array
+        {"b": memoryview(b"ab")},  # bytes and a shape but no dtype
     ]
     calls = [asyncio.ensure_future(scheduler.submit(i + 1, kw)) for i, kw in enumerate(arguments)]
     await until(lambda: scheduler.depth == len(arguments), "every call queued")
     recorder.gate.set()
     assert await asyncio.gather(busy, *calls) == [2 * i for i in range(len(arguments) + 1)]
-    assert sorted(recorder.batches[1:]) == [[1, 2], [3], [4], [5], [6, 7], [8], [9], [10], [11], [12]]
+    assert sorted(recorder.batches[1:]) == [[1, 2], [3], [4], [5], [6, 7], *([i] for i in range(8, 17))]
     # Each batch ran with its own arguments, as given.
     assert recorder.kwargs[1] == arguments[0] and recorder.kwargs[recorder.batches.index([8])] is arguments[7]
     await scheduler.close()
@@ -161,7 +177,9 @@ async def test_full_queue_answers_at_once() -> None:
     queued = [asyncio.ensure_future(scheduler.submit(i, {})) for i in (2, 3)]
     await until(lambda: scheduler.depth == 2, "two items queued")
     assert metrics.value("pipelined_queue_depth", M) == 2
-    with pytest.raises(QueueFull, match=r"^model 'm' has 2 requests queued \(max_queue_size=2\); retry later$"):
+    with pytest.raises(
+        QueueFull, match=r"^model 'm' has 2 requests queued \(max_queue_size=2\); retry later$"
+    ):
         await scheduler.submit(4, {})
     with pytest.raises(QueueFull, match="max_queue_size=2"):
         await scheduler.submit_call(lambda _pipe: None)
@@ -460,20 +478,20 @@ async def test_items_queued_while_a_batch_runs_form_the_next_batch_at_once() -> 
 
 
 @guarded
-async def test_after_a_full_batch_the_next_waits_for_batchmates_and_drops_cancelled_ones() -> None:
+async def test_after_a_batch_with_batchmates_the_next_waits_for_more_and_drops_cancelled_ones() -> None:
     recorder = Recorder()
     recorder.gate.clear()
     metrics = Metrics()
     scheduler = make(recorder, metrics, max_batch_size=3, max_queue_delay_ms=HOUR_MS)
-    full = [asyncio.ensure_future(scheduler.submit(i, {})) for i in (1, 2, 3)]
-    await recorder.holding(1)  # the worker runs [1, 2, 3]: a full batch
+    first = [asyncio.ensure_future(scheduler.submit(i, {})) for i in (1, 2)]
+    await recorder.holding(1)  # the worker runs [1, 2]: a batch with a batchmate
     fourth, fifth = (asyncio.ensure_future(scheduler.submit(i, {})) for i in (4, 5))
     await until(lambda: scheduler.depth == 2, "items 4 and 5 queued")
     recorder.gate.set()
-    assert [await f for f in full] == [2, 4, 6]
+    assert [await f for f in first] == [2, 4]
     # Under load: the worker took items 4 and 5 and gathers a third (for an hour) instead of running them.
     await until(lambda: scheduler.depth == 0, "the worker took items 4 and 5")
-    assert recorder.batches == [[1, 2, 3]]
+    assert recorder.batches == [[1, 2]]
     fourth.cancel()
     with pytest.raises(asyncio.CancelledError):
         await fourth
@@ -481,12 +499,12 @@ async def test_after_a_full_batch_the_next_waits_for_batchmates_and_drops_cancel
     # Item 6 wakes the gathering worker, which drops the cancelled item 4 and takes 6.
     await until(lambda: skipped(metrics, "cancelled") == 1, "the cancelled item left the batch")
     assert scheduler.depth == 0
-    assert recorder.batches == [[1, 2, 3]]  # [5, 6]: still gathering
+    assert recorder.batches == [[1, 2]]  # [5, 6]: still gathering
     seventh = asyncio.ensure_future(scheduler.submit(7, {}))
     # The batch filled: no wait for the delay.
     assert await asyncio.gather(fifth, sixth, seventh) == [10, 12, 14]
     # The cancelled item gave its place to item 7: the batch is full and 4 is never computed.
-    assert recorder.batches == [[1, 2, 3], [5, 6, 7]]
+    assert recorder.batches == [[1, 2], [5, 6, 7]]
     assert skipped(metrics, "cancelled") == 1
     await scheduler.close()
 
@@ -548,6 +566,67 @@ async def test_under_load_a_batch_that_does_not_fill_runs_when_the_delay_ends() 
 
 
 @guarded
+async def test_under_load_batches_already_full_run_at_once() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    scheduler = make(recorder, max_batch_size=2, max_queue_delay_ms=HOUR_MS)
+    first = [asyncio.ensure_future(scheduler.submit(i, {})) for i in (1, 2)]
+    await recorder.holding(1)
+    queued = [asyncio.ensure_future(scheduler.submit(i, {})) for i in (3, 4, 5, 6)]
+    await until(lambda: scheduler.depth == 4, "four items queued")
+    recorder.gate.set()
+    # Under load, but each batch is full when formed: none waits the delay.
+    assert await asyncio.gather(*first, *queued) == [2, 4, 6, 8, 10, 12]
+    assert recorder.batches == [[1, 2], [3, 4], [5, 6]]
+    await scheduler.close()
+
+
+@guarded
+async def test_a_failed_batch_is_retried_without_its_members_that_left() -> None:
+    """A batch fails; its items are retried one by one: one whose caller left meanwhile is skipped, and one
+    whose caller leaves during its own retry stops there; the rest are computed."""
+    from pipelined_server.batching import raise_if_abandoned
+
+    release, retrying_2 = threading.Event(), threading.Event()
+    calls: list[list[Any]] = []
+    stopped: list[str] = []
+
+    def run(replica: Any, inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:
+        calls.append(list(inputs))
+        if len(inputs) > 1:
+            assert release.wait(GUARD_S)
+            raise ValueError("this batch fails")
+        if inputs == [2]:  # runs until its caller leaves
+            retrying_2.set()
+            give_up = time.monotonic() + GUARD_S
+            while time.monotonic() < give_up:
+                try:
+                    raise_if_abandoned()
+                except BaseException as exc:
+                    stopped.append(type(exc).__name__)
+                    raise
+                time.sleep(0.001)  # a step of work
+        return [x * 2 for x in inputs]
+
+    metrics = Metrics()
+    scheduler = Scheduler(
+        "m", ["replica"], run, BatchingConfig(max_batch_size=4, max_queue_delay_ms=0), metrics
+    )
+    scheduler.start()
+    items = [asyncio.ensure_future(scheduler.submit(i, {})) for i in (1, 2, 3, 4)]
+    await until(lambda: len(calls) == 1, "the batch started")
+    items[0].cancel()  # leaves while the batch runs: skipped in the retry
+    release.set()
+    assert await asyncio.to_thread(retrying_2.wait, GUARD_S)
+    items[1].cancel()  # leaves during its own retry: stops it
+    assert await asyncio.gather(items[2], items[3]) == [6, 8]
+    assert calls == [[1, 2, 3, 4], [2], [3], [4]]
+    assert stopped == ["Abandoned"]
+    assert skipped(metrics, "cancelled") == 2
+    await scheduler.close()
+
+
+@guarded
 async def test_metrics_count_queue_time_batch_sizes_and_pipeline_work() -> None:
     recorder = Recorder()
     recorder.gate.clear()
@@ -592,7 +671,7 @@ async def test_metrics_count_queue_time_batch_sizes_and_pipeline_work() -> None:
 async def test_work_running_when_its_caller_leaves_stops_and_counts_as_skipped() -> None:
     """A call that checks between steps (as the pipeline hooks do before every forward and at every token)
     ends once its caller cancels or its deadline passes; the next item runs at once."""
-    from pipelined_server.batching import Abandoned, raise_if_abandoned
+    from pipelined_server.batching import raise_if_abandoned
 
     started = threading.Event()
 
@@ -619,7 +698,9 @@ async def test_work_running_when_its_caller_leaves_stops_and_counts_as_skipped()
     started.clear()
     job = asyncio.ensure_future(scheduler.submit_call(long_work, timeout=0.5))
     assert await asyncio.to_thread(started.wait, GUARD_S)
-    with pytest.raises(DeadlineExpired, match="^deadline passed while the request was computed; the work stopped$"):
+    with pytest.raises(
+        DeadlineExpired, match="^deadline passed while the request was computed; the work stopped$"
+    ):
         await job
     assert await scheduler.submit(6, {}) == 12
     assert skipped(metrics, "cancelled") == 1 and skipped(metrics, "deadline") == 1
@@ -722,7 +803,9 @@ async def test_gather_or_cancel_answers_in_order_and_the_first_failure_frees_the
         raise InvalidInput("input 3 is bad")
 
     with pytest.raises(InvalidInput, match="input 3 is bad"):
-        await gather_or_cancel([scheduler.submit(1, {}), scheduler.submit(2, {}), fails_once_the_rest_queued()])
+        await gather_or_cancel(
+            [scheduler.submit(1, {}), scheduler.submit(2, {}), fails_once_the_rest_queued()]
+        )
     # The other inputs of the request left the queue at once, never computed.
     await until(lambda: scheduler.depth == 0, "the rest cancelled")
     assert skipped(metrics, "cancelled") == 2
