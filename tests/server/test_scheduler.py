@@ -142,6 +142,7 @@ async def test_only_equal_call_arguments_batch_together() -> None:
         {"opts": {"top": [1, 2]}, "n": 1},
         {"n": 1, "opts": {"top": [1, 2]}},  # the same, in another order: batches with the first
         {"opts": {"top": (1, 2)}, "n": 1},  # a tuple is not a list
+        {"opts": {"top": [1, 3]}, "n": 1},  # another element
         {"opts": {"top": [1, 2]}, "n": 1.0},  # equal, but another type
         {"opts": {"top": [1, 2]}, "n": 2},  # another value
         {"w": a},
@@ -160,9 +161,9 @@ async def test_only_equal_call_arguments_batch_together() -> None:
     await until(lambda: scheduler.depth == len(arguments), "every call queued")
     recorder.gate.set()
     assert await asyncio.gather(busy, *calls) == [2 * i for i in range(len(arguments) + 1)]
-    assert sorted(recorder.batches[1:]) == [[1, 2], [3], [4], [5], [6, 7], *([i] for i in range(8, 17))]
+    assert sorted(recorder.batches[1:]) == [[1, 2], [3], [4], [5], [6], [7, 8], *([i] for i in range(9, 18))]
     # Each batch ran with its own arguments, as given.
-    assert recorder.kwargs[1] == arguments[0] and recorder.kwargs[recorder.batches.index([8])] is arguments[7]
+    assert recorder.kwargs[1] == arguments[0] and recorder.kwargs[recorder.batches.index([9])] is arguments[8]
     await scheduler.close()
 
 
@@ -241,14 +242,13 @@ async def test_expired_and_cancelled_items_are_never_computed() -> None:
 async def test_a_failing_input_fails_alone() -> None:
     recorder = Recorder()
     scheduler = make(recorder)
-    results = await asyncio.gather(
-        scheduler.submit(1, {}), scheduler.submit("bad", {}), scheduler.submit(3, {}), return_exceptions=True
-    )
-    assert results[0] == 2 and results[2] == 6
-    assert isinstance(results[1], InvalidInput)
-    assert str(results[1]) == "the pipeline rejected the request: bad input"
+    ok1, bad, ok3 = (asyncio.ensure_future(scheduler.submit(x, {})) for x in (1, "bad", 3))
+    with pytest.raises(InvalidInput, match="^the pipeline rejected the request: bad input$"):
+        await bad
+    assert await ok1 == 2 and await ok3 == 6
     # The batch, then each of its items alone.
     assert recorder.batches == [[1, "bad", 3], [1], ["bad"], [3]]
+    assert recorder.replicas == ["replica"] * 4
     await scheduler.close()
 
 
