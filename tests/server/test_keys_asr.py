@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from pipelined.v1 import audio_pb2, speech_pb2
 from serving import Run, Serving, spec
 from tiny_models import SAMPLING_RATE, build_tiny_wav2vec2_ctc, build_tiny_whisper, tiny_audio
 
+from pipelined_server.streaming.decode import decode_window
 from pipelined_server.tasks import asr
 
 pytestmark = pytest.mark.timeout(120)
@@ -69,14 +71,23 @@ def expected(model: str, clip: np.ndarray, **kwargs: Any) -> speech_pb2.Recogniz
     return asr.response_from_output(local(model)(clip.copy(), **kwargs), f"tiny-{model}", kwargs)
 
 
-def run(model: str, requests: list[speech_pb2.RecognizeRequest]) -> Run:
+def run(
+    model: str,
+    requests: list[speech_pb2.RecognizeRequest],
+    steps: Sequence[tuple[np.ndarray, dict[str, Any]]] = (),
+) -> Run:
+    """The requests, and live-stream decode steps of (window, arguments), run concurrently."""
+
     async def scenario() -> Run:
         specs = [
             spec("tiny-whisper", ASR, whisper_dir(), pipeline_kwargs=WHISPER_KWARGS),
             spec("tiny-ctc", ASR, ctc_dir()),
         ]
         async with Serving(specs) as serving:
-            return await serving.concurrently(f"tiny-{model}", asr.ADAPTER, requests, items=len(requests))
+            instance = serving.registry.find(f"tiny-{model}")
+            others = [functools.partial(decode_window, instance, window, kwargs) for window, kwargs in steps]
+            items = len(requests) + len(steps)
+            return await serving.concurrently(instance.name, asr.ADAPTER, requests, items, others)
 
     return asyncio.run(scenario())
 
@@ -113,9 +124,16 @@ def test_whisper_long_form_runs_alone_with_timestamps() -> None:
     """Clips over 30 s decode sequentially, alone, with the timestamp tokens long-form decoding needs (and
     the answer leaves out chunks nobody asked for); asked word timestamps stay word timestamps."""
     clips = [tiny_audio(31.0, seed=70), tiny_audio(31.0, seed=71), tiny_audio(33.0, seed=72)]
-    requests = [request("whisper", clips[0]), request("whisper", clips[1]), request("whisper", clips[2], WORD)]
+    requests = [
+        request("whisper", clips[0]),
+        request("whisper", clips[1]),
+        request("whisper", clips[2], WORD),
+    ]
     result = run("whisper", requests)
-    plain = [asr.response_from_output(local("whisper")(c.copy(), return_timestamps=True), "tiny-whisper", {}) for c in clips[:2]]
+    plain = [
+        asr.response_from_output(local("whisper")(c.copy(), return_timestamps=True), "tiny-whisper", {})
+        for c in clips[:2]
+    ]
     assert result.responses == [*plain, expected("whisper", clips[2], return_timestamps="word")]
     assert all(not r.chunks for r in result.responses[:2]) and result.responses[2].chunks
     assert result.batches == collections.Counter({1: 3})
@@ -128,5 +146,25 @@ def test_whisper_chunked_long_clips_share_a_batch() -> None:
     chunk = Duration(seconds=30)
     result = run("whisper", [request("whisper", c, chunk_length=chunk) for c in clips])
     assert result.responses == [expected("whisper", c, chunk_length_s=30.0) for c in clips]
+    assert result.batches == collections.Counter({2: 1})
+    assert result.pipeline_calls == 1
+
+
+@pytest.mark.parametrize(
+    ("model", "timestamps", "kwargs"),
+    [
+        ("whisper", speech_pb2.TIMESTAMP_GRANULARITY_SEGMENT, {"return_timestamps": True}),
+        ("ctc", WORD, {"return_timestamps": "word"}),
+    ],
+)
+def test_live_stream_steps_batch_with_unary_clips(
+    model: str, timestamps: int, kwargs: dict[str, Any]
+) -> None:
+    """A live stream's decode step (streaming/decode.py) takes the unary rule and arguments: a window and a
+    clip of the same arguments (and, for CTC, the same length) share a batch, each equal to its lone result."""
+    clip, window = tiny_audio(2.0, seed=85), tiny_audio(2.0, seed=86)
+    result = run(model, [request(model, clip, timestamps)], steps=[(window, kwargs)])
+    assert result.responses[0] == expected(model, clip, **kwargs)
+    assert result.responses[1] == local(model)(window.copy(), **kwargs)
     assert result.batches == collections.Counter({2: 1})
     assert result.pipeline_calls == 1

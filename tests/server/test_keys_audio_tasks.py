@@ -92,9 +92,13 @@ def test_text_to_audio_refuses_empty_texts_and_too_many() -> None:
         async with Serving(specs, limits=InputLimits(max_inputs_per_request=2)) as serving:
             adapter = audio_tasks.TEXT_TO_AUDIO_ADAPTER
             with pytest.raises(InvalidInput, match="every text to synthesise must be non-empty"):
-                await serving.call(adapter, audio_tasks_pb2.GenerateAudioRequest(model=SPEAK, texts=["hi", " "]))
+                await serving.call(
+                    adapter, audio_tasks_pb2.GenerateAudioRequest(model=SPEAK, texts=["hi", " "])
+                )
             with pytest.raises(InvalidInput, match=r"\btexts\b"):
-                await serving.call(adapter, audio_tasks_pb2.GenerateAudioRequest(model=SPEAK, texts=["a"] * 3))
+                await serving.call(
+                    adapter, audio_tasks_pb2.GenerateAudioRequest(model=SPEAK, texts=["a"] * 3)
+                )
             assert serving.registry.find(SPEAK).scheduler.depth == 0
 
     asyncio.run(scenario())

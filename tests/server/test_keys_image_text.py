@@ -78,7 +78,9 @@ def chat_prompt(messages: list[dict[str, Any]]) -> multimodal_pb2.ImageTextPromp
     return multimodal_pb2.ImageTextPrompt(chat=multimodal_pb2.MultimodalChat(messages=protos))
 
 
-def request(prompt: multimodal_pb2.ImageTextPrompt, **decoding: Any) -> multimodal_pb2.GenerateFromImageRequest:
+def request(
+    prompt: multimodal_pb2.ImageTextPrompt, **decoding: Any
+) -> multimodal_pb2.GenerateFromImageRequest:
     generation = common_pb2.DecodingOptions(max_new_tokens=MAX_NEW_TOKENS, **decoding)
     return multimodal_pb2.GenerateFromImageRequest(model=TASK, prompts=[prompt], generation=generation)
 
@@ -141,14 +143,21 @@ def test_sampled_prompts_run_alone() -> None:
 def test_prompts_without_content_are_refused() -> None:
     image = png(tiny_image(seed=131, size=SMALL))
     refused = [
-        (multimodal_pb2.ImageTextPrompt(input=multimodal_pb2.ImageTextInput(text="hi")), "at least one image"),
+        (
+            multimodal_pb2.ImageTextPrompt(input=multimodal_pb2.ImageTextInput(text="hi")),
+            "at least one image",
+        ),
         (multimodal_pb2.ImageTextPrompt(chat=multimodal_pb2.MultimodalChat()), "at least one message"),
         (multimodal_pb2.ImageTextPrompt(), "either `input`"),
     ]
-    too_many = multimodal_pb2.ImageTextPrompt(input=multimodal_pb2.ImageTextInput(images=[image] * 3, text="hi"))
+    too_many = multimodal_pb2.ImageTextPrompt(
+        input=multimodal_pb2.ImageTextInput(images=[image] * 3, text="hi")
+    )
 
     async def scenario() -> None:
-        async with Serving([spec(TASK, TASK, model_dir())], limits=InputLimits(max_inputs_per_request=2)) as serving:
+        async with Serving(
+            [spec(TASK, TASK, model_dir())], limits=InputLimits(max_inputs_per_request=2)
+        ) as serving:
             for prompt, message in refused:
                 with pytest.raises(InvalidInput, match=message):
                     await serving.call(image_text.ADAPTER, request(prompt))

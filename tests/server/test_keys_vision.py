@@ -82,6 +82,8 @@ def test_detection_batches_only_images_of_equal_size() -> None:
             results=[vision.detected_objects(local(task)(image, threshold=0.3))], model=task
         )
         assert_protos_close(served, expected)
-    assert sum(len(r.results[0].objects) for r in result.responses) > 0, "no boxes to compare at threshold 0.3"
+    assert sum(len(r.results[0].objects) for r in result.responses) > 0, (
+        "no boxes to compare at threshold 0.3"
+    )
     assert result.batches == collections.Counter({2: 2})
     assert result.pipeline_calls == 2
