@@ -17,11 +17,10 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 from model_cache import cached_model
 from pipelined.v1 import audio_pb2, speech_pb2
-from serving import Run, Serving, spec
-from tiny_models import SAMPLING_RATE, build_tiny_wav2vec2_ctc, build_tiny_whisper, tiny_audio
-
 from pipelined_server.streaming.decode import decode_window
 from pipelined_server.tasks import asr
+from serving import Run, Serving, spec
+from tiny_models import SAMPLING_RATE, build_tiny_wav2vec2_ctc, build_tiny_whisper, tiny_audio
 
 pytestmark = pytest.mark.timeout(120)
 

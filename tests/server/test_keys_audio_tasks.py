@@ -16,13 +16,12 @@ import numpy as np
 import pytest
 from model_cache import cached_model
 from pipelined.v1 import audio_pb2, audio_tasks_pb2
-from serving import Run, Serving, assert_protos_close, spec
-from tiny_models import SAMPLING_RATE, tiny_audio
-from tiny_vision_models import build_tiny_audio_classifier, build_tiny_vits
-
 from pipelined_server.config import InputLimits
 from pipelined_server.errors import InvalidInput
 from pipelined_server.tasks import audio_tasks
+from serving import Run, Serving, assert_protos_close, spec
+from tiny_models import SAMPLING_RATE, tiny_audio
+from tiny_vision_models import build_tiny_audio_classifier, build_tiny_vits
 
 pytestmark = pytest.mark.timeout(120)
 

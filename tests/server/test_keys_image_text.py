@@ -16,12 +16,11 @@ from typing import Any
 import pytest
 from model_cache import cached_model
 from pipelined.v1 import common_pb2, image_pb2, multimodal_pb2
-from serving import Run, Serving, spec
-from tiny_vision_models import build_tiny_llava, tiny_image
-
 from pipelined_server.config import InputLimits
 from pipelined_server.errors import InvalidInput
 from pipelined_server.tasks import image_text
+from serving import Run, Serving, spec
+from tiny_vision_models import build_tiny_llava, tiny_image
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -15,10 +15,9 @@ from typing import Any
 import pytest
 from model_cache import cached_model
 from pipelined.v1 import common_pb2, text_pb2
+from pipelined_server.tasks import text_generation
 from serving import Run, Serving, spec
 from tiny_text_models import build_tiny_causal_lm
-
-from pipelined_server.tasks import text_generation
 
 pytestmark = pytest.mark.timeout(120)
 

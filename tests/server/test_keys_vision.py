@@ -15,10 +15,9 @@ from typing import Any
 import pytest
 from model_cache import cached_model
 from pipelined.v1 import image_pb2, vision_pb2
+from pipelined_server.tasks import vision
 from serving import Run, Serving, assert_protos_close, spec
 from tiny_vision_models import build_tiny_image_classifier, build_tiny_object_detector, tiny_image
-
-from pipelined_server.tasks import vision
 
 pytestmark = pytest.mark.timeout(120)
 
