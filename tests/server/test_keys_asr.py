@@ -19,6 +19,7 @@ from model_cache import cached_model
 from pipelined.v1 import audio_pb2, speech_pb2
 from pipelined_server.streaming.decode import decode_window
 from pipelined_server.tasks import asr
+from pipelined_server.tasks.asr_longform import segment_stream
 from serving import Run, Serving, spec
 from tiny_models import SAMPLING_RATE, build_tiny_wav2vec2_ctc, build_tiny_whisper, tiny_audio
 
@@ -70,12 +71,18 @@ def expected(model: str, clip: np.ndarray, **kwargs: Any) -> speech_pb2.Recogniz
     return asr.response_from_output(local(model)(clip.copy(), **kwargs), f"tiny-{model}", kwargs)
 
 
+async def stream_file(instance: Any, audio: np.ndarray) -> list[speech_pb2.StreamingRecognizeFileResponse]:
+    return [r async for r in segment_stream(instance, audio, {}, lambda: None)]
+
+
 def run(
     model: str,
     requests: list[speech_pb2.RecognizeRequest],
     steps: Sequence[tuple[np.ndarray, dict[str, Any]]] = (),
+    files: Sequence[np.ndarray] = (),
 ) -> Run:
-    """The requests, and live-stream decode steps of (window, arguments), run concurrently."""
+    """The requests, live-stream decode steps of (window, arguments) and file streams (audio up to 30 s:
+    one window each), run concurrently; a file stream's result is the list of its responses."""
 
     async def scenario() -> Run:
         specs = [
@@ -85,7 +92,8 @@ def run(
         async with Serving(specs) as serving:
             instance = serving.registry.find(f"tiny-{model}")
             others = [functools.partial(decode_window, instance, window, kwargs) for window, kwargs in steps]
-            items = len(requests) + len(steps)
+            others += [functools.partial(stream_file, instance, audio) for audio in files]
+            items = len(requests) + len(steps) + len(files)
             return await serving.concurrently(instance.name, asr.ADAPTER, requests, items, others)
 
     return asyncio.run(scenario())
@@ -167,3 +175,15 @@ def test_live_stream_steps_batch_with_unary_clips(
     assert result.responses[1] == local(model)(window.copy(), **kwargs)
     assert result.batches == collections.Counter({2: 1})
     assert result.pipeline_calls == 1
+
+
+def test_ctc_file_stream_windows_batch_with_unary_clips_of_equal_length() -> None:
+    """stream_file on a CTC model queues its windows under the unary key (tasks/asr_longform.py): a window
+    and a clip of the same length share a batch; another length does not."""
+    clip, same, other = tiny_audio(2.0, seed=87), tiny_audio(2.0, seed=88), tiny_audio(2.5, seed=89)
+    result = run("ctc", [request("ctc", clip)], files=[same, other])
+    assert result.responses[0] == expected("ctc", clip)
+    for streamed, audio in zip(result.responses[1:], [same, other], strict=True):
+        assert [r.segment.text for r in streamed] == [local("ctc")(audio.copy())["text"]]
+    assert result.batches == collections.Counter({2: 1, 1: 1})
+    assert result.pipeline_calls == 2
