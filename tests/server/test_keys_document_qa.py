@@ -1,0 +1,127 @@
+"""The document-question-answering adapter's batching rule (tasks/document_qa.py `_load`) through the real
+scheduler and pipeline: the pipeline pads a batch to its longest token sequence, so only identical questions
+over identical words (and page sizes) share a batch; every answer must equal the in-process pipeline's
+unbatched one, and the batch sizes in the metrics must be those the rule claims. Fast (no server, the tiny
+model cached on disk): the `document_qa` mutation group runs this file per mutant."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+from documents import render_page, require_ocr
+from model_cache import cached_model
+from pipelined.v1 import image_pb2, multimodal_pb2
+from pipelined_server.errors import InvalidInput
+from pipelined_server.tasks import document_qa, ocr
+from serving import Run, Serving, assert_protos_close, spec
+from tiny_vision_models import build_tiny_layoutlm, tiny_image
+
+pytestmark = pytest.mark.timeout(120)
+
+TASK = document_qa.TASK
+WORDS = [
+    ("invoice", [10, 10, 200, 50]),
+    ("total", [10, 100, 120, 150]),
+    ("42", [300, 100, 400, 150]),
+    ("date", [10, 200, 100, 250]),
+    ("red", [500, 500, 600, 550]),
+]
+
+
+@functools.cache
+def model_dir() -> Path:
+    return cached_model(build_tiny_layoutlm)
+
+
+@functools.cache
+def local() -> Any:
+    import transformers
+
+    return transformers.pipeline(TASK, model=str(model_dir()))
+
+
+def png(image: Any) -> image_pb2.ImageInput:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return image_pb2.ImageInput(encoded=out.getvalue())
+
+
+def question(
+    text: str, image: Any = None, words: list[tuple[str, list[int]]] = ()
+) -> multimodal_pb2.DocumentQuestion:
+    boxes = [multimodal_pb2.DocumentWord(word=w, x0=b[0], y0=b[1], x1=b[2], y1=b[3]) for w, b in words]
+    proto = multimodal_pb2.DocumentQuestion(question=text, word_boxes=boxes)
+    if image is not None:
+        proto.image.CopyFrom(png(image))
+    return proto
+
+
+def expected(text: str, image: Any = None, words: list[tuple[str, list[int]]] | None = None) -> Any:
+    kwargs = {"word_boxes": words} if words else {}
+    return multimodal_pb2.AnswerDocumentQuestionResponse(
+        results=[document_qa.answers(local()(image=image, question=text, top_k=2, **kwargs))], model=TASK
+    )
+
+
+def run(questions: list[multimodal_pb2.DocumentQuestion]) -> Run:
+    requests = [
+        multimodal_pb2.AnswerDocumentQuestionRequest(model=TASK, questions=[q], top_k=2) for q in questions
+    ]
+
+    async def scenario() -> Run:
+        async with Serving([spec(TASK, TASK, model_dir())]) as serving:
+            return await serving.concurrently(TASK, document_qa.ADAPTER, requests, items=len(requests))
+
+    return asyncio.run(scenario())
+
+
+def test_only_the_same_question_over_the_same_words_and_page_size_share_a_batch() -> None:
+    small = [tiny_image(seed=140 + i, size=(40, 30)) for i in range(2)]
+    large = tiny_image(seed=142, size=(64, 48))
+    cases: list[tuple[str, Any, list[tuple[str, list[int]]]]] = [
+        ("what is the total", small[0], WORDS),
+        ("what is the total", small[1], WORDS),  # other pixels, same size and words: batched with the first
+        ("what is the date", small[0], WORDS),  # another question
+        ("what is the total", small[0], WORDS[:3]),  # other words
+        ("what is the total", large, WORDS),  # another page size
+        ("what is the total", None, WORDS),  # no page
+    ]
+    result = run([question(*c) for c in cases])
+    for served, case in zip(result.responses, cases, strict=True):
+        assert_protos_close(served, expected(*case))
+    assert result.batches == collections.Counter({2: 1, 1: 4})
+    assert result.pipeline_calls == 5
+
+
+def test_a_page_read_by_ocr_batches_with_the_same_words_given() -> None:
+    """OCR runs while the items are made: its words are the key, as if the caller had sent them."""
+    require_ocr()
+    page = render_page()
+    words = ocr.read_words(page)
+    result = run([question("what is the total due", page), question("what is the total due", page, words)])
+    for served in result.responses:
+        assert_protos_close(served, expected("what is the total due", page))
+    assert result.batches == collections.Counter({2: 1})
+    assert result.pipeline_calls == 1
+
+
+def test_questions_without_text_or_page_are_refused() -> None:
+    refused = [
+        (question("  ", words=WORDS), "the question is empty"),
+        (question("what is the total"), "needs the page image or its word_boxes"),
+    ]
+
+    async def scenario() -> None:
+        async with Serving([spec(TASK, TASK, model_dir())]) as serving:
+            for q, message in refused:
+                request = multimodal_pb2.AnswerDocumentQuestionRequest(model=TASK, questions=[q])
+                with pytest.raises(InvalidInput, match=message):
+                    await serving.call(document_qa.ADAPTER, request)
+
+    asyncio.run(scenario())
