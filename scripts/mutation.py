@@ -76,6 +76,30 @@ GROUPS: dict[str, tuple[list[str], list[str], int]] = {
         ["tests/server/test_keys_audio_tasks.py"],
         60,
     ),
+    "image_text": (
+        [
+            "pipelined_server.tasks.image_text.x__load_prompt__mutmut_*",
+            "pipelined_server.tasks.image_text.x_prompt_items__mutmut_*",
+        ],
+        ["tests/server/test_keys_image_text.py"],
+        60,
+    ),
+    "document_qa": (
+        ["pipelined_server.tasks.document_qa.x__load__mutmut_*"],
+        [
+            "tests/server/test_keys_document_qa.py",
+            "tests/e2e/test_document_ocr.py::test_ocr_is_bounded_in_time",
+        ],
+        60,
+    ),
+    "feature_extraction": (
+        [
+            "pipelined_server.tasks.feature_extraction.x__token_count__mutmut_*",
+            "pipelined_server.tasks.feature_extraction.xǁFeatureExtractionǁitems__mutmut_*",
+        ],
+        ["tests/server/test_keys_feature_extraction.py"],
+        60,
+    ),
 }
 
 
