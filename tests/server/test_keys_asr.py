@@ -85,11 +85,11 @@ def run(
     one window each), run concurrently; a file stream's result is the list of its responses."""
 
     async def scenario() -> Run:
-        specs = [
-            spec("tiny-whisper", ASR, whisper_dir(), pipeline_kwargs=WHISPER_KWARGS),
-            spec("tiny-ctc", ASR, ctc_dir()),
-        ]
-        async with Serving(specs) as serving:
+        if model == "whisper":
+            served = spec("tiny-whisper", ASR, whisper_dir(), pipeline_kwargs=WHISPER_KWARGS)
+        else:
+            served = spec("tiny-ctc", ASR, ctc_dir())
+        async with Serving([served]) as serving:
             instance = serving.registry.find(f"tiny-{model}")
             others = [functools.partial(decode_window, instance, window, kwargs) for window, kwargs in steps]
             others += [functools.partial(stream_file, instance, audio) for audio in files]
