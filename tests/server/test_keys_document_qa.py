@@ -10,6 +10,7 @@ import asyncio
 import collections
 import functools
 import io
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,32 +90,58 @@ def test_only_the_same_question_over_the_same_words_and_page_size_share_a_batch(
         ("what is the total", small[1], WORDS),  # other pixels, same size and words: batched with the first
         ("what is the date", small[0], WORDS),  # another question
         ("what is the total", small[0], WORDS[:3]),  # other words
+        ("what is the total", small[0], [*WORDS[:4], ("red", [500, 500, 600, 560])]),  # one box moved
         ("what is the total", large, WORDS),  # another page size
         ("what is the total", None, WORDS),  # no page
     ]
     result = run([question(*c) for c in cases])
     for served, case in zip(result.responses, cases, strict=True):
         assert_protos_close(served, expected(*case))
-    assert result.batches == collections.Counter({2: 1, 1: 4})
-    assert result.pipeline_calls == 5
+    assert result.batches == collections.Counter({2: 1, 1: 5})
+    assert result.pipeline_calls == 6
 
 
 def test_a_page_read_by_ocr_batches_with_the_same_words_given() -> None:
-    """OCR runs while the items are made: its words are the key, as if the caller had sent them."""
+    """OCR runs while the items are made, for the pages sent without word boxes only: its words are the key,
+    as if the caller had sent them; a page sent with its own words keeps them."""
     require_ocr()
     page = render_page()
     words = ocr.read_words(page)
-    result = run([question("what is the total due", page), question("what is the total due", page, words)])
-    for served in result.responses:
-        assert_protos_close(served, expected("what is the total due", page))
-    assert result.batches == collections.Counter({2: 1})
-    assert result.pipeline_calls == 1
+    text = "what is the total due"
+    questions = [question(text, page), question(text, page, words), question(text, page, WORDS)]
+    request = multimodal_pb2.AnswerDocumentQuestionRequest(model=TASK, questions=questions, top_k=2)
+
+    async def scenario() -> Run:
+        async with Serving([spec(TASK, TASK, model_dir())]) as serving:
+            return await serving.concurrently(TASK, document_qa.ADAPTER, [request], items=len(questions))
+
+    result = asyncio.run(scenario())
+    want = [expected(text, page), expected(text, page), expected(text, page, WORDS)]
+    assert_protos_close(result.responses[0], _merged(want))
+    assert result.batches == collections.Counter({2: 1, 1: 1})
+    assert result.pipeline_calls == 2
+
+
+def _merged(responses: list[Any]) -> Any:
+    return multimodal_pb2.AnswerDocumentQuestionResponse(
+        results=[r.results[0] for r in responses], model=TASK
+    )
+
+
+def test_ocr_stops_at_the_requests_budget() -> None:
+    """Less budget left than a page's OCR takes (over a second here): the page's OCR is cut at the budget."""
+    require_ocr()
+    from pipelined_server.images import ImageLimits
+
+    page = question("what is the total due", render_page())
+    with pytest.raises(InvalidInput, match="^OCR of the page was stopped"):
+        document_qa._load(page, ImageLimits(), "", time.monotonic() + 0.5)
 
 
 def test_questions_without_text_or_page_are_refused() -> None:
     refused = [
-        (question("  ", words=WORDS), "the question is empty"),
-        (question("what is the total"), "needs the page image or its word_boxes"),
+        (question("  ", words=WORDS), "^the question is empty$"),
+        (question("what is the total"), "^a document question needs the page image or its word_boxes$"),
     ]
 
     async def scenario() -> None:

@@ -146,8 +146,14 @@ def test_prompts_without_content_are_refused() -> None:
             multimodal_pb2.ImageTextPrompt(input=multimodal_pb2.ImageTextInput(text="hi")),
             "at least one image",
         ),
-        (multimodal_pb2.ImageTextPrompt(chat=multimodal_pb2.MultimodalChat()), "at least one message"),
-        (multimodal_pb2.ImageTextPrompt(), "either `input`"),
+        (
+            multimodal_pb2.ImageTextPrompt(chat=multimodal_pb2.MultimodalChat()),
+            "^a chat prompt needs at least one message$",
+        ),
+        (
+            multimodal_pb2.ImageTextPrompt(),
+            r"^a prompt needs either `input` \(images and text\) or `chat` \(messages\)$",
+        ),
     ]
     too_many = multimodal_pb2.ImageTextPrompt(
         input=multimodal_pb2.ImageTextInput(images=[image] * 3, text="hi")
@@ -160,7 +166,27 @@ def test_prompts_without_content_are_refused() -> None:
             for prompt, message in refused:
                 with pytest.raises(InvalidInput, match=message):
                     await serving.call(image_text.ADAPTER, request(prompt))
-            with pytest.raises(InvalidInput, match=r"\bimages\b"):
+            with pytest.raises(
+                InvalidInput, match=r"^3 images in one request; the server accepts at most 2 "
+            ):
                 await serving.call(image_text.ADAPTER, request(too_many))
 
     asyncio.run(scenario())
+
+
+def test_a_prompt_without_decoding_options_is_served() -> None:
+    """No generation options at all: the model's own generation config, as in process."""
+    image = tiny_image(seed=132, size=SMALL)
+    bare = multimodal_pb2.GenerateFromImageRequest(
+        model=TASK, prompts=[input_prompt(image, "<image> what is this")]
+    )
+
+    async def scenario() -> Any:
+        async with Serving([spec(TASK, TASK, model_dir())]) as serving:
+            return await serving.call(image_text.ADAPTER, bare)
+
+    response = asyncio.run(scenario())
+    local_text = image_text.generated_text(
+        local()(images=image, text="<image> what is this", return_full_text=False)
+    )
+    assert response.results[0].generated_text == local_text
