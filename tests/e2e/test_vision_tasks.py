@@ -20,6 +20,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 import tiny_vision_models as tiny  # noqa: E402
+from documents import WORDS  # noqa: E402
 from harness import ServerThread, concurrently  # noqa: E402
 from pipelined import Client  # noqa: E402
 from pipelined_server.config import BatchingConfig, ModelSpec, ServerConfig  # noqa: E402
@@ -276,15 +277,6 @@ def test_image_text_to_text_batching(server: ServerThread, client: Client, local
     calls_before = server.metric("pipelined_pipeline_calls_total", model=task)
     assert_same(concurrently(client.pipeline(task, model=task), chats), expected)
     assert server.metric("pipelined_pipeline_calls_total", model=task) - calls_before < len(chats)
-
-
-WORDS = [
-    ("invoice", [10, 10, 200, 50]),
-    ("total", [10, 100, 120, 150]),
-    ("42", [300, 100, 400, 150]),
-    ("date", [10, 200, 100, 250]),
-    ("red", [500, 500, 600, 550]),
-]
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from pipelined.v1 import audio_pb2, audio_tasks_pb2
 from pipelined_server.config import InputLimits
 from pipelined_server.errors import InvalidInput
 from pipelined_server.tasks import audio_tasks
-from serving import Run, Serving, assert_protos_close, spec
+from serving import Run, Serving, assert_protos_close, in_process, spec
 from tiny_models import SAMPLING_RATE, tiny_audio
 from tiny_vision_models import build_tiny_audio_classifier, build_tiny_vits
 
@@ -35,11 +35,8 @@ def model_dir(task: str) -> Path:
     return cached_model(BUILDERS[task])
 
 
-@functools.cache
 def local(task: str) -> Any:
-    import transformers
-
-    return transformers.pipeline(task, model=str(model_dir(task)))
+    return in_process(task, model_dir(task))
 
 
 def raw(clip: np.ndarray) -> audio_pb2.AudioInput:

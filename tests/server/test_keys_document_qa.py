@@ -9,30 +9,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-import io
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from documents import render_page, require_ocr
+from documents import WORDS, render_page, require_ocr
 from model_cache import cached_model
-from pipelined.v1 import image_pb2, multimodal_pb2
+from pipelined.v1 import multimodal_pb2
 from pipelined_server.errors import InvalidInput
 from pipelined_server.tasks import document_qa, ocr
-from serving import Run, Serving, assert_protos_close, spec
+from serving import Run, Serving, assert_protos_close, in_process, png, spec
 from tiny_vision_models import build_tiny_layoutlm, tiny_image
 
 pytestmark = pytest.mark.timeout(120)
 
 TASK = document_qa.TASK
-WORDS = [
-    ("invoice", [10, 10, 200, 50]),
-    ("total", [10, 100, 120, 150]),
-    ("42", [300, 100, 400, 150]),
-    ("date", [10, 200, 100, 250]),
-    ("red", [500, 500, 600, 550]),
-]
 
 
 @functools.cache
@@ -40,17 +32,8 @@ def model_dir() -> Path:
     return cached_model(build_tiny_layoutlm)
 
 
-@functools.cache
 def local() -> Any:
-    import transformers
-
-    return transformers.pipeline(TASK, model=str(model_dir()))
-
-
-def png(image: Any) -> image_pb2.ImageInput:
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return image_pb2.ImageInput(encoded=out.getvalue())
+    return in_process(TASK, model_dir())
 
 
 def question(

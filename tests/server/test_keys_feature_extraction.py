@@ -18,7 +18,7 @@ from model_cache import cached_model
 from pipelined.v1 import text_pb2
 from pipelined_server.errors import InvalidInput
 from pipelined_server.tasks import feature_extraction
-from serving import Run, Serving, spec
+from serving import Run, Serving, in_process, spec
 from tiny_text_models import build_tiny_bert
 
 pytestmark = pytest.mark.timeout(120)
@@ -33,11 +33,8 @@ def model_dir() -> Path:
     return cached_model(build_tiny_bert, head="base")
 
 
-@functools.cache
 def local() -> Any:
-    import transformers
-
-    return transformers.pipeline(TASK, model=str(model_dir()))
+    return in_process(TASK, model_dir())
 
 
 def tokens(text: str) -> int:

@@ -9,17 +9,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-import io
 from pathlib import Path
 from typing import Any
 
 import pytest
 from model_cache import cached_model
-from pipelined.v1 import common_pb2, image_pb2, multimodal_pb2
+from pipelined.v1 import common_pb2, multimodal_pb2
 from pipelined_server.config import InputLimits
 from pipelined_server.errors import InvalidInput
 from pipelined_server.tasks import image_text
-from serving import Run, Serving, spec
+from serving import Run, Serving, in_process, png, spec
 from tiny_vision_models import build_tiny_llava, tiny_image
 
 pytestmark = pytest.mark.timeout(120)
@@ -34,17 +33,8 @@ def model_dir() -> Path:
     return cached_model(build_tiny_llava)
 
 
-@functools.cache
 def local() -> Any:
-    import transformers
-
-    return transformers.pipeline(TASK, model=str(model_dir()))
-
-
-def png(image: Any) -> image_pb2.ImageInput:
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return image_pb2.ImageInput(encoded=out.getvalue())
+    return in_process(TASK, model_dir())
 
 
 def input_prompt(image: Any, text: str) -> multimodal_pb2.ImageTextPrompt:

@@ -16,7 +16,7 @@ import pytest
 from model_cache import cached_model
 from pipelined.v1 import common_pb2, text_pb2
 from pipelined_server.tasks import text_generation
-from serving import Run, Serving, spec
+from serving import Run, Serving, in_process, spec
 from tiny_text_models import build_tiny_causal_lm
 
 pytestmark = pytest.mark.timeout(120)
@@ -35,11 +35,8 @@ def lm_dir() -> Path:
     return cached_model(build_tiny_causal_lm)
 
 
-@functools.cache
 def local() -> Any:
-    import transformers
-
-    return transformers.pipeline(TASK, model=str(lm_dir()))
+    return in_process(TASK, lm_dir())
 
 
 def token_count(prompt: str | list[dict[str, str]]) -> int:

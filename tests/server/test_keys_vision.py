@@ -8,15 +8,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-import io
 from pathlib import Path
 from typing import Any
 
 import pytest
 from model_cache import cached_model
-from pipelined.v1 import image_pb2, vision_pb2
+from pipelined.v1 import vision_pb2
 from pipelined_server.tasks import vision
-from serving import Run, Serving, assert_protos_close, spec
+from serving import Run, Serving, assert_protos_close, in_process, png, spec
 from tiny_vision_models import build_tiny_image_classifier, build_tiny_object_detector, tiny_image
 
 pytestmark = pytest.mark.timeout(120)
@@ -34,17 +33,8 @@ def model_dir(task: str) -> Path:
     return cached_model(BUILDERS[task])
 
 
-@functools.cache
 def local(task: str) -> Any:
-    import transformers
-
-    return transformers.pipeline(task, model=str(model_dir(task)))
-
-
-def png(image: Any) -> image_pb2.ImageInput:
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return image_pb2.ImageInput(encoded=out.getvalue())
+    return in_process(task, model_dir(task))
 
 
 def run(task: str, adapter: Any, requests: list[Any]) -> Run:
