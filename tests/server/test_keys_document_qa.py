@@ -112,13 +112,15 @@ def _merged(responses: list[Any]) -> Any:
 
 
 def test_ocr_stops_at_the_requests_budget() -> None:
-    """Less budget left than a page's OCR takes (over a second here): the page's OCR is cut at the budget."""
+    """Less budget left than a page's OCR takes (a letter-size page of 40 lines: seconds of Tesseract): the
+    page's OCR is cut at the budget."""
     require_ocr()
     from pipelined_server.images import ImageLimits
 
-    page = question("what is the total due", render_page())
+    lines = [f"line {i} of a long invoice with many words to read" for i in range(40)]
+    page = question("what is the total due", render_page(lines, size=(1700, 3300)))
     with pytest.raises(InvalidInput, match="^OCR of the page was stopped"):
-        document_qa._load(page, ImageLimits(), "", time.monotonic() + 0.5)
+        document_qa._load(page, ImageLimits(), "", time.monotonic() + 0.4)
 
 
 def test_questions_without_text_or_page_are_refused() -> None:
