@@ -132,6 +132,12 @@ class StreamingLimits(Section):
     max_realtime_factor: Float = Field(default=3.0, gt=0)
     # ...beyond this much audio sent ahead at once (a client reconnecting may replay what it buffered).
     realtime_burst_s: Float = Field(default=30.0, ge=0)
+    # Audio sustained slower than this fraction of real time, once `idle_timeout_s` behind, ends the
+    # stream with DEADLINE_EXCEEDED: a trickle (a few samples just inside the idle timeout) would hold
+    # its slot for ever. Time the server spends decoding the stream's audio is not held against it (a
+    # client may wait for results before sending more); a live source, even with a drifting clock, is
+    # far above one half.
+    min_realtime_factor: Float = Field(default=0.5, ge=0, lt=1)
     # Audio a stream may hold not yet final (the decoder fell this far behind): RESOURCE_EXHAUSTED.
     max_held_audio_s: Float = Field(default=60.0, gt=0)
     # A stream's audio beyond this length is not read: its finals so far are sent, then OUT_OF_RANGE.
@@ -211,6 +217,9 @@ class LoggingConfig(Section):
     """The access log: one line per call (logs.py), never user content."""
 
     access_log: bool = True
+    # Health checks (grpc.health.v1) in the access log at INFO too; by default at DEBUG only: a load
+    # balancer or kubelet probing every few seconds would fill the log with them.
+    health_checks: bool = False
     # "text" or "json" (one JSON object per line, for log collectors).
     format: Literal["text", "json"] = "text"
 

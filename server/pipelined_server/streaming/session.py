@@ -159,6 +159,8 @@ class StreamSession:
         # Seconds of audio received (at the model's rate), and whether the stream stopped reading at
         # streaming.max_stream_duration_s (its audio so far is transcribed, then it ends OUT_OF_RANGE).
         self.received_s = 0.0
+        # Seconds spent waiting for this stream's decodes (the pace check does not count them).
+        self.decoding_s = 0.0
         self.duration_reached = False
         self._tasks: list[asyncio.Task[None]] = []
         self.answered = False
@@ -251,16 +253,29 @@ class StreamSession:
     def _check_pace(self, now: float) -> None:
         """Audio sustained faster than `max_realtime_factor` times real time (beyond a burst) is refused:
         live audio comes at its own pace, and a recording sent at full speed would make its stream's
-        decodes (and every other stream's) fall behind. Recordings go to StreamingRecognizeFile."""
+        decodes (and every other stream's) fall behind. Recordings go to StreamingRecognizeFile.
+
+        Audio sustained slower than `min_realtime_factor` (once `idle_timeout_s` behind) ends the stream
+        too: a trickle of a few samples every few seconds passes the idle timeout but holds a stream
+        slot, and a VAD state, for ever."""
         assert self.first_audio_at is not None
         limits = self.limits
-        allowed = limits.realtime_burst_s + limits.max_realtime_factor * (now - self.first_audio_at)
+        elapsed = now - self.first_audio_at
+        allowed = limits.realtime_burst_s + limits.max_realtime_factor * elapsed
         if self.received_s > allowed:
             raise QueueFull(
-                f"the stream sent {self.received_s:.1f} s of audio in {now - self.first_audio_at:.1f} s, "
+                f"the stream sent {self.received_s:.1f} s of audio in {elapsed:.1f} s, "
                 f"faster than streaming.max_realtime_factor={limits.max_realtime_factor:g} times real "
                 f"time beyond a {limits.realtime_burst_s:g} s burst (streaming.realtime_burst_s); send live "
                 "audio at its pace, and recordings to StreamingRecognizeFile"
+            )
+        waited = elapsed - self.decoding_s
+        if self.received_s < limits.min_realtime_factor * waited - limits.idle_timeout_s:
+            raise DeadlineExpired(
+                f"the stream sent {self.received_s:.1f} s of audio in {elapsed:.1f} s, slower than "
+                f"streaming.min_realtime_factor={limits.min_realtime_factor:g} times real time by more "
+                f"than streaming.idle_timeout_s={limits.idle_timeout_s:g} s, and was closed; send live "
+                "audio (silence included) as it is captured"
             )
 
     async def _ingest(self, samples: np.ndarray, arrived: float) -> None:
@@ -455,15 +470,19 @@ class StreamSession:
         if duration < _MIN_DECODE_S:
             return Hypothesis([], [])
         started = time.monotonic()
-        while True:
-            try:
-                output = await decode_window(self.instance, samples, self.options.kwargs, priority)
-                break
-            except QueueFull:
-                if priority < _FINAL_PRIORITY:
-                    raise
-                # A busy model must not cost the stream an utterance: wait for room and try again.
-                await asyncio.sleep(_FULL_QUEUE_RETRY_S)
+        try:
+            while True:
+                try:
+                    output = await decode_window(self.instance, samples, self.options.kwargs, priority)
+                    break
+                except QueueFull:
+                    if priority < _FINAL_PRIORITY:
+                        raise
+                    # A busy model must not cost the stream an utterance: wait for room and try again.
+                    await asyncio.sleep(_FULL_QUEUE_RETRY_S)
+        finally:
+            # Concurrent steps (an interim beside a final) both count: generous to the client.
+            self.decoding_s += time.monotonic() - started
         self.metrics.real_time_factor.labels(self.instance.name).observe(
             (time.monotonic() - started) / duration
         )
