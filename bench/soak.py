@@ -94,8 +94,12 @@ def local_transcript(model: str, path: Path) -> str:
     import transformers
     from pipelined_server.sources.embedded import materialize
 
+    from pipelined_server.audio import decode_encoded
+
     pipe = transformers.pipeline("automatic-speech-recognition", model=str(materialize(model)))
-    return str(pipe(str(path), generate_kwargs={"num_beams": 1})["text"])
+    rate = pipe.feature_extractor.sampling_rate
+    samples = decode_encoded(path.read_bytes(), rate)  # as the server decodes it (no ffmpeg binary)
+    return str(pipe({"raw": samples, "sampling_rate": rate}, generate_kwargs={"num_beams": 1})["text"])
 
 
 async def unary_worker(pipe: Any, expected: list[np.ndarray], until: float, tally: Tally, index: int) -> None:
