@@ -92,9 +92,8 @@ def local_embeddings(model: str) -> list[np.ndarray]:
 def local_transcript(model: str, path: Path) -> str:
     """The in-process pipeline's transcript of the clip (greedy, as the embedded Whisper is served)."""
     import transformers
-    from pipelined_server.sources.embedded import materialize
-
     from pipelined_server.audio import decode_encoded
+    from pipelined_server.sources.embedded import materialize
 
     pipe = transformers.pipeline("automatic-speech-recognition", model=str(materialize(model)))
     rate = pipe.feature_extractor.sampling_rate
