@@ -21,7 +21,7 @@ import pytest
 from pacing import DecodePacedSource
 from paths import shared_file
 from pipelined import Client
-from pipelined.v1 import audio_pb2, speech_pb2, speech_pb2_grpc
+from pipelined.v1 import audio_pb2, common_pb2, speech_pb2, speech_pb2_grpc
 from wer import wer
 
 from .conftest import HealthProber, ServerProcess, _free_port, server_config
@@ -249,3 +249,101 @@ def test_streams_that_hold_a_slot_without_audio_are_ended(small_server: ServerPr
         _a_live_stream_is_served(server)
     assert health.failures == 0 and health.worst_s < HEALTH_S, health.latencies
     assert server.rss_mib() - rss < RSS_GROWTH_MIB
+
+
+# ------------------------------------------------------------------------------ malformed streams
+
+
+def _stream_config(**fields: Any) -> speech_pb2.StreamingRecognizeRequest:
+    fields.setdefault(
+        "audio_format",
+        audio_pb2.RawAudioFormat(encoding=audio_pb2.AUDIO_ENCODING_LINEAR16, sample_rate_hertz=RATE),
+    )
+    return speech_pb2.StreamingRecognizeRequest(
+        streaming_config=speech_pb2.StreamingRecognitionConfig(**fields)
+    )
+
+
+def _fmt(encoding: int = audio_pb2.AUDIO_ENCODING_LINEAR16, rate: int = RATE, channels: int = 1) -> Any:
+    return audio_pb2.RawAudioFormat(encoding=encoding, sample_rate_hertz=rate, channel_count=channels)
+
+
+def _audio(data: bytes) -> speech_pb2.StreamingRecognizeRequest:
+    return speech_pb2.StreamingRecognizeRequest(audio=data)
+
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+MALFORMED_STREAMS: dict[str, tuple[list[Any], grpc.StatusCode, str]] = {
+    "audio-before-config": ([_audio(_linear16(0.1))], INVALID, "first message"),
+    "nothing-at-all": ([], INVALID, "first message"),
+    "config-without-format": (
+        [speech_pb2.StreamingRecognizeRequest(streaming_config=speech_pb2.StreamingRecognitionConfig())],
+        INVALID,
+        "audio_format",
+    ),
+    "unknown-encoding": ([_stream_config(audio_format=_fmt(encoding=99))], INVALID, "encoding"),
+    "rate-negative": ([_stream_config(audio_format=_fmt(rate=-16000))], INVALID, "sample rate"),
+    "rate-huge": ([_stream_config(audio_format=_fmt(rate=10**9))], INVALID, "sample rate"),
+    "channels-huge": ([_stream_config(audio_format=_fmt(channels=100000))], INVALID, "channel"),
+    "unknown-task": ([_stream_config(config=speech_pb2.RecognitionConfig(task=7))], INVALID, "task"),
+    "char-timestamps": (
+        [
+            _stream_config(
+                config=speech_pb2.RecognitionConfig(timestamps=speech_pb2.TIMESTAMP_GRANULARITY_CHAR)
+            )
+        ],
+        INVALID,
+        "CHAR",
+    ),
+    "unknown-model": (
+        [_stream_config(config=speech_pb2.RecognitionConfig(model="no-such-model"))],
+        grpc.StatusCode.NOT_FOUND,
+        "no-such-model",
+    ),
+    "decode-interval-huge": (
+        [_stream_config(min_decode_interval={"seconds": 10**6})],
+        INVALID,
+        "min_decode_interval",
+    ),
+    "threshold-out-of-range": (
+        [_stream_config(endpointing=speech_pb2.EndpointingConfig(speech_threshold=2.0))],
+        INVALID,
+        "speech_threshold",
+    ),
+    "negative-silence": (
+        [_stream_config(endpointing=speech_pb2.EndpointingConfig(min_silence={"seconds": -5}))],
+        INVALID,
+        "min_silence",
+    ),
+    "second-config": ([_stream_config(), _stream_config()], grpc.StatusCode.FAILED_PRECONDITION, "already"),
+    "chunk-too-large": ([_stream_config(), _audio(bytes(CHUNK_BYTES + 2))], INVALID, "max_chunk_bytes"),
+    "non-finite-floats": (
+        [
+            _stream_config(audio_format=_fmt(encoding=audio_pb2.AUDIO_ENCODING_FLOAT32)),
+            _audio(np.full(1600, np.nan, "<f4").tobytes()),
+        ],
+        INVALID,
+        "finite",
+    ),
+    "generation-unbounded": (
+        [
+            _stream_config(
+                config=speech_pb2.RecognitionConfig(
+                    generation=common_pb2.DecodingOptions(max_new_tokens=10**6)
+                )
+            )
+        ],
+        INVALID,
+        "max_new_tokens",
+    ),
+    "empty-message": ([_stream_config(), speech_pb2.StreamingRecognizeRequest()], INVALID, "neither"),
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED_STREAMS))
+def test_malformed_streams_get_their_status_never_internal(small_server: ServerProcess, name: str) -> None:
+    requests, expected, words = MALFORMED_STREAMS[name]
+    stub = speech_pb2_grpc.SpeechServiceStub(small_server.channel)
+    code, details = _ended(stub.StreamingRecognize(iter(requests), timeout=30))
+    assert code == expected and words.lower() in details.lower(), (code, details)
+    _wait(lambda: _active(small_server) == 0, "the slot freed")
