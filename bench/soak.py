@@ -1,10 +1,11 @@
 """Soak: live streams and unary calls at once for minutes; zero lost or wrong responses, memory flat.
 
-    python bench/soak.py [--minutes 3] [--streams 64] [--unary 1000] [--workers auto]
+    python bench/soak.py [--minutes 3] [--streams 64] [--unary 1000] [--workers auto] [--clients 8]
                          [--stream-model whisper-tiny.en] [--unary-model all-minilm-l6-v2]
 
 The server runs on the embedded defaults in its own process (`--workers auto`: one worker per core, each
-counted in the memory figures). All at once, for `--minutes`:
+counted in the memory figures), called by `--clients` SDK clients (connections; the calls are dealt
+round-robin among them). All at once, for `--minutes`:
 - `--unary` tasks each send sentence embeddings (feature-extraction) one after another; every answer is
   checked against the in-process transformers pipeline on the same weights (mean pooling, normalised;
   cosine >= 0.999: batching may change float rounding, never the vector);
@@ -196,21 +197,25 @@ async def soak(
 ) -> tuple[Tally, Tally, list[tuple[float, float]]]:
     from pipelined.aio import Client
 
-    client = Client(target)
-    embed = client.pipeline("feature-extraction", model=args.unary_model)
-    asr = client.pipeline("automatic-speech-recognition", model=args.stream_model)
+    # Several clients, as many callers would be: each has its own connection, which the kernel gives to
+    # one of the workers (SO_REUSEPORT), so every worker serves its share.
+    clients = [Client(target) for _ in range(args.clients)]
+    embeds = [c.pipeline("feature-extraction", model=args.unary_model) for c in clients]
+    asrs = [c.pipeline("automatic-speech-recognition", model=args.stream_model) for c in clients]
     path = args.data / CLIP
     until = time.monotonic() + args.minutes * 60
     unary, streams, rss = Tally(), Tally(), []
     sampler = asyncio.ensure_future(sample_rss(pid, until, rss, {"unary": unary, "streams": streams}))
     workers = {
         **{
-            asyncio.ensure_future(unary_worker(embed, embeddings, until, unary, i)): unary
+            asyncio.ensure_future(unary_worker(embeds[i % len(embeds)], embeddings, until, unary, i)): unary
             for i in range(args.unary)
         },
         **{
-            asyncio.ensure_future(stream_worker(asr, path, transcript, until, streams, args.max_wer)): streams
-            for _ in range(args.streams)
+            asyncio.ensure_future(
+                stream_worker(asrs[i % len(asrs)], path, transcript, until, streams, args.max_wer)
+            ): streams
+            for i in range(args.streams)
         },
     }
     await sampler
@@ -234,6 +239,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=64)
     parser.add_argument("--unary", type=int, default=1000)
     parser.add_argument("--workers", default="auto", help="server processes (auto: one per core)")
+    parser.add_argument("--clients", type=int, default=8, help="SDK clients (connections) sharing the calls")
     parser.add_argument("--stream-model", default="whisper-tiny.en")
     parser.add_argument("--unary-model", default="all-minilm-l6-v2")
     parser.add_argument("--max-wer", type=float, default=0.15, help="against the in-process transcript")
@@ -293,7 +299,7 @@ def main() -> None:
     )
     print(
         f"command: python bench/soak.py --minutes {args.minutes:g} --streams {args.streams} "
-        f"--unary {args.unary} --workers {args.workers}"
+        f"--unary {args.unary} --workers {args.workers} --clients {args.clients}"
     )
     failed = sum(t.wrong + t.lost + t.unfinished for t in (unary, streams))
     never_admitted = streams.ok + streams.wrong + streams.lost == 0 and args.streams > 0

@@ -207,8 +207,11 @@ class GrpcOptions(Section):
     max_connection_age_grace_s: Float = Field(default=0.0, ge=0)
     # A connection with no call for this long is closed; 0: never.
     max_connection_idle_s: Float = Field(default=600.0, ge=0)
-    # Calls open at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
-    max_concurrent_streams: Int = Field(default=256, ge=1)
+    # Calls open at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). Calls past it are
+    # reset (REFUSED_STREAM), which gRPC clients report as UNAVAILABLE instead of queueing them: at 256,
+    # 1,000 calls at once from one SDK client lost 291 that way. Above max_concurrent_rpcs, so that the
+    # server-wide limit answers first, with RESOURCE_EXHAUSTED and a clear message.
+    max_concurrent_streams: Int = Field(default=4096, ge=1)
     # Calls open at once on the whole server; one more answers RESOURCE_EXHAUSTED at once.
     max_concurrent_rpcs: Int = Field(default=2048, ge=1)
 
