@@ -3,9 +3,10 @@
     python bench/soak.py [--minutes 3] [--streams 64] [--unary 1000] [--workers auto] [--clients 8]
                          [--stream-model whisper-tiny.en] [--unary-model all-minilm-l6-v2]
 
-The server runs on the embedded defaults in its own process (`--workers auto`: one worker per core, each
-counted in the memory figures), called by `--clients` SDK clients (connections; the calls are dealt
-round-robin among them). All at once, for `--minutes`:
+The server runs on the embedded defaults (but `streaming.max_streams_per_peer`: every stream comes from
+this host) in its own process (`--workers auto`: one worker per core, each counted in the memory
+figures), called by `--clients` SDK clients (connections; the calls are dealt round-robin among them).
+All at once, for `--minutes`:
 - `--unary` tasks each send sentence embeddings (feature-extraction) one after another; every answer is
   checked against the in-process transformers pipeline on the same weights (mean pooling, normalised;
   cosine >= 0.999: batching may change float rounding, never the vector);
@@ -248,6 +249,9 @@ def main() -> None:
     parser.add_argument("--max-growth", type=float, default=10.0, help="percent")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Every stream comes from this one host, standing for many callers: the per-address stream limit
+    # (16 by default) would refuse most of them for good (no retry hint), so it is lifted to --streams.
+    os.environ.setdefault("PIPELINED_STREAMING__MAX_STREAMS_PER_PEER", str(max(args.streams, 1)))
     embeddings = local_embeddings(args.unary_model)
     transcript = local_transcript(args.stream_model, args.data / CLIP)
     print(f"in-process transcript of {CLIP}: {transcript.strip()!r}", flush=True)
