@@ -10,7 +10,9 @@ All at once, for `--minutes`:
 - `--unary` tasks each send sentence embeddings (feature-extraction) one after another; every answer is
   checked against the in-process transformers pipeline on the same weights (mean pooling, normalised;
   cosine >= 0.999: batching may change float rounding, never the vector);
-- `--streams` tasks each stream ../shared/data/audio/jfk.flac at real-time pace, again and again. With
+- `--streams` tasks (starting spread over `--ramp-s`, as callers arrive: admission admits streams while
+  the model is not measured yet, so 64 opened in the same instant would all be admitted and overload it)
+  each stream ../shared/data/audio/jfk.flac at real-time pace, again and again. With
   admission control most of them are refused at first on a small machine (RESOURCE_EXHAUSTED with a retry
   hint): a refused stream waits `error.retry_after_s` and tries again, until admitted within the run.
   Every completed stream's finals are checked against the in-process pipeline's transcript of the clip
@@ -124,7 +126,7 @@ async def unary_worker(pipe: Any, expected: list[np.ndarray], until: float, tall
 
 
 async def stream_worker(
-    asr: Any, path: Any, expected: str, until: float, tally: Tally, max_wer: float
+    asr: Any, path: Any, expected: str, until: float, tally: Tally, max_wer: float, start_s: float
 ) -> None:
     """Streams the clip again and again; a refusal with a retry hint is waited out and retried (within
     the run), any other error is a lost stream."""
@@ -133,6 +135,7 @@ async def stream_worker(
     from wer import wer
 
     refused_before = False
+    await asyncio.sleep(start_s)
     while time.monotonic() < until:
         started = time.monotonic()
         finals: list[str] = []
@@ -214,7 +217,15 @@ async def soak(
         },
         **{
             asyncio.ensure_future(
-                stream_worker(asrs[i % len(asrs)], path, transcript, until, streams, args.max_wer)
+                stream_worker(
+                    asrs[i % len(asrs)],
+                    path,
+                    transcript,
+                    until,
+                    streams,
+                    args.max_wer,
+                    i * args.ramp_s / max(args.streams, 1),
+                )
             ): streams
             for i in range(args.streams)
         },
@@ -241,6 +252,9 @@ def main() -> None:
     parser.add_argument("--unary", type=int, default=1000)
     parser.add_argument("--workers", default="auto", help="server processes (auto: one per core)")
     parser.add_argument("--clients", type=int, default=8, help="SDK clients (connections) sharing the calls")
+    parser.add_argument(
+        "--ramp-s", type=float, default=20.0, help="streams start spread over this long (admission measures)"
+    )
     parser.add_argument("--stream-model", default="whisper-tiny.en")
     parser.add_argument("--unary-model", default="all-minilm-l6-v2")
     parser.add_argument("--max-wer", type=float, default=0.15, help="against the in-process transcript")

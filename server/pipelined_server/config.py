@@ -134,9 +134,9 @@ class StreamingLimits(Section):
     realtime_burst_s: Float = Field(default=30.0, ge=0)
     # Audio sustained slower than this fraction of real time, once `idle_timeout_s` behind, ends the
     # stream with DEADLINE_EXCEEDED: a trickle (a few samples just inside the idle timeout) would hold
-    # its slot for ever. Time the server spends decoding the stream's audio is not held against it (a
-    # client may wait for results before sending more); a live source, even with a drifting clock, is
-    # far above one half.
+    # its slot for ever. Only the time the server waits for the client's messages counts, less the time
+    # spent decoding the stream's audio (a client may wait for results before sending more); a live
+    # source, even with a drifting clock, is far above one half.
     min_realtime_factor: Float = Field(default=0.5, ge=0, lt=1)
     # Audio a stream may hold not yet final (the decoder fell this far behind): RESOURCE_EXHAUSTED.
     max_held_audio_s: Float = Field(default=60.0, gt=0)
