@@ -68,7 +68,8 @@ class SpeechServicer(Servicer, speech_pb2_grpc.SpeechServiceServicer):
         # Headers first, before any refusal: a client whose channel may retry (the SDK's) buffers what it
         # sends until the call is committed by the server's headers; a refusal arriving on an uncommitted
         # call failed the buffered sends, and the client saw INTERNAL "Internal error from Core" instead
-        # of RESOURCE_EXHAUSTED and its retry hint (48 of 150 refused streams; none with this).
+        # of RESOURCE_EXHAUSTED and its retry hint (48 of 150 refused streams on an idle machine; none
+        # with this; under load some still do: the client's write racing the refusal, an open defect).
         await context.send_initial_metadata(())
         guard = IdleGuard(requests, limits.idle_timeout_s, self.state.drain_started)
         # The slot is held from the start: streams still waiting for their config count too.
