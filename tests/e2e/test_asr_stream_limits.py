@@ -1,7 +1,7 @@
 """Live-stream limits through a real server and a real gRPC client: each limit ends only the stream that
 passed it, with its own status and a message naming the setting, and the server keeps serving.
 
-Tiny random models; the tests that need speech replay a recording of ../shared/data (skipped without it).
+Tiny random models; the tests that need speech replay a real recording (tests/fixtures/speech_clips.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from pipelined import Client
 from pipelined.errors import ResourceExhausted
 from pipelined.v1 import speech_pb2, speech_pb2_grpc
 from pipelined_server.config import ServerConfig, StreamingLimits
-from test_asr_streaming import RATE, SILENCE, audio_requests, config_request, seconds, speech, wait_until
+from speech_clips import speech
+from test_asr_streaming import RATE, SILENCE, audio_requests, config_request, seconds, wait_until
 
 ACTIVE = "pipelined_active_streams"
 

@@ -1,7 +1,8 @@
 """Live streaming (SpeechService.StreamingRecognize) on tiny random models: protocol and semantics.
 
-Voice activity detection needs real speech to open utterances, so the tests that decode replay a
-recording of ../shared/data (skipped without it); the bad-stream statuses need no speech.
+Voice activity detection needs real speech to open utterances, so the tests that decode replay a real
+recording (tests/fixtures/speech_clips.py: one shipped in an installed package, so they run without
+../shared/data); the bad-stream statuses need no speech.
 """
 
 from __future__ import annotations
@@ -19,22 +20,15 @@ import numpy as np
 import pytest
 from asr_specs import ASR, asr_specs
 from harness import ServerThread
-from paths import shared_file
 from pipelined import Client
 from pipelined.aio import Client as AioClient
 from pipelined.streaming import FileSource, StreamingResult
 from pipelined.v1 import audio_pb2, speech_pb2, speech_pb2_grpc
 from pipelined_server.config import ServerConfig, StreamingLimits
+from speech_clips import speech, speech_wav
 
 RATE = 16000
 LINEAR16 = audio_pb2.RawAudioFormat(encoding=audio_pb2.AUDIO_ENCODING_LINEAR16, sample_rate_hertz=RATE)
-
-
-def speech(clip: str = "audio/jfk.flac") -> np.ndarray:
-    """A real recording as 16 kHz mono float32."""
-    from pipelined_server.audio import decode_encoded
-
-    return decode_encoded(Path(shared_file(clip)).read_bytes(), RATE)
 
 
 def pcm(samples: np.ndarray) -> bytes:
@@ -118,7 +112,7 @@ def test_stream_ordering_offsets_and_ok_end(stub: Any, model: str, words: bool) 
 
 
 def test_half_close_mid_speech_flushes_a_final(stub: Any) -> None:
-    audio = speech()[: int(1.5 * RATE)]  # ends in the middle of "And so my fellow Americans"
+    audio = speech()[: int(1.5 * RATE)]  # ends in the middle of the first utterance
     config = config_request(voice_activity_events=True)
     responses = list(stub.StreamingRecognize(iter([config, *audio_requests(audio)]), timeout=300))
     last = responses[-1]
@@ -322,9 +316,9 @@ def test_client_cancellation_frees_everything(asr_server: ServerThread, stub: An
 # --------------------------------------------------------------------------------------- SDK
 
 
-def test_sdk_stream_yields_results_and_events(asr_server: ServerThread) -> None:
+def test_sdk_stream_yields_results_and_events(asr_server: ServerThread, tmp_path: Path) -> None:
     pipe = Client(asr_server.target, timeout=300).pipeline(ASR)
-    source = FileSource(shared_file("audio/LJ001-0002.wav"), realtime=False)
+    source = FileSource(speech_wav(tmp_path), realtime=False)
     got = list(pipe.stream(source, return_timestamps="word"))
     assert all(isinstance(r, StreamingResult) for r in got)
     assert got[0].event == "speech_started" and got[-1].event == "speech_ended"
@@ -333,8 +327,8 @@ def test_sdk_stream_yields_results_and_events(asr_server: ServerThread) -> None:
     assert all(r.end is not None and r.end <= source.duration_s + 1e-6 for r in finals)
 
 
-def test_aio_stream(asr_server: ServerThread) -> None:
-    path = shared_file("audio/LJ001-0002.wav")
+def test_aio_stream(asr_server: ServerThread, tmp_path: Path) -> None:
+    path = speech_wav(tmp_path)
 
     async def run() -> list[StreamingResult]:
         pipe = AioClient(asr_server.target).pipeline(ASR)
