@@ -7,7 +7,6 @@ Tiny random models; the tests that need speech replay a real recording (tests/fi
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -60,7 +59,7 @@ def held_open(
     yield from first
     while not gate.is_set():
         yield SILENCE
-        time.sleep(0.1)
+        gate.wait(0.1)  # paced, and ended as soon as the gate opens
 
 
 def never_configured(gate: threading.Event) -> Iterator[speech_pb2.StreamingRecognizeRequest]:
