@@ -380,3 +380,47 @@ def test_drain_flushes_open_streams_and_ends_them_unavailable(tiny_whisper_dir: 
     assert outcome == [grpc.StatusCode.UNAVAILABLE], "drain waited for the live stream instead of ending it"
     stopping.join(60)
     assert any(r.is_final for resp in received for r in resp.results), "the speech so far was not flushed"
+
+
+# ------------------------------------------------------------------------------------ deadlines
+
+
+def _silence_until(gate: threading.Event, limit_s: float | None = None) -> Iterator[np.ndarray]:
+    """Live silence in 0.1 s chunks, paced at real time, until `gate` is set (or `limit_s` of audio)."""
+    sent = 0.0
+    while not gate.is_set() and (limit_s is None or sent < limit_s):
+        yield np.zeros(RATE // 10, np.float32)
+        sent += 0.1
+        gate.wait(0.1)
+
+
+STREAM_REQUESTS = {"model": "tiny-whisper", "task": ASR, "method": "StreamingRecognize"}
+
+
+def test_a_live_stream_ends_at_its_deadline_s_and_only_then(asr_server: ServerThread) -> None:
+    """`deadline_s=` bounds the whole stream: an endless one ends DEADLINE_EXCEEDED and the server frees
+    it (counted under that code, not CANCELLED); without it, the client's per-call timeout does not apply."""
+    from pipelined import DeadlineExceeded
+
+    pipe = Client(asr_server.target, timeout=0.5).pipeline(ASR)
+
+    def counts() -> dict[str, float]:
+        return {
+            code: asr_server.metric("pipelined_streams_ended_total", model="tiny-whisper", code=code)
+            + asr_server.metric("pipelined_requests_total", **STREAM_REQUESTS, code=code)
+            for code in ("OK", "DEADLINE_EXCEEDED", "CANCELLED")
+        }
+
+    ended = counts()
+    # 2 s of live audio against a 0.5 s client timeout: no deadline unless deadline_s is given.
+    assert list(pipe.stream(_silence_until(threading.Event(), limit_s=2.0), sampling_rate=RATE)) == []
+    gate = threading.Event()
+    try:
+        with pytest.raises(DeadlineExceeded):
+            list(pipe.stream(_silence_until(gate), sampling_rate=RATE, deadline_s=1.0))
+    finally:
+        gate.set()
+    wait_until(lambda: asr_server.metric("pipelined_active_streams", model="tiny-whisper") == 0)
+    # Both the streams' and the requests' metric: one stream ended OK and one DEADLINE_EXCEEDED.
+    after = {code: count - ended[code] for code, count in counts().items()}
+    assert after == {"OK": 2, "DEADLINE_EXCEEDED": 2, "CANCELLED": 0}
