@@ -128,6 +128,10 @@ class StreamingLimits(Section):
     max_window_s: Float = Field(default=5.0, gt=0)
     # ...and cut by force (its hypothesis made final) at this length, well under Whisper's 30 s window.
     hard_window_s: Float = Field(default=25.0, gt=0, le=30.0)
+    # Whisper decodes of a stream encode their window plus this much padding, not the 30 s window that
+    # Whisper pads every input to (tasks/whisper_context.py: with less than 8 s, tiny.en was measured to
+    # repeat itself at the cut on short windows). null: the full 30 s window.
+    encoder_margin_s: Float | None = Field(default=8.0, ge=1.0)
     # Audio sustained faster than this many times real time ends the stream with RESOURCE_EXHAUSTED...
     max_realtime_factor: Float = Field(default=3.0, gt=0)
     # ...beyond this much audio sent ahead at once (a client reconnecting may replay what it buffered).

@@ -11,6 +11,7 @@ from typing import Any
 
 from .config import ModelSpec
 from .errors import ConfigError
+from .tasks import whisper_context
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +195,8 @@ def load_pipeline(spec: ModelSpec, device: str | None = None) -> LoadedPipeline:
         dtype = "int8"
     elif spec.dtype in ("int8", "nf4"):
         dtype = spec.dtype  # bitsandbytes: model.dtype reports the compute dtype, not the stored one
+    if getattr(pipe, "type", "") == "seq2seq_whisper":
+        whisper_context.install(torch_model)
     weights = weight_bytes_by_device(torch_model) if torch_model is not None else {}
     return LoadedPipeline(pipe, device=summary, dtype=dtype, weight_bytes=weights, placements=placements)
 
@@ -231,7 +234,14 @@ def run_batch(pipe: Any, inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[
     """Runs one batch: the pipeline receives a list, so its own DataLoader batches the inputs."""
     call_kwargs = dict(kwargs)
     batch_size = max(len(inputs), int(call_kwargs.pop("batch_size", None) or 1))
-    items = list(inputs)
+    margin_s = call_kwargs.pop(whisper_context.KWARG, None)
+    if margin_s is not None:
+        with whisper_context.trimmed(margin_s):
+            return _run_batch(pipe, list(inputs), batch_size, call_kwargs)
+    return _run_batch(pipe, list(inputs), batch_size, call_kwargs)
+
+
+def _run_batch(pipe: Any, items: list[Any], batch_size: int, call_kwargs: dict[str, Any]) -> list[Any]:
     if len(items) == 1 and getattr(pipe, "task", "") in _DIRECT_TASKS:
         return [_run_one(pipe, items[0], call_kwargs)]
     if getattr(pipe, "task", "") == "image-text-to-text" and isinstance(items[0], dict):
@@ -241,7 +251,7 @@ def run_batch(pipe: Any, inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[
 
         return list(Pipeline.__call__(pipe, items, batch_size=batch_size, **call_kwargs))
     outputs = pipe(items, batch_size=batch_size, **call_kwargs)
-    if len(inputs) == 1 and _unwraps_one_item_lists(pipe):
+    if len(items) == 1 and _unwraps_one_item_lists(pipe):
         outputs = [outputs]
     return list(outputs)
 

@@ -111,12 +111,11 @@ def _record(state: ServerState, info: CallInfo, code: grpc.StatusCode, started: 
     """Metrics (labels only from served models and tasks) and the access log line of a finished call."""
     latency = time.monotonic() - started
     metrics = state.metrics
-    labels = (metrics.model_label(info.model), metrics.task_label(info.task), info.method)
-    metrics.requests.labels(*labels, code.name).inc()
-    metrics.request_latency.labels(*labels).observe(latency)
+    model = metrics.model_label(info.model)
+    metrics.finished_call(model, metrics.task_label(info.task), info.method, code.name, latency)
     logs.access(
         method=info.method,
-        model=labels[0] if info.model else "",
+        model=model if info.model else "",
         code=code,
         latency_s=latency,
         peer=info.peer,

@@ -48,6 +48,10 @@ def hypothesis(output: dict[str, Any], offset_s: float, duration_s: float) -> Hy
     cuts: list[tuple[int, float]] = []
     for chunk in chunks:
         start, end = chunk.get("timestamp") or (None, None)
+        if start is not None and start >= duration_s:
+            # Words placed after the audio's end were not heard: Whisper, given padding after the audio
+            # (whisper_context), may go on "transcribing" it.
+            continue
         start = min(max(0.0, start or 0.0), duration_s)
         closed = end is not None
         end = min(max(start, end if end is not None else duration_s), duration_s)

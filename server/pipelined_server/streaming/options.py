@@ -11,7 +11,7 @@ from ..audio import RawFormat
 from ..config import InputLimits
 from ..errors import InvalidInput
 from ..registry import ModelInstance
-from ..tasks import asr
+from ..tasks import asr, whisper_context
 from ..tasks.audio_input import raw_format
 from ..tasks.durations import to_seconds
 
@@ -47,7 +47,10 @@ def _seconds(config: Any, name: str, default: float) -> float:
 
 
 def stream_options(
-    config: speech_pb2.StreamingRecognitionConfig, instance: ModelInstance, limits: InputLimits
+    config: speech_pb2.StreamingRecognitionConfig,
+    instance: ModelInstance,
+    limits: InputLimits,
+    encoder_margin_s: float | None = None,
 ) -> StreamOptions:
     if not config.HasField("audio_format"):
         raise InvalidInput(
@@ -64,6 +67,8 @@ def stream_options(
         # spread over a segment's words put its end at the window's end when Whisper skipped speech
         # there, and a window cut at that "word end" lost the speech (StreamSession._slide).
         kwargs["return_timestamps"] = "word"
+        if encoder_margin_s is not None:
+            kwargs[whisper_context.KWARG] = encoder_margin_s
     elif kind.startswith("ctc"):
         kwargs["return_timestamps"] = "word"
     else:
