@@ -264,7 +264,7 @@ def test_too_many_streams_is_resource_exhausted(strict_server: ServerThread, str
         yield config_request()
         while not gate.is_set():
             yield SILENCE
-            time.sleep(0.2)
+            gate.wait(0.2)  # paced, and ended as soon as the gate opens
 
     calls = [strict_stub.StreamingRecognize(held(g), timeout=60) for g in gates]
     wait_until(lambda: strict_server.metric("pipelined_active_streams", model="tiny-whisper") == 2)
