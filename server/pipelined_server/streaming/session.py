@@ -55,6 +55,15 @@ _FINAL_PRIORITY = 1
 _MAX_WORD_GAP_S = 1.0
 
 
+def _abandon(read: asyncio.Future[Any]) -> None:
+    """Cancels a read nobody will await. Its outcome is still retrieved: the read may have ended in the
+    meantime (the client half-closed: StopAsyncIteration) or end before the cancel lands, when the session
+    was itself cancelled (the caller left) or the drain or the idle timeout won; asyncio would otherwise
+    log "Task exception was never retrieved" for it."""
+    read.cancel()
+    read.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
 class IdleGuard:
     """Reads the next request, ending the stream when none comes within the idle timeout."""
 
@@ -78,18 +87,20 @@ class IdleGuard:
             return None
         read = asyncio.ensure_future(anext(self._requests))
         drain = asyncio.ensure_future(self._draining.wait())
+        done: set[asyncio.Future[Any]] = set()
         try:
             done, _ = await asyncio.wait(
                 {read, drain}, timeout=self.timeout_s, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             drain.cancel()
+            if read not in done:
+                _abandon(read)
         if read in done:
             try:
                 return read.result()
             except StopAsyncIteration:
                 return None
-        read.cancel()
         if drain in done:
             self.drained = True
             return None
