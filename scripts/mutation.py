@@ -39,20 +39,16 @@ GROUPS: dict[str, tuple[list[str], list[str], int]] = {
     ),
     "asr": (
         ["pipelined_server.tasks.asr.x_plan__mutmut_*"],
-        [
-            "tests/e2e/test_asr_parity.py::test_batching_never_changes_a_result",
-            "tests/e2e/test_asr_parity.py::test_whisper_language_detection_is_never_batched",
-            "tests/e2e/test_asr_parity.py::test_long_form_sequential_decoding",
-        ],
-        300,
+        ["tests/server/test_keys_asr.py"],
+        60,
     ),
     "text_generation": (
         [
             "pipelined_server.tasks.text_generation.x_batch_key__mutmut_*",
             "pipelined_server.tasks.text_generation.xǁTextGenerationǁitems__mutmut_*",
         ],
-        ["tests/e2e/test_text_parity.py::test_batching_never_changes_a_result"],
-        300,
+        ["tests/server/test_keys_text_generation.py"],
+        60,
     ),
     "scheduler": (
         ["pipelined_server.batching.scheduler.*__mutmut_*"],
@@ -69,16 +65,40 @@ GROUPS: dict[str, tuple[list[str], list[str], int]] = {
             "pipelined_server.tasks.vision.x_any_size__mutmut_*",
             "pipelined_server.tasks.vision.x_same_size__mutmut_*",
         ],
-        ["tests/e2e/test_vision_tasks.py"],
-        300,
+        ["tests/server/test_keys_vision.py"],
+        60,
     ),
     "audio_tasks": (
         [
             "pipelined_server.tasks.audio_tasks.x_same_length__mutmut_*",
             "pipelined_server.tasks.audio_tasks.xǁTextToAudioǁitems__mutmut_*",
         ],
-        ["tests/e2e/test_generic_tasks.py"],
-        300,
+        ["tests/server/test_keys_audio_tasks.py"],
+        60,
+    ),
+    "image_text": (
+        [
+            "pipelined_server.tasks.image_text.x__load_prompt__mutmut_*",
+            "pipelined_server.tasks.image_text.x_prompt_items__mutmut_*",
+        ],
+        ["tests/server/test_keys_image_text.py"],
+        60,
+    ),
+    "document_qa": (
+        ["pipelined_server.tasks.document_qa.x__load__mutmut_*"],
+        [
+            "tests/server/test_keys_document_qa.py",
+            "tests/e2e/test_document_ocr.py::test_ocr_is_bounded_in_time",
+        ],
+        60,
+    ),
+    "feature_extraction": (
+        [
+            "pipelined_server.tasks.feature_extraction.x__token_count__mutmut_*",
+            "pipelined_server.tasks.feature_extraction.xǁFeatureExtractionǁitems__mutmut_*",
+        ],
+        ["tests/server/test_keys_feature_extraction.py"],
+        60,
     ),
 }
 

@@ -132,7 +132,10 @@ class App:
             models=(m.name for m in config.models), tasks=(*(m.task for m in config.models), *RPC_TASKS)
         )
         tokens = TokenStore(Path(config.auth.tokens_file)) if config.auth.tokens_file else None
-        interceptors = [AuthInterceptor(tokens, on_reject=_rejected)] if tokens else []
+        interceptors: list[grpc.aio.ServerInterceptor] = (
+            [AuthInterceptor(tokens, on_reject=_rejected)] if tokens else []
+        )
+        interceptors.append(logs.OtherCalls(config.logging.health_checks))
         server = grpc.aio.server(
             options=server_options(config),
             interceptors=interceptors,
@@ -192,7 +195,9 @@ class App:
     async def _start_health_server(self) -> None:
         """grpc.health.v1 alone, in plaintext, on its own port: Kubernetes' native gRPC probes speak no
         TLS, and the health status is no secret (the same servicer answers on the main port)."""
-        self.health_server = grpc.aio.server()
+        self.health_server = grpc.aio.server(
+            interceptors=[logs.OtherCalls(self.config.logging.health_checks)]
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
         address = f"{self.config.host}:{self.config.health_port}"
         self.health_port = self.health_server.add_insecure_port(address)

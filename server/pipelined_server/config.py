@@ -136,6 +136,12 @@ class StreamingLimits(Section):
     max_realtime_factor: Float = Field(default=3.0, gt=0)
     # ...beyond this much audio sent ahead at once (a client reconnecting may replay what it buffered).
     realtime_burst_s: Float = Field(default=30.0, ge=0)
+    # Audio sustained slower than this fraction of real time, once `idle_timeout_s` behind, ends the
+    # stream with DEADLINE_EXCEEDED: a trickle (a few samples just inside the idle timeout) would hold
+    # its slot for ever. Only the time the server waits for the client's messages counts, less the time
+    # spent decoding the stream's audio (a client may wait for results before sending more); a live
+    # source, even with a drifting clock, is far above one half.
+    min_realtime_factor: Float = Field(default=0.5, ge=0, lt=1)
     # Audio a stream may hold not yet final (the decoder fell this far behind): RESOURCE_EXHAUSTED.
     max_held_audio_s: Float = Field(default=60.0, gt=0)
     # A stream's audio beyond this length is not read: its finals so far are sent, then OUT_OF_RANGE.
@@ -205,8 +211,11 @@ class GrpcOptions(Section):
     max_connection_age_grace_s: Float = Field(default=0.0, ge=0)
     # A connection with no call for this long is closed; 0: never.
     max_connection_idle_s: Float = Field(default=600.0, ge=0)
-    # Calls open at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
-    max_concurrent_streams: Int = Field(default=256, ge=1)
+    # Calls open at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). Calls past it are
+    # reset (REFUSED_STREAM), which gRPC clients report as UNAVAILABLE instead of queueing them: at 256,
+    # 1,000 calls at once from one SDK client lost 291 that way. Above max_concurrent_rpcs, so that the
+    # server-wide limit answers first, with RESOURCE_EXHAUSTED and a clear message.
+    max_concurrent_streams: Int = Field(default=4096, ge=1)
     # Calls open at once on the whole server; one more answers RESOURCE_EXHAUSTED at once.
     max_concurrent_rpcs: Int = Field(default=2048, ge=1)
 
@@ -215,6 +224,9 @@ class LoggingConfig(Section):
     """The access log: one line per call (logs.py), never user content."""
 
     access_log: bool = True
+    # Health checks (grpc.health.v1) in the access log at INFO too; by default at DEBUG only: a load
+    # balancer or kubelet probing every few seconds would fill the log with them.
+    health_checks: bool = False
     # "text" or "json" (one JSON object per line, for log collectors).
     format: Literal["text", "json"] = "text"
 

@@ -3,15 +3,23 @@
 
 The request id comes from the caller's `x-request-id` metadata (a proxy's or the client's own), or is
 made here; either way it is returned in the trailing metadata, so a client can quote it in a bug report.
+
+pipelined's own calls are logged by their servicers' wrapper (services/calls.py); `OtherCalls` logs the
+rest: server reflection at INFO like any call, grpc.health.v1 at DEBUG unless `logging.health_checks`
+(load balancers and kubelets probe every few seconds per instance: at INFO those lines would outnumber
+every other, which is why Kubernetes operators usually filter probes out of access logs).
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import logging
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -68,9 +76,10 @@ def access(
     request_id: str,
     model: str = "",
     principal: str = "",
+    level: int = logging.INFO,
 ) -> None:
-    """Logs one finished call (INFO, logger `pipelined.access`)."""
-    if not ACCESS.isEnabledFor(logging.INFO):
+    """Logs one finished call (logger `pipelined.access`)."""
+    if not ACCESS.isEnabledFor(level):
         return
     fields = {
         "method": method,
@@ -82,4 +91,93 @@ def access(
         "principal": principal,
     }
     text = " ".join(f"{k}={v}" for k, v in fields.items() if v != "")
-    ACCESS.info(text, extra={"access": fields})
+    ACCESS.log(level, text, extra={"access": fields})
+
+
+HEALTH_SERVICE = "grpc.health.v1.Health"
+# Services whose calls the servicers' own wrapper logs (services/calls.py).
+_OWN_SERVICES = "pipelined."
+
+
+class OtherCalls(grpc.aio.ServerInterceptor):
+    """The access log line and request id of the calls that reach no pipelined servicer: health checks
+    (DEBUG unless `health_checks`) and server reflection. Placed after authentication, so a refused
+    call is logged once, by the refusal."""
+
+    def __init__(self, health_checks: bool = False) -> None:
+        self.health_level = logging.INFO if health_checks else logging.DEBUG
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        service, _, method = details.method.lstrip("/").partition("/")
+        if handler is None or service.startswith(_OWN_SERVICES):
+            return handler
+        level = self.health_level if service == HEALTH_SERVICE else logging.INFO
+        for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+            behavior = getattr(handler, kind)
+            if behavior is not None:
+                wrapped = _logged(behavior, method, level)
+                return handler._replace(**{kind: wrapped})  # type: ignore[attr-defined, no-any-return]
+        return handler
+
+
+def _logged(behavior: Any, method: str, level: int) -> Any:
+    """`behavior` (a coroutine or async generator function) with the request id returned and the call
+    logged when it ends, however it ends."""
+
+    def begin(context: grpc.aio.ServicerContext) -> tuple[str, str, float]:
+        rid = request_id(context.invocation_metadata())
+        context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
+        return rid, context.peer(), time.monotonic()
+
+    def end(
+        context: grpc.aio.ServicerContext, call: tuple[str, str, float], error: BaseException | None
+    ) -> None:
+        rid, peer, started = call
+        code = context.code()
+        if isinstance(error, asyncio.CancelledError):
+            code = grpc.StatusCode.CANCELLED
+        elif error is not None and code is None:
+            code = grpc.StatusCode.UNKNOWN
+        status = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
+        access(
+            method=method,
+            code=status,
+            latency_s=time.monotonic() - started,
+            peer=peer,
+            request_id=rid,
+            level=level,
+        )
+
+    if inspect.isasyncgenfunction(behavior):
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            call = begin(context)
+            error: BaseException | None = None
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                end(context, call, error)
+
+        return stream
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        call = begin(context)
+        error: BaseException | None = None
+        try:
+            return await behavior(request, context)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            end(context, call, error)
+
+    return unary

@@ -161,17 +161,22 @@ def test_stream_file_segments_arrive_in_order(client: Client) -> None:
     assert all(s["audio_duration_s"] == pytest.approx(70.0) for s in segments)
 
 
-def test_stream_file_words(client: Client) -> None:
-    audio = tiny_audio(35.0, seed=8)
-    segments = list(client.pipeline(ASR, model="tiny-whisper").stream_file(audio, return_timestamps="word"))
+@pytest.mark.parametrize("seconds", [4.0, 70.0])
+def test_stream_file_words_equal_the_local_word_timestamps(
+    client: Client, local_whisper: Any, seconds: float
+) -> None:
+    """Every word of the in-process word-level long-form output arrives, in order and with its timestamps,
+    in exactly one segment (words between two segments were dropped, and those after the first 30 s came
+    30 s early); the segments are those of a stream without words."""
+    audio = tiny_audio(seconds, seed=int(seconds) + 100)
+    pipe = client.pipeline(ASR, model="tiny-whisper")
+    segments = list(pipe.stream_file(audio, return_timestamps="word"))
+    local = local_whisper(audio.copy(), return_timestamps="word")
+    assert len(local["chunks"]) > len(segments) > 1, "the check needs several segments of several words"
     words = [w for s in segments for w in s.get("words", [])]
-    assert words, "word timestamps were asked but no segment carried words"
-    for segment in segments:
-        start, end = segment["timestamp"]
-        for w in segment.get("words", []):
-            # Each word belongs to the segment whose span holds its middle.
-            w_start, w_end = w["timestamp"]
-            assert w_start is not None and start <= (w_start + (w_end or w_start)) / 2 <= end + 1e-6
+    assert_same({"text": local["text"], "chunks": words}, local)
+    plain = list(pipe.stream_file(audio))
+    assert [(s["text"], s["timestamp"]) for s in segments] == [(s["text"], s["timestamp"]) for s in plain]
 
 
 def test_stream_file_takes_only_shared_options(client: Client) -> None:
@@ -192,10 +197,23 @@ def test_stream_file_takes_only_shared_options(client: Client) -> None:
 
 
 def test_ctc_stream_file(client: Client, local_ctc: Any) -> None:
-    audio = np.concatenate([tiny_audio(20.0, seed=9), np.zeros(16000, np.float32), tiny_audio(20.0, seed=10)])
+    """CTC has no timestamps to seek by: the file is cut in the quietest 100 ms of the last 5 s of each 30 s
+    window, here the first frame of the second of silence at 27 s (cut in its middle, 27.05 s). Each
+    segment is the local pipeline's output on its piece, words shifted by the piece's start."""
+    audio = np.concatenate([tiny_audio(27.0, seed=9), np.zeros(16000, np.float32), tiny_audio(20.0, seed=10)])
+    cut = int(27.05 * 16000)
     segments = list(client.pipeline(ASR, model="tiny-ctc").stream_file(audio, return_timestamps="word"))
-    assert len(segments) >= 2
-    assert segments[-1]["audio_processed_s"] == pytest.approx(len(audio) / 16000)
+    pieces = [(0, audio[:cut]), (cut, audio[cut:])]
+    assert len(segments) == len(pieces)
+    for segment, (start, piece) in zip(segments, pieces, strict=True):
+        local = local_ctc(piece.copy(), return_timestamps="word")
+        offset, end = start / 16000, (start + len(piece)) / 16000
+        assert segment["text"] == local["text"] and len(local["chunks"]) > 1
+        assert segment["timestamp"] == pytest.approx((offset, end), abs=1e-9)
+        assert segment["audio_processed_s"] == pytest.approx(end)
+        assert [w["text"] for w in segment["words"]] == [w["text"] for w in local["chunks"]]
+        for word, expected in zip(segment["words"], local["chunks"], strict=True):
+            assert word["timestamp"] == pytest.approx([offset + t for t in expected["timestamp"]], abs=1e-9)
 
 
 def test_long_audio_without_timestamps_is_transcribed(client: Client, local_whisper: Any) -> None:

@@ -1,13 +1,12 @@
 """Live-stream limits through a real server and a real gRPC client: each limit ends only the stream that
 passed it, with its own status and a message naming the setting, and the server keeps serving.
 
-Tiny random models; the tests that need speech replay a recording of ../shared/data (skipped without it).
+Tiny random models; the tests that need speech replay a real recording (tests/fixtures/speech_clips.py).
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,8 @@ from pipelined import Client
 from pipelined.errors import ResourceExhausted
 from pipelined.v1 import speech_pb2, speech_pb2_grpc
 from pipelined_server.config import ServerConfig, StreamingLimits
-from test_asr_streaming import RATE, SILENCE, audio_requests, config_request, seconds, speech, wait_until
+from speech_clips import speech
+from test_asr_streaming import RATE, SILENCE, audio_requests, config_request, seconds, wait_until
 
 ACTIVE = "pipelined_active_streams"
 
@@ -59,7 +59,7 @@ def held_open(
     yield from first
     while not gate.is_set():
         yield SILENCE
-        time.sleep(0.1)
+        gate.wait(0.1)  # paced, and ended as soon as the gate opens
 
 
 def never_configured(gate: threading.Event) -> Iterator[speech_pb2.StreamingRecognizeRequest]:

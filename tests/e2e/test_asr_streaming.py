@@ -1,7 +1,8 @@
 """Live streaming (SpeechService.StreamingRecognize) on tiny random models: protocol and semantics.
 
-Voice activity detection needs real speech to open utterances, so the tests that decode replay a
-recording of ../shared/data (skipped without it); the bad-stream statuses need no speech.
+Voice activity detection needs real speech to open utterances, so the tests that decode replay a real
+recording (tests/fixtures/speech_clips.py: one shipped in an installed package, so they run without
+../shared/data); the bad-stream statuses need no speech.
 """
 
 from __future__ import annotations
@@ -19,22 +20,15 @@ import numpy as np
 import pytest
 from asr_specs import ASR, asr_specs
 from harness import ServerThread
-from paths import shared_file
 from pipelined import Client
 from pipelined.aio import Client as AioClient
 from pipelined.streaming import FileSource, StreamingResult
 from pipelined.v1 import audio_pb2, speech_pb2, speech_pb2_grpc
 from pipelined_server.config import ServerConfig, StreamingLimits
+from speech_clips import speech, speech_wav
 
 RATE = 16000
 LINEAR16 = audio_pb2.RawAudioFormat(encoding=audio_pb2.AUDIO_ENCODING_LINEAR16, sample_rate_hertz=RATE)
-
-
-def speech(clip: str = "audio/jfk.flac") -> np.ndarray:
-    """A real recording as 16 kHz mono float32."""
-    from pipelined_server.audio import decode_encoded
-
-    return decode_encoded(Path(shared_file(clip)).read_bytes(), RATE)
 
 
 def pcm(samples: np.ndarray) -> bytes:
@@ -118,7 +112,7 @@ def test_stream_ordering_offsets_and_ok_end(stub: Any, model: str, words: bool) 
 
 
 def test_half_close_mid_speech_flushes_a_final(stub: Any) -> None:
-    audio = speech()[: int(1.5 * RATE)]  # ends in the middle of "And so my fellow Americans"
+    audio = speech()[: int(1.5 * RATE)]  # ends in the middle of the first utterance
     config = config_request(voice_activity_events=True)
     responses = list(stub.StreamingRecognize(iter([config, *audio_requests(audio)]), timeout=300))
     last = responses[-1]
@@ -270,7 +264,7 @@ def test_too_many_streams_is_resource_exhausted(strict_server: ServerThread, str
         yield config_request()
         while not gate.is_set():
             yield SILENCE
-            time.sleep(0.2)
+            gate.wait(0.2)  # paced, and ended as soon as the gate opens
 
     calls = [strict_stub.StreamingRecognize(held(g), timeout=60) for g in gates]
     wait_until(lambda: strict_server.metric("pipelined_active_streams", model="tiny-whisper") == 2)
@@ -322,9 +316,9 @@ def test_client_cancellation_frees_everything(asr_server: ServerThread, stub: An
 # --------------------------------------------------------------------------------------- SDK
 
 
-def test_sdk_stream_yields_results_and_events(asr_server: ServerThread) -> None:
+def test_sdk_stream_yields_results_and_events(asr_server: ServerThread, tmp_path: Path) -> None:
     pipe = Client(asr_server.target, timeout=300).pipeline(ASR)
-    source = FileSource(shared_file("audio/LJ001-0002.wav"), realtime=False)
+    source = FileSource(speech_wav(tmp_path), realtime=False)
     got = list(pipe.stream(source, return_timestamps="word"))
     assert all(isinstance(r, StreamingResult) for r in got)
     assert got[0].event == "speech_started" and got[-1].event == "speech_ended"
@@ -333,8 +327,8 @@ def test_sdk_stream_yields_results_and_events(asr_server: ServerThread) -> None:
     assert all(r.end is not None and r.end <= source.duration_s + 1e-6 for r in finals)
 
 
-def test_aio_stream(asr_server: ServerThread) -> None:
-    path = shared_file("audio/LJ001-0002.wav")
+def test_aio_stream(asr_server: ServerThread, tmp_path: Path) -> None:
+    path = speech_wav(tmp_path)
 
     async def run() -> list[StreamingResult]:
         pipe = AioClient(asr_server.target).pipeline(ASR)
@@ -348,10 +342,6 @@ def test_aio_stream(asr_server: ServerThread) -> None:
 def test_drain_flushes_open_streams_and_ends_them_unavailable(tiny_whisper_dir: Path) -> None:
     """SIGTERM's drain does not wait out the grace for a live stream: the stream stops reading, sends its
     last finals for the speech so far, and ends UNAVAILABLE so the client reconnects elsewhere."""
-    import queue
-    import threading
-    import time
-
     from pipelined_server.config import ModelSpec, ServerConfig
 
     spec = ModelSpec(
@@ -360,9 +350,7 @@ def test_drain_flushes_open_streams_and_ends_them_unavailable(tiny_whisper_dir: 
         source=str(tiny_whisper_dir),
         pipeline_kwargs={"num_beams": 1},
     )
-    server = ServerThread(
-        ServerConfig(host="127.0.0.1", port=0, metrics_port=0, grace_period_s=30, models=(spec,))
-    )
+    server = ServerThread(ServerConfig(host="127.0.0.1", port=0, metrics_port=0, models=(spec,)))
     audio = speech()[: int(3 * RATE)]
     outgoing: queue.Queue[Any] = queue.Queue()
     for request in [config_request(), *audio_requests(audio)]:
@@ -382,11 +370,57 @@ def test_drain_flushes_open_streams_and_ends_them_unavailable(tiny_whisper_dir: 
     reader = threading.Thread(target=read)
     reader.start()
     wait_until(lambda: server.metric("pipelined_active_streams", model="w") == 1)
-    time.sleep(1.0)
-    started = time.monotonic()
-    server.stop(grace_s=30)
-    reader.join(30)
+    # The session holds speech once a decode of it has started.
+    wait_until(lambda: server.metric("pipelined_batch_size_count", model="w") >= 1)
+    stopping = threading.Thread(target=server.stop, kwargs={"grace_s": 600})
+    stopping.start()
+    # The drain ends the stream now, not at the end of its grace (nor at the call's 120 s deadline).
+    reader.join(60)
     outgoing.put(None)
-    assert time.monotonic() - started < 15, "drain waited for the live stream instead of ending it"
-    assert outcome == [grpc.StatusCode.UNAVAILABLE]
+    assert outcome == [grpc.StatusCode.UNAVAILABLE], "drain waited for the live stream instead of ending it"
+    stopping.join(60)
     assert any(r.is_final for resp in received for r in resp.results), "the speech so far was not flushed"
+
+
+# ------------------------------------------------------------------------------------ deadlines
+
+
+def _silence_until(gate: threading.Event, limit_s: float | None = None) -> Iterator[np.ndarray]:
+    """Live silence in 0.1 s chunks, paced at real time, until `gate` is set (or `limit_s` of audio)."""
+    sent = 0.0
+    while not gate.is_set() and (limit_s is None or sent < limit_s):
+        yield np.zeros(RATE // 10, np.float32)
+        sent += 0.1
+        gate.wait(0.1)
+
+
+STREAM_REQUESTS = {"model": "tiny-whisper", "task": ASR, "method": "StreamingRecognize"}
+
+
+def test_a_live_stream_ends_at_its_deadline_s_and_only_then(asr_server: ServerThread) -> None:
+    """`deadline_s=` bounds the whole stream: an endless one ends DEADLINE_EXCEEDED and the server frees
+    it (counted under that code, not CANCELLED); without it, the client's per-call timeout does not apply."""
+    from pipelined import DeadlineExceeded
+
+    pipe = Client(asr_server.target, timeout=0.5).pipeline(ASR)
+
+    def counts() -> dict[str, float]:
+        return {
+            code: asr_server.metric("pipelined_streams_ended_total", model="tiny-whisper", code=code)
+            + asr_server.metric("pipelined_requests_total", **STREAM_REQUESTS, code=code)
+            for code in ("OK", "DEADLINE_EXCEEDED", "CANCELLED")
+        }
+
+    ended = counts()
+    # 2 s of live audio against a 0.5 s client timeout: no deadline unless deadline_s is given.
+    assert list(pipe.stream(_silence_until(threading.Event(), limit_s=2.0), sampling_rate=RATE)) == []
+    gate = threading.Event()
+    try:
+        with pytest.raises(DeadlineExceeded):
+            list(pipe.stream(_silence_until(gate), sampling_rate=RATE, deadline_s=1.0))
+    finally:
+        gate.set()
+    wait_until(lambda: asr_server.metric("pipelined_active_streams", model="tiny-whisper") == 0)
+    # Both the streams' and the requests' metric: one stream ended OK and one DEADLINE_EXCEEDED.
+    after = {code: count - ended[code] for code, count in counts().items()}
+    assert after == {"OK": 2, "DEADLINE_EXCEEDED": 2, "CANCELLED": 0}

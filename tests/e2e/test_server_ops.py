@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import os
-import re
 import signal
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from harness import ServerThread
-from pipelined import Client, Unavailable
+from harness import ServerProcess, ServerThread, wait_for
+from pipelined import Cancelled, Client, PipelinedError, Unavailable
+from pipelined.v1 import audio_pb2, speech_pb2, speech_pb2_grpc
 from tiny_models import build_tiny_whisper, tiny_audio
 
 ASR = "automatic-speech-recognition"
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def test_health_per_model_and_overall(asr_server: ServerThread) -> None:
@@ -57,65 +56,53 @@ def test_request_metrics_by_model_and_code(asr_server: ServerThread) -> None:
     assert asr_server.metric("pipelined_model_load_seconds", model="tiny-ctc") > 0
 
 
-def _free_port() -> int:
-    import socket
+def _health(target: str, service: str = "") -> int:
+    """grpc.health.v1's answer, asked with the plain health stub (not the SDK)."""
+    with grpc.insecure_channel(target) as channel:
+        request = health_pb2.HealthCheckRequest(service=service)
+        return int(health_pb2_grpc.HealthStub(channel).Check(request, timeout=10).status)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+
+def audio_input(samples: np.ndarray) -> audio_pb2.AudioInput:
+    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+    fmt = audio_pb2.RawAudioFormat(encoding=audio_pb2.AUDIO_ENCODING_LINEAR16, sample_rate_hertz=16000)
+    return audio_pb2.AudioInput(raw=audio_pb2.RawAudio(data=pcm, format=fmt))
+
+
+def _start(tmp_path: Path, grace_s: float, models: str) -> ServerProcess:
+    config = tmp_path / "server.yaml"
+    config.write_text(f"grace_period_s: {grace_s}\nmodels:\n{models}")
+    return ServerProcess(["--config", str(config)], tmp_path)
+
+
+def _model(name: str, source: Path) -> str:
+    return f"  - {{name: {name}, task: {ASR}, source: '{source}', pipeline_kwargs: {{num_beams: 1}}}}\n"
+
+
+def _wait_computing(server: ServerProcess, model: str, call: threading.Thread) -> None:
+    """Until the call's batch is on the model (its size is observed as it starts), not merely sent."""
+    wait_for(
+        lambda: not call.is_alive() or server.metric("pipelined_batch_size_count", model=model) >= 1,
+        timeout_s=120,
+        what="the long call to reach the model",
+    )
+    assert call.is_alive(), "the call finished before SIGTERM could be sent"
 
 
 @pytest.fixture()
-def server_process(tmp_path: Path, tiny_whisper_dir: Path) -> Any:
+def server_process(tmp_path: Path, tiny_whisper_dir: Path) -> Iterator[ServerProcess]:
     """A real `pipelined-server` process; its second model is bigger, so it is still loading for a while."""
     slow = build_tiny_whisper(tmp_path / "slow", d_model=384, layers=4)
-    config = tmp_path / "server.yaml"
-    config.write_text(
-        "grace_period_s: 30\nmodels:\n"
-        f"  - {{name: fast, task: {ASR}, source: '{tiny_whisper_dir}', pipeline_kwargs: {{num_beams: 1}}}}\n"
-        f"  - {{name: slow, task: {ASR}, source: '{slow}', pipeline_kwargs: {{num_beams: 1}}}}\n"
-    )
-    port, metrics_port = _free_port(), _free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipelined_server.cli",
-            "--config",
-            str(config),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--metrics-port",
-            str(metrics_port),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    yield process, f"127.0.0.1:{port}", metrics_port
-    if process.poll() is None:
-        process.kill()
+    server = _start(tmp_path, 30, _model("fast", tiny_whisper_dir) + _model("slow", slow))
+    yield server
+    server.stop()
 
 
-def test_sigterm_during_load_drains_without_losing_a_request(server_process: Any) -> None:
-    process, target, metrics_port = server_process
-    client = Client(target, timeout=120)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if client.health("fast") == "SERVING":
-                break
-        except Unavailable:
-            pass
-        time.sleep(0.1)
-    else:
-        pytest.fail("the fast model never became ready")
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
-    assert re.search(r'pipelined_model_ready\{model="fast"\} 1.0', metrics)
+def test_sigterm_during_load_drains_without_losing_a_request(server_process: ServerProcess) -> None:
+    server = server_process
+    client = Client(server.target, timeout=120)
+    wait_for(lambda: _serving(client, "fast"), timeout_s=180, what="the fast model to be ready")
+    assert server.metric("pipelined_model_ready", model="fast") == 1
 
     results: list[Any] = []
     long_audio = tiny_audio(90.0, seed=5)
@@ -123,25 +110,61 @@ def test_sigterm_during_load_drains_without_losing_a_request(server_process: Any
         target=lambda: results.append(client.pipeline(ASR, model="fast")(long_audio))
     )
     in_flight.start()
-    # SIGTERM only once the request is being computed (not merely sent), however loaded the machine is.
-    calls = re.compile(r'pipelined_pipeline_calls_total\{model="fast"\} ([0-9.]+)')
-    while (
-        not (
-            m := calls.search(
-                urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
-            )
-        )
-        or float(m.group(1)) < 1
-    ):
-        assert in_flight.is_alive(), "the request finished before SIGTERM could be sent"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
-    with pytest.raises(Unavailable):
-        client.pipeline(ASR, model="fast")(tiny_audio(1.0))
+    _wait_computing(server, "fast", in_flight)
+    server.process.send_signal(signal.SIGTERM)
+    # The drain has begun once health says so (grpc.health.v1, still answering while the call runs).
+    wait_for(lambda: _health(server.target) == NOT_SERVING, what="health NOT_SERVING after SIGTERM")
+    assert in_flight.is_alive()
+    assert _health(server.target, "fast") == NOT_SERVING
+    # A raw stub: the SDK would retry UNAVAILABLE until the server is gone.
+    with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as refused:
+        config = speech_pb2.ClipRecognitionConfig(config=speech_pb2.RecognitionConfig(model="fast"))
+        request = speech_pb2.RecognizeRequest(config=config, audio=audio_input(tiny_audio(1.0)))
+        speech_pb2_grpc.SpeechServiceStub(channel).Recognize(request, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "server is shutting down" in (refused.value.details() or "")
     in_flight.join(120)
-    assert results and "text" in results[0], "the in-flight request was lost"
-    assert process.wait(60) == 0
+    assert results and results[0]["text"], "the in-flight request was lost"
+    assert server.process.wait(60) == 0
+
+
+def test_sigterm_cuts_a_call_that_outlasts_the_grace_and_still_exits_0(
+    tmp_path: Path, tiny_whisper_dir: Path
+) -> None:
+    """A 10-minute recognition (minutes of tiny-Whisper windows here) against a 1 s grace: health turns
+    NOT_SERVING while it runs, the call is cut after the grace, its work stops at the next window and the
+    process exits 0. Were the work not stopped, the watchdog would exit 1 at grace + 5 s (cli.py); were
+    the call not cut, the process would not exit before the recognition ends."""
+    server = _start(tmp_path, 1, _model("w", tiny_whisper_dir))
+    try:
+        client = Client(server.target, timeout=600)
+        server.wait_serving(client)
+        outcome: list[Any] = []
+
+        def call() -> None:
+            try:
+                outcome.append(client.pipeline(ASR, model="w")(tiny_audio(600.0, seed=6)))
+            except PipelinedError as error:
+                outcome.append(error)
+
+        in_flight = threading.Thread(target=call)
+        in_flight.start()
+        _wait_computing(server, "w", in_flight)
+        server.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: _health(server.target, "w") == NOT_SERVING, what="health NOT_SERVING after SIGTERM")
+        assert in_flight.is_alive(), "the recognition ended before the grace did"
+        assert server.process.wait(120) == 0
+        in_flight.join(60)
+        assert len(outcome) == 1 and isinstance(outcome[0], Unavailable | Cancelled), outcome
+    finally:
+        server.stop()
+
+
+def _serving(client: Client, model: str) -> bool:
+    try:
+        return client.health(model) == "SERVING"
+    except Unavailable:
+        return False
 
 
 def test_a_model_that_fails_to_load_does_not_take_the_others_down(tiny_ctc_dir: Path) -> None:

@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from harness import ServerProcess
+from harness import ServerProcess, wait_for
 from pipelined import Client
 from pipelined.errors import StreamInterrupted, Unavailable
 from pipelined.streaming import ReplayBuffer, StreamingResult, shifted, streaming_config
@@ -97,14 +96,12 @@ class Gate:
 
 def _kill_the_streaming_server(servers: list[ServerProcess]) -> ServerProcess:
     """SIGKILLs the server holding the (one) open stream."""
-    deadline = time.monotonic() + 120
-    while True:
-        busy = [s for s in servers if s.metric("pipelined_active_streams") >= 1]
-        if busy:
-            break
-        assert time.monotonic() < deadline, "no server holds the stream"
-        time.sleep(0.05)
-    (victim,) = busy
+    wait_for(
+        lambda: any(s.metric("pipelined_active_streams") >= 1 for s in servers),
+        timeout_s=120,
+        what="a server to hold the stream",
+    )
+    (victim,) = [s for s in servers if s.metric("pipelined_active_streams") >= 1]
     victim.process.kill()
     victim.process.wait()
     return victim

@@ -4,8 +4,8 @@ requests that the server batches give the same results as unbatched in-process c
 
 from __future__ import annotations
 
+import functools
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,8 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 import tiny_vision_models as tiny  # noqa: E402
-from harness import ServerThread, concurrently  # noqa: E402
+from documents import WORDS  # noqa: E402
+from harness import ServerThread, concurrently, wait_for  # noqa: E402
 from pipelined import Client  # noqa: E402
 from pipelined_server.config import BatchingConfig, ModelSpec, ServerConfig  # noqa: E402
 from tiny_models import tiny_audio  # noqa: E402
@@ -251,22 +252,38 @@ def test_image_text_to_text_stream_pieces_add_up(client: Client, local: Any) -> 
     assert "".join(pieces) == expected
 
 
-def test_image_text_to_text_cancelled_stream_frees_the_worker(client: Client, local: Any) -> None:
-    """A stream whose caller goes away stops at the next token: the next request is served long before
-    the abandoned generation's max_new_tokens would have finished (the tiny model never stops early)."""
+def test_image_text_to_text_cancelled_stream_frees_the_worker(
+    server: ServerThread, client: Client, local: Any
+) -> None:
+    """A stream whose caller goes away stops at the next token: its generation ends after a few of its
+    1024 tokens (limits.max_new_tokens; the tiny model never stops early), counted as the model's
+    forward passes, and the next request is served right."""
     task = "image-text-to-text"
     pipe, chat = client.pipeline(task, model=task), _chat(IMAGES[2], "what is this")
-    started = time.monotonic()
-    pipe(text=chat, max_new_tokens=100)
-    # What the abandoned stream's 1024 tokens (limits.max_new_tokens) take on this machine, roughly.
-    abandoned_s = (time.monotonic() - started) * 10
-    stream = pipe.stream(text=chat, max_new_tokens=1024)
-    next(stream)
-    stream.close()  # cancels the call
-    started = time.monotonic()
-    remote = pipe(text=chat, max_new_tokens=3)
-    assert time.monotonic() - started < abandoned_s / 4
-    assert_same(remote, local(task)(text=chat, max_new_tokens=3))
+    model = server.app.state.registry.instances[task].pipeline.model
+    forward, steps = model.forward, [0]
+
+    @functools.wraps(forward)  # generate checks its arguments against the forward's signature
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        steps[0] += 1
+        return forward(*args, **kwargs)
+
+    def ended() -> float:
+        """Work ended: computed to its end, or stopped as abandoned (counted as skipped)."""
+        done = server.metric("pipelined_pipeline_calls_total", model=task)
+        return done + server.metric("pipelined_requests_skipped_total", model=task, reason="cancelled")
+
+    before = ended()
+    model.forward = counted
+    try:
+        stream = pipe.stream(text=chat, max_new_tokens=1024)
+        next(stream)
+        stream.close()  # cancels the call
+        wait_for(lambda: ended() == before + 1, timeout_s=120, what="the abandoned generation to end")
+    finally:
+        del model.forward
+    assert 1 <= steps[0] < 1024 // 4, f"{steps[0]} tokens generated after the caller left"
+    assert_same(pipe(text=chat, max_new_tokens=3), local(task)(text=chat, max_new_tokens=3))
 
 
 def test_image_text_to_text_batching(server: ServerThread, client: Client, local: Any) -> None:
@@ -276,15 +293,6 @@ def test_image_text_to_text_batching(server: ServerThread, client: Client, local
     calls_before = server.metric("pipelined_pipeline_calls_total", model=task)
     assert_same(concurrently(client.pipeline(task, model=task), chats), expected)
     assert server.metric("pipelined_pipeline_calls_total", model=task) - calls_before < len(chats)
-
-
-WORDS = [
-    ("invoice", [10, 10, 200, 50]),
-    ("total", [10, 100, 120, 150]),
-    ("42", [300, 100, 400, 150]),
-    ("date", [10, 200, 100, 250]),
-    ("red", [500, 500, 600, 550]),
-]
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf import duration_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pipelined.pipelines.generic import ValueEncoder
 from pipelined.v1 import (
     audio_pb2,
@@ -351,6 +352,16 @@ def _wait_running(server: ServerProcess) -> None:
         time.sleep(0.05)
 
 
+def _wait_draining(server: ServerProcess) -> None:
+    """Until the server's health says NOT_SERVING: its drain has begun."""
+    stub = health_pb2_grpc.HealthStub(server.channel)
+    deadline = time.monotonic() + 30
+    request = health_pb2.HealthCheckRequest(service="")
+    while stub.Check(request, timeout=10).status != health_pb2.HealthCheckResponse.NOT_SERVING:
+        assert time.monotonic() < deadline, "SIGTERM did not start the drain"
+        time.sleep(0.02)
+
+
 def test_sigterm_exits_whatever_is_running(tiny_dirs: Any, tmp_path: Any) -> None:
     """Two servers (started together: a start costs ~20 s here), each busy with a 10-minute recognition:
     one SIGTERM drains and exits 0 soon after the grace (the call is cancelled there and its work stops at
@@ -369,10 +380,11 @@ def test_sigterm_exits_whatever_is_running(tiny_dirs: Any, tmp_path: Any) -> Non
         started = time.monotonic()
         once.signal()
         twice.signal()
-        time.sleep(0.2)  # the first signal is handled (the drain begins) before the second arrives
+        _wait_draining(twice)  # the first signal is handled (the drain began) before the second arrives
+        second = time.monotonic()
         twice.signal()
         twice.process.wait(5)
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - second < 1.5
         once.process.wait(GRACE_S + 10)
         assert once.process.returncode == 0 and time.monotonic() - started < GRACE_S + 5
     finally:

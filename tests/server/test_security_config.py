@@ -96,7 +96,9 @@ def test_server_options_follow_the_grpc_section() -> None:
     assert "grpc.max_connection_idle_ms" not in options  # 0: never
     assert options["grpc.http2.min_ping_interval_without_data_ms"] == 10_000
     assert options["grpc.keepalive_permit_without_calls"] == 1
-    assert options["grpc.max_concurrent_streams"] == 256
+    # Past the per-connection limit calls are reset (UNAVAILABLE to the client): the server-wide limit,
+    # which answers RESOURCE_EXHAUSTED, must come first.
+    assert options["grpc.max_concurrent_streams"] == 4096 > config.grpc.max_concurrent_rpcs
     # The SDK's keepalive stays within the server's enforcement.
     from pipelined._channel import KEEPALIVE_OPTIONS
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import grpc
 from pipelined.v1 import speech_pb2, speech_pb2_grpc
 
-from ..errors import ModelNotReady, OutOfRange
+from ..errors import DeadlineExpired, ModelNotReady, OutOfRange
 from ..registry import ModelInstance
 from ..streaming.admission import Admission
 from ..streaming.options import stream_options
@@ -18,7 +18,7 @@ from ..streaming.streams import ActiveStreams
 from ..tasks import asr
 from ..tasks.asr_longform import segment_stream
 from ..tasks.audio_input import decode_audio_input
-from .calls import CallInfo, ServerState, rpc
+from .calls import DEADLINE_SLACK_S, CallInfo, ServerState, _ended_early, rpc
 from .unary import Servicer
 
 
@@ -65,9 +65,15 @@ class SpeechServicer(Servicer, speech_pb2_grpc.SpeechServiceServicer):
         call: CallInfo,
     ) -> AsyncIterator[speech_pb2.StreamingRecognizeResponse]:
         limits = self.state.config.streaming
+        # Headers first, before any refusal: a client whose channel may retry (the SDK's) buffers what it
+        # sends until the call is committed by the server's headers; a refusal arriving on an uncommitted
+        # call failed the buffered sends, and the client saw INTERNAL "Internal error from Core" instead
+        # of RESOURCE_EXHAUSTED and its retry hint (48 of 150 refused streams on an idle machine; none
+        # with this; under load some still do: the client's write racing the refusal, an open defect).
+        await context.send_initial_metadata(())
         guard = IdleGuard(requests, limits.idle_timeout_s, self.state.drain_started)
         # The slot is held from the start: streams still waiting for their config count too.
-        with self.streams.open(context.peer()) as slot:
+        with self.streams.open(context.peer(), lambda: _ended_early(context)) as slot:
             config = await read_config(guard)
             instance = self._model(config.config, call)
             options = stream_options(config, instance, self.state.config.limits, limits.encoder_margin_s)
@@ -85,6 +91,13 @@ class SpeechServicer(Servicer, speech_pb2_grpc.SpeechServiceServicer):
             )
             async for response in session.run(guard):
                 yield response
+            # At the caller's deadline (deadline_s) the request stream may end as a half-close does; the
+            # stream ended there, not because the client was done (it was counted OK).
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= DEADLINE_SLACK_S:
+                raise DeadlineExpired(
+                    "the stream's deadline passed (deadline_s); its audio so far was transcribed"
+                )
             if guard.drained:
                 raise ModelNotReady(
                     "the server is shutting down: this stream's audio so far was transcribed; reconnect"

@@ -55,6 +55,15 @@ _FINAL_PRIORITY = 1
 _MAX_WORD_GAP_S = 1.0
 
 
+def _abandon(read: asyncio.Future[Any]) -> None:
+    """Cancels a read nobody will await. Its outcome is still retrieved: the read may have ended in the
+    meantime (the client half-closed: StopAsyncIteration) or end before the cancel lands, when the session
+    was itself cancelled (the caller left) or the drain or the idle timeout won; asyncio would otherwise
+    log "Task exception was never retrieved" for it."""
+    read.cancel()
+    read.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
 class IdleGuard:
     """Reads the next request, ending the stream when none comes within the idle timeout."""
 
@@ -78,18 +87,20 @@ class IdleGuard:
             return None
         read = asyncio.ensure_future(anext(self._requests))
         drain = asyncio.ensure_future(self._draining.wait())
+        done: set[asyncio.Future[Any]] = set()
         try:
             done, _ = await asyncio.wait(
                 {read, drain}, timeout=self.timeout_s, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             drain.cancel()
+            if read not in done:
+                _abandon(read)
         if read in done:
             try:
                 return read.result()
             except StopAsyncIteration:
                 return None
-        read.cancel()
         if drain in done:
             self.drained = True
             return None
@@ -159,6 +170,11 @@ class StreamSession:
         # Seconds of audio received (at the model's rate), and whether the stream stopped reading at
         # streaming.max_stream_duration_s (its audio so far is transcribed, then it ends OUT_OF_RANGE).
         self.received_s = 0.0
+        # Seconds the reader waited for the client's messages, and seconds spent waiting for this stream's
+        # decodes: the slow-pace check holds only the first, less the second, against the client (a
+        # server too busy to read, or a client waiting for results, is not a trickle).
+        self.waited_s = 0.0
+        self.decoding_s = 0.0
         self.duration_reached = False
         self._tasks: list[asyncio.Task[None]] = []
         self.answered = False
@@ -216,7 +232,13 @@ class StreamSession:
 
     async def _read(self, guard: IdleGuard) -> None:
         limit = self.limits.max_chunk_bytes
-        while (request := await guard.next()) is not None:
+        while True:
+            asked = time.monotonic()
+            request = await guard.next()
+            if self.first_audio_at is not None:
+                self.waited_s += time.monotonic() - asked
+            if request is None:
+                break
             kind = request.WhichOneof("streaming_request")
             if kind == "streaming_config":
                 raise FailedPrecondition(
@@ -251,16 +273,32 @@ class StreamSession:
     def _check_pace(self, now: float) -> None:
         """Audio sustained faster than `max_realtime_factor` times real time (beyond a burst) is refused:
         live audio comes at its own pace, and a recording sent at full speed would make its stream's
-        decodes (and every other stream's) fall behind. Recordings go to StreamingRecognizeFile."""
+        decodes (and every other stream's) fall behind. Recordings go to StreamingRecognizeFile.
+
+        Audio sustained slower than `min_realtime_factor` (once `idle_timeout_s` behind) ends the stream
+        too: a trickle of a few samples every few seconds passes the idle timeout but holds a stream
+        slot, and a VAD state, for ever. Only the time the server waited for the client's messages
+        counts, less the time spent on the stream's decodes: a server too loaded to read its streams
+        (64 admitted at once on 2 cores, in bench/soak.py) must not blame their clients."""
         assert self.first_audio_at is not None
         limits = self.limits
-        allowed = limits.realtime_burst_s + limits.max_realtime_factor * (now - self.first_audio_at)
+        elapsed = now - self.first_audio_at
+        allowed = limits.realtime_burst_s + limits.max_realtime_factor * elapsed
         if self.received_s > allowed:
             raise QueueFull(
-                f"the stream sent {self.received_s:.1f} s of audio in {now - self.first_audio_at:.1f} s, "
+                f"the stream sent {self.received_s:.1f} s of audio in {elapsed:.1f} s, "
                 f"faster than streaming.max_realtime_factor={limits.max_realtime_factor:g} times real "
                 f"time beyond a {limits.realtime_burst_s:g} s burst (streaming.realtime_burst_s); send live "
                 "audio at its pace, and recordings to StreamingRecognizeFile"
+            )
+        waited = self.waited_s - self.decoding_s
+        if self.received_s < limits.min_realtime_factor * waited - limits.idle_timeout_s:
+            raise DeadlineExpired(
+                f"the stream sent {self.received_s:.1f} s of audio in {elapsed:.1f} s (the server waited "
+                f"{self.waited_s:.1f} s for it), slower than "
+                f"streaming.min_realtime_factor={limits.min_realtime_factor:g} times real time by more "
+                f"than streaming.idle_timeout_s={limits.idle_timeout_s:g} s, and was closed; send live "
+                "audio (silence included) as it is captured"
             )
 
     async def _ingest(self, samples: np.ndarray, arrived: float) -> None:
@@ -455,15 +493,19 @@ class StreamSession:
         if duration < _MIN_DECODE_S:
             return Hypothesis([], [])
         started = time.monotonic()
-        while True:
-            try:
-                output = await decode_window(self.instance, samples, self.options.kwargs, priority)
-                break
-            except QueueFull:
-                if priority < _FINAL_PRIORITY:
-                    raise
-                # A busy model must not cost the stream an utterance: wait for room and try again.
-                await asyncio.sleep(_FULL_QUEUE_RETRY_S)
+        try:
+            while True:
+                try:
+                    output = await decode_window(self.instance, samples, self.options.kwargs, priority)
+                    break
+                except QueueFull:
+                    if priority < _FINAL_PRIORITY:
+                        raise
+                    # A busy model must not cost the stream an utterance: wait for room and try again.
+                    await asyncio.sleep(_FULL_QUEUE_RETRY_S)
+        finally:
+            # Concurrent steps (an interim beside a final) both count: generous to the client.
+            self.decoding_s += time.monotonic() - started
         self.metrics.real_time_factor.labels(self.instance.name).observe(
             (time.monotonic() - started) / duration
         )

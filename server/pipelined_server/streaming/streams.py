@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -56,8 +56,11 @@ class ActiveStreams:
     by_model: Counter[str] = field(default_factory=Counter)
 
     @contextlib.contextmanager
-    def open(self, peer: str) -> Iterator[Slot]:
-        """Holds one stream slot; records how the stream ended (its status code)."""
+    def open(
+        self, peer: str, interrupted: Callable[[], grpc.StatusCode] = lambda: grpc.StatusCode.CANCELLED
+    ) -> Iterator[Slot]:
+        """Holds one stream slot; records how the stream ended (its status code). `interrupted` tells why
+        gRPC cancelled the handler: the caller cancelled, or the stream's deadline passed."""
         host = peer_host(peer)
         if self.count >= self.limit:
             self._refused()
@@ -83,7 +86,7 @@ class ActiveStreams:
             code = exc.code
             raise
         except (asyncio.CancelledError, GeneratorExit):
-            code = grpc.StatusCode.CANCELLED
+            code = interrupted()
             raise
         except BaseException:
             code = grpc.StatusCode.INTERNAL

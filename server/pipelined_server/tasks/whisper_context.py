@@ -96,7 +96,9 @@ def _forward(encoder: Any, input_features: Any, attention_mask: Any = None, **kw
         return encoder._full_forward(input_features, attention_mask=attention_mask, **kwargs)
     gelu = torch.nn.functional.gelu
     hidden = gelu(encoder.conv2(gelu(encoder.conv1(input_features[..., :keep])))).permute(0, 2, 1)
-    hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+    # Through the module, not its weight: under device_map offloading, its hook brings the weight in.
+    positions = torch.arange(hidden.shape[1], device=hidden.device)
+    hidden = hidden + encoder.embed_positions(positions)
     for layer in encoder.layers:
         out = layer(hidden, None)
         hidden = out[0] if isinstance(out, tuple) else out
