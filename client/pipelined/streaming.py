@@ -140,6 +140,11 @@ def split_first(chunks: Iterable[Any]) -> tuple[Any, Iterator[Any]]:
     return None, iter(())
 
 
+# How long the asyncio client holds a stream's audio back waiting for the server's first response (sent
+# once the stream is admitted; a server from before that response sends none until it hears audio).
+ADMISSION_WAIT_S = 2.0
+
+
 def requests(
     config: speech_pb2.StreamingRecognitionConfig, chunks: Iterable[Any]
 ) -> Iterator[speech_pb2.StreamingRecognizeRequest]:

@@ -125,6 +125,24 @@ def test_half_close_mid_speech_flushes_a_final(stub: Any) -> None:
     )
 
 
+def test_admission_response_comes_first_and_only_when_asked(asr_server: ServerThread, stub: Any) -> None:
+    """`admission_response`: an admitted stream's first response carries only the model; without it, a
+    stream of silence gets no response at all (the SDK's asyncio client asks, and holds its audio back
+    until then, so no write of its is in flight when a refusal ends a stream)."""
+    silence = audio_requests(np.zeros(RATE, np.float32))
+    asked = list(
+        stub.StreamingRecognize(iter([config_request(admission_response=True), *silence]), timeout=60)
+    )
+    assert asked == [speech_pb2.StreamingRecognizeResponse(model="tiny-whisper")]
+    assert list(stub.StreamingRecognize(iter([config_request(), *silence]), timeout=60)) == []
+    with pytest.raises(grpc.RpcError) as refused:
+        bad = config_request(
+            admission_response=True, config=speech_pb2.RecognitionConfig(model="no-such-model")
+        )
+        list(stub.StreamingRecognize(iter([bad, *silence]), timeout=60))
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND  # refused before any response
+
+
 def test_silence_costs_no_decoding(asr_server: ServerThread, stub: Any) -> None:
     before = asr_server.metric("pipelined_pipeline_items_total", model="tiny-whisper")
     silence = np.zeros(3 * RATE, np.float32)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any
 
@@ -44,6 +45,7 @@ class AsyncSpeechRecognitionPipeline(AsyncPipeline):
         config = streaming.streaming_config(
             self.sync.model, self.sync.stream_options(options), source=chunks, first=first
         )
+        config.admission_response = True
 
         async def audio() -> AsyncIterator[Any]:
             if first is None:
@@ -54,23 +56,40 @@ class AsyncSpeechRecognitionPipeline(AsyncPipeline):
 
         replay = streaming.ReplayBuffer(config, audio())
 
+        admitted, ended = asyncio.Event(), asyncio.Event()
+
         async def requests() -> AsyncIterator[speech_pb2.StreamingRecognizeRequest]:
             yield speech_pb2.StreamingRecognizeRequest(streaming_config=config)
+            # Audio waits for the server's first response, which says the stream was admitted: with grpc's
+            # asyncio client, a write in flight when a refusal ends the call turns the refusal into INTERNAL
+            # "Internal error from Core", losing its status and retry hint. A server older than
+            # `admission_response` sends none before audio: after ADMISSION_WAIT_S the audio goes anyway.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(admitted.wait(), streaming.ADMISSION_WAIT_S)
+            if ended.is_set():
+                return
             async for data in replay.achunks():
                 yield speech_pb2.StreamingRecognizeRequest(audio=data)
 
         client = self.sync.client
         for attempt in range(reconnect + 1):
             offset = replay.resume_offset_s()
+            admitted.clear()
+            ended.clear()
             try:
                 # A live stream lasts as long as its audio: the client's per-call timeout is not its deadline.
                 async for response in _transport.astream(
                     client.speech.StreamingRecognize(requests(), timeout=deadline_s)
                 ):
+                    admitted.set()
                     for result in streaming.resumed_results(response, replay, offset):
                         yield result
                 return
             except Unavailable as error:
                 if attempt == reconnect:
                     raise StreamInterrupted(error.message, replay.resume_offset_s()) from None
+            finally:
+                # Ended before its first response (refused): the held-back audio is never sent.
+                ended.set()
+                admitted.set()
             await asyncio.sleep(min(0.25 * 2**attempt, 4.0))

@@ -432,10 +432,18 @@ class StreamingRecognitionConfig(_message.Message):
     ENDPOINTING_FIELD_NUMBER: _builtins.int
     MIN_DECODE_INTERVAL_FIELD_NUMBER: _builtins.int
     VOICE_ACTIVITY_EVENTS_FIELD_NUMBER: _builtins.int
+    ADMISSION_RESPONSE_FIELD_NUMBER: _builtins.int
     interim_results: _builtins.bool
     """Also send interim results: the latest hypothesis of words not yet final."""
     voice_activity_events: _builtins.bool
     """Send SPEECH_STARTED and SPEECH_ENDED events."""
+    admission_response: _builtins.bool
+    """Send a first response, carrying only `model`, as soon as the stream is
+    admitted. A client that holds its audio back until then never has a write
+    in flight when a refusal (RESOURCE_EXHAUSTED at admission) ends the
+    stream: with grpc's asyncio client such a write turns the refusal into
+    INTERNAL, losing its status and retry hint.
+    """
     @_builtins.property
     def config(self) -> Global___RecognitionConfig:
         """What every recognition shares; `timestamps` WORD returns the words of each
@@ -468,10 +476,11 @@ class StreamingRecognitionConfig(_message.Message):
         endpointing: Global___EndpointingConfig | None = ...,
         min_decode_interval: _duration_pb2.Duration | None = ...,
         voice_activity_events: _builtins.bool = ...,
+        admission_response: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["audio_format", b"audio_format", "config", b"config", "endpointing", b"endpointing", "min_decode_interval", b"min_decode_interval"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_format", b"audio_format", "config", b"config", "endpointing", b"endpointing", "interim_results", b"interim_results", "min_decode_interval", b"min_decode_interval", "voice_activity_events", b"voice_activity_events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admission_response", b"admission_response", "audio_format", b"audio_format", "config", b"config", "endpointing", b"endpointing", "interim_results", b"interim_results", "min_decode_interval", b"min_decode_interval", "voice_activity_events", b"voice_activity_events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -580,7 +589,9 @@ Global___StreamingRecognitionResult: _TypeAlias = StreamingRecognitionResult  # 
 
 @_typing.final
 class StreamingRecognizeResponse(_message.Message):
-    """Results and events of a live recognition stream, in stream order."""
+    """Results and events of a live recognition stream, in stream order (with
+    `admission_response`, first a response carrying only `model`).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
