@@ -234,11 +234,9 @@ def run_batch(pipe: Any, inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[
     """Runs one batch: the pipeline receives a list, so its own DataLoader batches the inputs."""
     call_kwargs = dict(kwargs)
     batch_size = max(len(inputs), int(call_kwargs.pop("batch_size", None) or 1))
-    margin_s = call_kwargs.pop(whisper_context.KWARG, None)
-    if margin_s is not None:
-        with whisper_context.trimmed(margin_s):
-            return _run_batch(pipe, list(inputs), batch_size, call_kwargs)
-    return _run_batch(pipe, list(inputs), batch_size, call_kwargs)
+    # Live-stream decodes ask for Whisper's encoder over their window only (None: the full 30 s window).
+    with whisper_context.trimmed(call_kwargs.pop(whisper_context.KWARG, None)):
+        return _run_batch(pipe, list(inputs), batch_size, call_kwargs)
 
 
 def _run_batch(pipe: Any, items: list[Any], batch_size: int, call_kwargs: dict[str, Any]) -> list[Any]:

@@ -79,3 +79,22 @@ def test_trimmed_decodes_of_real_speech_match_the_full_window() -> None:
     )
     # The stream default margin (8 s): the whole clips decode to (almost) the same words as in 30 s.
     assert wer(full, trimmed) <= 0.05, (full, trimmed)
+
+
+def test_words_placed_after_the_windows_audio_are_dropped() -> None:
+    """Given padding after a stream window's audio, Whisper may go on "transcribing" it: a word starting at or
+    after the audio's end was not heard and must not become a (final) word of the stream."""
+    from pipelined_server.streaming.decode import hypothesis
+
+    output = {
+        "text": " one two two two",
+        "chunks": [
+            {"text": " one", "timestamp": (0.2, 0.6)},
+            {"text": " two", "timestamp": (0.7, 1.4)},
+            {"text": " two", "timestamp": (1.5, 1.9)},  # the window holds 1.5 s of audio
+            {"text": " two", "timestamp": (2.0, 2.3)},
+        ],
+    }
+    heard = hypothesis(output, offset_s=10.0, duration_s=1.5)
+    assert [(w.text, w.start) for w in heard.words] == [("one", 10.2), ("two", 10.7)]
+    assert heard.cuts == [(1, 10.6), (2, 11.4)]

@@ -1,9 +1,10 @@
 """Whisper's encoder run over the audio it was given plus a margin, instead of a 30 s window padded with silence.
 
 Whisper's encoder always sees 30 s (3,000 mel frames); a live stream decodes windows of a few seconds about
-once a second, so most of that work encodes padding. Measured on tiny.en, one torch thread, a quiet 2-core
-machine: the encoder took 570 ms for the padded 30 s and 60 ms for 5 s; whole decodes of a 3-5 s window went
-from 2.4-2.7 s to 0.4-0.55 s (same run, loaded machine, /work/notes/exp in the session log).
+once a second, so most of that work encoded padding. With the window plus an 8 s margin, one tiny.en stream's
+CPU per second of audio went from 1.09 s to 0.58 s and its final lag p50 from 3.05 s to 1.33 s
+(bench/asr_streaming.py --minutes 1 --streams 1, quiet 2-core machine, same session); per decode, the median
+went from 4.49 s to 1.49 s (bench/encoder_margin.py, loaded machine).
 
 Cut right at the audio's end, Whisper hallucinates there: it repeats the last words up to its token limit.
 Measured on tiny.en over 53 stream-like windows (the first 0.6-8 s of each shared clip, 0.7 s apart), against
@@ -42,14 +43,12 @@ _GRID_FRAMES = 100
 _state = threading.local()
 
 
-def install(model: Any) -> bool:
-    """Lets `model`'s Whisper encoder run trimmed inside `trimmed()`; other models are left alone."""
-    encoder = getattr(getattr(model, "model", None), "encoder", None)
-    if encoder is None or not hasattr(encoder, "embed_positions") or hasattr(encoder, "_full_forward"):
-        return hasattr(encoder, "_full_forward")
-    encoder._full_forward = encoder.forward
-    encoder.forward = types.MethodType(_forward, encoder)
-    return True
+def install(model: Any) -> None:
+    """Lets `model`'s Whisper encoder run trimmed inside `trimmed()` (once; replicas share the model)."""
+    encoder = model.model.encoder
+    if not hasattr(encoder, "_full_forward"):
+        encoder._full_forward = encoder.forward
+        encoder.forward = types.MethodType(_forward, encoder)
 
 
 @contextmanager
