@@ -9,8 +9,15 @@ survivors and why each is equivalent are listed in tests/MUTATION.md.
 mutmut names a mutant after its file's path from the project root (`src.` stripped) and expects the tests to
 import it under that name; this project's package lives in server/, so the run happens in build/mutation, where
 `src` is a link to server/ and `tests` to tests/, with [tool.mutmut] of pyproject.toml. Usage:
-`scripts/mutation.py [--report] [GROUP ...]` (default: every group); a group's mutants are those whose name
-matches; mutants not run (a run cut short) count as not killed.
+`scripts/mutation.py [--report] [--each] [--match GLOB] [GROUP ...]` (default: every group); a group's mutants
+are those whose name matches; mutants not run (a run cut short) count as not killed.
+
+--each: mutmut only generates the mutants; each mutant then runs in a fresh pytest through mutmut's own trampoline
+(`MUTANT_UNDER_TEST=<name>` in build/mutation/mutants), bounded by a wall clock. It costs the start of a pytest per
+mutant (about 5 s here) but no more: mutmut's forked workers were seen to ignore pytest's `--timeout`, so a mutant
+that makes a test hang or raise in a worker thread ran to mutmut's CPU limit (about 3 minutes each on this
+machine) instead of failing in seconds. --match narrows the mutants to those whose name matches GLOB (e.g.
+`--each --match '*_ended_early*' calls`). The results land in mutmut's .meta files, so --report reads either mode.
 """
 
 from __future__ import annotations
@@ -19,8 +26,10 @@ import fnmatch
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -120,6 +129,65 @@ def _prepare(tests: list[str], timeout: int) -> None:
     (WORK / "pyproject.toml").write_text(text, encoding="utf-8")
 
 
+def _generate(env: dict[str, str]) -> None:
+    """mutmut's generation step alone (the same calls its `run` makes before any test): build/mutation/mutants with
+    the mutated sources, a copy of tests/ and a .meta file per source listing its mutants (not run yet)."""
+    code = (
+        "from mutmut.__main__ import create_mutants\n"
+        "from mutmut.utils.file_utils import copy_also_copy_files, copy_src_dir\n"
+        "copy_src_dir(); copy_also_copy_files(); create_mutants(1)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=WORK, env=env, check=True, stdout=subprocess.DEVNULL)
+
+
+def _metas() -> list[Path]:
+    return sorted((WORK / "mutants").rglob("*.meta"))
+
+
+def _record(name: str, code: int) -> None:
+    """Stores a mutant's exit code in its .meta file, where mutmut's own run stores it."""
+    for meta in _metas():
+        data = json.loads(meta.read_text(encoding="utf-8"))
+        if name in data["exit_code_by_key"]:
+            data["exit_code_by_key"][name] = code
+            meta.write_text(json.dumps(data, indent=4), encoding="utf-8")
+            return
+
+
+def _number(name: str) -> tuple[str, int]:
+    head, _, n = name.rpartition("__mutmut_")
+    return head, int(n)
+
+
+def _run_each(group: str, match: str, env: dict[str, str]) -> None:
+    """Each mutant of `group` (whose name matches `match`) in a fresh pytest, its exit code recorded."""
+    patterns, tests, timeout = GROUPS[group]
+    names = sorted(
+        (n for n in _results() if any(fnmatch.fnmatchcase(n, p) for p in patterns) and fnmatch.fnmatchcase(n, match)),
+        key=_number,
+    )
+    pytest = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-x", f"--timeout={timeout}", *tests]
+    for name in names:
+        started = time.monotonic()
+        # Its own session, so a mutant that outlives the wall clock is ended with every process it started.
+        proc = subprocess.Popen(
+            pytest,
+            cwd=WORK / "mutants",
+            env={**env, "MUTANT_UNDER_TEST": name},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            code = proc.wait(timeout=5 * timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            code = 36  # mutmut's "timeout": the mutant made the tests hang, a kill
+        _record(name, code)
+        print(f"{name}: exit {code} ({time.monotonic() - started:.0f} s)", flush=True)
+
+
 def _results() -> dict[str, int | None]:
     """Exit code of every mutant mutmut generated (None: not run), from its .meta files."""
     codes: dict[str, int | None] = {}
@@ -133,7 +201,13 @@ def main(argv: list[str]) -> int:
 
     # --report: the scores of the last run (build/mutation), e.g. of one cut short, without running anything.
     report_only = "--report" in argv
-    argv = [a for a in argv if a != "--report"]
+    each = "--each" in argv
+    match = "*"
+    if "--match" in argv:
+        at = argv.index("--match")
+        match = argv[at + 1]
+        argv = argv[:at] + argv[at + 2 :]
+    argv = [a for a in argv if a not in ("--report", "--each")]
     groups = argv or list(GROUPS)
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
@@ -142,12 +216,21 @@ def main(argv: list[str]) -> int:
     patterns = [p for g in groups for p in GROUPS[g][0]]
     tests = [t for g in groups for t in GROUPS[g][1]]
     returncode = 0
-    if not report_only:
+    if report_only:
+        pass
+    elif each:
+        _prepare(tests, max(GROUPS[g][2] for g in groups))
+        _generate({**os.environ, "PYTHONPATH": str(REPO / "client")})
+        # The mutated package is src/ of build/mutation/mutants; the SDK (client/) is not mutated.
+        env = {**os.environ, "PYTHONPATH": f"src{os.pathsep}{REPO / 'client'}", "HF_HUB_OFFLINE": "1"}
+        for group in groups:
+            _run_each(group, match, env)
+    else:
         _prepare(tests, max(GROUPS[g][2] for g in groups))
         env = {**os.environ, "PYTHONPATH": str(REPO / "client"), "HF_HUB_OFFLINE": "1"}
         mutmut = [sys.executable, "-m", "mutmut", "run", "--max-children", "1", *patterns]
         returncode = subprocess.run(mutmut, cwd=WORK, env=env).returncode
-    codes = _results()
+    codes = {n: c for n, c in _results().items() if fnmatch.fnmatchcase(n, match)}
     killed_total = total = 0
     for group in groups:
         names = sorted(n for n in codes if any(fnmatch.fnmatchcase(n, p) for p in GROUPS[group][0]))
