@@ -116,6 +116,10 @@ def _toml_list(values: list[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
 
+def _pytest_args(timeout: int) -> list[str]:
+    return ["-p", "no:cacheprovider", "-q", "-x", f"--timeout={timeout}"]
+
+
 def _prepare(tests: list[str], timeout: int) -> None:
     """A fresh build/mutation: links to the sources and tests, and pyproject.toml with the tests to run."""
     shutil.rmtree(WORK, ignore_errors=True)
@@ -125,7 +129,7 @@ def _prepare(tests: list[str], timeout: int) -> None:
     text = (REPO / "pyproject.toml").read_text(encoding="utf-8")
     # [tool.mutmut] is the last table mutmut reads; the selection of this run is added to it.
     text += f"pytest_add_cli_args_test_selection = {_toml_list(tests)}\n"
-    text += f"pytest_add_cli_args = {_toml_list(['-p', 'no:cacheprovider', '-q', '-x', f'--timeout={timeout}'])}\n"
+    text += f"pytest_add_cli_args = {_toml_list(_pytest_args(timeout))}\n"
     (WORK / "pyproject.toml").write_text(text, encoding="utf-8")
 
 
@@ -162,11 +166,9 @@ def _number(name: str) -> tuple[str, int]:
 def _run_each(group: str, match: str, env: dict[str, str]) -> None:
     """Each mutant of `group` (whose name matches `match`) in a fresh pytest, its exit code recorded."""
     patterns, tests, timeout = GROUPS[group]
-    names = sorted(
-        (n for n in _results() if any(fnmatch.fnmatchcase(n, p) for p in patterns) and fnmatch.fnmatchcase(n, match)),
-        key=_number,
-    )
-    pytest = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-x", f"--timeout={timeout}", *tests]
+    chosen = [n for n in _results() if fnmatch.fnmatchcase(n, match)]
+    names = sorted((n for n in chosen if any(fnmatch.fnmatchcase(n, p) for p in patterns)), key=_number)
+    pytest = [sys.executable, "-m", "pytest", *_pytest_args(timeout), *tests]
     for name in names:
         started = time.monotonic()
         # Its own session, so a mutant that outlives the wall clock is ended with every process it started.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import array
 import asyncio
 import functools
+import importlib
 import logging
 import threading
 import time
@@ -578,6 +579,117 @@ async def test_under_load_batches_already_full_run_at_once() -> None:
     # Under load, but each batch is full when formed: none waits the delay.
     assert await asyncio.gather(*first, *queued) == [2, 4, 6, 8, 10, 12]
     assert recorder.batches == [[1, 2], [3, 4], [5, 6]]
+    await scheduler.close()
+
+
+class Clock:
+    """Stands in for the `time` module of batching/scheduler.py (the `clock` fixture): its `monotonic()` reads
+    `now`, which only the test moves. asyncio's own timers keep the real clock, so a worker gathering batchmates
+    still wakes on an event; what the scheduler's clock decides (whether a delay or a deadline has ended) is
+    then exact: no reading of a real clock races the test, however loaded the machine."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(importlib.import_module("pipelined_server.batching.scheduler"), "time", fake)
+    return fake
+
+
+@pytest.mark.parametrize(("delay_ms", "waited_s"), [(1, 0.0), (HOUR_MS, HOUR_MS / 1000 - 0.5)])
+@guarded
+async def test_under_load_a_batch_gathers_until_its_clock_reaches_the_end_of_the_delay(
+    clock: Clock, delay_ms: int, waited_s: float
+) -> None:
+    """However short the delay (1 ms) or the time left of it (0.5 s of an hour), the batch waits for batchmates
+    while its clock has not reached the oldest item's arrival plus the delay: with the clock held there, a
+    batchmate that comes later still joins."""
+    recorder = Recorder()
+    recorder.gate.clear()
+    scheduler = make(recorder, max_batch_size=2, max_queue_delay_ms=delay_ms)
+    first = [asyncio.ensure_future(scheduler.submit(i, {})) for i in (1, 2)]
+    await recorder.holding(1)  # a batch with a batchmate: the next one is under load
+    third = asyncio.ensure_future(scheduler.submit(3, {}))
+    await until(lambda: scheduler.depth == 1, "item 3 queued")
+    clock.now += waited_s
+    recorder.gate.set()
+    await until(lambda: scheduler.depth == 0, "the worker took item 3")
+    fourth = asyncio.ensure_future(scheduler.submit(4, {}))
+    assert await asyncio.gather(*first, third, fourth) == [2, 4, 6, 8]
+    assert recorder.batches == [[1, 2], [3, 4]]
+    await scheduler.close()
+
+
+@guarded
+async def test_under_load_a_batch_stops_gathering_when_its_clock_reaches_the_end_of_the_delay(
+    clock: Clock,
+) -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    scheduler = make(recorder, max_batch_size=2, max_queue_delay_ms=HOUR_MS)
+    first = [asyncio.ensure_future(scheduler.submit(i, {})) for i in (1, 2)]
+    await recorder.holding(1)
+    third = asyncio.ensure_future(scheduler.submit(3, {}))
+    await until(lambda: scheduler.depth == 1, "item 3 queued")
+    clock.now += HOUR_MS / 1000  # exactly the end of item 3's delay
+    recorder.gate.set()
+    assert await asyncio.gather(*first, third) == [2, 4, 6]
+    assert recorder.batches == [[1, 2], [3]]
+    await scheduler.close()
+
+
+@guarded
+async def test_an_item_whose_deadline_is_now_when_its_batch_forms_is_not_computed(clock: Clock) -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    metrics = Metrics()
+    scheduler = make(recorder, metrics, max_batch_size=1)
+    busy = asyncio.ensure_future(scheduler.submit(1, {}))
+    await recorder.holding(1)
+    due = asyncio.ensure_future(scheduler.submit(2, {}, timeout=5.0))
+    await until(lambda: scheduler.depth == 1, "item 2 queued")
+    clock.now += 5.0  # exactly item 2's deadline
+    recorder.gate.set()
+    assert await busy == 2
+    with pytest.raises(DeadlineExpired, match="^deadline passed while the request was queued$"):
+        await due
+    assert recorder.batches == [[1]]
+    assert skipped(metrics, "deadline") == 1
+    await scheduler.close()
+
+
+@guarded
+async def test_a_failed_batch_does_not_retry_an_item_whose_deadline_came_while_it_ran(clock: Clock) -> None:
+    calls: list[list[Any]] = []
+
+    def run(replica: Any, inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:
+        calls.append(list(inputs))
+        if len(inputs) > 1:
+            clock.now += 5.0  # the batch ran until exactly item 2's deadline
+            raise ValueError("this batch fails")
+        return [x * 2 for x in inputs]
+
+    metrics = Metrics()
+    scheduler = Scheduler(
+        "m", ["replica"], run, BatchingConfig(max_batch_size=2, max_queue_delay_ms=0), metrics
+    )
+    scheduler.start()
+    lasting = asyncio.ensure_future(scheduler.submit(1, {}))
+    due = asyncio.ensure_future(scheduler.submit(2, {}, timeout=5.0))
+    assert await lasting == 2
+    with pytest.raises(
+        DeadlineExpired, match="^deadline passed while the request was computed; the work stopped$"
+    ):
+        await due
+    assert calls == [[1, 2], [1]]
+    assert skipped(metrics, "deadline") == 1
+    assert skipped(metrics, "cancelled") == 0
     await scheduler.close()
 
 

@@ -40,7 +40,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..config import BatchingConfig
@@ -68,7 +68,8 @@ class WorkItem:
     future: asyncio.Future[Any]
     # Absolute time.monotonic() after which computing is pointless; None for no deadline.
     deadline: float | None
-    enqueued_at: float = field(default_factory=time.monotonic)
+    # The same clock reading as the deadline's (`_enqueue`): the delay and the queue time count from it.
+    enqueued_at: float
     # Runs instead of the batch runner (see submit_call); such items are never batched.
     call: ReplicaCall | None = None
     # Higher runs first (see the module docstring); 0 for ordinary requests.
@@ -96,7 +97,6 @@ class Scheduler:
         self._replicas = [install(replica) for replica in replicas]
         self._run_batch = run_batch
         self._config = config
-        self._metrics = metrics
         self._queue: deque[WorkItem] = deque()
         self._wakeup = asyncio.Event()
         self._executors = [
