@@ -38,7 +38,15 @@ def local() -> Any:
 
 
 def input_prompt(image: Any, text: str) -> multimodal_pb2.ImageTextPrompt:
-    return multimodal_pb2.ImageTextPrompt(input=multimodal_pb2.ImageTextInput(images=[png(image)], text=text))
+    return input_prompt_of([image], text)
+
+
+def input_prompt_of(images: Any, text: str) -> multimodal_pb2.ImageTextPrompt:
+    """A prompt of one image (`images` an image) or several (a list)."""
+    listed = images if isinstance(images, list) else [images]
+    return multimodal_pb2.ImageTextPrompt(
+        input=multimodal_pb2.ImageTextInput(images=[png(i) for i in listed], text=text)
+    )
 
 
 def chat(image: Any, text: str, reply: str = "") -> list[dict[str, Any]]:
@@ -119,6 +127,32 @@ def test_only_chats_of_the_same_shape_share_a_batch() -> None:
     assert result.pipeline_calls == 5
 
 
+def test_a_prompt_with_two_images_passes_both() -> None:
+    """A prompt's images go to the pipeline as they came: one image as is, two as a list (the pipeline refuses
+    a prompt whose `<image>` tokens outnumber its images)."""
+    one, two = (
+        tiny_image(seed=140, size=SMALL),
+        [tiny_image(seed=141 + i, size=s) for i, s in enumerate([SMALL, LARGE])],
+    )
+    inputs = [(one, "<image> what is this"), (two, "<image><image> compare them")]
+    result = run([request(input_prompt_of(images, text)) for images, text in inputs])
+    assert texts(result) == [expected(images=i, text=t) for i, t in inputs]
+    assert result.batches == collections.Counter({1: 2})
+
+
+def test_messages_after_a_plain_text_message_count() -> None:
+    """A chat whose plain-text turns come first: the messages after them are part of the input and of its key,
+    so two chats that differ only there are neither merged nor batched together."""
+    opening = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]
+    chats = [
+        opening + chat(tiny_image(seed=150, size=SMALL), "what color"),
+        opening + chat(tiny_image(seed=151, size=LARGE), "what shape"),
+    ]
+    result = run([request(chat_prompt(c)) for c in chats])
+    assert texts(result) == [expected(text=c) for c in chats]
+    assert result.batches == collections.Counter({1: 2})
+
+
 def test_sampled_prompts_run_alone() -> None:
     """Sampling draws from one random stream per batch: identical prompts that sample never share one."""
     image = tiny_image(seed=130, size=SMALL)
@@ -134,7 +168,7 @@ def test_prompts_without_content_are_refused() -> None:
     refused = [
         (
             multimodal_pb2.ImageTextPrompt(input=multimodal_pb2.ImageTextInput(text="hi")),
-            "at least one image",
+            r"^an image-text prompt needs at least one image \(ImageTextInput\.images\)$",
         ),
         (
             multimodal_pb2.ImageTextPrompt(chat=multimodal_pb2.MultimodalChat()),
