@@ -18,6 +18,7 @@ from documents import WORDS, render_page, require_ocr
 from model_cache import cached_model
 from pipelined.v1 import multimodal_pb2
 from pipelined_server.errors import InvalidInput
+from pipelined_server.images import ImageLimits
 from pipelined_server.tasks import document_qa, ocr
 from serving import Run, Serving, assert_protos_close, in_process, png, spec
 from tiny_vision_models import build_tiny_layoutlm, tiny_image
@@ -105,6 +106,30 @@ def test_a_page_read_by_ocr_batches_with_the_same_words_given() -> None:
     assert result.pipeline_calls == 2
 
 
+def test_the_requests_ocr_language_reads_its_pages() -> None:
+    """`ocr_language` reaches Tesseract: a page read in `osd` (installed with Tesseract; its recognition reads
+    other characters than `eng`, the default) has the words `osd` reads, so it batches with a question given
+    those words and is answered as in process with them."""
+    require_ocr()
+    if "osd" not in ocr.installed_languages():
+        pytest.skip("Tesseract's osd data is not installed")
+    page = render_page()
+    words = ocr.read_words(page, "osd")
+    assert words != ocr.read_words(page)
+    text = "what is the total due"
+    request = multimodal_pb2.AnswerDocumentQuestionRequest(
+        model=TASK, questions=[question(text, page), question(text, page, words)], top_k=2, ocr_language="osd"
+    )
+
+    async def scenario() -> Run:
+        async with Serving([spec(TASK, TASK, model_dir())]) as serving:
+            return await serving.concurrently(TASK, document_qa.ADAPTER, [request], items=2)
+
+    result = asyncio.run(scenario())
+    assert_protos_close(result.responses[0], _merged([expected(text, page, words)] * 2))
+    assert result.batches == collections.Counter({2: 1})
+
+
 def _merged(responses: list[Any]) -> Any:
     return multimodal_pb2.AnswerDocumentQuestionResponse(
         results=[r.results[0] for r in responses], model=TASK
@@ -115,12 +140,25 @@ def test_ocr_stops_at_the_requests_budget() -> None:
     """Less budget left than a page's OCR takes (a letter-size page of 40 lines: seconds of Tesseract): the
     page's OCR is cut at the budget."""
     require_ocr()
-    from pipelined_server.images import ImageLimits
-
     lines = [f"line {i} of a long invoice with many words to read" for i in range(40)]
     page = question("what is the total due", render_page(lines, size=(1700, 3300)))
     with pytest.raises(InvalidInput, match="^OCR of the page was stopped"):
         document_qa._load(page, ImageLimits(), "", time.monotonic() + 0.4)
+
+
+def test_a_page_whose_ocr_budget_is_spent_exactly_is_not_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request's OCR budget ends at `ocr_deadline`: with the clock exactly there, no time is left, and the
+    page is refused before Tesseract starts (Tesseract reads a timeout of 0 as no limit at all)."""
+
+    class Clock:
+        @staticmethod
+        def monotonic() -> float:
+            return 500.0
+
+    monkeypatch.setattr(document_qa, "time", Clock)
+    page = question("what is the total due", render_page())
+    with pytest.raises(InvalidInput, match=r"^the request's pages took more than \d+ s of OCR$"):
+        document_qa._load(page, ImageLimits(), "", 500.0)
 
 
 def test_questions_without_text_or_page_are_refused() -> None:
