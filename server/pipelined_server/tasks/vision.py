@@ -44,8 +44,9 @@ def any_size(images: list[Any]) -> list[Item]:
 
 
 def same_size(images: list[Any]) -> list[Item]:
-    """Padding processors: only images of equal size share a batch."""
-    return [Item(image, key=("size", *image.size)) for image in images]
+    """Padding processors: only images of equal size share a batch. The size alone is the key: every key on
+    such a model's scheduler comes from here, so a label would tell nothing apart."""
+    return [Item(image, key=image.size) for image in images]
 
 
 def detection_kwargs(request: vision_pb2.DetectObjectsRequest) -> dict[str, Any]:
