@@ -56,8 +56,9 @@ def pooling_of(request: text_pb2.ExtractFeaturesRequest, defaults: dict[str, Any
 def _token_count(instance: ModelInstance, text: str, truncation: bool) -> int:
     tokenizer = instance.tokenizer
     count = len(tokenizer(text, truncation=truncation)["input_ids"])
-    limit = getattr(tokenizer, "model_max_length", None)
-    if not truncation and limit and limit < 1_000_000 and count > limit:
+    # transformers' "no limit" is a sentinel of 1e30 tokens, which no input exceeds; None is no limit too.
+    limit = tokenizer.model_max_length
+    if not truncation and limit and count > limit:
         raise InvalidInput(
             f"an input has {count} tokens, more than this model's {limit}; shorten it or set truncation"
         )
@@ -95,7 +96,7 @@ class FeatureExtraction(Adapter[text_pb2.ExtractFeaturesRequest, text_pb2.Extrac
         kwargs: dict[str, Any],
     ) -> list[Item]:
         check_texts(request.inputs, config.limits)
-        truncation = bool(kwargs.get("truncation", False))
+        truncation = bool(kwargs.get("truncation"))
         return [Item(text, note=_token_count(instance, text, truncation)) for text in request.inputs]
 
     def response(
