@@ -68,7 +68,8 @@ bench: setup
 	$(BIN)/python bench/asr_unary.py $(ARGS)
 
 # Mutation testing of the status mapping and the adapters' batching keys (not in CI: minutes per group).
-# ARGS picks groups (scripts/mutation.py); the last line is `mutation score: K/N killed`.
+# ARGS picks groups and the mode (scripts/mutation.py: `--each` runs every mutant in a fresh pytest, the faster
+# way for all groups but calls); the last line is `mutation score: K/N killed` (tests/MUTATION.md).
 mutation: setup
 	$(BIN)/python scripts/mutation.py $(ARGS)
 
