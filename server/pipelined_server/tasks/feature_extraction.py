@@ -56,9 +56,9 @@ def pooling_of(request: text_pb2.ExtractFeaturesRequest, defaults: dict[str, Any
 def _token_count(instance: ModelInstance, text: str, truncation: bool) -> int:
     tokenizer = instance.tokenizer
     count = len(tokenizer(text, truncation=truncation)["input_ids"])
-    # transformers' "no limit" is a sentinel of 1e30 tokens, which no input exceeds; None is no limit too.
+    # Always an int: a tokenizer without a limit has transformers' sentinel of 1e30 tokens, which no input exceeds.
     limit = tokenizer.model_max_length
-    if not truncation and limit and count > limit:
+    if not truncation and count > limit:
         raise InvalidInput(
             f"an input has {count} tokens, more than this model's {limit}; shorten it or set truncation"
         )
