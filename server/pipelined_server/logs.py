@@ -17,6 +17,7 @@ import inspect
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,9 +31,64 @@ REQUEST_ID_KEY = "x-request-id"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
+# A quiet server's last lines reach the log within this long; WARNING and above are written at once.
+FLUSH_EVERY_S = 0.5
+
+
+class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes lines in batches: at most one write per `FLUSH_EVERY_S` under load instead of one per record.
+
+    Why: with one access log line per call, writing and flushing each line was 8% of a loaded server
+    process's busy time (py-spy, peers' text classifier at c=32: StreamHandler.emit and its flush), on the
+    event loop that also serves gRPC. WARNING and above, and the records logged at exit (`logging.shutdown`
+    flushes every handler), are never held back."""
+
+    def __init__(self, stream: Any = None, every_s: float = FLUSH_EVERY_S) -> None:
+        super().__init__(stream)
+        self.every_s = every_s
+        self._pending: list[str] = []
+        self._last_write = time.monotonic()
+        self._closed = threading.Event()
+        self._writer = threading.Thread(target=self._write_periodically, name="log-writer", daemon=True)
+        self._writer.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        with self.lock:  # type: ignore[union-attr]
+            self._pending.append(line)
+            due = time.monotonic() - self._last_write >= self.every_s
+        if record.levelno >= logging.WARNING or due:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            lines, self._pending = self._pending, []
+            self._last_write = time.monotonic()
+            if lines:
+                try:
+                    self.stream.write(self.terminator.join(lines) + self.terminator)
+                except Exception:  # a closed or broken stream must not take the server down
+                    return
+            super().flush()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.flush()
+        super().close()
+
+    def _write_periodically(self) -> None:
+        while not self._closed.wait(self.every_s):
+            if self._pending:
+                self.flush()
+
+
 def setup(level: str, fmt: str, access_log: bool = True) -> None:
     """Root logging: plain text lines, or one JSON object per line (`logging.format: json`)."""
-    handler = logging.StreamHandler()
+    handler = BatchedStreamHandler()
     text = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(JsonFormatter() if fmt == "json" else text)
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
