@@ -119,14 +119,9 @@ def _cmdline(pid: int) -> bytes:
 
 
 def _pss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    from pipelined_server.workers import proc_bytes
+
+    return proc_bytes(pid, "smaps_rollup", "Pss")
 
 
 def _parent(pid: int) -> int:
