@@ -11,6 +11,7 @@ from pipelined.v1 import speech_pb2, speech_pb2_grpc
 
 from ..errors import DeadlineExpired, ModelNotReady, OutOfRange
 from ..registry import ModelInstance
+from ..streaming import calibration
 from ..streaming.admission import Admission
 from ..streaming.options import stream_options
 from ..streaming.session import IdleGuard, StreamSession, read_config
@@ -28,6 +29,17 @@ class SpeechServicer(Servicer, speech_pb2_grpc.SpeechServiceServicer):
         limits = state.config.streaming
         self.streams = ActiveStreams(limits.max_streams, limits.max_streams_per_peer, state.metrics)
         self.admission = Admission(limits.admission_max_utilization, limits.max_streams, state.metrics)
+        if limits.calibrate:
+            state.registry.warm_ups.append(self._calibrate)
+
+    async def _calibrate(self, instance: ModelInstance) -> None:
+        """A speech model's live-stream cost, measured before it serves (streaming/calibration.py)."""
+        if instance.spec.task != asr.TASK:
+            return
+        config = self.state.config
+        share = await calibration.stream_share(instance, config.streaming, config.limits)
+        if share is not None:
+            self.admission.calibrated(instance, share)
 
     def _model(self, config: speech_pb2.RecognitionConfig, call: CallInfo) -> ModelInstance:
         instance = self.state.registry.ready(config.model, asr.TASK)
