@@ -180,3 +180,52 @@ def test_admission_refuses_past_measured_capacity_with_a_retry_hint(
     reader.join(60)
     assert first.code() == grpc.StatusCode.OK, "the admitted stream keeps going"
     still_serves(server)  # no stream open: the next one is admitted
+
+
+def refused_stream(server: ServerThread) -> ResourceExhausted:
+    """A stream the SDK opens on the Whisper model while others are open there: its refusal."""
+    with pytest.raises(ResourceExhausted) as caught:
+        list(
+            Client(server.target)
+            .pipeline(ASR, model="tiny-whisper")
+            .stream(iter([np.zeros(1600, np.float32)]))
+        )
+    assert caught.value.retry_after_s == 5.0
+    return caught.value
+
+
+def test_a_fresh_server_knows_a_streams_cost_and_refuses_past_it(start: Callable[..., ServerThread]) -> None:
+    # Issue 8: a fresh worker used to admit blind up to max_streams before any decode was measured.
+    server = start(admission_max_utilization=1e-6)
+    for model in ("tiny-whisper", "tiny-ctc"):  # calibrated before SERVING, before any stream
+        share = server.metric("pipelined_stream_share", model=model)
+        assert 0 < share < float("inf"), (model, share)
+        assert server.metric("pipelined_stream_headroom", model=model) == 0  # nothing fits in 1e-6
+    gate = threading.Event()
+    # Silence: the open stream decodes nothing, so its cost stays the calibrated one.
+    first = stub_of(server).StreamingRecognize(held_open(gate), timeout=60)
+    wait_until(lambda: server.metric(ACTIVE, model="tiny-whisper") == 1)
+    error = refused_stream(server)
+    assert "calibrated at start-up" in error.message, error.message
+    assert "streaming.admission_max_utilization=1e-06" in error.message
+    gate.set()
+    assert list(first) == [] and first.code() == grpc.StatusCode.OK, "the admitted stream keeps going"
+    still_serves(server)
+
+
+def test_without_calibration_a_fresh_server_admits_one_stream_per_replica(
+    start: Callable[..., ServerThread],
+) -> None:
+    server = start(calibrate=False)
+    assert server.metric("pipelined_stream_share", model="tiny-whisper") == 0  # never calibrated
+    assert server.metric("pipelined_stream_headroom", model="tiny-whisper") == 1  # its one replica
+    assert server.metric("pipelined_stream_headroom", model="tiny-ctc") == 2
+    gate = threading.Event()
+    first = stub_of(server).StreamingRecognize(held_open(gate), timeout=60)
+    wait_until(lambda: server.metric(ACTIVE, model="tiny-whisper") == 1)
+    error = refused_stream(server)
+    assert "one per replica until their cost is measured" in error.message, error.message
+    assert "streaming.calibrate is off" in error.message
+    gate.set()
+    assert list(first) == [] and first.code() == grpc.StatusCode.OK
+    still_serves(server)

@@ -29,16 +29,22 @@ class SpeechServicer(Servicer, speech_pb2_grpc.SpeechServiceServicer):
         limits = state.config.streaming
         self.streams = ActiveStreams(limits.max_streams, limits.max_streams_per_peer, state.metrics)
         self.admission = Admission(limits.admission_max_utilization, limits.max_streams, state.metrics)
-        if limits.calibrate:
-            state.registry.warm_ups.append(self._calibrate)
+        state.registry.warm_ups.append(self._calibrate)
 
     async def _calibrate(self, instance: ModelInstance) -> None:
-        """A speech model's live-stream cost, measured before it serves (streaming/calibration.py)."""
+        """A speech model's live-stream cost, measured before it serves (streaming/calibration.py) unless
+        streaming.calibrate is off; its stream headroom shows from then on."""
+        config = self.state.config
         if instance.spec.task != asr.TASK:
             return
-        config = self.state.config
-        share = await calibration.stream_share(instance, config.streaming, config.limits)
-        if share is not None:
+        options = calibration.default_options(instance, config.streaming, config.limits)
+        if options is None:  # a model that serves no live stream
+            return
+        share = None
+        try:
+            if config.streaming.calibrate:
+                share = await calibration.stream_share(instance, options, config.streaming)
+        finally:
             self.admission.calibrated(instance, share)
 
     def _model(self, config: speech_pb2.RecognitionConfig, call: CallInfo) -> ModelInstance:

@@ -87,8 +87,9 @@ class Admission:
         self._loads.setdefault(instance.name, _Load()).audio_s += seconds
         self.observe(instance, streams)
 
-    def calibrated(self, instance: ModelInstance, share: float) -> None:
-        """The model's share per stream as calibrated at start-up, before any stream (calibration.py)."""
+    def calibrated(self, instance: ModelInstance, share: float | None) -> None:
+        """The model's share per stream as calibrated at start-up, before any stream (calibration.py), or
+        None without a calibration: either way its headroom shows before the first stream."""
         self._loads.setdefault(instance.name, _Load()).calibrated = share
         self._show(instance, share, 0)
 

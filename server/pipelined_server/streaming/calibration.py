@@ -8,23 +8,25 @@ were 5 admitted, final lag p95 12.8 s, max 38.6 s (bench/asr_streaming.py --minu
 
 So each worker, before its model reports SERVING, decodes what one stream of continuous speech submits,
 as the same scheduler items (decode.decode_window, the stream's own pipeline arguments): one utterance's
-windows, from the first decode (session.FIRST_DECODE_S) growing by the decode interval to the length at
-which a window slides (`max_window_s`) and one interval past it. Each step advances the stream by the
-interval, or by the step's own time when longer (a stream's next step waits for its last one); the share
-is the replicas' busy seconds per second of stream advanced, divided by the replicas, as admission
-measures it later.
+interim windows, from the first decode (session.FIRST_DECODE_S) growing by the decode interval to the
+length at which a window slides (`max_window_s`) and one interval past it, then its final decode. Each
+interim step advances the stream by the interval, or by the step's own time when longer (a stream's next
+step waits for its last one); the share is the replicas' busy seconds per second of stream advanced,
+divided by the replicas, as admission measures it later.
 
 A Whisper decode costs by the tokens it generates, and silence generates one token (forced past it,
 Whisper loops to its token limit: 446 tokens, 12-18 s). So each window is silence forced to generate
 exactly `_TOKENS_PER_S` tokens per second of window (min_new_tokens = max_new_tokens). tiny.en's
 transcripts of the shared recordings' first 1.6, 3.6 and 5.6 s hold 1.4-4.4 tokens per second (LibriSpeech
 the most, JFK's pauses the least); forced to 4 per second, a window costs what the real speech costs
-(5.6 s: 0.88 s forced against 0.58-0.94 s real, the same session). Real streams also pause (VAD: silence
-is not decoded) and share batches, so the measured share that replaces this one is usually lower
-(`bench/stream_calibration.py` compares them).
+(5.6 s: 0.88 s forced against 0.58-0.94 s real, the same session). Without the final decode, the
+calibrated share was 0.54 against 0.57 (p90 0.68) measured from one real-time stream of the shared
+recordings and 0.50 (p90 0.56) per stream from two (`bench/stream_calibration.py`, loaded 2-core machine):
+fair, and the final decode makes it a little pessimistic, which a fresh server should be; the measured
+share replaces it after a few seconds of streamed audio.
 
-What it costs at start-up: one warm-up step and six windows (0.6 to 5.6 s) per worker; whisper-tiny.en
-on this 2-core machine, loaded: about 4 s.
+What it costs at start-up: one warm-up step, six windows (0.6 to 5.6 s) and a final one per worker;
+whisper-tiny.en on this 2-core machine, loaded: about 4-5 s.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from ..errors import InvalidInput
 from ..registry import ModelInstance
 from ..tasks import asr
 from .decode import decode_window
-from .options import stream_options
+from .options import StreamOptions, stream_options
 from .session import FIRST_DECODE_S
 
 log = logging.getLogger(__name__)
@@ -65,23 +67,29 @@ def _forced(kwargs: dict[str, Any], window_s: float) -> dict[str, Any]:
     return {**kwargs, "generate_kwargs": generate}
 
 
-async def stream_share(
+def default_options(
     instance: ModelInstance, limits: StreamingLimits, input_limits: InputLimits
-) -> float | None:
-    """One real-time stream's share of `instance` (its replicas' time), or None for a model that does not
+) -> StreamOptions | None:
+    """The options of a stream that configures nothing but its audio, or None for a model that does not
     serve live streams."""
-    scheduler = instance.scheduler
-    assert scheduler is not None
-    rate = instance.sampling_rate
     config = speech_pb2.StreamingRecognitionConfig(
         audio_format=audio_pb2.RawAudioFormat(
-            encoding=audio_pb2.AUDIO_ENCODING_FLOAT32, sample_rate_hertz=rate, channel_count=1
+            encoding=audio_pb2.AUDIO_ENCODING_FLOAT32,
+            sample_rate_hertz=instance.sampling_rate,
+            channel_count=1,
         )
     )
     try:
-        options = stream_options(config, instance, input_limits, limits.encoder_margin_s)
+        return stream_options(config, instance, input_limits, limits.encoder_margin_s)
     except InvalidInput:
         return None
+
+
+async def stream_share(instance: ModelInstance, options: StreamOptions, limits: StreamingLimits) -> float:
+    """One real-time stream's share of `instance` (its replicas' time), for streams with `options`."""
+    scheduler = instance.scheduler
+    assert scheduler is not None
+    rate = instance.sampling_rate
     whisper = asr.model_kind(instance) == asr.WHISPER
     interval = options.decode_interval_s
 
@@ -94,10 +102,14 @@ async def stream_share(
     started = time.monotonic()
     await step(FIRST_DECODE_S)  # the first call of a model pays one-time costs a stream never sees again
     busy_s = advanced_s = 0.0
-    for window_s in windows(interval, limits.max_window_s):
+    lengths = windows(interval, limits.max_window_s)
+    for window_s in lengths:
         cost = await step(window_s)
         busy_s += cost
         advanced_s += max(interval, cost)
+    # The utterance ends: its final decode hears the whole window and the padding after the speech (the
+    # silence it waited for is not counted as audio: pessimistic).
+    busy_s += await step(lengths[-1] + options.padding_s)
     share = busy_s / advanced_s / scheduler.replica_count
     log.info(
         "model %s: one live stream takes %.0f%% of its replicas (calibrated in %.1f s)",
