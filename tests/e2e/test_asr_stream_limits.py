@@ -20,6 +20,7 @@ from pipelined import Client
 from pipelined.errors import ResourceExhausted
 from pipelined.v1 import speech_pb2, speech_pb2_grpc
 from pipelined_server.config import ServerConfig, StreamingLimits
+from pipelined_server.streaming import calibration
 from speech_clips import speech
 from test_asr_streaming import RATE, SILENCE, audio_requests, config_request, seconds, wait_until
 
@@ -228,4 +229,17 @@ def test_without_calibration_a_fresh_server_admits_one_stream_per_replica(
     assert "streaming.calibrate is off" in error.message
     gate.set()
     assert list(first) == [] and first.code() == grpc.StatusCode.OK
+    still_serves(server)
+
+
+def test_a_failed_calibration_leaves_the_model_serving_one_stream_per_replica(
+    start: Callable[..., ServerThread], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def fails(*args: Any) -> float:
+        raise RuntimeError("injected calibration failure")
+
+    monkeypatch.setattr(calibration, "stream_share", fails)
+    server = start()
+    assert server.metric("pipelined_model_ready", model="tiny-whisper") == 1
+    assert server.metric("pipelined_stream_headroom", model="tiny-whisper") == 1  # one per replica
     still_serves(server)
