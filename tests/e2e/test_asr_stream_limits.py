@@ -183,8 +183,12 @@ def test_admission_refuses_past_measured_capacity_with_a_retry_hint(
     still_serves(server)  # no stream open: the next one is admitted
 
 
-def refused_stream(server: ServerThread) -> ResourceExhausted:
-    """A stream the SDK opens on the Whisper model while others are open there: its refusal."""
+def refused_beside_one(server: ServerThread) -> str:
+    """Holds one silent stream on the Whisper model (no decode: nothing measured) and opens another through
+    the SDK: its refusal's message, with the retry hint; the held stream then ends OK."""
+    gate = threading.Event()
+    first = stub_of(server).StreamingRecognize(held_open(gate), timeout=60)
+    wait_until(lambda: server.metric(ACTIVE, model="tiny-whisper") == 1)
     with pytest.raises(ResourceExhausted) as caught:
         list(
             Client(server.target)
@@ -192,7 +196,10 @@ def refused_stream(server: ServerThread) -> ResourceExhausted:
             .stream(iter([np.zeros(1600, np.float32)]))
         )
     assert caught.value.retry_after_s == 5.0
-    return caught.value
+    gate.set()
+    assert list(first) == [] and first.code() == grpc.StatusCode.OK, "the admitted stream keeps going"
+    still_serves(server)
+    return caught.value.message
 
 
 def test_a_fresh_server_knows_a_streams_cost_and_refuses_past_it(start: Callable[..., ServerThread]) -> None:
@@ -202,16 +209,9 @@ def test_a_fresh_server_knows_a_streams_cost_and_refuses_past_it(start: Callable
         share = server.metric("pipelined_stream_share", model=model)
         assert 0 < share < float("inf"), (model, share)
         assert server.metric("pipelined_stream_headroom", model=model) == 0  # nothing fits in 1e-6
-    gate = threading.Event()
-    # Silence: the open stream decodes nothing, so its cost stays the calibrated one.
-    first = stub_of(server).StreamingRecognize(held_open(gate), timeout=60)
-    wait_until(lambda: server.metric(ACTIVE, model="tiny-whisper") == 1)
-    error = refused_stream(server)
-    assert "calibrated at start-up" in error.message, error.message
-    assert "streaming.admission_max_utilization=1e-06" in error.message
-    gate.set()
-    assert list(first) == [] and first.code() == grpc.StatusCode.OK, "the admitted stream keeps going"
-    still_serves(server)
+    message = refused_beside_one(server)
+    assert "calibrated at start-up" in message, message
+    assert "streaming.admission_max_utilization=1e-06" in message
 
 
 def test_without_calibration_a_fresh_server_admits_one_stream_per_replica(
@@ -221,15 +221,9 @@ def test_without_calibration_a_fresh_server_admits_one_stream_per_replica(
     assert server.metric("pipelined_stream_share", model="tiny-whisper") == 0  # never calibrated
     assert server.metric("pipelined_stream_headroom", model="tiny-whisper") == 1  # its one replica
     assert server.metric("pipelined_stream_headroom", model="tiny-ctc") == 2
-    gate = threading.Event()
-    first = stub_of(server).StreamingRecognize(held_open(gate), timeout=60)
-    wait_until(lambda: server.metric(ACTIVE, model="tiny-whisper") == 1)
-    error = refused_stream(server)
-    assert "one per replica until their cost is measured" in error.message, error.message
-    assert "streaming.calibrate is off" in error.message
-    gate.set()
-    assert list(first) == [] and first.code() == grpc.StatusCode.OK
-    still_serves(server)
+    message = refused_beside_one(server)
+    assert "one per replica until their cost is measured" in message, message
+    assert "streaming.calibrate is off" in message
 
 
 def test_a_failed_calibration_leaves_the_model_serving_one_stream_per_replica(

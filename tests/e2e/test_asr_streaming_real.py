@@ -38,19 +38,23 @@ CLIPS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def pipe() -> Iterator[Any]:
-    # Admission lifted: the accuracy test streams every clip at once, paced by the decodes (not real time),
-    # which the calibrated capacity of tiny.en on a 2-core machine (one stream) would refuse.
-    server = ServerThread(
+def tiny_en_server(**limits: Any) -> ServerThread:
+    return ServerThread(
         ServerConfig(
             host="127.0.0.1",
             port=0,
             metrics_port=0,
-            streaming=StreamingLimits(admission_max_utilization=100.0),
+            streaming=StreamingLimits(**limits),
             models=(embedded_spec("whisper-tiny.en"),),
         )
     )
+
+
+@pytest.fixture(scope="module")
+def pipe() -> Iterator[Any]:
+    # Admission lifted: the accuracy test streams every clip at once, paced by the decodes (not real time),
+    # which the calibrated capacity of tiny.en on a 2-core machine (one stream) would refuse.
+    server = tiny_en_server(admission_max_utilization=100.0)
     yield Client(server.target, timeout=300).pipeline(ASR)
     server.stop()
 
@@ -58,15 +62,7 @@ def pipe() -> Iterator[Any]:
 def test_a_fresh_server_admits_what_its_calibration_says_fits() -> None:
     """Issue 8: before any stream, each worker measured what a stream of tiny.en costs, so the streams past
     that capacity are refused from the first one on (before: admitted blind up to max_streams)."""
-    server = ServerThread(
-        ServerConfig(
-            host="127.0.0.1",
-            port=0,
-            metrics_port=0,
-            streaming=StreamingLimits(max_streams=8),
-            models=(embedded_spec("whisper-tiny.en"),),
-        )
-    )
+    server = tiny_en_server(max_streams=8)
     model = "whisper-tiny.en"
     try:
         share = server.metric("pipelined_stream_share", model=model)

@@ -33,12 +33,17 @@ def stream_for(gate: Admission, model: Any, seconds: float, rtf: float, streams:
             gate.received(model, 0.1, streams)
 
 
-def test_refuses_the_stream_that_would_pass_the_utilization_and_keeps_the_measure(monkeypatch: Any) -> None:
-    clock = [0.0]
-    monkeypatch.setattr(admission.time, "monotonic", lambda: clock[0])
+@pytest.fixture
+def clock(monkeypatch: Any) -> list[float]:
+    """Admission's clock, advanced by the test."""
+    now = [0.0]
+    monkeypatch.setattr(admission.time, "monotonic", lambda: now[0])
+    return now
+
+
+def test_refuses_the_stream_that_would_pass_the_utilization_and_keeps_the_measure(clock: list[float]) -> None:
     metrics = Metrics()
-    gate = Admission(max_utilization=0.8, max_streams=64, metrics=metrics)
-    model = Instance()
+    gate, model = Admission(max_utilization=0.8, max_streams=64, metrics=metrics), Instance()
     gate.admit(model, 0)  # nothing measured: admitted
     assert metrics.value("pipelined_stream_headroom", {"model": "m"}) == 2  # one per replica
     for _ in range(30):  # 3 s of audio per stream, 0.5 replica-seconds per audio second: 25% of 2 replicas
@@ -67,12 +72,9 @@ def test_unmeasured_and_uncalibrated_admits_one_stream_per_replica() -> None:
     assert metrics.value("pipelined_stream_headroom", {"model": "m"}) == 0
 
 
-def test_the_calibrated_share_holds_until_streams_are_measured(monkeypatch: Any) -> None:
-    clock = [0.0]
-    monkeypatch.setattr(admission.time, "monotonic", lambda: clock[0])
+def test_the_calibrated_share_holds_until_streams_are_measured(clock: list[float]) -> None:
     metrics = Metrics()
-    gate = Admission(max_utilization=0.8, max_streams=64, metrics=metrics)
-    model = Instance()
+    gate, model = Admission(max_utilization=0.8, max_streams=64, metrics=metrics), Instance()
     gate.calibrated(model, 0.3)  # before any stream: 2 streams fit in 80%
     assert metrics.value("pipelined_stream_headroom", {"model": "m"}) == 2
     assert metrics.value("pipelined_stream_share", {"model": "m"}) == 0.3
