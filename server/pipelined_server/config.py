@@ -155,8 +155,8 @@ class StreamingLimits(Section):
     # it, would use more than this fraction of the model's replicas' time (measured from recent decodes).
     admission_max_utilization: Float = Field(default=0.85, gt=0)
     # Before a model serves, each worker decodes what one live stream submits (streaming/calibration.py),
-    # so admission knows a stream's cost before the first stream: about 4 s more start-up per worker for
-    # whisper-tiny.en on 2 cores. false: one stream per replica until streams have been measured.
+    # so admission knows a stream's cost before the first stream: 4-7 s more start-up per worker for
+    # whisper-tiny.en on a loaded 2-core machine. false: one stream per replica until streams have been measured.
     calibrate: bool = True
 
     @model_validator(mode="after")

@@ -19,14 +19,17 @@ Whisper loops to its token limit: 446 tokens, 12-18 s). So each window is silenc
 exactly `_TOKENS_PER_S` tokens per second of window (min_new_tokens = max_new_tokens). tiny.en's
 transcripts of the shared recordings' first 1.6, 3.6 and 5.6 s hold 1.4-4.4 tokens per second (LibriSpeech
 the most, JFK's pauses the least); forced to 4 per second, a window costs what the real speech costs
-(5.6 s: 0.88 s forced against 0.58-0.94 s real, the same session). Without the final decode, the
-calibrated share was 0.54 against 0.57 (p90 0.68) measured from one real-time stream of the shared
-recordings and 0.50 (p90 0.56) per stream from two (`bench/stream_calibration.py`, loaded 2-core machine):
-fair, and the final decode makes it a little pessimistic, which a fresh server should be; the measured
-share replaces it after a few seconds of streamed audio.
+(5.6 s: 0.88 s forced against 0.58-0.94 s real, the same session). Against the share measured from
+real-time streams of the shared recordings (`bench/stream_calibration.py`, whisper-tiny.en, 2 cores shared
+with other work, so every figure moves with the load): without the final decode, calibrated 0.54 against
+0.57 (p90 0.68) measured from one stream and 0.50 per stream from two (load average 2.2); with it, 0.96
+against 0.89 (p90 0.97) from one stream and 0.49 per stream from two (load average 4.7). Fair to a little
+pessimistic for one stream, which a fresh server should be; streams sharing a model cost less each (their
+decodes batch and their intervals stretch), which the measured share, replacing this one after a few
+seconds of streamed audio, then shows.
 
 What it costs at start-up: one warm-up step, six windows (0.6 to 5.6 s) and a final one per worker;
-whisper-tiny.en on this 2-core machine, loaded: about 4-5 s.
+whisper-tiny.en on this 2-core machine: 3.6-3.9 s (load average 2-3) to 6.7 s (load average 4.7).
 """
 
 from __future__ import annotations
