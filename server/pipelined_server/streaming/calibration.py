@@ -23,8 +23,10 @@ the most, JFK's pauses the least); forced to 4 per second, a window costs what t
 real-time streams of the shared recordings (`bench/stream_calibration.py`, whisper-tiny.en, 2 cores shared
 with other work, so every figure moves with the load): without the final decode, calibrated 0.54 against
 0.57 (p90 0.68) measured from one stream and 0.50 per stream from two (load average 2.2); with it, 0.96
-against 0.89 (p90 0.97) from one stream and 0.49 per stream from two (load average 4.7). Fair to a little
-pessimistic for one stream, which a fresh server should be; streams sharing a model cost less each (their
+against 0.89 (p90 0.97) from one stream and 0.49 per stream from two (load average 4.7), and once 0.62
+against 0.87 from one stream (the load rose from 1.8 to 3 between calibration and streams). Within the
+machine's noise of one stream's cost, which a fresh server should not underrate; streams sharing a model
+cost less each (their
 decodes batch and their intervals stretch), which the measured share, replacing this one after a few
 seconds of streamed audio, then shows.
 
