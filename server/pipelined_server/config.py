@@ -154,6 +154,10 @@ class StreamingLimits(Section):
     # A new stream is refused (RESOURCE_EXHAUSTED, retry hint) when the streams open on its model, with
     # it, would use more than this fraction of the model's replicas' time (measured from recent decodes).
     admission_max_utilization: Float = Field(default=0.85, gt=0)
+    # Before a model serves, each worker decodes what one live stream submits (streaming/calibration.py),
+    # so admission knows a stream's cost before the first stream: 4-7 s more start-up per worker for
+    # whisper-tiny.en on a loaded 2-core machine. false: one stream per replica until streams have been measured.
+    calibrate: bool = True
 
     @model_validator(mode="after")
     def _windows_in_order(self) -> StreamingLimits:

@@ -7,7 +7,7 @@ import copy
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +64,8 @@ class ModelInstance:
 
 # Called with (model name, serving?) whenever a model's readiness changes; feeds grpc.health.v1.
 HealthCallback = Callable[[str, bool], None]
+# Called with a model once its scheduler runs, before it is READY (SERVING): what must be measured first.
+WarmUp = Callable[[ModelInstance], Awaitable[None]]
 
 
 @dataclass
@@ -72,6 +74,8 @@ class Registry:
     metrics: Metrics
     on_health: HealthCallback = lambda name, ok: None
     instances: dict[str, ModelInstance] = field(default_factory=dict)
+    # Run in order for every model that loaded (a live-stream calibration: services/speech.py).
+    warm_ups: list[WarmUp] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         defaults = {t: self.config.default_model(t) for t in {m.task for m in self.config.models}}
@@ -133,6 +137,11 @@ class Registry:
                 instance.name, replicas, run_batch, instance.spec.batching, self.metrics
             )
         instance.scheduler.start()
+        for warm_up in self.warm_ups:
+            try:
+                await warm_up(instance)
+            except Exception:  # the model serves without what the warm-up would have measured
+                log.exception("model %s: warm-up failed", instance.name)
         instance.state = ModelState.READY
         self.metrics.load_seconds.labels(instance.name).set(instance.load_seconds)
         self.metrics.model_ready.labels(instance.name).set(1)
