@@ -82,17 +82,46 @@ class ServerProcess:
         self.process.wait(60)
 
     def worker_pids(self) -> list[int]:
-        """The serving processes: the server itself, or each worker under a supervisor."""
-        children = [
-            int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == self.process.pid
-        ]
-        return children or [self.process.pid]
+        """The serving processes: the server itself, or each worker under a supervisor (not the model
+        processes and multiprocessing's helpers that a serving process starts)."""
+        workers = [pid for pid in _children(self.process.pid) if b"pipelined_server.cli" in _cmdline(pid)]
+        return workers or [self.process.pid]
 
     def worker_rss_mib(self) -> list[float]:
         """Resident memory of each serving process."""
         from pipelined_server.workers import rss_bytes
 
         return [round(rss_bytes(pid) / 2**20) for pid in self.worker_pids()]
+
+    def worker_tree_pss_mib(self) -> list[float]:
+        """Proportional memory of each serving process with everything it started (its model processes, the
+        fork server they come from): pages they share (torch, transformers) are counted once, split."""
+        return [round(sum(_pss(p) for p in [pid, *_descendants(pid)]) / 2**20) for pid in self.worker_pids()]
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == pid]
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for child in _children(pid):
+        found += [child, *_descendants(child)]
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _pss(pid: int) -> int:
+    from pipelined_server.workers import proc_bytes
+
+    return proc_bytes(pid, "smaps_rollup", "Pss")
 
 
 def _parent(pid: int) -> int:

@@ -5,7 +5,8 @@ in process, and against TorchServe, at concurrency 1 (latency) and 8 / 32 (throu
 harness ($PEERS, else ~/.cache/pipelined-peers once `bash ../shared/peers/setup.sh` has built it, else
 ../shared/peers): its tiny random BERT classifier, its closed-loop load generator (`loadgen.py`: one gRPC
 channel, so one connection) and its in-process baseline (`inproc_baseline.py`). The pipelined server is this
-tree's code with the model's defaults (no batching block, `workers: auto`). TorchServe batched (8 / 5 ms,
+tree's code with the model's defaults (no batching block, `workers: auto`, `model_process: auto`), and again
+with the pipeline in the serving process (`model_process: false`). TorchServe batched (8 / 5 ms,
 the peers' config) runs in the same repeat loop when setup.sh has built it; one torch thread everywhere.
 
     PYTHONPATH=$PWD/client:$PWD/server .venv/bin/python bench/unary_peers.py --duration 5 --repeats 3
@@ -41,6 +42,7 @@ HARNESS = Path(
 )
 TORCHSERVE = "TorchServe batched (8 / 5 ms)"
 PIPELINED = "pipelined (default config)"
+IN_SERVER = "pipelined, model_process: false"
 
 
 def _run_json(cmd: list[str], out: Path, env: dict[str, str]) -> list[dict[str, Any]]:
@@ -84,8 +86,11 @@ def main() -> None:
         if a.max_queue_delay_ms is not None:
             with config.open("a") as f:
                 f.write(f"    batching: {{max_queue_delay_ms: {a.max_queue_delay_ms}}}\n")
+        # The same with the pipeline in the serving process: what the model process brings.
+        in_server = work / "in_server.yaml"
+        in_server.write_text(config.read_text() + "    model_process: false\n")
         py = sys.executable
-        rows: dict[str, list[dict[str, Any]]] = {"in-process": [], PIPELINED: []}
+        rows: dict[str, list[dict[str, Any]]] = {"in-process": [], PIPELINED: [], IN_SERVER: []}
         torchserve = HARNESS / "venv-torchserve" / "bin" / "torchserve"
         built = torchserve.exists() and (HARNESS / "torchserve" / "model_store" / "tiny-textcls.mar").exists()
         if built:
@@ -106,22 +111,28 @@ def main() -> None:
                 env,
             )
             rows["in-process"].append({r.get("mode", r.get("label")): r for r in inproc})
-            server = ServerProcess(["--config", str(config)], workers="auto")
-            try:
-                server.wait_ready()
-                cmd = [py, str(work / "loadgen.py"), "--protocol", "pipelined", "--target", server.target]
-                cmd += ["--model", "tiny-textcls", *load, "--server-pid", str(server.process.pid)]
-                rows[PIPELINED].append({r["concurrency"]: r for r in _run_json(cmd, work / "lg.jsonl", env)})
-                memory.append(server.worker_rss_mib())
-                if a.profile and not profiled:
-                    profiled = _profile_under_load(a.profile, server, work, env)
-            finally:
-                server.stop()
+            for name, path in ((PIPELINED, config), (IN_SERVER, in_server)):
+                server = ServerProcess(["--config", str(path)], workers="auto")
+                try:
+                    server.wait_ready()
+                    cmd = [py, str(work / "loadgen.py"), "--protocol", "pipelined", "--target", server.target]
+                    cmd += ["--model", "tiny-textcls", *load, "--server-pid", str(server.process.pid)]
+                    rows[name].append({r["concurrency"]: r for r in _run_json(cmd, work / "lg.jsonl", env)})
+                    if name == PIPELINED:
+                        memory.append([*server.worker_rss_mib(), *server.worker_tree_pss_mib()])
+                        if a.profile and not profiled:
+                            profiled = _profile_under_load(a.profile, server, work, env)
+                finally:
+                    server.stop()
             if built:
                 rows[TORCHSERVE].append(_torchserve(load, work, env))
         if profiled:
             print(profiled)
-        print(f"pipelined worker resident memory (MiB, per process, last repeat): {memory[-1]}")
+        half = len(memory[-1]) // 2
+        print(
+            f"pipelined workers (last repeat), MiB: resident {memory[-1][:half]}; proportional (PSS) with their "
+            f"model processes and fork server {memory[-1][half:]}"
+        )
         print(table_of(rows, [int(c) for c in a.concurrency.split(",")]))
         print(
             f"\nreproduce: PYTHONPATH=$PWD/client:$PWD/server {py} bench/unary_peers.py "
@@ -131,17 +142,37 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-# Where a server's busy samples go, by the first matching frame of each stack (leaf first). Idle samples
-# (waiting in select/epoll or on a condition) are left out.
-_IDLE = ("select (selectors.py", "Condition.wait", "Event.wait", "_worker (concurrent/futures/thread.py:8")
-_CATEGORIES = (
-    ("model forward (torch)", "Module._call_impl"),
-    ("pipeline pre/postprocess", "transformers/pipelines/"),
-    ("tokenizer", "tokenization_utils"),
-    ("scheduler", "pipelined_server/batching/"),
-    ("adapter + servicer", "pipelined_server/"),
-    ("protobuf", "google/protobuf/"),
+# Where a server's busy samples go: the first frame, from the leaf up, that names one of these (so a coroutine of
+# pipelined's running inside asyncio's Handle._run counts as pipelined's, and Handle._run's own time, which is
+# gRPC's Cython code, as gRPC's). Idle samples (waiting in select/epoll, on a condition, or for the model
+# process's answer) are left out.
+_IDLE = (
+    "select (selectors.py",
+    "Condition.wait",
+    "Event.wait",
+    "_worker (concurrent/futures/thread.py:8",
+    "Connection._recv (multiprocessing",
 )
+_CATEGORIES = (
+    ("model forward (torch)", ("Module._call_impl",)),
+    ("pipeline pre/postprocess", ("transformers/pipelines/",)),
+    ("tokenizer", ("tokenization_utils",)),
+    ("protobuf", ("google/protobuf/",)),
+    ("access log (logging)", ("logging/__init__.py", "pipelined_server/logs.py")),
+    ("metrics (prometheus_client)", ("prometheus_client/",)),
+    ("pipe to the model process", ("multiprocessing/connection.py",)),
+    ("scheduler", ("pipelined_server/batching/",)),
+    ("adapter + servicer", ("pipelined_server/services/", "pipelined_server/tasks/")),
+    ("gRPC + event loop", ("asyncio/", "grpc/", "_poll_wrapper")),
+)
+
+
+def _category(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for name, markers in _CATEGORIES:
+            if any(marker in frame for marker in markers):
+                return name
+    return "other Python"
 
 
 def _profile_under_load(concurrency: int, server: ServerProcess, work: Path, env: dict[str, str]) -> str:
@@ -180,10 +211,7 @@ def profile(pid: int, seconds: float, out: Path) -> str:
         if any(frames[-1].startswith(idle) or idle in frames[-1] for idle in _IDLE):
             continue
         busy += int(n)
-        category = next(
-            (name for name, marker in _CATEGORIES if any(marker in f for f in reversed(frames))),
-            "gRPC + event loop",
-        )
+        category = _category(frames)
         counts[category] = counts.get(category, 0) + int(n)
     rows = sorted(counts.items(), key=lambda kv: -kv[1])
     return table(["where the server's busy samples go", "share"], [(k, f"{v / busy:.0%}") for k, v in rows])

@@ -154,6 +154,10 @@ class StreamingLimits(Section):
     # A new stream is refused (RESOURCE_EXHAUSTED, retry hint) when the streams open on its model, with
     # it, would use more than this fraction of the model's replicas' time (measured from recent decodes).
     admission_max_utilization: Float = Field(default=0.85, gt=0)
+    # Before a model serves, each worker decodes what one live stream submits (streaming/calibration.py),
+    # so admission knows a stream's cost before the first stream: 4-7 s more start-up per worker for
+    # whisper-tiny.en on a loaded 2-core machine. false: one stream per replica until streams have been measured.
+    calibrate: bool = True
 
     @model_validator(mode="after")
     def _windows_in_order(self) -> StreamingLimits:
@@ -231,6 +235,20 @@ class LoggingConfig(Section):
     format: Literal["text", "json"] = "text"
 
 
+# Tasks that may run in a model process (batching/model_process.py): their work items are plain batches (no
+# call that needs the pipeline object in the server process, no streaming, no generation to stop token by
+# token) and their inputs and outputs are small to pickle.
+PROCESS_TASKS = frozenset(
+    {
+        "text-classification",
+        "token-classification",
+        "feature-extraction",
+        "fill-mask",
+        "zero-shot-classification",
+    }
+)
+
+
 class ModelSpec(Section):
     """One served model."""
 
@@ -258,6 +276,10 @@ class ModelSpec(Section):
     # Pipelines sharing one copy of the weights, each on its own worker thread: on a CPU, one per core
     # (with torch_threads 1) is how concurrent requests use every core.
     replicas: Int = Field(default=1, ge=1)
+    # Run each replica's pipeline in a process of its own, fed by the server process (batching/model_process.py):
+    # gRPC and the model then use two cores even for a client with one connection. `auto`: on for small
+    # CPU models of the text tasks that support it, when the machine has a core to spare.
+    model_process: Literal["auto"] | bool = "auto"
     # Passed to transformers.pipeline(): they become the defaults of every call (e.g. num_beams).
     pipeline_kwargs: dict[str, Any] = {}
     # Whether requests that name no model for this task go here.
@@ -332,6 +354,19 @@ class ModelSpec(Section):
         if not isinstance(devices, list | tuple) or not devices:
             raise invalid("", "expected a non-empty list such as [cuda:0, cuda:1]")
         return devices
+
+    @model_validator(mode="after")
+    def _process_supported(self) -> ModelSpec:
+        if self.model_process is True:
+            if self.task not in PROCESS_TASKS:
+                supported = ", ".join(sorted(PROCESS_TASKS))
+                raise invalid(
+                    "model_process",
+                    f"a model process serves only these tasks: {supported}; not {self.task!r}",
+                )
+            if self.device != "cpu" or self.devices:
+                raise invalid("model_process", "a model process runs on the CPU only (device: cpu)")
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -131,10 +131,18 @@ class Metrics:
         )
         self.stream_headroom = Gauge(
             "pipelined_stream_headroom",
-            "Live streams a model can still admit within its measured capacity "
-            "(streaming.max_streams minus open streams until decodes have been measured).",
+            "Live streams a model can still admit within its capacity (calibrated at start-up, then "
+            "measured; one stream per replica while neither exists).",
             ["model"],
             registry=r,
+        )
+        self.stream_share = Gauge(
+            "pipelined_stream_share",
+            "Share of a model's replicas one real-time live stream takes: calibrated at start-up "
+            "(streaming.calibrate), then measured from recent decodes; the worst worker's.",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.streams_ended = Counter(
             "pipelined_streams_ended_total",

@@ -7,16 +7,17 @@ import copy
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .batching import Scheduler
+from .batching import Scheduler, model_process
 from .config import ModelSpec, ServerConfig
 from .errors import ModelNotFound, ModelNotReady
 from .loading import load_replicas, replicate, run_batch
 from .memory import resident_bytes
 from .metrics import Metrics
+from .workers import rss_bytes, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class ModelInstance:
     # A tokenizer copy for the event loop (token counts, batching keys): a Rust tokenizer mutates its
     # truncation state per call, so sharing one with a worker thread raises "Already borrowed".
     tokenizer: Any = None
+    # The processes computing its batches, when it runs in model processes (batching/model_process.py).
+    processes: list[model_process.ModelProcess] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -61,6 +64,8 @@ class ModelInstance:
 
 # Called with (model name, serving?) whenever a model's readiness changes; feeds grpc.health.v1.
 HealthCallback = Callable[[str, bool], None]
+# Called with a model once its scheduler runs, before it is READY (SERVING): what must be measured first.
+WarmUp = Callable[[ModelInstance], Awaitable[None]]
 
 
 @dataclass
@@ -69,6 +74,8 @@ class Registry:
     metrics: Metrics
     on_health: HealthCallback = lambda name, ok: None
     instances: dict[str, ModelInstance] = field(default_factory=dict)
+    # Run in order for every model that loaded (a live-stream calibration: services/speech.py).
+    warm_ups: list[WarmUp] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         defaults = {t: self.config.default_model(t) for t in {m.task for m in self.config.models}}
@@ -106,16 +113,56 @@ class Registry:
                 self.metrics.weight_bytes.labels(instance.name, device).set(instance.weight_bytes[device])
         instance.resident_bytes = resident_bytes()
         self.metrics.resident_bytes_after_load.labels(instance.name).set(instance.resident_bytes)
-        replicas = [r for c in copies for r in replicate(c.pipeline, instance.spec.replicas)]
-        instance.scheduler = Scheduler(
-            instance.name, replicas, run_batch, instance.spec.batching, self.metrics
-        )
+        weights = sum(instance.weight_bytes.values())
+        if model_process.enabled(instance.spec, instance.spec.device, weights, usable_cores()):
+            try:
+                instance.processes = await asyncio.to_thread(self._start_processes, instance.spec)
+            except Exception as exc:
+                log.exception("model %s: its model processes failed to start", instance.name)
+                instance.state = ModelState.FAILED
+                instance.error = f"cannot start the model process of {instance.spec.source!r}: {exc}"
+                self.on_health(instance.name, False)
+                return
+            instance.scheduler = Scheduler(
+                instance.name,
+                instance.processes,
+                model_process.run_batch,
+                instance.spec.batching,
+                self.metrics,
+                run_call=model_process.run_call,
+            )
+        else:
+            replicas = [r for c in copies for r in replicate(c.pipeline, instance.spec.replicas)]
+            instance.scheduler = Scheduler(
+                instance.name, replicas, run_batch, instance.spec.batching, self.metrics
+            )
         instance.scheduler.start()
+        for warm_up in self.warm_ups:
+            try:
+                await warm_up(instance)
+            except Exception:  # the model serves without what the warm-up would have measured
+                log.exception("model %s: warm-up failed", instance.name)
         instance.state = ModelState.READY
         self.metrics.load_seconds.labels(instance.name).set(instance.load_seconds)
         self.metrics.model_ready.labels(instance.name).set(1)
         log.info("model %s ready in %.1f s on %s", instance.name, instance.load_seconds, instance.device)
         self.on_health(instance.name, True)
+
+    def _start_processes(self, spec: ModelSpec) -> list[model_process.ModelProcess]:
+        """One model process per replica, started together and waited for (each imports torch and loads the
+        pipeline: seconds)."""
+        threads = self.config.torch_threads
+        processes = [model_process.ModelProcess(spec, spec.device, threads, i) for i in range(spec.replicas)]
+        try:
+            for process in processes:
+                process.wait_ready()
+        except Exception:
+            for process in processes:
+                process.close()
+            raise
+        sizes = ", ".join(f"{rss_bytes(p.pid or 0) / 2**20:.0f} MiB" for p in processes)
+        log.info("model %s: %d model processes, resident memory %s", spec.name, len(processes), sizes)
+        return processes
 
     def find(self, name: str) -> ModelInstance:
         instance = self.instances.get(name)
@@ -152,4 +199,8 @@ class Registry:
         for instance in self.instances.values():
             if instance.scheduler is not None:
                 await instance.scheduler.close()
+            for process in instance.processes:
+                # On the loop, not a thread: this also runs at interpreter exit, when no thread can start. A
+                # child ends within milliseconds of reading EOF.
+                process.close()
             self.metrics.model_ready.labels(instance.name).set(0)

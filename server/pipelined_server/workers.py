@@ -75,10 +75,15 @@ def resolve_port(host: str, port: int) -> int:
 
 def rss_bytes(pid: int) -> int:
     """Resident memory of a process (0 when it is gone), from /proc."""
+    return proc_bytes(pid, "status", "VmRSS")
+
+
+def proc_bytes(pid: int, file: str, key: str) -> int:
+    """A size in kB that /proc/PID/FILE gives as `KEY: N kB`, in bytes (0 when the process is gone)."""
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(f"/proc/{pid}/{file}") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(f"{key}:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass

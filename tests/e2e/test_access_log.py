@@ -16,7 +16,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from harness import ServerProcess, ServerThread
+from harness import ServerProcess, ServerThread, wait_for
 from pipelined import Client
 from pipelined.pipelines.generic import ValueEncoder
 from pipelined.v1 import (
@@ -202,7 +202,14 @@ def _calls_carrying_the_secret(server: ServerProcess) -> None:
 
 def test_no_user_content_in_any_log_line(verbose_server: ServerProcess) -> None:
     _calls_carrying_the_secret(verbose_server)
-    # The last call's line is in: the server's log file holds every line before it.
+
+    def last_call_logged() -> bool:
+        """The health check after the stream: the server writes its log in batches (logs.py)."""
+        log = verbose_server.log.read_text()
+        stream = log.rfind('"method": "StreamingRecognize"')
+        return stream >= 0 and log.rfind('"method": "Check"') > stream
+
+    wait_for(last_call_logged, 30, "the last call's access log line")
     log = verbose_server.log.read_text()
     lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     methods = {line.get("method") for line in lines if line.get("logger") == "pipelined.access"}

@@ -20,6 +20,7 @@ from pipelined import Client
 from pipelined.errors import ResourceExhausted
 from pipelined.v1 import speech_pb2, speech_pb2_grpc
 from pipelined_server.config import ServerConfig, StreamingLimits
+from pipelined_server.streaming import calibration
 from speech_clips import speech
 from test_asr_streaming import RATE, SILENCE, audio_requests, config_request, seconds, wait_until
 
@@ -180,3 +181,59 @@ def test_admission_refuses_past_measured_capacity_with_a_retry_hint(
     reader.join(60)
     assert first.code() == grpc.StatusCode.OK, "the admitted stream keeps going"
     still_serves(server)  # no stream open: the next one is admitted
+
+
+def refused_beside_one(server: ServerThread) -> str:
+    """Holds one silent stream on the Whisper model (no decode: nothing measured) and opens another through
+    the SDK: its refusal's message, with the retry hint; the held stream then ends OK."""
+    gate = threading.Event()
+    first = stub_of(server).StreamingRecognize(held_open(gate), timeout=60)
+    wait_until(lambda: server.metric(ACTIVE, model="tiny-whisper") == 1)
+    with pytest.raises(ResourceExhausted) as caught:
+        list(
+            Client(server.target)
+            .pipeline(ASR, model="tiny-whisper")
+            .stream(iter([np.zeros(1600, np.float32)]))
+        )
+    assert caught.value.retry_after_s == 5.0
+    gate.set()
+    assert list(first) == [] and first.code() == grpc.StatusCode.OK, "the admitted stream keeps going"
+    still_serves(server)
+    return caught.value.message
+
+
+def test_a_fresh_server_knows_a_streams_cost_and_refuses_past_it(start: Callable[..., ServerThread]) -> None:
+    # Issue 8: a fresh worker used to admit blind up to max_streams before any decode was measured.
+    server = start(admission_max_utilization=1e-6)
+    for model in ("tiny-whisper", "tiny-ctc"):  # calibrated before SERVING, before any stream
+        share = server.metric("pipelined_stream_share", model=model)
+        assert 0 < share < float("inf"), (model, share)
+        assert server.metric("pipelined_stream_headroom", model=model) == 0  # nothing fits in 1e-6
+    message = refused_beside_one(server)
+    assert "calibrated at start-up" in message, message
+    assert "streaming.admission_max_utilization=1e-06" in message
+
+
+def test_without_calibration_a_fresh_server_admits_one_stream_per_replica(
+    start: Callable[..., ServerThread],
+) -> None:
+    server = start(calibrate=False)
+    assert server.metric("pipelined_stream_share", model="tiny-whisper") == 0  # never calibrated
+    assert server.metric("pipelined_stream_headroom", model="tiny-whisper") == 1  # its one replica
+    assert server.metric("pipelined_stream_headroom", model="tiny-ctc") == 2
+    message = refused_beside_one(server)
+    assert "one per replica until their cost is measured" in message, message
+    assert "streaming.calibrate is off" in message
+
+
+def test_a_failed_calibration_leaves_the_model_serving_one_stream_per_replica(
+    start: Callable[..., ServerThread], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def fails(*args: Any) -> float:
+        raise RuntimeError("injected calibration failure")
+
+    monkeypatch.setattr(calibration, "stream_share", fails)
+    server = start()
+    assert server.metric("pipelined_model_ready", model="tiny-whisper") == 1
+    assert server.metric("pipelined_stream_headroom", model="tiny-whisper") == 1  # one per replica
+    still_serves(server)

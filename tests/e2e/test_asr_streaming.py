@@ -156,7 +156,11 @@ def test_silence_costs_no_decoding(asr_server: ServerThread, stub: Any) -> None:
 
 @pytest.fixture(scope="module")
 def strict_server(tiny_whisper_dir: Path, tiny_ctc_dir: Path) -> Iterator[ServerThread]:
-    limits = StreamingLimits(idle_timeout_s=1.0, max_chunk_bytes=32000, max_streams=2)
+    # Admission lifted: these tests hold several streams of a model whose calibrated cost (about half of
+    # its one replica here) would refuse the second one before max_streams is reached.
+    limits = StreamingLimits(
+        idle_timeout_s=1.0, max_chunk_bytes=32000, max_streams=2, admission_max_utilization=100.0
+    )
     config = ServerConfig(
         host="127.0.0.1",
         port=0,

@@ -6,17 +6,21 @@ transcript of the same file (both scored against the human or asserted reference
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import pytest
 from asr_specs import ASR
-from harness import ServerThread
+from harness import ServerThread, wait_for
 from pacing import DecodePacedSource
 from paths import shared_file, shared_reference
 from pipelined import Client
-from pipelined_server.config import ServerConfig, embedded_spec
+from pipelined.errors import ResourceExhausted
+from pipelined_server.config import ServerConfig, StreamingLimits, embedded_spec
 from pipelined_server.sources.embedded import is_available
 from wer import wer
 
@@ -34,13 +38,56 @@ CLIPS = [
 ]
 
 
+def tiny_en_server(**limits: Any) -> ServerThread:
+    return ServerThread(
+        ServerConfig(
+            host="127.0.0.1",
+            port=0,
+            metrics_port=0,
+            streaming=StreamingLimits(**limits),
+            models=(embedded_spec("whisper-tiny.en"),),
+        )
+    )
+
+
 @pytest.fixture(scope="module")
 def pipe() -> Iterator[Any]:
-    server = ServerThread(
-        ServerConfig(host="127.0.0.1", port=0, metrics_port=0, models=(embedded_spec("whisper-tiny.en"),))
-    )
+    # Admission lifted: the accuracy test streams every clip at once, paced by the decodes (not real time),
+    # which the calibrated capacity of tiny.en on a 2-core machine (one stream) would refuse.
+    server = tiny_en_server(admission_max_utilization=100.0)
     yield Client(server.target, timeout=300).pipeline(ASR)
     server.stop()
+
+
+def test_a_fresh_server_admits_what_its_calibration_says_fits() -> None:
+    """Issue 8: before any stream, each worker measured what a stream of tiny.en costs, so the streams past
+    that capacity are refused from the first one on (before: admitted blind up to max_streams)."""
+    server = tiny_en_server(max_streams=8)
+    model = "whisper-tiny.en"
+    try:
+        share = server.metric("pipelined_stream_share", model=model)
+        assert 0 < share < math.inf
+        fits = int(server.metric("pipelined_stream_headroom", model=model))
+        assert fits == min(8, math.floor(0.85 / share + 1e-9))
+        assert fits < 8, f"tiny.en on a CPU thread holds few real-time streams (one takes {share:.0%})"
+        stop = threading.Event()
+
+        def silence() -> Iterator[np.ndarray]:  # no speech: no decode, the calibrated share holds
+            while not stop.is_set():
+                yield np.zeros(1600, np.float32)
+                stop.wait(0.1)
+
+        pipe = Client(server.target, timeout=60).pipeline(ASR)
+        with ThreadPoolExecutor(max(1, fits)) as pool:
+            held = [pool.submit(lambda: list(pipe.stream(silence()))) for _ in range(max(1, fits))]
+            wait_for(lambda: server.metric("pipelined_active_streams", model=model) == max(1, fits))
+            with pytest.raises(ResourceExhausted, match="calibrated at start-up") as caught:
+                list(pipe.stream(silence()))
+            assert caught.value.retry_after_s == 5.0
+            stop.set()
+            assert all(f.result() == [] for f in held), "the admitted streams ended OK"
+    finally:
+        server.stop()
 
 
 def streamed(pipe: Any, clip: str) -> str:

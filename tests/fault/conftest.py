@@ -53,7 +53,8 @@ def server_config(tiny_dirs: dict[str, Path], metrics_port: int, only_asr: bool 
         "port": 0,
         "metrics_port": metrics_port,
         "grace_period_s": GRACE_S,
-        # One process: the probes watch its memory, its children (none) and its signals.
+        # One process: the probes watch its memory, its children (its model processes, started with the
+        # models: no probe may add one or lose one) and its signals.
         "workers": 1,
         "models": [
             {
@@ -103,6 +104,7 @@ class ServerProcess:
         self.target = line.rsplit(" ", 1)[1].strip()
         self.channel = grpc.insecure_channel(self.target)
         self._wait_serving()
+        self.started_children = self.child_pids()
 
     def _wait_serving(self) -> None:
         """Health's Watch streams each change: the first SERVING ends the wait (models loaded)."""
@@ -127,6 +129,9 @@ class ServerProcess:
 
     def children(self) -> list[psutil.Process]:
         return psutil.Process(self.pid).children(recursive=True)
+
+    def child_pids(self) -> set[int]:
+        return {child.pid for child in self.children()}
 
     def metric(self, name: str, **labels: str) -> float:
         from urllib.request import urlopen

@@ -163,7 +163,14 @@ def small_server(
 ) -> Iterator[ServerProcess]:
     """Whisper alone, with few stream slots and a short idle timeout."""
     config = server_config(tiny_dirs, _free_port(), only_asr=True)
-    config["streaming"] = {"max_streams": SLOTS, "max_streams_per_peer": SLOTS, "idle_timeout_s": IDLE_S}
+    # Admission lifted: the probes fill every slot, and the tiny Whisper's calibrated cost (about half of
+    # its replica) would refuse the second stream before max_streams does.
+    config["streaming"] = {
+        "max_streams": SLOTS,
+        "max_streams_per_peer": SLOTS,
+        "idle_timeout_s": IDLE_S,
+        "admission_max_utilization": 100.0,
+    }
     proc = ServerProcess(config, tmp_path_factory.mktemp("stream-slots"))
     yield proc
     proc.stop()

@@ -173,6 +173,10 @@ def _error(document: dict) -> str:
             "streaming.max_streams: Input should be greater",
         ),
         (
+            {"models": [MODEL], "streaming": {"calibrate": "sometimes"}},
+            "streaming.calibrate: Input should be a valid boolean",
+        ),
+        (
             {"models": [MODEL], "streaming": {"idle": 1}},
             "streaming.idle: unknown key; did you mean 'idle_timeout_s'?",
         ),

@@ -33,14 +33,19 @@ def stream_for(gate: Admission, model: Any, seconds: float, rtf: float, streams:
             gate.received(model, 0.1, streams)
 
 
-def test_refuses_the_stream_that_would_pass_the_utilization_and_keeps_the_measure(monkeypatch: Any) -> None:
-    clock = [0.0]
-    monkeypatch.setattr(admission.time, "monotonic", lambda: clock[0])
+@pytest.fixture
+def clock(monkeypatch: Any) -> list[float]:
+    """Admission's clock, advanced by the test."""
+    now = [0.0]
+    monkeypatch.setattr(admission.time, "monotonic", lambda: now[0])
+    return now
+
+
+def test_refuses_the_stream_that_would_pass_the_utilization_and_keeps_the_measure(clock: list[float]) -> None:
     metrics = Metrics()
-    gate = Admission(max_utilization=0.8, max_streams=64, metrics=metrics)
-    model = Instance()
+    gate, model = Admission(max_utilization=0.8, max_streams=64, metrics=metrics), Instance()
     gate.admit(model, 0)  # nothing measured: admitted
-    assert metrics.value("pipelined_stream_headroom", {"model": "m"}) == 64
+    assert metrics.value("pipelined_stream_headroom", {"model": "m"}) == 2  # one per replica
     for _ in range(30):  # 3 s of audio per stream, 0.5 replica-seconds per audio second: 25% of 2 replicas
         clock[0] += 0.1
         stream_for(gate, model, 0.1, rtf=0.5, streams=2)
@@ -53,3 +58,35 @@ def test_refuses_the_stream_that_would_pass_the_utilization_and_keeps_the_measur
     with pytest.raises(QueueFull):
         gate.admit(model, 3)
     gate.admit(model, 0)  # no stream open: nothing to protect
+
+
+def test_unmeasured_and_uncalibrated_admits_one_stream_per_replica() -> None:
+    metrics = Metrics()
+    gate = Admission(max_utilization=0.85, max_streams=64, metrics=metrics)
+    model = Instance()
+    gate.admit(model, 0)
+    gate.admit(model, 1)
+    with pytest.raises(QueueFull, match="one per replica until their cost is measured") as caught:
+        gate.admit(model, 2)
+    assert caught.value.retry_after_s == admission.RETRY_AFTER_S
+    assert metrics.value("pipelined_stream_headroom", {"model": "m"}) == 0
+
+
+def test_the_calibrated_share_holds_until_streams_are_measured(clock: list[float]) -> None:
+    metrics = Metrics()
+    gate, model = Admission(max_utilization=0.8, max_streams=64, metrics=metrics), Instance()
+    gate.calibrated(model, 0.3)  # before any stream: 2 streams fit in 80%
+    assert metrics.value("pipelined_stream_headroom", {"model": "m"}) == 2
+    assert metrics.value("pipelined_stream_share", {"model": "m"}) == 0.3
+    gate.admit(model, 1)
+    with pytest.raises(QueueFull, match="take 60% of it .calibrated at start-up.") as caught:
+        gate.admit(model, 2)
+    assert caught.value.retry_after_s == admission.RETRY_AFTER_S
+    for _ in range(30):  # measured: 0.2 replica-seconds per audio second, 10% of 2 replicas
+        clock[0] += 0.1
+        stream_for(gate, model, 0.1, rtf=0.2, streams=2)
+    gate.admit(model, 2)  # the measure replaced the calibration: 3 x 10% <= 80%
+    assert metrics.value("pipelined_stream_share", {"model": "m"}) == pytest.approx(0.1)
+    assert metrics.value("pipelined_stream_headroom", {"model": "m"}) == 6
+    with pytest.raises(QueueFull, match=r"\(measured\)"):
+        gate.admit(model, 8)

@@ -54,6 +54,13 @@ log = logging.getLogger(__name__)
 BatchRunner = Callable[[Any, Sequence[Any], dict[str, Any]], list[Any]]
 # Work that is not one input through the pipeline; receives the worker's pipeline replica.
 ReplicaCall = Callable[[Any], Any]
+# Runs a call with a replica: by default the call receives the replica's pipeline; a replica in a process of
+# its own (model_process.py) runs it there.
+CallRunner = Callable[[Any, ReplicaCall], Any]
+
+
+def call_locally(pipeline: Any, call: ReplicaCall) -> Any:
+    return call(pipeline)
 
 
 @dataclass(eq=False)
@@ -91,11 +98,13 @@ class Scheduler:
         run_batch: BatchRunner,
         config: BatchingConfig,
         metrics: Metrics,
+        run_call: CallRunner = call_locally,
     ) -> None:
         self.model = model
         # Each replica stops between chunks and at every generated token once its caller left (abandon.py).
         self._replicas = [install(replica) for replica in replicas]
         self._run_batch = run_batch
+        self._run_call = run_call
         self._config = config
         self._queue: deque[WorkItem] = deque()
         self._wakeup = asyncio.Event()
@@ -350,7 +359,7 @@ class Scheduler:
     def _call(self, pipeline: Any, batch: list[WorkItem]) -> list[Any]:
         try:
             if batch[0].call is not None:
-                outputs = [batch[0].call(pipeline)]
+                outputs = [self._run_call(pipeline, batch[0].call)]
             else:
                 outputs = self._run_batch(pipeline, [item.payload for item in batch], batch[0].kwargs)
         except Abandoned:

@@ -11,6 +11,7 @@ from pipelined.v1 import speech_pb2, speech_pb2_grpc
 
 from ..errors import DeadlineExpired, ModelNotReady, OutOfRange
 from ..registry import ModelInstance
+from ..streaming import calibration
 from ..streaming.admission import Admission
 from ..streaming.options import stream_options
 from ..streaming.session import IdleGuard, StreamSession, read_config
@@ -28,6 +29,23 @@ class SpeechServicer(Servicer, speech_pb2_grpc.SpeechServiceServicer):
         limits = state.config.streaming
         self.streams = ActiveStreams(limits.max_streams, limits.max_streams_per_peer, state.metrics)
         self.admission = Admission(limits.admission_max_utilization, limits.max_streams, state.metrics)
+        state.registry.warm_ups.append(self._calibrate)
+
+    async def _calibrate(self, instance: ModelInstance) -> None:
+        """A speech model's live-stream cost, measured before it serves (streaming/calibration.py) unless
+        streaming.calibrate is off; its stream headroom shows from then on."""
+        config = self.state.config
+        if instance.spec.task != asr.TASK:
+            return
+        options = calibration.default_options(instance, config.streaming, config.limits)
+        if options is None:  # a model that serves no live stream
+            return
+        share = None
+        try:
+            if config.streaming.calibrate:
+                share = await calibration.stream_share(instance, options, config.streaming)
+        finally:
+            self.admission.calibrated(instance, share)
 
     def _model(self, config: speech_pb2.RecognitionConfig, call: CallInfo) -> ModelInstance:
         instance = self.state.registry.ready(config.model, asr.TASK)

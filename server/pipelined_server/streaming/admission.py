@@ -12,9 +12,16 @@ without a check, lagged 18-22 s).
 
 Under overload the streams' decodes stretch (see session.py), so the measured factor becomes
 replicas / streams and the next stream is refused. A model with no open stream admits one (there is
-nothing to protect, and it supplies the measurement), and so does one not measured yet, up to
-`streaming.max_streams`. Unary calls on the model count in its busy time, so they make a stream's
-cost look higher, never lower.
+nothing to protect, and it supplies the measurement). Unary calls on the model count in its busy time,
+so they make a stream's cost look higher, never lower.
+
+Before its streams have been measured, a model's share is the one calibrated at start-up
+(calibration.py, `streaming.calibrate`): a fresh worker used to admit blind up to `streaming.max_streams`
+(8 real-time tiny.en streams on a fresh 2-core server: 5 admitted, final lag p95 12.8 s, max 38.6 s).
+Without a calibration (turned off, or it failed) a model admits one stream per replica until measured.
+Calibration rather than that rule alone: one stream per replica is far too few where a replica serves
+dozens of streams (a GPU), so a fresh server would refuse most of a reconnecting crowd for several retry
+rounds, and too many where a stream needs more than one core; and it shows no headroom before a stream.
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ class _Load:
     # (time.monotonic(), scheduler busy seconds, audio_s), oldest first.
     samples: deque[tuple[float, float, float]] = field(default_factory=deque)
     last_share: float | None = None
+    # The share calibrated at start-up, until a measured one exists.
+    calibrated: float | None = None
 
     def add(self, now: float, busy: float) -> None:
         if len(self.samples) > 1 and now - self.samples[-1][0] < _SAMPLE_EVERY_S:
@@ -57,12 +66,13 @@ class _Load:
 
     def per_stream(self, replicas: int) -> float | None:
         """The share of the model one real-time stream took over the horizon, or at the last time it was
-        measured (after a quiet spell the horizon holds too little audio), or None if never measured."""
+        measured (after a quiet spell the horizon holds too little audio), or else as calibrated at
+        start-up, or None if neither."""
         if len(self.samples) >= 2:
             (_, busy0, audio0), (_, busy1, audio1) = self.samples[0], self.samples[-1]
             if audio1 - audio0 >= _MIN_AUDIO_S and busy1 > busy0:
                 self.last_share = (busy1 - busy0) / (audio1 - audio0) / replicas
-        return self.last_share
+        return self.last_share if self.last_share is not None else self.calibrated
 
 
 @dataclass
@@ -77,27 +87,58 @@ class Admission:
         self._loads.setdefault(instance.name, _Load()).audio_s += seconds
         self.observe(instance, streams)
 
+    def calibrated(self, instance: ModelInstance, share: float | None) -> None:
+        """The model's share per stream as calibrated at start-up, before any stream (calibration.py), or
+        None without a calibration: either way its headroom shows before the first stream."""
+        self._loads.setdefault(instance.name, _Load()).calibrated = share
+        self._show(instance, share, 0)
+
     def observe(self, instance: ModelInstance, streams: int) -> float | None:
-        """Records the model's load now; returns one real-time stream's measured share of the model."""
+        """Records the model's load now; returns one real-time stream's share of the model (measured, or
+        calibrated until measured)."""
         scheduler = instance.scheduler
         assert scheduler is not None
         load = self._loads.setdefault(instance.name, _Load())
         load.add(time.monotonic(), scheduler.busy_s)
         share = load.per_stream(scheduler.replica_count)
-        headroom = self.max_streams - streams
-        if share:
-            headroom = min(headroom, math.floor(self.max_utilization / share + 1e-9) - streams)
-        self.metrics.stream_headroom.labels(instance.name).set(max(0, headroom))
+        self._show(instance, share, streams)
         return share
+
+    def _capacity(self, instance: ModelInstance, share: float | None) -> int:
+        """Real-time streams the model holds within the utilization bound (one per replica unmeasured)."""
+        if share is None:
+            assert instance.scheduler is not None
+            return min(self.max_streams, instance.scheduler.replica_count)
+        if share <= 0:
+            return self.max_streams
+        return min(self.max_streams, math.floor(self.max_utilization / share + 1e-9))
+
+    def _show(self, instance: ModelInstance, share: float | None, streams: int) -> None:
+        self.metrics.stream_headroom.labels(instance.name).set(
+            max(0, self._capacity(instance, share) - streams)
+        )
+        if share is not None:
+            self.metrics.stream_share.labels(instance.name).set(share)
 
     def admit(self, instance: ModelInstance, streams: int) -> None:
         """Refuses one more stream beside `streams` open ones when it would overload the model."""
         share = self.observe(instance, streams)
-        if streams and share is not None and (streams + 1) * share > self.max_utilization:
-            raise QueueFull(
-                f"model {instance.name!r} is at capacity for live streams: {streams} open streams take "
-                f"{streams * share:.0%} of it (measured), one more would pass "
-                f"streaming.admission_max_utilization={self.max_utilization:g}; retry in "
-                f"{RETRY_AFTER_S:g} s or on another instance",
-                retry_after_s=RETRY_AFTER_S,
+        if not streams or streams < self._capacity(instance, share):
+            return
+        if share is None:
+            why = (
+                f"{streams} open streams, one per replica until their cost is measured "
+                "(streaming.calibrate is off, or the calibration failed)"
             )
+        else:
+            measured = self._loads[instance.name].last_share is not None
+            why = (
+                f"{streams} open streams take {streams * share:.0%} of it "
+                f"({'measured' if measured else 'calibrated at start-up'}), one more would pass "
+                f"streaming.admission_max_utilization={self.max_utilization:g}"
+            )
+        raise QueueFull(
+            f"model {instance.name!r} is at capacity for live streams: {why}; retry in "
+            f"{RETRY_AFTER_S:g} s or on another instance",
+            retry_after_s=RETRY_AFTER_S,
+        )

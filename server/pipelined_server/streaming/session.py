@@ -13,7 +13,7 @@ Latency of finals (what a user waits for once they stop talking), measured with 
 - when a pause begins inside speech, the audio up to the pause (plus padding) is decoded at once, at
   final priority: the end of speech is only declared after `min_silence_s`, and by then this decode,
   which heard exactly what the final decode would, is done or under way;
-- the first decode of an utterance comes after `_FIRST_DECODE_S` of speech, not a whole interval;
+- the first decode of an utterance comes after `FIRST_DECODE_S` of speech, not a whole interval;
 - a periodic re-decode waits while other work is queued for the model (see `_model_busy`).
 """
 
@@ -48,7 +48,7 @@ _FULL_QUEUE_RETRY_S = 0.1
 # Windows shorter than this are not worth a decode (and too short for some CTC models' convolutions).
 _MIN_DECODE_S = 0.1
 # Speech heard before an utterance's first (interim) decode: enough for Whisper to hear a word or two.
-_FIRST_DECODE_S = 0.6
+FIRST_DECODE_S = 0.6
 # Scheduler priority of decodes whose result is (probably) final; interim re-decodes run at 0.
 _FINAL_PRIORITY = 1
 # Inside an utterance, a stretch this long without words in a hypothesis is speech the decoder skipped.
@@ -181,7 +181,7 @@ class StreamSession:
         # The interim decode step in flight, if any, and the sample its window ends at.
         self._interim: asyncio.Task[None] | None = None
         self._interim_end = 0
-        self._first = int(_FIRST_DECODE_S * self.rate)
+        self._first = int(FIRST_DECODE_S * self.rate)
         self._pad = int(options.padding_s * self.rate)
         self._interval = int(options.decode_interval_s * self.rate)
         self._max_window = int(limits.max_window_s * self.rate)

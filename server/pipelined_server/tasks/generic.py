@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -214,7 +215,8 @@ class Generic(Adapter[generic_pb2.RunRequest, generic_pb2.RunResponse]):
         if instance.spec.task in _MEDIA_TASKS:
             _refuse_server_side_sources(inputs, config)
             _refuse_server_side_sources(parameters, config)
-        return [Item(call=lambda pipe: _run(pipe, inputs, parameters))]
+        # A partial, not a closure: a model process (batching/model_process.py) receives the call pickled.
+        return [Item(call=partial(_run, inputs=inputs, parameters=parameters))]
 
     def response(
         self,
