@@ -16,8 +16,9 @@ are those whose name matches; mutants not run (a run cut short) count as not kil
 (`MUTANT_UNDER_TEST=<name>` in build/mutation/mutants), bounded by a wall clock. It costs the start of a pytest per
 mutant (about 5 s here) but no more: mutmut's forked workers were seen to ignore pytest's `--timeout`, so a mutant
 that makes a test hang or raise in a worker thread ran to mutmut's CPU limit (about 3 minutes each on this
-machine) instead of failing in seconds. --match narrows the mutants to those whose name matches GLOB (e.g.
-`--each --match '*_ended_early*' calls`). The results land in mutmut's .meta files, so --report reads either mode.
+machine) instead of failing in seconds. --match narrows the mutants to those whose name matches GLOB (several
+globs: separated by commas; e.g. `--each --match '*_ended_early*' calls`). The results land in mutmut's .meta
+files, so --report reads either mode.
 """
 
 from __future__ import annotations
@@ -158,6 +159,11 @@ def _record(name: str, code: int) -> None:
             return
 
 
+def _matches(name: str, match: str) -> bool:
+    """`match`: one glob or several separated by commas."""
+    return any(fnmatch.fnmatchcase(name, glob) for glob in match.split(","))
+
+
 def _number(name: str) -> tuple[str, int]:
     head, _, n = name.rpartition("__mutmut_")
     return head, int(n)
@@ -166,7 +172,7 @@ def _number(name: str) -> tuple[str, int]:
 def _run_each(group: str, match: str, env: dict[str, str]) -> None:
     """Each mutant of `group` (whose name matches `match`) in a fresh pytest, its exit code recorded."""
     patterns, tests, timeout = GROUPS[group]
-    chosen = [n for n in _results() if fnmatch.fnmatchcase(n, match)]
+    chosen = [n for n in _results() if _matches(n, match)]
     names = sorted((n for n in chosen if any(fnmatch.fnmatchcase(n, p) for p in patterns)), key=_number)
     pytest = [sys.executable, "-m", "pytest", *_pytest_args(timeout), *tests]
     for name in names:
@@ -232,7 +238,7 @@ def main(argv: list[str]) -> int:
         env = {**os.environ, "PYTHONPATH": str(REPO / "client"), "HF_HUB_OFFLINE": "1"}
         mutmut = [sys.executable, "-m", "mutmut", "run", "--max-children", "1", *patterns]
         returncode = subprocess.run(mutmut, cwd=WORK, env=env).returncode
-    codes = {n: c for n, c in _results().items() if fnmatch.fnmatchcase(n, match)}
+    codes = {n: c for n, c in _results().items() if _matches(n, match)}
     killed_total = total = 0
     for group in groups:
         names = sorted(n for n in codes if any(fnmatch.fnmatchcase(n, p) for p in GROUPS[group][0]))
