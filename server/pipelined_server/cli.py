@@ -110,9 +110,16 @@ def _exit_now() -> None:
     logging.getLogger(__name__).warning(
         "work still running %.0f s past the grace period: exiting", EXIT_MARGIN_S
     )
+    _flush_output()
+    os._exit(1)
+
+
+def _flush_output() -> None:
+    """What os._exit would lose: the log lines held by the batched handler (logs.py), then the streams."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(1)
 
 
 def _exit_after(seconds: float) -> threading.Timer:
@@ -182,8 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(Supervisor(config, sys.argv[1:] if argv is None else argv, count).run())
     asyncio.run(serve(config))
     # A model still loading holds a worker thread that would block interpreter exit; the drain is done.
-    sys.stdout.flush()
-    sys.stderr.flush()
+    _flush_output()
     os._exit(0)
 
 

@@ -79,10 +79,15 @@ def _model(name: str, source: Path) -> str:
     return f"  - {{name: {name}, task: {ASR}, source: '{source}', pipeline_kwargs: {{num_beams: 1}}}}\n"
 
 
-def _wait_computing(server: ServerProcess, model: str, call: threading.Thread) -> None:
-    """Until the call's batch is on the model (its size is observed as it starts), not merely sent."""
+def _batches(server: ServerProcess, model: str) -> float:
+    return server.metric("pipelined_batch_size_count", model=model)
+
+
+def _wait_computing(server: ServerProcess, model: str, call: threading.Thread, batches_before: float) -> None:
+    """Until the call's batch is on the model (its size is observed as it starts), not merely sent. Counted
+    from `batches_before`: the live-stream calibration at start-up runs batches too."""
     wait_for(
-        lambda: not call.is_alive() or server.metric("pipelined_batch_size_count", model=model) >= 1,
+        lambda: not call.is_alive() or _batches(server, model) > batches_before,
         timeout_s=120,
         what="the long call to reach the model",
     )
@@ -109,8 +114,9 @@ def test_sigterm_during_load_drains_without_losing_a_request(server_process: Ser
     in_flight = threading.Thread(
         target=lambda: results.append(client.pipeline(ASR, model="fast")(long_audio))
     )
+    before = _batches(server, "fast")
     in_flight.start()
-    _wait_computing(server, "fast", in_flight)
+    _wait_computing(server, "fast", in_flight, before)
     server.process.send_signal(signal.SIGTERM)
     # The drain has begun once health says so (grpc.health.v1, still answering while the call runs).
     wait_for(lambda: _health(server.target) == NOT_SERVING, what="health NOT_SERVING after SIGTERM")
@@ -148,8 +154,9 @@ def test_sigterm_cuts_a_call_that_outlasts_the_grace_and_still_exits_0(
                 outcome.append(error)
 
         in_flight = threading.Thread(target=call)
+        before = _batches(server, "w")
         in_flight.start()
-        _wait_computing(server, "w", in_flight)
+        _wait_computing(server, "w", in_flight, before)
         server.process.send_signal(signal.SIGTERM)
         wait_for(lambda: _health(server.target, "w") == NOT_SERVING, what="health NOT_SERVING after SIGTERM")
         assert in_flight.is_alive(), "the recognition ended before the grace did"

@@ -344,10 +344,11 @@ def _recognize_in_background(server: ServerProcess, seconds: float) -> threading
     return thread
 
 
-def _wait_running(server: ServerProcess) -> None:
-    """Until the long recognition is on the worker (its batch counted), by the metric, not a sleep."""
+def _wait_running(server: ServerProcess, batches_before: float) -> None:
+    """Until the long recognition is on the worker (its batch counted beyond those before it: the live-stream
+    calibration at start-up runs batches too), by the metric, not a sleep."""
     deadline = time.monotonic() + 60
-    while server.metric("pipelined_batch_size_count", model="tiny-whisper") < 1:
+    while server.metric("pipelined_batch_size_count", model="tiny-whisper") <= batches_before:
         assert time.monotonic() < deadline
         time.sleep(0.05)
 
@@ -375,8 +376,9 @@ def test_sigterm_exits_whatever_is_running(tiny_dirs: Any, tmp_path: Any) -> Non
         once, twice = (f.result() for f in starting)
     try:
         for proc in (once, twice):
+            before = proc.metric("pipelined_batch_size_count", model="tiny-whisper")
             _recognize_in_background(proc, 600.0)
-            _wait_running(proc)
+            _wait_running(proc, before)
         started = time.monotonic()
         once.signal()
         twice.signal()
