@@ -5,9 +5,9 @@ one GIL, so it tops out at about one core. Several server processes on one port 
 clients open several connections: a client with one channel (the usual service-to-service client, and the
 peers' load generator) reaches one of them. With the pipeline in its own process, that one connection's
 server process does gRPC while the model computes on the other core. Measured on the peers' tiny text
-classifier (2 cores shared with the load generator and other work, one connection, default batching):
-`bench/unary_peers.py` (medians of 3 repeats) c=32 945 req/s against 645 with the pipeline in the server
-process, c=8 612 against 529; a quick A/B on one server process c=32 842 against 494.
+classifier (2 cores shared with the load generator, one connection, default batching), `bench/unary_peers.py`
+(medians of 3 repeats, quiet machine): c=32 953 req/s against 705 with the pipeline in the server process. The
+pipe has a price when the server is not loaded: c=1 p50 3.44 ms against 3.09 ms, c=8 529 req/s against 567.
 
 What crosses the pipe per batch is the batch's inputs and arguments, and its outputs (pickled: strings and
 small lists for the tasks below). The pipeline runs the same `loading.run_batch` as in process, so results
