@@ -114,7 +114,7 @@ class Registry:
         instance.resident_bytes = resident_bytes()
         self.metrics.resident_bytes_after_load.labels(instance.name).set(instance.resident_bytes)
         weights = sum(instance.weight_bytes.values())
-        if model_process.enabled(instance.spec, instance.spec.device, weights, usable_cores()):
+        if model_process.enabled(instance.spec, weights, usable_cores()):
             try:
                 instance.processes = await asyncio.to_thread(self._start_processes, instance.spec)
             except Exception as exc:
@@ -152,7 +152,7 @@ class Registry:
         """One model process per replica, started together and waited for (each imports torch and loads the
         pipeline: seconds)."""
         threads = self.config.torch_threads
-        processes = [model_process.ModelProcess(spec, spec.device, threads, i) for i in range(spec.replicas)]
+        processes = [model_process.ModelProcess(spec, threads, i) for i in range(spec.replicas)]
         try:
             for process in processes:
                 process.wait_ready()

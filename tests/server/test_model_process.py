@@ -62,13 +62,13 @@ def local_labels(text: str) -> list[tuple[str, float]]:
 
 def test_auto_is_on_for_small_cpu_models_of_the_supported_tasks_with_a_core_to_spare() -> None:
     text = ModelSpec(name="a", task=TASK, source="x")
-    assert enabled(text, "cpu", 10_000_000, cores=2)
-    assert not enabled(text, "cpu", 10_000_000, cores=1)  # nothing to gain: the pipe only adds work
-    assert not enabled(text, "cpu", AUTO_MAX_WEIGHT_BYTES + 1, cores=2)  # the weights would be held twice
-    assert not enabled(ModelSpec(name="a", task=TASK, source="x", device="cuda"), "cuda", 1, cores=2)
-    assert not enabled(ModelSpec(name="a", task="text-generation", source="x"), "cpu", 1, cores=2)
-    assert not enabled(ModelSpec(name="a", task=TASK, source="x", model_process=False), "cpu", 1, cores=2)
-    assert enabled(ModelSpec(name="a", task=TASK, source="x", model_process=True), "cpu", 1, cores=1)
+    assert enabled(text, 10_000_000, cores=2)
+    assert not enabled(text, 10_000_000, cores=1)  # nothing to gain: the pipe only adds work
+    assert not enabled(text, AUTO_MAX_WEIGHT_BYTES + 1, cores=2)  # the weights would be held twice
+    assert not enabled(ModelSpec(name="a", task=TASK, source="x", device="cuda"), 1, cores=2)
+    assert not enabled(ModelSpec(name="a", task="text-generation", source="x"), 1, cores=2)
+    assert not enabled(ModelSpec(name="a", task=TASK, source="x", model_process=False), 1, cores=2)
+    assert enabled(ModelSpec(name="a", task=TASK, source="x", model_process=True), 1, cores=1)
 
 
 @pytest.mark.parametrize(

@@ -53,14 +53,14 @@ class ModelProcessDied(PipelinedError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
-def enabled(spec: ModelSpec, device: str, weight_bytes: int, cores: int) -> bool:
+def enabled(spec: ModelSpec, weight_bytes: int, cores: int) -> bool:
     """Whether a model's replicas run in processes of their own (`model_process`; `auto`: on a CPU with
     cores to spare, for the tasks above and models small enough to hold twice)."""
     if spec.model_process != "auto":
         return bool(spec.model_process)
     return (
         spec.task in PROCESS_TASKS
-        and device == "cpu"
+        and spec.device == "cpu"
         and not spec.devices
         and cores >= 2
         and weight_bytes <= AUTO_MAX_WEIGHT_BYTES
@@ -71,8 +71,8 @@ class ModelProcess:
     """One child process holding one pipeline. Its methods block: the scheduler calls them on the replica's
     worker thread, one at a time."""
 
-    def __init__(self, spec: ModelSpec, device: str, torch_threads: int, index: int = 0) -> None:
-        self.spec, self.device, self.torch_threads, self.index = spec, device, torch_threads, index
+    def __init__(self, spec: ModelSpec, torch_threads: int, index: int = 0) -> None:
+        self.spec, self.torch_threads, self.index = spec, torch_threads, index
         self._lock = threading.Lock()
         self._process: Any = None
         self._conn: Any = None
@@ -92,7 +92,7 @@ class ModelProcess:
         self._conn, child = context.Pipe()
         self._process = context.Process(
             target=_serve,
-            args=(child, self.spec, self.device, self.torch_threads),
+            args=(child, self.spec, self.torch_threads),
             name=f"pipelined-model-{self.spec.name}-{self.index}",
             daemon=True,
         )
@@ -180,7 +180,7 @@ def _portable(exc: BaseException) -> BaseException:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
-def _serve(conn: Any, spec: ModelSpec, device: str, torch_threads: int) -> None:
+def _serve(conn: Any, spec: ModelSpec, torch_threads: int) -> None:
     """The child: loads the pipeline, then answers one message at a time until the pipe closes."""
     # Ctrl-C reaches the terminal's whole process group; it is for the server process, which drains, then
     # closes the pipe. (SIGTERM is left as it is: the supervisor and Kubernetes send it to the server process
@@ -193,7 +193,7 @@ def _serve(conn: Any, spec: ModelSpec, device: str, torch_threads: int) -> None:
 
     torch.set_num_threads(torch_threads)
     try:
-        pipe = load_pipeline(spec, device).pipeline
+        pipe = load_pipeline(spec).pipeline
     except Exception as exc:
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return

@@ -26,9 +26,8 @@ with other work, so every figure moves with the load): without the final decode,
 against 0.89 (p90 0.97) from one stream and 0.49 per stream from two (load average 4.7), and once 0.62
 against 0.87 from one stream (the load rose from 1.8 to 3 between calibration and streams). Within the
 machine's noise of one stream's cost, which a fresh server should not underrate; streams sharing a model
-cost less each (their
-decodes batch and their intervals stretch), which the measured share, replacing this one after a few
-seconds of streamed audio, then shows.
+cost less each (their decodes batch and their intervals stretch), which the measured share, replacing this
+one after a few seconds of streamed audio, then shows.
 
 What it costs at start-up: one warm-up step, six windows (0.6 to 5.6 s) and a final one per worker;
 whisper-tiny.en on this 2-core machine: 3.6-3.9 s (load average 2-3) to 6.7 s (load average 4.7).
