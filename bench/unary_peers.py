@@ -8,6 +8,9 @@ channel, so one connection) and its in-process baseline (`inproc_baseline.py`). 
 tree's code with the model's defaults (no batching block, `workers: auto`, `model_process: auto`), and again
 with the pipeline in the serving process (`model_process: false`). TorchServe batched (8 / 5 ms,
 the peers' config) runs in the same repeat loop when setup.sh has built it; one torch thread everywhere.
+The gRPC floor (`grpc_floor.py`: the same TextService answering a canned reply, no model, one process, one
+event loop) runs there too: what Python gRPC alone costs at c=1 and carries at c=32 on this machine, with the
+same load generator.
 
     PYTHONPATH=$PWD/client:$PWD/server .venv/bin/python bench/unary_peers.py --duration 5 --repeats 3
 
@@ -30,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import REPO, ServerProcess, table
+from common import REPO, ServerProcess, free_port, table
 
 # $PEERS, else the copy setup.sh builds, else the nearest ../shared/peers above the checkout (a worktree may
 # sit one level deeper; that read-only copy has no TorchServe build).
@@ -43,6 +46,7 @@ HARNESS = Path(
 TORCHSERVE = "TorchServe batched (8 / 5 ms)"
 PIPELINED = "pipelined (default config)"
 IN_SERVER = "pipelined, model_process: false"
+FLOOR = "gRPC floor (canned reply)"
 
 
 def _run_json(cmd: list[str], out: Path, env: dict[str, str]) -> list[dict[str, Any]]:
@@ -90,7 +94,7 @@ def main() -> None:
         in_server = work / "in_server.yaml"
         in_server.write_text(config.read_text() + "    model_process: false\n")
         py = sys.executable
-        rows: dict[str, list[dict[str, Any]]] = {"in-process": [], PIPELINED: [], IN_SERVER: []}
+        rows: dict[str, list[dict[str, Any]]] = {"in-process": [], FLOOR: [], PIPELINED: [], IN_SERVER: []}
         torchserve = HARNESS / "venv-torchserve" / "bin" / "torchserve"
         built = torchserve.exists() and (HARNESS / "torchserve" / "model_store" / "tiny-textcls.mar").exists()
         if built:
@@ -111,6 +115,7 @@ def main() -> None:
                 env,
             )
             rows["in-process"].append({r.get("mode", r.get("label")): r for r in inproc})
+            rows[FLOOR].append(_floor(load, work, env))
             for name, path in ((PIPELINED, config), (IN_SERVER, in_server)):
                 server = ServerProcess(["--config", str(path)], workers="auto")
                 try:
@@ -215,6 +220,30 @@ def profile(pid: int, seconds: float, out: Path) -> str:
         counts[category] = counts.get(category, 0) + int(n)
     rows = sorted(counts.items(), key=lambda kv: -kv[1])
     return table(["where the server's busy samples go", "share"], [(k, f"{v / busy:.0%}") for k, v in rows])
+
+
+def _floor(load: list[str], work: Path, env: dict[str, str]) -> dict[int, dict[str, Any]]:
+    """One run of the canned-reply server (grpc_floor.py) under the same load generator."""
+    port = free_port()
+    cmd = [sys.executable, str(Path(__file__).with_name("grpc_floor.py")), "--port", str(port)]
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        if "listening" not in server.stdout.readline():
+            raise SystemExit("grpc_floor.py did not start")
+        lg = [
+            sys.executable,
+            str(work / "loadgen.py"),
+            "--protocol",
+            "pipelined",
+            "--target",
+            f"127.0.0.1:{port}",
+        ]
+        lg += ["--model", "tiny-textcls", *load, "--server-pid", str(server.pid)]
+        return {r["concurrency"]: r for r in _run_json(lg, work / "floor.jsonl", env)}
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 def _torchserve(load: list[str], work: Path, env: dict[str, str]) -> dict[int, dict[str, Any]]:
