@@ -436,6 +436,8 @@ class ServerConfig(Section):
     # Server processes on the port (SO_REUSEPORT, see workers.py): "auto" (0) is one per usable core when
     # every model is on the CPU, else one (a GPU holds the weights once; replicas share them in one process).
     workers: Int = Field(default=0, ge=0)
+    # The event loop of each server process: "auto" is uvloop on Linux when it is installed (cli.py says why).
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     limits: InputLimits = InputLimits()
     audio: AudioLimits = AudioLimits()
     images: ImageLimits = ImageLimits()

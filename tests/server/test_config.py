@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from pathlib import Path
 
 import pytest
-from pipelined_server.cli import build_config, parse_args
+from pipelined_server.cli import build_config, loop_factory, parse_args
 from pipelined_server.config import check_devices, default_config, load_config, parse_config
 from pipelined_server.errors import ConfigError
 from pipelined_server.loading import pipeline_kwargs_for
@@ -101,6 +103,24 @@ def test_flags_serve_one_model_without_a_file() -> None:
     assert config.port == 7000 and config.models[0].device == "cuda:1" and config.models[0].default
     with pytest.raises(ConfigError, match="--task"):
         build_config(parse_args(["--model", "/some/dir"]))
+
+
+def test_the_event_loop_is_uvloop_unless_asked_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert build_config(parse_args(["--model", "whisper-base"]), {}).event_loop == "auto"
+    config = build_config(parse_args(["--model", "whisper-base", "--event-loop", "asyncio"]), {})
+    assert config.event_loop == "asyncio" and loop_factory("asyncio") is None
+    assert build_config(parse_args(["--model", "whisper-base"]), {"PIPELINED_EVENT_LOOP": "uvloop"}).event_loop == (
+        "uvloop"
+    )
+    with pytest.raises(ConfigError, match="event_loop"):
+        parse_config({"models": [{"name": "a", "source": "x", "task": "fill-mask"}], "event_loop": "trio"})
+    if sys.platform.startswith("linux"):
+        with asyncio.Runner(loop_factory=loop_factory("auto")) as runner:
+            assert type(runner.get_loop()).__module__.startswith("uvloop")
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # not installed
+    assert loop_factory("auto") is None
+    with pytest.raises(ConfigError, match="event_loop: uvloop is not installed"):
+        loop_factory("uvloop")
 
 
 def test_device_and_dtype_become_pipeline_arguments() -> None:

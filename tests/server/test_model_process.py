@@ -21,13 +21,14 @@ from model_cache import cached_model
 from pipelined.v1 import generic_pb2, text_pb2
 from pipelined_server.batching.model_process import (
     AUTO_MAX_WEIGHT_BYTES,
+    INLINE_UNPICKLE_BYTES,
     ModelProcessDied,
     enabled,
 )
 from pipelined_server.config import ModelSpec, parse_config
 from pipelined_server.errors import ConfigError, InvalidInput
 from pipelined_server.tasks import generic, text_classification
-from serving import Serving, hold, in_process, spec
+from serving import Serving, echo, hold, in_process, spec
 from tiny_text_models import build_tiny_bert
 
 pytestmark = pytest.mark.timeout(180)
@@ -123,6 +124,27 @@ def test_a_pipeline_argument_error_in_the_model_process_is_invalid_input() -> No
             # The child serves on.
             response = await serving.call(text_classification.ADAPTER, request("hello"))
             assert labels(response) == [local_labels("hello")]
+
+    asyncio.run(scenario())
+
+
+def test_large_requests_and_replies_cross_the_pipe_whole() -> None:
+    """The event loop reads the child's answers as they arrive: many reads for one message, and replies over
+    INLINE_UNPICKLE_BYTES unpickled on a thread, with the same result."""
+
+    async def scenario() -> None:
+        async with served() as serving:
+            scheduler = serving.registry.find(MODEL).scheduler
+            assert scheduler is not None
+            blob = os.urandom(3 * INLINE_UNPICKLE_BYTES)
+            assert await scheduler.submit_call(functools.partial(echo, blob)) == blob
+            long_text = "the movie was great " * 20_000  # 400 kB, truncated by the tokenizer
+            got = await scheduler.submit(long_text, {"truncation": True, "top_k": None})
+            want = in_process(TASK, model_dir())(long_text, truncation=True, top_k=None)
+            assert [(s["label"], round(s["score"], 5)) for s in got] == [
+                (s["label"], round(s["score"], 5)) for s in want
+            ]
+            assert await scheduler.submit_call(functools.partial(echo, "small")) == "small"
 
     asyncio.run(scenario())
 

@@ -299,6 +299,57 @@ async def test_errors_other_than_the_callers_mistake_keep_their_type() -> None:
 
 
 @guarded
+async def test_coroutine_runners_are_awaited_on_the_event_loop_under_the_same_failure_rules() -> None:
+    """A replica in a process of its own (model_process.py) has coroutine runners: no worker thread, the same
+    batches, retries and error mapping as a pipeline on a thread."""
+    loop_thread = threading.current_thread().name
+    batches: list[list[Any]] = []
+    threads: set[str] = set()
+    gate = asyncio.Event()
+
+    async def run(replica: Any, inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:
+        threads.add(threading.current_thread().name)
+        batches.append(list(inputs))
+        await gate.wait()
+        if "bad" in inputs:
+            raise ValueError("bad input")
+        if "lost" in inputs:
+            raise KeyError("lost")
+        return [x * 2 for x in inputs]
+
+    async def call(replica: Any, work: Callable[[Any], Any]) -> Any:
+        threads.add(threading.current_thread().name)
+        return work(replica)
+
+    metrics = Metrics()
+    scheduler = Scheduler("m", ["replica"], run, BatchingConfig(max_batch_size=4), metrics, run_call=call)
+    scheduler.start()
+    first = asyncio.ensure_future(scheduler.submit(0, {}))
+    await until(lambda: batches == [[0]], "the first batch running")
+    rest = [asyncio.ensure_future(scheduler.submit(x, {})) for x in (1, "bad", 3)]
+    await until(lambda: scheduler.depth == 3, "three items queued behind it")
+    gate.set()
+    with pytest.raises(InvalidInput, match="^the pipeline rejected the request: bad input$"):
+        await rest[1]
+    assert [await first, await rest[0], await rest[2]] == [0, 2, 6]
+    assert batches == [[0], [1, "bad", 3], [1], ["bad"], [3]]
+    with pytest.raises(KeyError, match="lost"):
+        await scheduler.submit("lost", {})
+    assert await scheduler.submit_call(lambda replica: f"called with {replica}") == "called with replica"
+    assert threads == {loop_thread}
+    assert metrics.value("pipelined_pipeline_items_total", M) == 1 + 3 + 3 + 1 + 1
+    await scheduler.close()
+
+
+def test_runners_are_both_coroutines_or_neither() -> None:
+    async def run(replica: Any, inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:
+        return list(inputs)
+
+    with pytest.raises(TypeError, match="both be coroutine functions, or neither"):
+        Scheduler("m", ["replica"], run, BatchingConfig(), Metrics())
+
+
+@guarded
 async def test_replicas_compute_batches_in_parallel() -> None:
     """Two replicas: two batches run at the same time (each runner waits for the other at a barrier)."""
     barrier = threading.Barrier(2, timeout=GUARD_S)

@@ -22,12 +22,14 @@ starts a new one. The child ends when the server process closes the pipe or dies
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import os
 import pickle
 import signal
-import threading
+import socket
+import struct
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -45,6 +47,10 @@ AUTO_MAX_WEIGHT_BYTES = 1 << 30
 _PRELOAD = ["torch", "transformers.pipelines", "pipelined_server.loading"]
 # How long a child may take to import torch and transformers and load its pipeline.
 START_TIMEOUT_S = 600.0
+# Replies above this many bytes are unpickled on a thread: a second of feature-extraction vectors must not
+# stall the event loop. Below it (a batch of labels: hundreds of bytes), the thread hop would cost more.
+INLINE_UNPICKLE_BYTES = 1 << 20
+RECEIVE_CHUNK = 1 << 16
 
 
 class ModelProcessDied(PipelinedError):
@@ -68,14 +74,15 @@ def enabled(spec: ModelSpec, weight_bytes: int, cores: int) -> bool:
 
 
 class ModelProcess:
-    """One child process holding one pipeline. Its methods block: the scheduler calls them on the replica's
-    worker thread, one at a time."""
+    """One child process holding one pipeline. `run_batch` and `run_call` are coroutines: the scheduler awaits
+    them on the event loop, one at a time per replica; start, `wait_ready` and `close` block."""
 
     def __init__(self, spec: ModelSpec, torch_threads: int, index: int = 0) -> None:
         self.spec, self.torch_threads, self.index = spec, torch_threads, index
-        self._lock = threading.Lock()
         self._process: Any = None
         self._conn: Any = None
+        # The server's end of the pipe, non-blocking, for the event loop (a duplicate of `_conn`'s descriptor).
+        self._socket: socket.socket | None = None
         self.start()
 
     @property
@@ -111,36 +118,61 @@ class ModelProcess:
             self.close()
             raise RuntimeError(f"model process of {self.spec.name!r} failed to load: {detail}")
 
-    def run_batch(self, inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:
-        result: list[Any] = self._ask(("batch", list(inputs), kwargs))
+    async def run_batch(self, inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:
+        result: list[Any] = await self._ask(("batch", list(inputs), kwargs))
         return result
 
-    def run_call(self, call: Any) -> Any:
+    async def run_call(self, call: Any) -> Any:
         """A scheduler call (a picklable callable of the pipeline), run in the child."""
-        return self._ask(("call", call))
+        return await self._ask(("call", call))
 
-    def _ask(self, message: tuple[Any, ...]) -> Any:
-        with self._lock:
-            if self._process is None or not self._process.is_alive():
-                self._restart()
-            try:
-                self._conn.send(message)
-                ok, value = self._conn.recv()
-            except (pickle.PicklingError, AttributeError, TypeError) as exc:
-                # The request could not be pickled (a test double's closure, an exotic argument): nothing
-                # reached the child, which keeps serving.
-                raise RuntimeError(f"cannot send this work to the model process: {exc}") from exc
-            except (EOFError, OSError) as exc:
-                self._process.join(5)
-                code = self._process.exitcode
-                log.error("model process %s of %s exited (code %s)", self.pid, self.spec.name, code)
-                raise ModelProcessDied(
-                    f"the process computing model {self.spec.name!r} exited (code {code}) during this "
-                    "request; a new one is starting, retry"
-                ) from exc
+    async def _ask(self, message: tuple[Any, ...]) -> Any:
+        """One round trip on the pipe, awaited on the event loop (the module docstring says why). The
+        scheduler runs one batch per replica at a time, so the pipe is never shared by two questions."""
+        loop = asyncio.get_running_loop()
+        if self._process is None or not self._process.is_alive():
+            self._close_socket()
+            await asyncio.to_thread(self._restart)
+        try:
+            data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        except (pickle.PicklingError, AttributeError, TypeError) as exc:
+            # The request could not be pickled (a test double's closure, an exotic argument): nothing
+            # reached the child, which keeps serving.
+            raise RuntimeError(f"cannot send this work to the model process: {exc}") from exc
+        if self._socket is None:
+            self._socket = socket.socket(fileno=os.dup(self._conn.fileno()))
+            self._socket.setblocking(False)
+        try:
+            await loop.sock_sendall(self._socket, _frame(data))
+            reply = await _receive(loop, self._socket)
+        except (EOFError, OSError) as exc:
+            self._close_socket()
+            await asyncio.to_thread(self._process.join, 5)
+            code = self._process.exitcode
+            log.error("model process %s of %s exited (code %s)", self.pid, self.spec.name, code)
+            raise ModelProcessDied(
+                f"the process computing model {self.spec.name!r} exited (code {code}) during this "
+                "request; a new one is starting, retry"
+            ) from exc
+        except BaseException:
+            # Interrupted between question and answer (the server is stopping): the pipe is out of step, so
+            # this child ends and the next batch starts a new one.
+            self._close_socket()
+            self._process.kill()
+            raise
+        # Large outputs (feature-extraction's vectors) are unpickled off the event loop.
+        if len(reply) > INLINE_UNPICKLE_BYTES:
+            ok, value = await asyncio.to_thread(pickle.loads, reply)
+        else:
+            ok, value = pickle.loads(reply)
         if ok:
             return value
         raise value
+
+    def _close_socket(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
 
     def _restart(self) -> None:
         started = time.monotonic()
@@ -151,6 +183,7 @@ class ModelProcess:
 
     def close(self, timeout: float = 10.0) -> None:
         """Asks the child to end (closing the pipe), then kills it if it does not within `timeout`."""
+        self._close_socket()
         if self._conn is not None:
             self._conn.close()
         if self._process is not None:
@@ -160,14 +193,56 @@ class ModelProcess:
                 self._process.join(timeout)
 
 
-def run_batch(replica: ModelProcess, inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:
-    """The scheduler's batch runner for replicas in processes."""
-    return replica.run_batch(inputs, kwargs)
+async def run_batch(replica: ModelProcess, inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:
+    """The scheduler's batch runner for replicas in processes (a coroutine: awaited on the event loop)."""
+    return await replica.run_batch(inputs, kwargs)
 
 
-def run_call(replica: ModelProcess, call: Any) -> Any:
+async def run_call(replica: ModelProcess, call: Any) -> Any:
     """The scheduler's call runner for replicas in processes."""
-    return replica.run_call(call)
+    return await replica.run_call(call)
+
+
+# multiprocessing.Connection's framing, which the child's `conn.recv()` / `conn.send()` speak: a signed 4-byte
+# big-endian length, or -1 and an 8-byte length for messages of 2 GiB and more.
+_SHORT = struct.Struct("!i")
+_LONG = struct.Struct("!Q")
+
+
+def _frame(data: bytes) -> bytes:
+    if len(data) < 0x7FFFFFFF:
+        return _SHORT.pack(len(data)) + data
+    return _SHORT.pack(-1) + _LONG.pack(len(data)) + data
+
+
+async def _receive(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytearray:
+    """One framed message from the child, read as it arrives (the event loop serves on meanwhile). Questions
+    and answers alternate, so nothing follows the message on the pipe."""
+    head = bytearray()
+    while True:  # the length, and for a small reply (most) the whole of it
+        chunk = await loop.sock_recv(sock, RECEIVE_CHUNK)
+        if not chunk:
+            raise EOFError("the model process closed its pipe")
+        head += chunk
+        if len(head) >= _SHORT.size:
+            (size,) = _SHORT.unpack_from(head)
+            start = _SHORT.size
+            if size != -1:
+                break
+            if len(head) >= _SHORT.size + _LONG.size:
+                (size,) = _LONG.unpack_from(head, _SHORT.size)
+                start += _LONG.size
+                break
+    body = bytearray(size)
+    got = len(head) - start
+    body[:got] = head[start:]
+    view = memoryview(body)
+    while got < size:
+        count = await loop.sock_recv_into(sock, view[got:])
+        if not count:
+            raise EOFError("the model process closed its pipe")
+        got += count
+    return body
 
 
 def _portable(exc: BaseException) -> BaseException:

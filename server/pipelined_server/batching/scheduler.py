@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ..config import BatchingConfig
 from ..errors import Cancelled, DeadlineExpired, InvalidInput, ModelNotReady, QueueFull
@@ -51,12 +52,19 @@ from .abandon import Abandoned, install, running
 log = logging.getLogger(__name__)
 
 # Runs a list of inputs that share one key through a pipeline replica; returns one output per input.
-BatchRunner = Callable[[Any, Sequence[Any], dict[str, Any]], list[Any]]
+BatchRunner = (
+    Callable[[Any, Sequence[Any], dict[str, Any]], list[Any]]
+    | Callable[[Any, Sequence[Any], dict[str, Any]], Awaitable[list[Any]]]
+)
 # Work that is not one input through the pipeline; receives the worker's pipeline replica.
 ReplicaCall = Callable[[Any], Any]
 # Runs a call with a replica: by default the call receives the replica's pipeline; a replica in a process of
 # its own (model_process.py) runs it there.
-CallRunner = Callable[[Any, ReplicaCall], Any]
+CallRunner = Callable[[Any, ReplicaCall], Any]  # or a coroutine function:
+# Both runners may instead be coroutine functions: they are then awaited on the event loop, with no worker
+# thread. That is for replicas whose work happens elsewhere (model_process.py: a round trip on a pipe), where a
+# thread would only add a hop each way, and, with the event loop busy, a wait for the GIL before the answer
+# could be handed back.
 
 
 def call_locally(pipeline: Any, call: ReplicaCall) -> Any:
@@ -105,12 +113,15 @@ class Scheduler:
         self._replicas = [install(replica) for replica in replicas]
         self._run_batch = run_batch
         self._run_call = run_call
+        self._awaited = inspect.iscoroutinefunction(run_batch)
+        if self._awaited != inspect.iscoroutinefunction(run_call):
+            raise TypeError("run_batch and run_call must both be coroutine functions, or neither")
         self._config = config
         self._queue: deque[WorkItem] = deque()
         self._wakeup = asyncio.Event()
         self._executors = [
             ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pipeline-{model}-{i}")
-            for i in range(len(self._replicas))
+            for i in range(0 if self._awaited else len(self._replicas))
         ]
         self._workers: list[asyncio.Task[None]] = []
         self._closed = False
@@ -247,7 +258,12 @@ class Scheduler:
         self._batch_size.observe(len(batch))
         loop = asyncio.get_running_loop()
         try:
-            outcomes = await loop.run_in_executor(self._executors[replica], self._compute, pipeline, batch)
+            if self._awaited:
+                outcomes = await self._compute_awaited(pipeline, batch)
+            else:
+                outcomes = await loop.run_in_executor(
+                    self._executors[replica], self._compute, pipeline, batch
+                )
         except Exception as exc:  # the worker must survive anything, or its replica stops serving
             log.exception("scheduler %s: batch failed outside the pipeline", self.model)
             outcomes = [(False, exc)] * len(batch)
@@ -361,17 +377,62 @@ class Scheduler:
             if batch[0].call is not None:
                 outputs = [self._run_call(pipeline, batch[0].call)]
             else:
-                outputs = self._run_batch(pipeline, [item.payload for item in batch], batch[0].kwargs)
+                payloads = [item.payload for item in batch]
+                outputs = cast(list[Any], self._run_batch(pipeline, payloads, batch[0].kwargs))
         except Abandoned:
             raise
-        except (ValueError, TypeError) as exc:
-            self._count_computed(batch)
+        except Exception as exc:
+            failure = self._failed(batch, exc)
+            if failure is exc:
+                raise
+            raise failure from exc
+        return self._computed(batch, outputs)
+
+    async def _compute_awaited(self, pipeline: Any, batch: list[WorkItem]) -> list[tuple[bool, Any]]:
+        """`_compute` for coroutine runners, on the event loop. Their work runs elsewhere, out of abandon.py's
+        reach: a batch sent runs to its end, and only items abandoned before their retry are skipped."""
+        try:
+            return [(True, out) for out in await self._call_awaited(pipeline, batch)]
+        except Exception as exc:
+            if len(batch) == 1:
+                return [(False, exc)]
+        outcomes: list[tuple[bool, Any]] = []
+        for item in batch:
+            if item.abandoned():
+                outcomes.append(self._skip_abandoned(item))
+                continue
+            try:
+                outcomes.append((True, (await self._call_awaited(pipeline, [item]))[0]))
+            except Exception as exc:
+                outcomes.append((False, exc))
+        return outcomes
+
+    async def _call_awaited(self, pipeline: Any, batch: list[WorkItem]) -> list[Any]:
+        try:
+            if batch[0].call is not None:
+                outputs = [await self._run_call(pipeline, batch[0].call)]
+            else:
+                payloads = [item.payload for item in batch]
+                outputs = await cast(
+                    Awaitable[list[Any]], self._run_batch(pipeline, payloads, batch[0].kwargs)
+                )
+        except Exception as exc:
+            failure = self._failed(batch, exc)
+            if failure is exc:
+                raise
+            raise failure from exc
+        return self._computed(batch, outputs)
+
+    def _failed(self, batch: list[WorkItem], exc: Exception) -> Exception:
+        """What a batch whose runner raised `exc` fails with."""
+        self._count_computed(batch)
+        if isinstance(exc, ValueError | TypeError):
             # transformers validates arguments and inputs by raising these: the caller's mistake. The same
             # exception types from our own code elsewhere stay INTERNAL (services/calls.py).
-            raise InvalidInput(f"the pipeline rejected the request: {exc}") from exc
-        except Exception:
-            self._count_computed(batch)
-            raise
+            return InvalidInput(f"the pipeline rejected the request: {exc}")
+        return exc
+
+    def _computed(self, batch: list[WorkItem], outputs: list[Any]) -> list[Any]:
         self._count_computed(batch)
         if len(outputs) != len(batch):
             raise RuntimeError(f"pipeline returned {len(outputs)} outputs for {len(batch)} inputs")
