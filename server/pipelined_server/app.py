@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from pipelined.v1 import (
     audio_tasks_pb2,
     audio_tasks_pb2_grpc,
@@ -132,10 +132,8 @@ class App:
             models=(m.name for m in config.models), tasks=(*(m.task for m in config.models), *RPC_TASKS)
         )
         tokens = TokenStore(Path(config.auth.tokens_file)) if config.auth.tokens_file else None
-        interceptors: list[grpc.aio.ServerInterceptor] = (
-            [AuthInterceptor(tokens, on_reject=_rejected)] if tokens else []
-        )
-        interceptors.append(logs.OtherCalls(config.logging.health_checks))
+        # No interceptor unless tokens are checked: each costs every call (logs.LoggedServices says how much).
+        interceptors = [AuthInterceptor(tokens, on_reject=_rejected)] if tokens else []
         server = grpc.aio.server(
             options=server_options(config),
             interceptors=interceptors,
@@ -150,9 +148,13 @@ class App:
         registry = Registry(config, metrics, on_health=on_health)
         state = ServerState(config=config, registry=registry, metrics=metrics)
         services = [_add(servicer(state), pb2, pb2_grpc, server) for servicer, pb2, pb2_grpc in SERVICES]
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        others = logs.LoggedServices(server, config.logging.health_checks)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, others)
         services += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
-        reflection.enable_server_reflection(services, server)
+        # What reflection.enable_server_reflection does for an asyncio server, registered through `others`.
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(services), others
+        )
         app = cls(
             config=config, metrics=metrics, server=server, state=state, health=health_servicer, tokens=tokens
         )
@@ -195,10 +197,9 @@ class App:
     async def _start_health_server(self) -> None:
         """grpc.health.v1 alone, in plaintext, on its own port: Kubernetes' native gRPC probes speak no
         TLS, and the health status is no secret (the same servicer answers on the main port)."""
-        self.health_server = grpc.aio.server(
-            interceptors=[logs.OtherCalls(self.config.logging.health_checks)]
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+        self.health_server = grpc.aio.server()
+        others = logs.LoggedServices(self.health_server, self.config.logging.health_checks)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, others)
         address = f"{self.config.host}:{self.config.health_port}"
         self.health_port = self.health_server.add_insecure_port(address)
         if self.health_port == 0:
