@@ -109,9 +109,8 @@ def test_the_event_loop_is_uvloop_unless_asked_otherwise(monkeypatch: pytest.Mon
     assert build_config(parse_args(["--model", "whisper-base"]), {}).event_loop == "auto"
     config = build_config(parse_args(["--model", "whisper-base", "--event-loop", "asyncio"]), {})
     assert config.event_loop == "asyncio" and loop_factory("asyncio") is None
-    assert build_config(parse_args(["--model", "whisper-base"]), {"PIPELINED_EVENT_LOOP": "uvloop"}).event_loop == (
-        "uvloop"
-    )
+    environ = {"PIPELINED_EVENT_LOOP": "uvloop"}
+    assert build_config(parse_args(["--model", "whisper-base"]), environ).event_loop == "uvloop"
     with pytest.raises(ConfigError, match="event_loop"):
         parse_config({"models": [{"name": "a", "source": "x", "task": "fill-mask"}], "event_loop": "trio"})
     if sys.platform.startswith("linux"):
