@@ -39,10 +39,10 @@ import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from ..config import BatchingConfig
 from ..errors import Cancelled, DeadlineExpired, InvalidInput, ModelNotReady, QueueFull
@@ -50,6 +50,7 @@ from ..metrics import Metrics
 from .abandon import Abandoned, install, running
 
 log = logging.getLogger(__name__)
+Result = TypeVar("Result")
 
 # Runs a list of inputs that share one key through a pipeline replica; returns one output per input.
 BatchRunner = (
@@ -338,29 +339,46 @@ class Scheduler:
         return alive
 
     def _compute(self, pipeline: Any, batch: list[WorkItem]) -> list[tuple[bool, Any]]:
-        """Runs on a worker thread. A failing batch is retried item by item so one bad input fails alone.
-        Work abandoned while it ran (abandon.py) is counted as skipped, not as pipeline items."""
-        with running(batch):
-            try:
-                return [(True, out) for out in self._call(pipeline, batch)]
-            except Abandoned:
-                return [self._skip_abandoned(item) for item in batch]
-            except Exception as exc:
-                if len(batch) == 1:
-                    return [(False, exc)]
+        """Runs on a worker thread: `_attempt` with the runners called directly, so it never suspends."""
+        return _run_to_end(self._attempt(pipeline, batch, self._call_here))
+
+    async def _compute_awaited(self, pipeline: Any, batch: list[WorkItem]) -> list[tuple[bool, Any]]:
+        """On the event loop, for coroutine runners. Their work runs elsewhere, out of abandon.py's reach: a
+        batch sent runs to its end, and only items abandoned before their retry are skipped."""
+        return await self._attempt(pipeline, batch, self._call)
+
+    async def _attempt(
+        self,
+        pipeline: Any,
+        batch: list[WorkItem],
+        call: Callable[[Any, list[WorkItem]], Awaitable[list[Any]]],
+    ) -> list[tuple[bool, Any]]:
+        """A failing batch is retried item by item so one bad input fails alone. Work abandoned while it ran
+        (abandon.py) is counted as skipped, not as pipeline items."""
+        try:
+            return [(True, out) for out in await call(pipeline, batch)]
+        except Abandoned:
+            return [self._skip_abandoned(item) for item in batch]
+        except Exception as exc:
+            if len(batch) == 1:
+                return [(False, exc)]
         outcomes: list[tuple[bool, Any]] = []
         for item in batch:
             if item.abandoned():
                 outcomes.append(self._skip_abandoned(item))
                 continue
-            with running([item]):
-                try:
-                    outcomes.append((True, self._call(pipeline, [item])[0]))
-                except Abandoned:
-                    outcomes.append(self._skip_abandoned(item))
-                except Exception as exc:
-                    outcomes.append((False, exc))
+            try:
+                outcomes.append((True, (await call(pipeline, [item]))[0]))
+            except Abandoned:
+                outcomes.append(self._skip_abandoned(item))
+            except Exception as exc:
+                outcomes.append((False, exc))
         return outcomes
+
+    async def _call_here(self, pipeline: Any, batch: list[WorkItem]) -> list[Any]:
+        """`_call` on this worker thread, its items marked as the thread's work (abandon.py)."""
+        with running(batch):
+            return await self._call(pipeline, batch)
 
     def _skip_abandoned(self, item: WorkItem) -> tuple[bool, Any]:
         if item.deadline is not None and time.monotonic() >= item.deadline:
@@ -372,50 +390,19 @@ class Scheduler:
         self._skipped_cancelled.inc()
         return (False, Cancelled("cancelled while computing; the work stopped"))
 
-    def _call(self, pipeline: Any, batch: list[WorkItem]) -> list[Any]:
+    async def _call(self, pipeline: Any, batch: list[WorkItem]) -> list[Any]:
+        """The batch through its runner; suspends only to await a coroutine runner."""
         try:
             if batch[0].call is not None:
-                outputs = [self._run_call(pipeline, batch[0].call)]
+                output = self._run_call(pipeline, batch[0].call)
+                outputs = [await output if self._awaited else output]
             else:
-                payloads = [item.payload for item in batch]
-                outputs = cast(list[Any], self._run_batch(pipeline, payloads, batch[0].kwargs))
+                result = self._run_batch(pipeline, [item.payload for item in batch], batch[0].kwargs)
+                outputs = (
+                    await cast(Awaitable[list[Any]], result) if self._awaited else cast(list[Any], result)
+                )
         except Abandoned:
             raise
-        except Exception as exc:
-            failure = self._failed(batch, exc)
-            if failure is exc:
-                raise
-            raise failure from exc
-        return self._computed(batch, outputs)
-
-    async def _compute_awaited(self, pipeline: Any, batch: list[WorkItem]) -> list[tuple[bool, Any]]:
-        """`_compute` for coroutine runners, on the event loop. Their work runs elsewhere, out of abandon.py's
-        reach: a batch sent runs to its end, and only items abandoned before their retry are skipped."""
-        try:
-            return [(True, out) for out in await self._call_awaited(pipeline, batch)]
-        except Exception as exc:
-            if len(batch) == 1:
-                return [(False, exc)]
-        outcomes: list[tuple[bool, Any]] = []
-        for item in batch:
-            if item.abandoned():
-                outcomes.append(self._skip_abandoned(item))
-                continue
-            try:
-                outcomes.append((True, (await self._call_awaited(pipeline, [item]))[0]))
-            except Exception as exc:
-                outcomes.append((False, exc))
-        return outcomes
-
-    async def _call_awaited(self, pipeline: Any, batch: list[WorkItem]) -> list[Any]:
-        try:
-            if batch[0].call is not None:
-                outputs = [await self._run_call(pipeline, batch[0].call)]
-            else:
-                payloads = [item.payload for item in batch]
-                outputs = await cast(
-                    Awaitable[list[Any]], self._run_batch(pipeline, payloads, batch[0].kwargs)
-                )
         except Exception as exc:
             failure = self._failed(batch, exc)
             if failure is exc:
@@ -441,6 +428,16 @@ class Scheduler:
     def _count_computed(self, batch: list[WorkItem]) -> None:
         self._pipeline_calls.inc()
         self._pipeline_items.inc(len(batch))
+
+
+def _run_to_end(coroutine: Coroutine[Any, Any, Result]) -> Result:
+    """What a coroutine that never suspends returns, run on this thread (no event loop here)."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return cast(Result, done.value)
+    coroutine.close()
+    raise RuntimeError("a scheduler coroutine waited on a worker thread")
 
 
 async def gather_or_cancel(awaitables: Iterable[Awaitable[Any]]) -> list[Any]:
