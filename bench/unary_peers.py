@@ -149,14 +149,14 @@ def main() -> None:
 
 # Where a server's busy samples go: the first frame, from the leaf up, that names one of these (so a coroutine of
 # pipelined's running inside asyncio's Handle._run counts as pipelined's, and Handle._run's own time, which is
-# gRPC's Cython code, as gRPC's). Idle samples (waiting in select/epoll, on a condition, or for the model
-# process's answer) are left out.
+# gRPC's Cython code, as gRPC's; under uvloop the loop's own C code is there too). Idle samples (waiting in
+# select/epoll or on a condition) are left out; the model process is answered on the event loop, with no thread
+# waiting for it.
 _IDLE = (
     "select (selectors.py",
     "Condition.wait",
     "Event.wait",
     "_worker (concurrent/futures/thread.py:8",
-    "Connection._recv (multiprocessing",
 )
 _CATEGORIES = (
     ("model forward (torch)", ("Module._call_impl",)),
@@ -165,7 +165,7 @@ _CATEGORIES = (
     ("protobuf", ("google/protobuf/",)),
     ("access log (logging)", ("logging/__init__.py", "pipelined_server/logs.py")),
     ("metrics (prometheus_client)", ("prometheus_client/",)),
-    ("pipe to the model process", ("multiprocessing/connection.py",)),
+    ("pipe to the model process", ("multiprocessing/", "pipelined_server/batching/model_process.py")),
     ("scheduler", ("pipelined_server/batching/",)),
     ("adapter + servicer", ("pipelined_server/services/", "pipelined_server/tasks/")),
     ("gRPC + event loop", ("asyncio/", "grpc/", "_poll_wrapper")),
