@@ -94,7 +94,7 @@ class SpeechServicer(Servicer, speech_pb2_grpc.SpeechServiceServicer):
         with self.streams.open(context.peer(), lambda: _ended_early(context)) as slot:
             config = await read_config(guard)
             instance = self._model(config.config, call)
-            options = stream_options(config, instance, self.state.config.limits, limits.encoder_margin_s)
+            options = stream_options(config, instance, self.state.config.limits, limits)
             self.admission.admit(instance, self.streams.by_model[instance.name])
             slot.name(instance.name)
             if config.admission_response:
