@@ -98,3 +98,18 @@ def test_generate_keeps_every_score_and_token_and_uses_the_cached_processors(tin
         assert all(same_bits(a, b) for a, b in zip(got_scores, expected_scores, strict=True))
     assert whisper_processors.SuppressTokens in used and whisper_processors.SuppressTokensAtBegin in used
     assert SuppressTokensLogitsProcessor not in used
+
+
+def test_the_server_installs_them_on_its_whisper_models_only(
+    tiny_whisper_dir: Path, tiny_ctc_dir: Path
+) -> None:
+    from pipelined_server.config import ModelSpec
+    from pipelined_server.loading import load_pipeline
+
+    asr = "automatic-speech-recognition"
+    whisper = load_pipeline(ModelSpec(name="w", task=asr, source=str(tiny_whisper_dir))).pipeline.model
+    assert "_retrieve_logit_processors" in vars(whisper)
+    ctc = load_pipeline(ModelSpec(name="c", task=asr, source=str(tiny_ctc_dir))).pipeline.model
+    assert "_retrieve_logit_processors" not in vars(ctc)
+    plain = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
+    assert "_retrieve_logit_processors" not in vars(plain)  # per model, not globally
