@@ -156,7 +156,8 @@ class StreamingLimits(Section):
     # Streams open at once from one client address (streams still waiting for their config count).
     max_streams_per_peer: Int = Field(default=16, gt=0)
     # Responses waiting for a client that does not read them: interims are merged, finals kept up to
-    # this many, then the stream ends with RESOURCE_EXHAUSTED (bounded memory per stream).
+    # this many, then the stream ends with RESOURCE_EXHAUSTED (bounded memory per stream), which the
+    # client receives once it reads on; one that reads nothing for `idle_timeout_s` more is dropped.
     max_unread_responses: Int = Field(default=64, gt=0)
     # A new stream is refused (RESOURCE_EXHAUSTED, retry hint) when the streams open on its model, with
     # it, would use more than this fraction of the model's replicas' time (measured from recent decodes).

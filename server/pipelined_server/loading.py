@@ -11,7 +11,7 @@ from typing import Any
 
 from .config import ModelSpec
 from .errors import ConfigError
-from .tasks import whisper_alignatt, whisper_context
+from .tasks import whisper_alignatt, whisper_context, whisper_processors
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +198,7 @@ def load_pipeline(spec: ModelSpec, device: str | None = None) -> LoadedPipeline:
     if getattr(pipe, "type", "") == "seq2seq_whisper":
         whisper_context.install(torch_model)
         whisper_alignatt.install(torch_model)
+        whisper_processors.install(torch_model)
     weights = weight_bytes_by_device(torch_model) if torch_model is not None else {}
     return LoadedPipeline(pipe, device=summary, dtype=dtype, weight_bytes=weights, placements=placements)
 

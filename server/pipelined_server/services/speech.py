@@ -19,7 +19,7 @@ from ..streaming.streams import ActiveStreams
 from ..tasks import asr
 from ..tasks.asr_longform import segment_stream
 from ..tasks.audio_input import decode_audio_input
-from .calls import DEADLINE_SLACK_S, CallInfo, ServerState, _ended_early, rpc
+from .calls import DEADLINE_SLACK_S, CallInfo, ServerState, _dropped, _ended_early, rpc
 from .unary import Servicer
 
 
@@ -112,6 +112,7 @@ class SpeechServicer(Servicer, speech_pb2_grpc.SpeechServiceServicer):
                 on_audio=lambda seconds: self.admission.received(
                     instance, seconds, self.streams.by_model[instance.name]
                 ),
+                on_dropped=lambda error: _dropped(context, error),
             )
             async for response in session.run(guard):
                 yield response

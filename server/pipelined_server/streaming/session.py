@@ -32,7 +32,14 @@ from pipelined.v1 import speech_pb2
 
 from ..audio import AudioLimits, StreamResampler
 from ..config import StreamingLimits
-from ..errors import DeadlineExpired, FailedPrecondition, InvalidInput, ModelNotReady, QueueFull
+from ..errors import (
+    DeadlineExpired,
+    FailedPrecondition,
+    InvalidInput,
+    ModelNotReady,
+    PipelinedError,
+    QueueFull,
+)
 from ..metrics import Metrics
 from ..registry import ModelInstance
 from ..tasks import whisper_alignatt
@@ -156,6 +163,7 @@ class StreamSession:
         audio_limits: AudioLimits,
         metrics: Metrics,
         on_audio: Callable[[float], object] | None = None,
+        on_dropped: Callable[[PipelinedError], object] | None = None,
     ) -> None:
         self.instance = instance
         self.options = options
@@ -163,12 +171,15 @@ class StreamSession:
         self.metrics = metrics
         # Called with the seconds of every chunk received (admission measures the model's load).
         self._on_audio = on_audio
+        # Called with the status a stream is dropped with, its client not reading (see `_drop_unread`).
+        self._on_dropped = on_dropped
         self.rate = instance.sampling_rate
         self.resampler = StreamResampler(options.audio_format, self.rate, audio_limits)
         self.buffer = RollingBuffer()
         self.detector: SpeechDetector | None = None
         self.utterances: deque[Utterance] = deque()
-        self.outbox = Outbox(limits.max_unread_responses)
+        unread = metrics.unread_responses.labels(instance.name)
+        self.outbox = Outbox(limits.max_unread_responses, unread.inc)
         self.wake = asyncio.Event()
         self.eof = False
         self.final_end_s = 0.0
@@ -207,10 +218,13 @@ class StreamSession:
         self.detector = await loop.run_in_executor(
             VAD_EXECUTOR, partial(SpeechDetector, self.rate, options.threshold, options.min_silence_s)
         )
+        handler = asyncio.current_task()
+        assert handler is not None
         tasks = self._tasks = [
             loop.create_task(self._guarded(self._read(guard))),
             loop.create_task(self._guarded(self._decode())),
         ]
+        dropper = loop.create_task(self._drop_unread(handler))
         try:
             while True:
                 item = await self.outbox.get()
@@ -222,11 +236,40 @@ class StreamSession:
         finally:
             if self._interim is not None:
                 tasks.append(self._interim)
+            tasks.append(dropper)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self.outbox.clear()
             self.utterances.clear()
             self.buffer = RollingBuffer()
+
+    async def _drop_unread(self, handler: asyncio.Task[Any]) -> None:
+        """Ends the call (cancels `handler`, the task sending this stream's responses) once the stream's
+        end has waited `idle_timeout_s` behind responses its client does not read.
+
+        A send waits while the client's HTTP/2 window is full, and the stream's status can only follow
+        its responses, so a client that never reads would hold its stream slot (and the call) until its
+        own deadline, for ever without one: the outbox's bound stops the stream's work (its reader and
+        decoder end), this frees the rest. The client sees its deadline or its own cancel, not the
+        status; the server records that status (`on_dropped`: the access log, the streams' metrics).
+        """
+        await self.outbox.ended.wait()
+        await asyncio.sleep(self.limits.idle_timeout_s)
+        end = self.outbox.end
+        waited = (
+            f"; its client read no response for {self.limits.idle_timeout_s:g} s more "
+            "(streaming.idle_timeout_s) and the stream was dropped"
+        )
+        if isinstance(end, PipelinedError):
+            error: PipelinedError = type(end)(f"{end}{waited}")
+        elif isinstance(end, BaseException):
+            error = PipelinedError(f"the stream failed ({type(end).__name__}){waited}")
+        else:
+            error = DeadlineExpired(f"the stream's last responses were not read{waited}")
+        if self._on_dropped is not None:
+            self._on_dropped(error)
+        handler.cancel()
 
     async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
         try:
