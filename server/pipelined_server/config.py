@@ -132,6 +132,13 @@ class StreamingLimits(Section):
     # Whisper pads every input to (tasks/whisper_context.py: with less than 8 s, tiny.en was measured to
     # repeat itself at the cut on short windows). null: the full 30 s window.
     encoder_margin_s: Float | None = Field(default=8.0, ge=1.0)
+    # Interim (re-)decodes of a Whisper stream stop before the first word heard in the last this-many
+    # seconds of their window (AlignAtt, tasks/whisper_alignatt.py: it is not fully heard yet, and the
+    # stop keeps Whisper from repeating itself at the cut), so they encode their window plus
+    # `interim_encoder_margin_s` only: 0.36 s instead of 0.76 s per decode (median, tiny.en), for 4 more
+    # missed words in 281. Final decodes keep `encoder_margin_s` and no stop. null: interims decode as finals.
+    interim_alignatt_s: Float | None = Field(default=0.5, gt=0, le=2.0)
+    interim_encoder_margin_s: Float = Field(default=1.0, ge=0.5)
     # Audio sustained faster than this many times real time ends the stream with RESOURCE_EXHAUSTED...
     max_realtime_factor: Float = Field(default=3.0, gt=0)
     # ...beyond this much audio sent ahead at once (a client reconnecting may replay what it buffered).
@@ -149,7 +156,8 @@ class StreamingLimits(Section):
     # Streams open at once from one client address (streams still waiting for their config count).
     max_streams_per_peer: Int = Field(default=16, gt=0)
     # Responses waiting for a client that does not read them: interims are merged, finals kept up to
-    # this many, then the stream ends with RESOURCE_EXHAUSTED (bounded memory per stream).
+    # this many, then the stream ends with RESOURCE_EXHAUSTED (bounded memory per stream), which the
+    # client receives once it reads on; one that reads nothing for `idle_timeout_s` more is dropped.
     max_unread_responses: Int = Field(default=64, gt=0)
     # A new stream is refused (RESOURCE_EXHAUSTED, retry hint) when the streams open on its model, with
     # it, would use more than this fraction of the model's replicas' time (measured from recent decodes).
@@ -581,7 +589,8 @@ def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> tuple[dict[st
     """`data` with every PIPELINED_<KEY> variable applied, and the key path each one set (for errors).
 
     Values are strings, as the environment holds them; the fields' types convert them (`"6000"` -> 6000).
-    A value starting with `[` or `{` is read as JSON (`PIPELINED_IMAGES__ALLOWED_URL_HOSTS='["cdn.example"]'`).
+    A value starting with `[` or `{` is read as JSON (`PIPELINED_IMAGES__ALLOWED_URL_HOSTS='["cdn.example"]'`),
+    and `null` is None: the way to turn off a setting whose file form is null (`encoder_margin_s: null`).
     """
     data, origins = _copy(data), {}
     for variable in sorted(environ):
@@ -597,6 +606,8 @@ def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> tuple[dict[st
                 value: Any = json.loads(raw)
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"{variable}: not valid JSON: {exc}") from None
+        elif raw.strip() == "null":
+            value = None
         else:
             value = raw
         path = _set(data, keys, value, variable)

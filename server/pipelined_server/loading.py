@@ -11,7 +11,7 @@ from typing import Any
 
 from .config import ModelSpec
 from .errors import ConfigError
-from .tasks import whisper_attention, whisper_context
+from .tasks import whisper_alignatt, whisper_attention, whisper_context, whisper_processors
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +197,8 @@ def load_pipeline(spec: ModelSpec, device: str | None = None) -> LoadedPipeline:
         dtype = spec.dtype  # bitsandbytes: model.dtype reports the compute dtype, not the stored one
     if getattr(pipe, "type", "") == "seq2seq_whisper":
         whisper_context.install(torch_model)
+        whisper_alignatt.install(torch_model)
+        whisper_processors.install(torch_model)
         whisper_attention.install(torch_model)
     weights = weight_bytes_by_device(torch_model) if torch_model is not None else {}
     return LoadedPipeline(pipe, device=summary, dtype=dtype, weight_bytes=weights, placements=placements)
@@ -236,7 +238,10 @@ def run_batch(pipe: Any, inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[
     call_kwargs = dict(kwargs)
     batch_size = max(len(inputs), int(call_kwargs.pop("batch_size", None) or 1))
     # Live-stream decodes ask for Whisper's encoder over their window only (None: the full 30 s window).
-    with whisper_context.trimmed(call_kwargs.pop(whisper_context.KWARG, None)):
+    # Their interim decodes also stop short of the audio's end (AlignAtt).
+    margin_s = call_kwargs.pop(whisper_context.KWARG, None)
+    stop_s = call_kwargs.pop(whisper_alignatt.KWARG, None)
+    with whisper_context.trimmed(margin_s), whisper_alignatt.stopping(stop_s):
         return _run_batch(pipe, list(inputs), batch_size, call_kwargs)
 
 

@@ -108,6 +108,14 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.unread_responses = Gauge(
+            "pipelined_stream_unread_responses",
+            "Responses of live streams waiting in the server for their clients to read them "
+            "(each stream's bounded by streaming.max_unread_responses).",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.time_to_first_result = Histogram(
             "pipelined_stream_time_to_first_result_seconds",
             "From the first audio of a stream to its first result.",

@@ -25,6 +25,7 @@ from speech_clips import speech
 from test_asr_streaming import RATE, SILENCE, audio_requests, config_request, seconds, wait_until
 
 ACTIVE = "pipelined_active_streams"
+ENDED = "pipelined_streams_ended_total"
 
 
 @pytest.fixture(scope="module")
@@ -237,3 +238,82 @@ def test_a_failed_calibration_leaves_the_model_serving_one_stream_per_replica(
     assert server.metric("pipelined_model_ready", model="tiny-whisper") == 1
     assert server.metric("pipelined_stream_headroom", model="tiny-whisper") == 1  # one per replica
     still_serves(server)
+
+
+UNREAD = "pipelined_stream_unread_responses"
+# gRPC's flow control holds a client's unread responses first: with BDP probing the client's HTTP/2
+# window grows to megabytes (4 MB of 1 kB messages before the first send blocked, measured), thousands
+# of speech events. A window of (almost) nothing makes the server's outbox the only place responses
+# wait, so its bound is what the test reaches.
+NO_WINDOW = {"grpc.http2.bdp_probe": 0, "grpc.http2.lookahead_bytes": 1}
+
+
+def flood(gate: threading.Event) -> Iterator[speech_pb2.StreamingRecognizeRequest]:
+    """The recording over and over, as fast as the server reads it, with speech events on (two responses
+    per utterance, never merged), on the CTC model (fast decodes), until `gate` is set."""
+    yield config_request(config=speech_pb2.RecognitionConfig(model="tiny-ctc"), voice_activity_events=True)
+    clip = audio_requests(speech())
+    while not gate.is_set():
+        yield from clip
+
+
+def held_until(server: ServerThread, done: Callable[[], bool], timeout: float) -> list[float]:
+    """The responses waiting in the server for the stream's client, sampled until `done()`."""
+    held: list[float] = []
+    wait_until(lambda: held.append(server.metric(UNREAD, model="tiny-ctc")) or done(), timeout)
+    return held
+
+
+def still_serves_all(server: ServerThread) -> None:
+    """A unary call and another stream on the same server both succeed."""
+    result = Client(server.target).pipeline(ASR, model="tiny-ctc")(speech()[:RATE])
+    assert isinstance(result["text"], str)
+    still_serves(server)
+
+
+# Faster than real time (the recording on repeat) without the pace limit or the held-audio cap ending
+# the stream first: the outbox's bound is the one limit these streams meet.
+FLOOD_LIMITS = {"max_realtime_factor": 1000.0, "max_held_audio_s": 3600.0, "calibrate": False}
+
+
+def test_a_client_that_stops_reading_gets_its_responses_then_resource_exhausted(
+    start: Callable[..., ServerThread],
+) -> None:
+    server = start(max_unread_responses=4, **FLOOD_LIMITS)
+    gate = threading.Event()
+    call = stub_of(server, **NO_WINDOW).StreamingRecognize(flood(gate), timeout=300)
+    # Four responses and the stream's end (its reader and decoder stopped at the bound)...
+    held_until(server, lambda: server.metric(UNREAD, model="tiny-ctc") >= 5, 120)
+    still_serves_all(server)
+    # ...and nothing more while the client kept sending and the server served others.
+    assert server.metric(UNREAD, model="tiny-ctc") == 5
+    received, error = failure(call)  # the client reads again, within streaming.idle_timeout_s
+    gate.set()
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+    assert "max_unread_responses=4" in error.details()
+    events = [r.speech_event for r in received]
+    assert events.count(speech_pb2.SPEECH_EVENT_SPEECH_STARTED) >= 2, events
+    wait_until(lambda: server.metric(UNREAD, model="tiny-ctc") == 0)
+    assert server.metric(ENDED, model="tiny-ctc", code="RESOURCE_EXHAUSTED") == 1
+    still_serves_all(server)
+
+
+def test_a_client_that_never_reads_is_dropped_after_the_idle_timeout(
+    start: Callable[..., ServerThread], caplog: pytest.LogCaptureFixture
+) -> None:
+    server = start(max_unread_responses=4, idle_timeout_s=1.0, **FLOOD_LIMITS)
+    gate = threading.Event()
+    call = stub_of(server, **NO_WINDOW).StreamingRecognize(flood(gate), timeout=300)
+    # The status cannot pass the response the client does not read: the server frees the stream (its
+    # slot, its responses) and records why; the client only sees its own deadline or cancel.
+    ended = lambda: server.metric(ENDED, model="tiny-ctc", code="RESOURCE_EXHAUSTED") == 1  # noqa: E731
+    held = held_until(server, ended, 120)
+    assert max(held) == 5, "four responses and the stream's end, never more"
+    (dropped,) = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert "max_unread_responses=4" in dropped and "idle_timeout_s" in dropped, dropped
+    assert server.metric(ACTIVE, model="tiny-ctc") == 0
+    assert server.metric(UNREAD, model="tiny-ctc") == 0
+    still_serves_all(server)
+    call.cancel()
+    gate.set()
+    assert call.code() == grpc.StatusCode.CANCELLED

@@ -297,6 +297,9 @@ def test_environment_overrides_the_file_and_flags_override_both(tmp_path: Path) 
     assert config.port == 6002
     # Without a file the environment applies to the defaults.
     assert build_config(parse_args([]), {"PIPELINED_GRACE_PERIOD_S": "3"}).grace_period_s == 3.0
+    # `null` turns off what a file would turn off with null.
+    streaming = build_config(parse_args([]), {"PIPELINED_STREAMING__INTERIM_ALIGNATT_S": "null"}).streaming
+    assert streaming.interim_alignatt_s is None and streaming.encoder_margin_s == 8.0
 
 
 @pytest.mark.parametrize(

@@ -68,3 +68,22 @@ def test_the_end_of_the_stream_is_always_queued() -> None:
         return [await outbox.get(), await outbox.get()]
 
     assert asyncio.run(take())[1] is done
+
+
+def test_the_count_of_waiting_responses_follows_puts_merges_sends_and_the_end() -> None:
+    counted: list[int] = []
+    outbox = Outbox(limit=2, on_change=counted.append)
+    outbox.put(interim("a"))
+    outbox.put(interim("a b"))  # replaces the waiting one: no change
+    outbox.put(final("a b"))
+    outbox.put(interim("dropped: the outbox is full"))
+    assert sum(counted) == len(outbox) == 2
+    assert drain(outbox) == ["a b", "a b"] and sum(counted) == 0
+    outbox.put(final("c"))
+    assert not outbox.ended.is_set()
+    end = QueueFull("the end")
+    outbox.put_control(end)
+    assert outbox.ended.is_set() and outbox.end is end
+    assert sum(counted) == len(outbox) == 2
+    outbox.clear()
+    assert sum(counted) == len(outbox) == 0

@@ -27,6 +27,20 @@ def test_local_agreement_commits_what_two_hypotheses_share() -> None:
     assert [w.text for w in policy.finish(words("and so my fellow Americans ask"))] == ["Americans", "ask"]
 
 
+def test_words_settled_long_enough_before_the_end_are_final_from_one_decode() -> None:
+    # An AlignAtt interim: words ending by `settled_s` are final at once, up to the first that ends later.
+    policy = LocalAgreement()
+    final, tail = policy.update(words("and so my fellow"), settled_s=0.9)  # ends 0.4 0.9 1.4 1.9
+    assert [w.text for w in final] == ["and", "so"] and [w.text for w in tail] == ["my", "fellow"]
+    # Agreement still commits on its own, beyond what has settled.
+    final, tail = policy.update(words("and so my fellow Americans"), settled_s=0.0)
+    assert [w.text for w in final] == ["my", "fellow"] and [w.text for w in tail] == ["Americans"]
+    # A word that ends later stops the settled run, even if words after it end earlier.
+    policy = LocalAgreement()
+    late = [Word("one", 0.0, 0.4), Word("two", 0.5, 2.0), Word("three", 1.0, 1.2)]
+    assert [w.text for w in policy.update(late, settled_s=1.5)[0]] == ["one"]
+
+
 def test_finals_are_never_repeated_when_the_hypothesis_rewords_the_past() -> None:
     policy = LocalAgreement()
     policy.update(words("the quick brown"))

@@ -166,8 +166,20 @@ async def _refuse_if_draining(state: ServerState, context: grpc.aio.ServicerCont
 DEADLINE_SLACK_S = 0.25
 
 
+def _dropped(context: grpc.aio.ServicerContext, error: PipelinedError) -> None:
+    """The server is about to cancel a handler itself, with `error` as its reason (a live stream whose
+    client reads nothing): `_ended_early` reports that code; the client, not reading, cannot receive it."""
+    log.warning("%s dropped: %s", context.peer(), error.message)
+    context.set_code(error.code)
+    context.set_details(error.message)
+
+
 def _ended_early(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
-    """Why a handler was interrupted: gRPC cancels it both when the caller cancels and at its deadline."""
+    """Why a handler was interrupted: gRPC cancels it both when the caller cancels and at its deadline,
+    and the server when it drops a call (`_dropped`)."""
+    code = context.code()
+    if isinstance(code, grpc.StatusCode) and code != grpc.StatusCode.OK:
+        return code
     remaining = context.time_remaining()
     expired = remaining is not None and remaining <= DEADLINE_SLACK_S
     return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED

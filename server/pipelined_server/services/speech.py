@@ -19,7 +19,7 @@ from ..streaming.streams import ActiveStreams
 from ..tasks import asr
 from ..tasks.asr_longform import segment_stream
 from ..tasks.audio_input import decode_audio_input
-from .calls import DEADLINE_SLACK_S, CallInfo, ServerState, _ended_early, rpc
+from .calls import DEADLINE_SLACK_S, CallInfo, ServerState, _dropped, _ended_early, rpc
 from .unary import Servicer
 
 
@@ -94,7 +94,7 @@ class SpeechServicer(Servicer, speech_pb2_grpc.SpeechServiceServicer):
         with self.streams.open(context.peer(), lambda: _ended_early(context)) as slot:
             config = await read_config(guard)
             instance = self._model(config.config, call)
-            options = stream_options(config, instance, self.state.config.limits, limits.encoder_margin_s)
+            options = stream_options(config, instance, self.state.config.limits, limits)
             self.admission.admit(instance, self.streams.by_model[instance.name])
             slot.name(instance.name)
             if config.admission_response:
@@ -112,6 +112,7 @@ class SpeechServicer(Servicer, speech_pb2_grpc.SpeechServiceServicer):
                 on_audio=lambda seconds: self.admission.received(
                     instance, seconds, self.streams.by_model[instance.name]
                 ),
+                on_dropped=lambda error: _dropped(context, error),
             )
             async for response in session.run(guard):
                 yield response

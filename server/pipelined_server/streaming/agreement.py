@@ -77,10 +77,15 @@ class LocalAgreement:
         # Committed words after the last match count as heard only where the hypothesis has words in time.
         return min(len(words), after + unmatched_committed)
 
-    def update(self, hypothesis: list[Word]) -> tuple[list[Word], list[Word]]:
-        """Commits what this and the previous hypothesis agree on; returns (newly final, still interim)."""
+    def update(self, hypothesis: list[Word], settled_s: float | None = None) -> tuple[list[Word], list[Word]]:
+        """Commits what this and the previous hypothesis agree on, and the words up to the first that ends
+        after `settled_s` (heard with enough after them to be final from one decode); returns (newly final,
+        still interim)."""
         new = hypothesis[self.after_committed(hypothesis) :]
         agreed = 0 if self.previous_tail is None else common_prefix(new, self.previous_tail)
+        if settled_s is not None:
+            settled = next((k for k, w in enumerate(new) if w.end > settled_s), len(new))
+            agreed = max(agreed, settled)
         final, tail = new[:agreed], new[agreed:]
         self.committed.extend(final)
         self.previous_tail = tail

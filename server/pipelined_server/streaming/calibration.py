@@ -7,7 +7,7 @@ one per core) admitted blind up to `streaming.max_streams`, and 8 real-time tiny
 were 5 admitted, final lag p95 12.8 s, max 38.6 s (bench/asr_streaming.py --minutes 5 --streams 8).
 
 So each worker, before its model reports SERVING, decodes what one stream of continuous speech submits,
-as the same scheduler items (decode.decode_window, the stream's own pipeline arguments): one utterance's
+as the same scheduler items (decode.decode_window, the stream's own pipeline arguments, interim and final): one utterance's
 interim windows, from the first decode (session.FIRST_DECODE_S) growing by the decode interval to the
 length at which a window slides (`max_window_s`) and one interval past it, then its final decode. Each
 interim step advances the stream by the interval, or by the step's own time when longer (a stream's next
@@ -45,7 +45,7 @@ from pipelined.v1 import audio_pb2, speech_pb2
 from ..config import InputLimits, StreamingLimits
 from ..errors import InvalidInput
 from ..registry import ModelInstance
-from ..tasks import asr
+from ..tasks import asr, whisper_alignatt
 from .decode import decode_window
 from .options import StreamOptions, stream_options
 from .session import FIRST_DECODE_S
@@ -84,7 +84,7 @@ def default_options(
         )
     )
     try:
-        return stream_options(config, instance, input_limits, limits.encoder_margin_s)
+        return stream_options(config, instance, input_limits, limits)
     except InvalidInput:
         return None
 
@@ -97,8 +97,13 @@ async def stream_share(instance: ModelInstance, options: StreamOptions, limits: 
     whisper = asr.model_kind(instance) == asr.WHISPER
     interval = options.decode_interval_s
 
-    async def step(window_s: float) -> float:
-        kwargs = _forced(options.kwargs, window_s) if whisper else options.kwargs
+    # Interim windows encode as the stream's interims do, but generate the forced tokens to the end: the
+    # AlignAtt stop reads where the attention looks, which in silence is anywhere.
+    interim = {k: v for k, v in options.interim_kwargs.items() if k != whisper_alignatt.KWARG}
+
+    async def step(window_s: float, final: bool = False) -> float:
+        base = options.kwargs if final else interim
+        kwargs = _forced(base, window_s) if whisper else base
         busy = scheduler.busy_s
         await decode_window(instance, np.zeros(int(window_s * rate), np.float32), kwargs)
         return scheduler.busy_s - busy
@@ -113,7 +118,7 @@ async def stream_share(instance: ModelInstance, options: StreamOptions, limits: 
         advanced_s += max(interval, cost)
     # The utterance ends: its final decode hears the whole window and the padding after the speech (the
     # silence it waited for is not counted as audio: pessimistic).
-    busy_s += await step(lengths[-1] + options.padding_s)
+    busy_s += await step(lengths[-1] + options.padding_s, final=True)
     share = busy_s / advanced_s / scheduler.replica_count
     log.info(
         "model %s: one live stream takes %.0f%% of its replicas (calibrated in %.1f s)",

@@ -8,10 +8,10 @@ from typing import Any
 from pipelined.v1 import speech_pb2
 
 from ..audio import RawFormat
-from ..config import InputLimits
+from ..config import InputLimits, StreamingLimits
 from ..errors import InvalidInput
 from ..registry import ModelInstance
-from ..tasks import asr, whisper_context
+from ..tasks import asr, whisper_alignatt, whisper_context
 from ..tasks.audio_input import raw_format
 from ..tasks.durations import to_seconds
 
@@ -25,8 +25,11 @@ DEFAULT_PADDING_S = 0.2
 @dataclass(frozen=True)
 class StreamOptions:
     audio_format: RawFormat
-    # Pipeline call arguments of every decode step (timestamps always on: they place words and cuts).
+    # Pipeline call arguments of the decode steps whose words may be final (timestamps always on: they
+    # place words and cuts)...
     kwargs: dict[str, Any]
+    # ...and of the interim re-decodes (for Whisper: a short encoder margin and the AlignAtt stop).
+    interim_kwargs: dict[str, Any]
     interim_results: bool
     word_times: bool
     events: bool
@@ -50,7 +53,7 @@ def stream_options(
     config: speech_pb2.StreamingRecognitionConfig,
     instance: ModelInstance,
     limits: InputLimits,
-    encoder_margin_s: float | None = None,
+    streaming: StreamingLimits | None = None,
 ) -> StreamOptions:
     if not config.HasField("audio_format"):
         raise InvalidInput(
@@ -67,10 +70,20 @@ def stream_options(
         # spread over a segment's words put its end at the window's end when Whisper skipped speech
         # there, and a window cut at that "word end" lost the speech (StreamSession._slide).
         kwargs["return_timestamps"] = "word"
-        if encoder_margin_s is not None:
-            kwargs[whisper_context.KWARG] = encoder_margin_s
+        interim_kwargs = kwargs = _whisper_windows(kwargs, instance, streaming)
+        if (
+            streaming is not None
+            and streaming.interim_alignatt_s is not None
+            and _has_alignment_heads(instance)
+        ):
+            interim_kwargs = {
+                **kwargs,
+                whisper_context.KWARG: streaming.interim_encoder_margin_s,
+                whisper_alignatt.KWARG: streaming.interim_alignatt_s,
+            }
     elif kind.startswith("ctc"):
         kwargs["return_timestamps"] = "word"
+        interim_kwargs = kwargs
     else:
         raise InvalidInput(
             f"live streams need a Whisper or CTC model; {instance.name!r} is {kind or 'neither'}"
@@ -90,6 +103,7 @@ def stream_options(
     return StreamOptions(
         audio_format=raw_format(config.audio_format, instance.sampling_rate),
         kwargs=kwargs,
+        interim_kwargs=interim_kwargs,
         interim_results=config.interim_results,
         word_times=word_times,
         events=config.voice_activity_events,
@@ -99,3 +113,18 @@ def stream_options(
         padding_s=padding,
         language=recognition.language,
     )
+
+
+def _whisper_windows(
+    kwargs: dict[str, Any], instance: ModelInstance, streaming: StreamingLimits | None
+) -> dict[str, Any]:
+    """Final decodes encode their window plus `encoder_margin_s` (tasks/whisper_context.py)."""
+    if streaming is None or streaming.encoder_margin_s is None:
+        return kwargs
+    return {**kwargs, whisper_context.KWARG: streaming.encoder_margin_s}
+
+
+def _has_alignment_heads(instance: ModelInstance) -> bool:
+    """AlignAtt reads the alignment heads; without them a short margin would let Whisper repeat itself."""
+    config = getattr(getattr(instance.pipeline, "model", None), "generation_config", None)
+    return bool(getattr(config, "alignment_heads", None))

@@ -32,9 +32,17 @@ from pipelined.v1 import speech_pb2
 
 from ..audio import AudioLimits, StreamResampler
 from ..config import StreamingLimits
-from ..errors import DeadlineExpired, FailedPrecondition, InvalidInput, ModelNotReady, QueueFull
+from ..errors import (
+    DeadlineExpired,
+    FailedPrecondition,
+    InvalidInput,
+    ModelNotReady,
+    PipelinedError,
+    QueueFull,
+)
 from ..metrics import Metrics
 from ..registry import ModelInstance
+from ..tasks import whisper_alignatt
 from . import responses
 from .agreement import LocalAgreement, Word
 from .buffer import RollingBuffer
@@ -51,6 +59,8 @@ _MIN_DECODE_S = 0.1
 FIRST_DECODE_S = 0.6
 # Scheduler priority of decodes whose result is (probably) final; interim re-decodes run at 0.
 _FINAL_PRIORITY = 1
+# Right context past the AlignAtt stop that makes a word of one interim decode final (see _interim_step).
+_SETTLE_AFTER_STOP_S = 0.5
 # Inside an utterance, a stretch this long without words in a hypothesis is speech the decoder skipped.
 _MAX_WORD_GAP_S = 1.0
 
@@ -134,8 +144,11 @@ class Utterance:
     end: int | None = None
     speech_end: int | None = None
     agreement: LocalAgreement = field(default_factory=LocalAgreement)
-    # The latest decode of the current window, reused as the final one when it already heard all the speech.
+    # The latest decode of the current window that may serve as the final one (a pause decode: it heard
+    # every word up to `last_end`; interim re-decodes stop short of their end), reused when it already
+    # heard all the speech.
     last: Hypothesis | None = None
+    last_end: int = 0
 
 
 _DONE = object()
@@ -150,6 +163,7 @@ class StreamSession:
         audio_limits: AudioLimits,
         metrics: Metrics,
         on_audio: Callable[[float], object] | None = None,
+        on_dropped: Callable[[PipelinedError], object] | None = None,
     ) -> None:
         self.instance = instance
         self.options = options
@@ -157,12 +171,15 @@ class StreamSession:
         self.metrics = metrics
         # Called with the seconds of every chunk received (admission measures the model's load).
         self._on_audio = on_audio
+        # Called with the status a stream is dropped with, its client not reading (see `_drop_unread`).
+        self._on_dropped = on_dropped
         self.rate = instance.sampling_rate
         self.resampler = StreamResampler(options.audio_format, self.rate, audio_limits)
         self.buffer = RollingBuffer()
         self.detector: SpeechDetector | None = None
         self.utterances: deque[Utterance] = deque()
-        self.outbox = Outbox(limits.max_unread_responses)
+        unread = metrics.unread_responses.labels(instance.name)
+        self.outbox = Outbox(limits.max_unread_responses, unread.inc)
         self.wake = asyncio.Event()
         self.eof = False
         self.final_end_s = 0.0
@@ -181,6 +198,12 @@ class StreamSession:
         # The interim decode step in flight, if any, and the sample its window ends at.
         self._interim: asyncio.Task[None] | None = None
         self._interim_end = 0
+        # Whether that step decodes like a final one (a pause decode), so that its words may be final.
+        self._interim_full = False
+        # An interim decode that stopped short of words it had not fully heard (AlignAtt) makes its words
+        # that end this long before its window's end final at once, without waiting for a second decode.
+        stop_s = options.interim_kwargs.get(whisper_alignatt.KWARG)
+        self._settle = None if stop_s is None else stop_s + _SETTLE_AFTER_STOP_S
         self._first = int(FIRST_DECODE_S * self.rate)
         self._pad = int(options.padding_s * self.rate)
         self._interval = int(options.decode_interval_s * self.rate)
@@ -195,10 +218,13 @@ class StreamSession:
         self.detector = await loop.run_in_executor(
             VAD_EXECUTOR, partial(SpeechDetector, self.rate, options.threshold, options.min_silence_s)
         )
+        handler = asyncio.current_task()
+        assert handler is not None
         tasks = self._tasks = [
             loop.create_task(self._guarded(self._read(guard))),
             loop.create_task(self._guarded(self._decode())),
         ]
+        dropper = loop.create_task(self._drop_unread(handler))
         try:
             while True:
                 item = await self.outbox.get()
@@ -210,11 +236,40 @@ class StreamSession:
         finally:
             if self._interim is not None:
                 tasks.append(self._interim)
+            tasks.append(dropper)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self.outbox.clear()
             self.utterances.clear()
             self.buffer = RollingBuffer()
+
+    async def _drop_unread(self, handler: asyncio.Task[Any]) -> None:
+        """Ends the call (cancels `handler`, the task sending this stream's responses) once the stream's
+        end has waited `idle_timeout_s` behind responses its client does not read.
+
+        A send waits while the client's HTTP/2 window is full, and the stream's status can only follow
+        its responses, so a client that never reads would hold its stream slot (and the call) until its
+        own deadline, for ever without one: the outbox's bound stops the stream's work (its reader and
+        decoder end), this frees the rest. The client sees its deadline or its own cancel, not the
+        status; the server records that status (`on_dropped`: the access log, the streams' metrics).
+        """
+        await self.outbox.ended.wait()
+        await asyncio.sleep(self.limits.idle_timeout_s)
+        end = self.outbox.end
+        waited = (
+            f"; its client read no response for {self.limits.idle_timeout_s:g} s more "
+            "(streaming.idle_timeout_s) and the stream was dropped"
+        )
+        if isinstance(end, PipelinedError):
+            error: PipelinedError = type(end)(f"{end}{waited}")
+        elif isinstance(end, BaseException):
+            error = PipelinedError(f"the stream failed ({type(end).__name__}){waited}")
+        else:
+            error = DeadlineExpired(f"the stream's last responses were not read{waited}")
+        if self._on_dropped is not None:
+            self._on_dropped(error)
+        handler.cancel()
 
     async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
         try:
@@ -369,7 +424,7 @@ class StreamSession:
     def _start_interim(self, u: Utterance) -> None:
         available = self.buffer.end
         pause = self.detector.pause_from if self.detector is not None else None
-        if pause is not None and pause > u.speech_start and not self._covers(u.decoded_end, pause):
+        if pause is not None and pause > u.speech_start and not self._covers(self._full_end(u), pause):
             # A pause began: decode what the final decode would, if speech does not resume (see top).
             if available < pause + self._pad:
                 return
@@ -385,6 +440,7 @@ class StreamSession:
         else:
             return
         self._interim_end = min(end, u.window_start + self._hard_window)
+        self._interim_full = priority >= _FINAL_PRIORITY
         self._interim = asyncio.get_running_loop().create_task(
             self._interim_step(u, self._interim_end, priority)
         )
@@ -398,6 +454,11 @@ class StreamSession:
         """
         assert self.instance.scheduler is not None
         return self.instance.scheduler.depth > 0
+
+    @staticmethod
+    def _full_end(u: Utterance) -> int:
+        """Where the latest decode that may serve as the final one ended (-1: none since the window moved)."""
+        return u.last_end if u.last is not None else -1
 
     def _covers(self, decoded_end: int, speech_end: int) -> bool:
         """Whether a decode up to `decoded_end` heard all speech ending at `speech_end`, and some silence."""
@@ -436,18 +497,22 @@ class StreamSession:
                 task.cancel()  # no-op once done
 
     async def _interim_step(self, u: Utterance, end: int, priority: int) -> None:
+        full = priority >= _FINAL_PRIORITY
         try:
-            hyp = await self._hypothesis(u, end, priority)
+            hyp = await self._hypothesis(u, end, priority, interim=not full)
         except QueueFull:
             u.decoded_end = end  # the model is saturated: skip this interim, try again with more audio
             return
-        u.decoded_end, u.last = end, hyp
+        u.decoded_end = end
+        if full:
+            u.last, u.last_end = hyp, end
 
         tail: list[Word] = []
         if end - u.window_start >= self._hard_window:
             final = self._force(u, hyp, end)
         else:
-            final, tail = u.agreement.update(hyp.words)
+            settled = None if full or self._settle is None else self._seconds(end) - self._settle
+            final, tail = u.agreement.update(hyp.words, settled)
             self._slide(u, hyp)
         self._send(final, tail, end)
 
@@ -457,7 +522,9 @@ class StreamSession:
         speech_end = u.speech_end if u.speech_end is not None else end
         interim = self._interim
         if interim is not None and (
-            interim.done() or end - u.window_start > self._hard_window or self._heard(self._interim_end, u)
+            interim.done()
+            or end - u.window_start > self._hard_window
+            or (self._interim_full and self._heard(self._interim_end, u))
         ):
             # Done, or its hypothesis may serve as the final one: wait for it (raises what it raised).
             await interim
@@ -466,7 +533,7 @@ class StreamSession:
             cut_end = u.window_start + self._hard_window
             hyp = await self._hypothesis(u, cut_end, _FINAL_PRIORITY)
             self._send(self._force(u, hyp, cut_end), [], cut_end)
-        if u.last is not None and self._heard(u.decoded_end, u):
+        if u.last is not None and self._heard(u.last_end, u):
             # That decode heard the whole utterance and some silence after it: no need for another.
             hyp = u.last
         else:
@@ -487,8 +554,13 @@ class StreamSession:
             self._announce(self.utterances[0])
         self._trim()
 
-    async def _hypothesis(self, u: Utterance, end: int, priority: int = 0) -> Hypothesis:
+    async def _hypothesis(
+        self, u: Utterance, end: int, priority: int = 0, interim: bool = False
+    ) -> Hypothesis:
+        """The window's words up to `end`; an interim decode's stop short of words it may not have fully
+        heard (see StreamOptions.interim_kwargs)."""
         samples = self.buffer.slice(u.window_start, end)
+        kwargs = self.options.interim_kwargs if interim else self.options.kwargs
         duration = len(samples) / self.rate
         if duration < _MIN_DECODE_S:
             return Hypothesis([], [])
@@ -496,7 +568,7 @@ class StreamSession:
         try:
             while True:
                 try:
-                    output = await decode_window(self.instance, samples, self.options.kwargs, priority)
+                    output = await decode_window(self.instance, samples, kwargs, priority)
                     break
                 except QueueFull:
                     if priority < _FINAL_PRIORITY:
@@ -559,7 +631,7 @@ class StreamSession:
         return final
 
     def _move_window(self, u: Utterance, start: int) -> None:
-        u.window_start, u.last = min(start, self.buffer.end), None
+        u.window_start, u.last, u.last_end = min(start, self.buffer.end), None, 0
         u.agreement.keep_after(self._seconds(u.window_start))
         self._trim()
 

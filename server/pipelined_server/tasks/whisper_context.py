@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["KWARG", "install", "trimmed"]
+__all__ = ["KWARG", "audio_frames", "install", "trimmed"]
 
 KWARG = "encoder_margin_s"
 # Mel frames per second (hop 160 at 16 kHz); the encoder's second convolution halves the frame count, so a
@@ -67,17 +67,17 @@ def frames_to_keep(real_frames: int, margin_s: float, full_frames: int) -> int:
     return min(full_frames, max(_GRID_FRAMES, math.ceil(wanted / _GRID_FRAMES) * _GRID_FRAMES))
 
 
-def _audio_frames(features: Any, attention_mask: Any) -> int:
-    """Frames of the longest item that hold audio: from the feature attention mask when the feature extractor
-    made one, else from the features, where zero padding is the only stretch with every bin at the item's
-    floor (log-mel clamped 8 decades under its peak)."""
+def audio_frames(features: Any, attention_mask: Any) -> Any:
+    """Mel frames of each item that hold audio (a tensor, one per item): from the feature attention mask when
+    the feature extractor made one, else from the features, where zero padding is the only stretch with
+    every bin at the item's floor (log-mel clamped 8 decades under its peak)."""
     if attention_mask is not None:
-        return int(attention_mask.sum(-1).max())
+        return attention_mask.sum(-1)
     floor = features.amin(dim=(1, 2), keepdim=True)
     audio = (features != floor).any(dim=1)  # (batch, frames): some bin above the floor
     frames = features.shape[-1]
     last = frames - audio.flip(-1).int().argmax(-1)  # one past each item's last audio frame
-    return int(last.where(audio.any(-1), 0).max())
+    return last.where(audio.any(-1), 0)
 
 
 def _forward(encoder: Any, input_features: Any, attention_mask: Any = None, **kwargs: Any) -> Any:
@@ -90,7 +90,7 @@ def _forward(encoder: Any, input_features: Any, attention_mask: Any = None, **kw
     from transformers.modeling_outputs import BaseModelOutput
 
     full = input_features.shape[-1]
-    keep = frames_to_keep(_audio_frames(input_features, attention_mask), margin_s, full)
+    keep = frames_to_keep(int(audio_frames(input_features, attention_mask).max()), margin_s, full)
     if keep >= full:
         return encoder._full_forward(input_features, attention_mask=attention_mask, **kwargs)
     gelu = torch.nn.functional.gelu
