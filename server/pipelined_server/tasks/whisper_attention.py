@@ -7,6 +7,9 @@ or the server's own start-up calibration (streaming/calibration.py decodes as a 
 decode of that model ran eager. Measured on tiny.en, one torch thread, in process: a unary clip took 2.58 s
 after one word-timestamp decode against 2.06 s before; `bench/asr_unary.py` (c=1, one replica, loaded
 machine) had the server's p50 at 1.53x the in-process pipeline's with the calibration and 0.93x without it.
+With this module (`bench/asr_unary.py --concurrency 1 4`, two replicas, load average 1.3-1.9): c=1 p50 0.93x
+the in-process pipeline's, c=4 2.01x the sequential in-process throughput (1.49x and 0.71x before, under
+heavier load: load average 4-5).
 
 `install` wraps `generate` so that the implementation the model was loaded with comes back once no decode that
 needs eager attention is running: the replicas of a model share it, so such decodes on every thread are
