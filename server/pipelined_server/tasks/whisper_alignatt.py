@@ -26,7 +26,15 @@ once. Committing every word of one stopped decode (Simul-Whisper's rule, without
 streamed WER 0.100 against 0.035 (the re-decodes reword what was committed). Measured A/B, one stream of
 1 minute, interleaved (`bench/asr_streaming.py --minutes 1 --streams 1`, load average 3-6): CPU per second
 of audio 0.50 and 0.49 against 0.72 and 0.60 without; final lag p50 1.62 and 1.83 s against 1.61 and 1.61 s;
-WER against the references 0.035 and 0.041 against 0.029 (one word in 170).
+WER against the references 0.035 and 0.041 against 0.029 (one word in 170). With more streams, where the
+cheaper interims let admission take more of them (`--streams 4` and `--streams 8`, one run each, load 4):
+
+| streams | stop | refused | final lag p50 / p95 / max | CPU per audio second |
+|---|---|---|---|---|
+| 4 | none | 2 | 2.27 / 6.68 / 8.85 s | 0.47 |
+| 4 | 0.5 s | 1 | 1.86 / 5.73 / 9.31 s | 0.37 |
+| 8 | none | 6 | 1.86 / 4.86 / 10.57 s | 0.57 |
+| 8 | 0.5 s | 5 | 1.48 / 2.19 / 2.53 s | 0.43 |
 
 The first decoding steps (`_FREE_TOKENS`, counted from the decoder prompt) never stop: while Whisper places its first word its attention often
 peaks at the end of the input (at the padding), and a stop there lost whole windows (84 of the 281 words).
@@ -56,6 +64,11 @@ KWARG = "alignatt_stop_s"
 _ENCODER_FRAMES_PER_S = 50
 # Generated tokens that never stop the decode (see the module docstring).
 _FREE_TOKENS = 4
+# A row ends after this many tokens per second of its audio (plus the slack): speech read fast (1.4x) gives
+# tiny.en about 5 per second, and the rare decode that loops despite the stop (2 of 53 windows in
+# bench/encoder_margin.py) would otherwise run to Whisper's 448-token limit.
+_MAX_TOKENS_PER_S = 8
+_TOKENS_SLACK = 10
 
 _state = threading.local()
 
@@ -127,8 +140,11 @@ def _with_stop(generate: Any, eos_token_id: int) -> Any:
 def _stop_processor(frames: Any, stop_frames: int, eos_token_id: int) -> Any:
     from transformers import LogitsProcessor
 
+    budget = frames * _MAX_TOKENS_PER_S // _ENCODER_FRAMES_PER_S + _TOKENS_SLACK
+
     class StopNearAudioEnd(LogitsProcessor):
-        """Leaves only end-of-text to the rows whose newest token looks at their audio's last frames."""
+        """Leaves only end-of-text to the rows whose newest token looks at their audio's last frames, or that
+        generated more tokens than their audio could hold."""
 
         def __init__(self) -> None:
             self.prompt_length: int | None = None
@@ -138,11 +154,15 @@ def _stop_processor(frames: Any, stop_frames: int, eos_token_id: int) -> Any:
             length = input_ids.shape[1]
             if self.prompt_length is None or length < self.prompt_length:
                 self.prompt_length = length  # the first step (again after a temperature fallback)
-            if not layers or length - self.prompt_length < _FREE_TOKENS:
+            generated = length - self.prompt_length
+            if generated < _FREE_TOKENS:
                 return scores
-            attention = sum(layers.values())
-            limit = frames.to(attention.device) - stop_frames
-            stop = attention.argmax(-1) >= limit
+            over = (generated >= budget).to(scores.device)
+            if layers:
+                attention = sum(layers.values())
+                stop = (attention.argmax(-1) >= frames.to(attention.device) - stop_frames) | over
+            else:
+                stop = over
             if bool(stop.any()):
                 scores = scores.clone()
                 scores[stop] = float("-inf")
