@@ -1,21 +1,27 @@
-"""AlignAtt (Papi et al. 2023, applied to Whisper by Simul-Whisper, Wang et al. 2024) for a live stream's interim decodes: a Whisper
-decode stops before the first token whose cross-attention, summed over the model's alignment heads, peaks in
+"""AlignAtt (Papi et al. 2023; Simul-Whisper, Wang et al. 2024, applies it to Whisper) for a live stream's
+interim decodes: a Whisper decode stops before the first token whose cross-attention, summed over the model's alignment heads, peaks in
 the last `stop_s` of its audio. That word is not fully heard yet; a later decode, with more audio, hears it.
 
 Why: an interim window ends wherever the microphone is, often inside a word. Encoded with a short margin of
 padding after it, Whisper "transcribes" the padding: it repeats the last words up to its token limit, so
 the streams needed an 8 s margin (tasks/whisper_context.py), and their encoder ran over 9-16 s for windows
-of 1-6 s. With the stop, the repeats never start. Measured on tiny.en over 43 stream-like windows of 2-6 s
-cut anywhere in continuous speech (the shared LJ clips):
-against the same windows decoded in 30 s, words that end at least 1 s before the window's end:
+of 1-6 s. With the stop, the repeats (almost) never start. Measured by
+bench/encoder_margin.py (`--margins 1 8 --stops 0.5`: tiny.en, 53 stream-like windows of 0.6-8 s of the shared
+clips, one torch thread, one run at load 1-2), against the same windows decoded in 30 s: windows whose decode
+loops, mean WER, words of the 30 s decode ending 1 s or more before the window's end that are missing, median
+decode time:
 
-| encoder input | stop | missed words | repeated words | median decode | total |
-|---|---|---|---|---|---|
-| window + 8 s | none | 12 / 281 | 7 | 0.76 s | 44.2 s |
-| window + 1 s | none | (loops) | 1,100+ | 0.53 s | 120.7 s |
-| window + 1 s | 0.5 s | 16 / 281 | 2 | 0.36 s | 15.3 s |
+| encoder input | looping | WER | settled words missed | decode p50 |
+|---|---|---|---|---|
+| window + 8 s, no stop | 0 | 0.066 | 2 / 377 | 586 ms |
+| window + 1 s, no stop | 16 | 18.9 | 4 / 377 | 618 ms |
+| window + 1 s, 0.5 s stop | 2 | 0.798 | 9 / 377 | 356 ms |
+| the same, with the token budget below | 2 | 0.311 | 9 / 377 | 362 ms |
 
-(one process, one torch thread, loaded 2-core machine). So interims run with a 1 s margin and a 0.5 s stop
+(The last row is another run, load 2: 608 ms for the 8 s margin there.) The two windows that still loop
+are cut by a token budget (`_MAX_TOKENS_PER_S`); a stream's hypothesis drops words placed after its audio,
+and only words that end 1 s before the window's end are final from one decode: a loop's words, placed at the
+end, are left to agreement with the next decode. So interims run with a 1 s margin and a 0.5 s stop
 (`streaming.interim_alignatt_s`, `streaming.interim_encoder_margin_s`); final decodes, which must give every
 word, keep the full margin and no stop.
 
