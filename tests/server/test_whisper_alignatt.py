@@ -49,6 +49,12 @@ def test_a_row_ends_once_its_newest_token_looks_at_the_last_frames() -> None:
     assert torch.equal(out[0], scores[0]) and out[1, EOS] == 0 and torch.isinf(out[1]).sum() == 9
     # A step whose attention nobody captured (outside `stopping()`) leaves the scores alone.
     assert torch.equal(stop(ids, scores), scores)
+    # A row that generated more than its audio could hold (8 tokens per second + 10: 26 for 2 s, 58 for
+    # 6 s) ends wherever it looks: a loop the stop missed.
+    for generated, ended in ((25, [False, False]), (26, [True, False]), (58, [True, True])):
+        whisper_alignatt._state.attention = _attention(10, 10)
+        out = stop(torch.zeros(2, 1 + generated, dtype=torch.long), scores)
+        assert [bool(out[row, 0] == float("-inf")) for row in (0, 1)] == ended
 
 
 def test_only_calls_with_the_stop_end_early(tiny_whisper_dir: Path) -> None:

@@ -1,21 +1,27 @@
-"""AlignAtt (Papi et al. 2023, applied to Whisper by Simul-Whisper, Wang et al. 2024) for a live stream's interim decodes: a Whisper
-decode stops before the first token whose cross-attention, summed over the model's alignment heads, peaks in
+"""AlignAtt (Papi et al. 2023; Simul-Whisper, Wang et al. 2024, applies it to Whisper) for a live stream's
+interim decodes: a Whisper decode stops before the first token whose cross-attention, summed over the model's alignment heads, peaks in
 the last `stop_s` of its audio. That word is not fully heard yet; a later decode, with more audio, hears it.
 
 Why: an interim window ends wherever the microphone is, often inside a word. Encoded with a short margin of
 padding after it, Whisper "transcribes" the padding: it repeats the last words up to its token limit, so
 the streams needed an 8 s margin (tasks/whisper_context.py), and their encoder ran over 9-16 s for windows
-of 1-6 s. With the stop, the repeats never start. Measured on tiny.en over 43 stream-like windows of 2-6 s
-cut anywhere in continuous speech (the shared LJ clips):
-against the same windows decoded in 30 s, words that end at least 1 s before the window's end:
+of 1-6 s. With the stop, the repeats (almost) never start. Measured by
+bench/encoder_margin.py (`--margins 1 8 --stops 0.5`: tiny.en, 53 stream-like windows of 0.6-8 s of the shared
+clips, one torch thread, one run at load 1-2), against the same windows decoded in 30 s: windows whose decode
+loops, mean WER, words of the 30 s decode ending 1 s or more before the window's end that are missing, median
+decode time:
 
-| encoder input | stop | missed words | repeated words | median decode | total |
-|---|---|---|---|---|---|
-| window + 8 s | none | 12 / 281 | 7 | 0.76 s | 44.2 s |
-| window + 1 s | none | (loops) | 1,100+ | 0.53 s | 120.7 s |
-| window + 1 s | 0.5 s | 16 / 281 | 2 | 0.36 s | 15.3 s |
+| encoder input | looping | WER | settled words missed | decode p50 |
+|---|---|---|---|---|
+| window + 8 s, no stop | 0 | 0.066 | 2 / 377 | 586 ms |
+| window + 1 s, no stop | 16 | 18.9 | 4 / 377 | 618 ms |
+| window + 1 s, 0.5 s stop | 2 | 0.798 | 9 / 377 | 356 ms |
+| the same, with the token budget below | 2 | 0.311 | 9 / 377 | 362 ms |
 
-(one process, one torch thread, loaded 2-core machine). So interims run with a 1 s margin and a 0.5 s stop
+(The last row is another run, load 2: 608 ms for the 8 s margin there.) The two windows that still loop
+are cut by a token budget (`_MAX_TOKENS_PER_S`); a stream's hypothesis drops words placed after its audio,
+and only words that end 1 s before the window's end are final from one decode: a loop's words, placed at the
+end, are left to agreement with the next decode. So interims run with a 1 s margin and a 0.5 s stop
 (`streaming.interim_alignatt_s`, `streaming.interim_encoder_margin_s`); final decodes, which must give every
 word, keep the full margin and no stop.
 
@@ -26,7 +32,15 @@ once. Committing every word of one stopped decode (Simul-Whisper's rule, without
 streamed WER 0.100 against 0.035 (the re-decodes reword what was committed). Measured A/B, one stream of
 1 minute, interleaved (`bench/asr_streaming.py --minutes 1 --streams 1`, load average 3-6): CPU per second
 of audio 0.50 and 0.49 against 0.72 and 0.60 without; final lag p50 1.62 and 1.83 s against 1.61 and 1.61 s;
-WER against the references 0.035 and 0.041 against 0.029 (one word in 170).
+WER against the references 0.035 and 0.041 against 0.029 (one word in 170). With more streams, where the
+cheaper interims let admission take more of them (`--streams 4` and `--streams 8`, one run each, load 4):
+
+| streams | stop | refused | final lag p50 / p95 / max | CPU per audio second |
+|---|---|---|---|---|
+| 4 | none | 2 | 2.27 / 6.68 / 8.85 s | 0.47 |
+| 4 | 0.5 s | 1 | 1.86 / 5.73 / 9.31 s | 0.37 |
+| 8 | none | 6 | 1.86 / 4.86 / 10.57 s | 0.57 |
+| 8 | 0.5 s | 5 | 1.48 / 2.19 / 2.53 s | 0.43 |
 
 The first decoding steps (`_FREE_TOKENS`, counted from the decoder prompt) never stop: while Whisper places its first word its attention often
 peaks at the end of the input (at the padding), and a stop there lost whole windows (84 of the 281 words).
@@ -56,6 +70,11 @@ KWARG = "alignatt_stop_s"
 _ENCODER_FRAMES_PER_S = 50
 # Generated tokens that never stop the decode (see the module docstring).
 _FREE_TOKENS = 4
+# A row ends after this many tokens per second of its audio (plus the slack): speech read fast (1.4x) gives
+# tiny.en about 5 per second, and the rare decode that loops despite the stop (2 of 53 windows in
+# bench/encoder_margin.py) would otherwise run to Whisper's 448-token limit.
+_MAX_TOKENS_PER_S = 8
+_TOKENS_SLACK = 10
 
 _state = threading.local()
 
@@ -127,8 +146,11 @@ def _with_stop(generate: Any, eos_token_id: int) -> Any:
 def _stop_processor(frames: Any, stop_frames: int, eos_token_id: int) -> Any:
     from transformers import LogitsProcessor
 
+    budget = frames * _MAX_TOKENS_PER_S // _ENCODER_FRAMES_PER_S + _TOKENS_SLACK
+
     class StopNearAudioEnd(LogitsProcessor):
-        """Leaves only end-of-text to the rows whose newest token looks at their audio's last frames."""
+        """Leaves only end-of-text to the rows whose newest token looks at their audio's last frames, or that
+        generated more tokens than their audio could hold."""
 
         def __init__(self) -> None:
             self.prompt_length: int | None = None
@@ -138,11 +160,15 @@ def _stop_processor(frames: Any, stop_frames: int, eos_token_id: int) -> Any:
             length = input_ids.shape[1]
             if self.prompt_length is None or length < self.prompt_length:
                 self.prompt_length = length  # the first step (again after a temperature fallback)
-            if not layers or length - self.prompt_length < _FREE_TOKENS:
+            generated = length - self.prompt_length
+            if generated < _FREE_TOKENS:
                 return scores
-            attention = sum(layers.values())
-            limit = frames.to(attention.device) - stop_frames
-            stop = attention.argmax(-1) >= limit
+            over = (generated >= budget).to(scores.device)
+            if layers:
+                attention = sum(layers.values())
+                stop = (attention.argmax(-1) >= frames.to(attention.device) - stop_frames) | over
+            else:
+                stop = over
             if bool(stop.any()):
                 scores = scores.clone()
                 scores[stop] = float("-inf")
