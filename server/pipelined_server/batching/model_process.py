@@ -14,10 +14,10 @@ small lists for the tasks below). The server process sends and waits for the ans
 pipe's socket, non-blocking; `Scheduler` awaits coroutine runners), not on a worker thread: the thread added
 a hop each way, and under load its answer then waited for the GIL while the loop served gRPC. Measured
 interleaved on the loaded shared machine (peers' classifier, one worker): the serving process's CPU per call
-at c=1 1.41 ms against 1.69 ms with the thread; the same at c=32. With it, the pipe no longer costs at c=1
-(`bench/unary_peers.py`, loaded machine, load average 4: p50 4.01 ms against 4.40 ms with
-`model_process: false`), but with under a core free the child has none of its own, and `false` led at c=8 and
-c=32 (493 against 444, 686 against 624 req/s). Replies over INLINE_UNPICKLE_BYTES are unpickled on a thread. The pipeline runs the same `loading.run_batch` as in process, so results
+at c=1 1.41 ms against 1.69 ms with the thread (1.44 against 1.84 in a second run); the same at c=32.
+`bench/unary_peers.py` against `model_process: false` on the loaded machine (load average 2-4) gave c=1 p50
+4.01 against 4.40 ms in one run and 7.39 against 5.80 ms in the next: too noisy to say more than that the
+pipe's price at c=1 is now within the noise. Replies over INLINE_UNPICKLE_BYTES are unpickled on a thread. The pipeline runs the same `loading.run_batch` as in process, so results
 are the same. What is given up: a batch already sent runs to its end when its callers leave (abandon.py
 cannot reach into the child; these tasks compute a batch in milliseconds), and the server process keeps its
 own copy of the pipeline for the adapters (tokenizer, labels), so the weights are in memory twice: `auto`
