@@ -184,7 +184,8 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     model process) runs in C instead of Python. Peers' text classifier, one connection, one worker, three
     interleaved runs on the shared 2-core machine (loaded: about one core busy with other work): CPU of the
     serving process per call at c=32 0.63 ms against 0.76 ms with asyncio's loop, c=8 534 against 446 req/s,
-    c=32 813 against 647 req/s. The bare gRPC floor (bench/grpc_floor.py) gains little from it (c=1 p50
+    c=32 813 against 647 req/s; a later run (3 rounds, c=1 and c=32) had the same CPU per call at c=32 (0.85 ms)
+    and c=1 p50 5.11 against 6.81 ms. The bare gRPC floor (bench/grpc_floor.py) gains little from it (c=1 p50
     0.68 against 0.71 ms, c=32 the same): what uvloop saves is pipelined's, not gRPC's. grpc.aio runs on it
     unchanged (unary calls, live streams and the fault suite pass on it); `event_loop: asyncio` keeps
     asyncio's own loop."""
