@@ -30,6 +30,8 @@ SERVER_MODULES = {
     "gguf": "gguf",
     "pytesseract": "pytesseract",
 }
+if sys.platform.startswith("linux"):  # the extra asks for it on Linux only (the server's event loop there)
+    SERVER_MODULES["uvloop"] = "uvloop"
 
 
 def missing_distributions() -> list[str]:
