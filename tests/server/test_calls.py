@@ -16,11 +16,15 @@ from pipelined_server.services.calls import DEADLINE_SLACK_S, _ended_early
 class Remaining:
     """The part of grpc.aio.ServicerContext that `_ended_early` reads."""
 
-    def __init__(self, seconds: float | None) -> None:
+    def __init__(self, seconds: float | None, code: grpc.StatusCode | None = None) -> None:
         self.seconds = seconds
+        self._code = code
 
     def time_remaining(self) -> float | None:
         return self.seconds
+
+    def code(self) -> grpc.StatusCode | None:
+        return self._code
 
 
 @pytest.mark.parametrize(
@@ -42,3 +46,12 @@ def test_an_interrupted_call_is_deadline_exceeded_only_near_or_past_its_deadline
     remaining: float | None, code: grpc.StatusCode
 ) -> None:
     assert _ended_early(Remaining(remaining)) is code  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("remaining", [None, 30.0, 0.0])
+def test_a_call_the_server_dropped_ends_with_the_code_it_set(remaining: float | None) -> None:
+    # A live stream whose client reads nothing: the server set RESOURCE_EXHAUSTED, then cancelled it.
+    dropped = Remaining(remaining, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert _ended_early(dropped) is grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[arg-type]
+    # OK (nothing set yet, as grpc reports it) is no reason.
+    assert _ended_early(Remaining(remaining, grpc.StatusCode.OK)) is not grpc.StatusCode.OK  # type: ignore[arg-type]
