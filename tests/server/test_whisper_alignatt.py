@@ -114,3 +114,24 @@ def test_interim_windows_of_real_speech_keep_their_heard_words_and_do_not_loop()
     assert heard >= 20 and missed <= heard // 10
     assert repeated <= 1
     assert looped > 10 * max(1, repeated)
+
+
+def test_a_stream_decodes_interims_with_the_stop_and_finals_without(tiny_whisper_dir: Path) -> None:
+    from pipelined.v1 import audio_pb2, speech_pb2
+    from pipelined_server.config import InputLimits, StreamingLimits
+    from pipelined_server.registry import ModelInstance
+    from pipelined_server.streaming.options import stream_options
+
+    spec = ModelSpec(name="w", task="automatic-speech-recognition", source=str(tiny_whisper_dir))
+    instance = ModelInstance(spec, pipeline=load_pipeline(spec).pipeline)
+    audio = audio_pb2.RawAudioFormat(
+        encoding=audio_pb2.AUDIO_ENCODING_FLOAT32, sample_rate_hertz=RATE, channel_count=1
+    )
+    config = speech_pb2.StreamingRecognitionConfig(audio_format=audio)
+    options = stream_options(config, instance, InputLimits(), StreamingLimits())
+    assert options.kwargs[whisper_context.KWARG] == 8.0 and whisper_alignatt.KWARG not in options.kwargs
+    assert options.interim_kwargs[whisper_context.KWARG] == 1.0
+    assert options.interim_kwargs[whisper_alignatt.KWARG] == 0.5
+    # Turned off, interims decode as finals.
+    off = stream_options(config, instance, InputLimits(), StreamingLimits(interim_alignatt_s=None))
+    assert off.interim_kwargs == off.kwargs

@@ -70,11 +70,11 @@ def stream_options(
         # spread over a segment's words put its end at the window's end when Whisper skipped speech
         # there, and a window cut at that "word end" lost the speech (StreamSession._slide).
         kwargs["return_timestamps"] = "word"
-        interim_kwargs = kwargs = _whisper_windows(kwargs, instance, streaming)
+        interim_kwargs = kwargs = _whisper_windows(kwargs, streaming)
         if (
             streaming is not None
             and streaming.interim_alignatt_s is not None
-            and _has_alignment_heads(instance)
+            and whisper_alignatt.installed(getattr(instance.pipeline, "model", None))
         ):
             interim_kwargs = {
                 **kwargs,
@@ -115,16 +115,8 @@ def stream_options(
     )
 
 
-def _whisper_windows(
-    kwargs: dict[str, Any], instance: ModelInstance, streaming: StreamingLimits | None
-) -> dict[str, Any]:
+def _whisper_windows(kwargs: dict[str, Any], streaming: StreamingLimits | None) -> dict[str, Any]:
     """Final decodes encode their window plus `encoder_margin_s` (tasks/whisper_context.py)."""
     if streaming is None or streaming.encoder_margin_s is None:
         return kwargs
     return {**kwargs, whisper_context.KWARG: streaming.encoder_margin_s}
-
-
-def _has_alignment_heads(instance: ModelInstance) -> bool:
-    """AlignAtt reads the alignment heads; without them a short margin would let Whisper repeat itself."""
-    config = getattr(getattr(instance.pipeline, "model", None), "generation_config", None)
-    return bool(getattr(config, "alignment_heads", None))

@@ -63,7 +63,7 @@ from typing import Any
 
 from . import whisper_context
 
-__all__ = ["KWARG", "install", "stopping"]
+__all__ = ["KWARG", "install", "installed", "stopping"]
 
 KWARG = "alignatt_stop_s"
 # Encoder frames per second (mel frames at 100/s, halved by the encoder's second convolution).
@@ -84,7 +84,7 @@ def install(model: Any) -> bool:
     heads = getattr(getattr(model, "generation_config", None), "alignment_heads", None)
     if not heads:
         return False
-    if getattr(model, "_pipelined_alignatt", False):
+    if installed(model):
         return True
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
@@ -95,6 +95,11 @@ def install(model: Any) -> bool:
     model.generate = _with_stop(model.generate, eos[0] if isinstance(eos, list) else eos)
     model._pipelined_alignatt = True
     return True
+
+
+def installed(model: Any) -> bool:
+    """Whether `install` hooked `model`: only then may a decode run with a short margin and the stop."""
+    return bool(getattr(model, "_pipelined_alignatt", False))
 
 
 @contextmanager
