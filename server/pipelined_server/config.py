@@ -288,6 +288,10 @@ class ModelSpec(Section):
     # gRPC and the model then use two cores even for a client with one connection. `auto`: on for small
     # CPU models of the text tasks that support it, when the machine has a core to spare.
     model_process: Literal["auto"] | bool = "auto"
+    # Whisper on a CPU in float32: each decoding step's vocabulary projection in int8, its best candidates and
+    # the special tokens (languages, timestamps) scored again in float32 (tasks/whisper_logits.py: greedy
+    # decodes pick the same tokens; tiny.en's stream decodes take 0.76-0.78 of the time). false: float32.
+    fast_vocab_projection: bool = True
     # Passed to transformers.pipeline(): they become the defaults of every call (e.g. num_beams).
     pipeline_kwargs: dict[str, Any] = {}
     # Whether requests that name no model for this task go here.

@@ -11,7 +11,8 @@ from typing import Any
 
 from .config import ModelSpec
 from .errors import ConfigError
-from .tasks import whisper_alignatt, whisper_attention, whisper_context, whisper_processors
+from .quantization import quantize_linear_layers
+from .tasks import whisper_alignatt, whisper_attention, whisper_context, whisper_logits, whisper_processors
 
 log = logging.getLogger(__name__)
 
@@ -108,31 +109,6 @@ def pipeline_kwargs_for(spec: ModelSpec, device: str | None = None) -> dict[str,
     return kwargs
 
 
-def quantize_linear_layers(model: Any) -> int:
-    """Dynamic int8 quantization of every nn.Linear, in place; returns how many were quantized.
-
-    Weights are quantized per output channel: with one scale per tensor MiniLM's sentence embeddings kept
-    a cosine similarity of only 0.919 (worst of 8 sentences) with float32's, per channel 0.969. Loading in
-    float32 first costs resident memory: tiny.en int8 ends at ~650 MiB RSS against float32's ~440 MiB
-    (malloc_trim does not return it). torch.ao.quantization is deprecated in favour of torchao but still
-    ships (torch 2.13) and needs no extra package; its warnings are silenced here so that they do not
-    repeat at every start-up."""
-    import warnings
-
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-        quantize_dynamic(
-            model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True
-        )
-    return sum(1 for m in model.modules() if isinstance(m, QuantizedLinear))
-
-
 # CPU flags of native half-precision arithmetic; without them torch converts to float32 per operation.
 _NATIVE_CPU_FLAGS = {"bfloat16": ("avx512_bf16", "amx_bf16"), "float16": ("avx512_fp16", "amx_fp16")}
 
@@ -200,6 +176,8 @@ def load_pipeline(spec: ModelSpec, device: str | None = None) -> LoadedPipeline:
         whisper_alignatt.install(torch_model)
         whisper_processors.install(torch_model)
         whisper_attention.install(torch_model)
+        if spec.fast_vocab_projection:
+            whisper_logits.install(torch_model)
     weights = weight_bytes_by_device(torch_model) if torch_model is not None else {}
     return LoadedPipeline(pipe, device=summary, dtype=dtype, weight_bytes=weights, placements=placements)
 
@@ -226,15 +204,17 @@ def replicate(pipe: Any, count: int) -> list[Any]:
     return replicas
 
 
-# Tasks whose __call__ hands one input unchanged to preprocess -> forward -> postprocess. A lone input of these
-# runs that chain directly instead of through the DataLoader that a list call builds: measured on the peers'
-# tiny text classifier (2 loaded cores, p10 of 600 interleaved calls), a one-item list took 4.86 ms and the
-# direct chain 2.59 ms, the same as the local pipeline's single call (2.64 ms), with equal outputs.
+# Tasks whose __call__ hands a list unchanged to Pipeline.__call__, which hands each input to preprocess ->
+# forward -> postprocess. A lone input of these runs that chain directly, and a batch runs the chain that
+# Pipeline.__call__ builds for a list, fed from a list instead of a torch DataLoader (`_run_many`). The
+# DataLoader costs the same at every batch: measured on the peers' tiny text classifier (2 loaded cores, p10
+# of 600 interleaved calls), a one-item list took 4.86 ms and the direct chain 2.59 ms, the same as the local
+# pipeline's single call (2.64 ms), with equal outputs; batches: see `_run_many`.
 _DIRECT_TASKS = frozenset({"text-classification", "feature-extraction", "fill-mask"})
 
 
 def run_batch(pipe: Any, inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:
-    """Runs one batch: the pipeline receives a list, so its own DataLoader batches the inputs."""
+    """Runs one batch: what the pipeline returns for the list of inputs, batched as its own list call batches."""
     call_kwargs = dict(kwargs)
     batch_size = max(len(inputs), int(call_kwargs.pop("batch_size", None) or 1))
     # Live-stream decodes ask for Whisper's encoder over their window only (None: the full 30 s window).
@@ -246,8 +226,10 @@ def run_batch(pipe: Any, inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[
 
 
 def _run_batch(pipe: Any, items: list[Any], batch_size: int, call_kwargs: dict[str, Any]) -> list[Any]:
-    if len(items) == 1 and getattr(pipe, "task", "") in _DIRECT_TASKS:
-        return [_run_one(pipe, items[0], call_kwargs)]
+    if getattr(pipe, "task", "") in _DIRECT_TASKS:
+        if len(items) == 1:
+            return [_run_one(pipe, items[0], call_kwargs)]
+        return _run_many(pipe, items, batch_size, call_kwargs)
     if getattr(pipe, "task", "") == "image-text-to-text" and isinstance(items[0], dict):
         # image-text-to-text reads a list of {"images", "text"} dicts as one chat; each dict alone goes to the
         # base Pipeline.__call__, so the base call with the list runs them as separate prompts.
@@ -269,6 +251,31 @@ def _run_one(pipe: Any, item: Any, kwargs: dict[str, Any]) -> Any:
         {**pipe._preprocess_params, **preprocess},
         {**pipe._forward_params, **forward},
         {**pipe._postprocess_params, **postprocess},
+    )
+
+
+def _run_many(pipe: Any, items: list[Any], batch_size: int, kwargs: dict[str, Any]) -> list[Any]:
+    """What `pipe(items, batch_size=batch_size, **kwargs)` returns, without the DataLoader: the iterators of
+    Pipeline.get_iterator (transformers' own collate, forward and unbatching), fed the collated batches from a
+    list. The DataLoader yields exactly these batches (in order, no workers); only its set-up per call is
+    gone: 0.3-0.6 ms per batch, a tenth of a batch of the peers' tiny text classifier (batches of 2, 4 and 8:
+    median 3.63 against 4.04 ms, 5.05 against 5.56, 8.19 against 8.78; `bench/batch_path.py`, 1,500 calls
+    each way, interleaved, loaded 2-core machine) and within the noise of all-MiniLM-L6-v2's 25-83 ms; equal
+    outputs. `bench/unary_peers.py` could not tell it at c=8 and c=32 (two interleaved rounds: within ±4%)."""
+    from transformers.pipelines.base import pad_collate_fn
+    from transformers.pipelines.pt_utils import PipelineIterator
+
+    preprocess, forward, postprocess = pipe._sanitize_parameters(**kwargs)
+    preprocess = {**pipe._preprocess_params, **preprocess}
+    processed = [pipe.preprocess(item, **preprocess) for item in items]
+    extractor = pipe.feature_extractor if pipe.feature_extractor is not None else pipe.image_processor
+    collate = pad_collate_fn(pipe.tokenizer, extractor)  # get_iterator's for batch_size > 1 (run_batch's)
+    batches = [collate(processed[i : i + batch_size]) for i in range(0, len(processed), batch_size)]
+    model_outputs = PipelineIterator(
+        batches, pipe.forward, {**pipe._forward_params, **forward}, loader_batch_size=batch_size
+    )
+    return list(
+        PipelineIterator(model_outputs, pipe.postprocess, {**pipe._postprocess_params, **postprocess})
     )
 
 

@@ -115,3 +115,43 @@ def test_lines_are_held_at_most_a_flush_interval_and_warnings_not_at_all(configu
     _access("at-close")
     handler.close()
     assert "request_id=at-close" in configured.getvalue()
+
+
+def test_expected_library_warnings_are_dropped_and_others_kept() -> None:
+    """Whisper's "no ending timestamp" warning, which every cut live-stream window triggers, is dropped once
+    logging is set up; another warning of the same logger still reaches the log. The records are read by a
+    handler on the logger itself: transformers' loggers do not propagate to the root (caplog's) unless some
+    earlier code turned propagation on, which made a root-based check depend on the order of tests."""
+    from transformers.utils import logging as hf_logging
+
+    class Collect(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.WARNING)
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    name = "transformers.models.whisper.tokenization_whisper"
+    library = hf_logging.get_logger(name)
+    collect = Collect()
+    library.addHandler(collect)
+    saved_level = library.level
+    library.setLevel(logging.WARNING)
+    try:
+        logs.setup("info", "text")
+        logs.setup("info", "text")  # a second set-up adds no second filter
+        assert sum(isinstance(f, logs._ExpectedWarnings) for f in library.filters) == 1
+        library.warning(
+            "Whisper did not predict an ending timestamp, which can happen if audio is cut off in the "
+            "middle of a word. Also make sure WhisperTimeStampLogitsProcessor was used during generation."
+        )
+        library.warning("some other warning")
+        assert collect.messages == ["some other warning"]
+    finally:
+        library.removeHandler(collect)
+        library.setLevel(saved_level)
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]

@@ -17,11 +17,12 @@ interleaved on the loaded shared machine (peers' classifier, one worker): the se
 at c=1 1.41 ms against 1.69 ms with the thread (1.44 against 1.84 in a second run); the same at c=32.
 `bench/unary_peers.py` against `model_process: false` on the loaded machine (load average 2-4) gave c=1 p50
 4.01 against 4.40 ms in one run and 7.39 against 5.80 ms in the next: too noisy to say more than that the
-pipe's price at c=1 is now within the noise. Replies over INLINE_UNPICKLE_BYTES are unpickled on a thread.
-The pipeline runs the same `loading.run_batch` as in process, so results are the same. What is given up: a batch already sent runs to its end when its callers leave (abandon.py
-cannot reach into the child; these tasks compute a batch in milliseconds), and the server process keeps its
-own copy of the pipeline for the adapters (tokenizer, labels), so the weights are in memory twice: `auto`
-turns this on only for small models (AUTO_MAX_WEIGHT_BYTES).
+pipe's price at c=1 is now within the noise. Replies over INLINE_UNPICKLE_BYTES are unpickled on a thread. The
+pipeline runs the same `loading.run_batch` as in process, so results are the same. What is given up: a batch
+already sent runs to its end when its callers leave (abandon.py cannot reach into the child; these tasks
+compute a batch in milliseconds), and the server process keeps its own copy of the pipeline for the adapters
+(tokenizer, labels), so the weights are in memory twice: `auto` turns this on only for small models
+(AUTO_MAX_WEIGHT_BYTES).
 
 A child that dies (out of memory, killed) fails the batch it held with UNAVAILABLE, and the next batch
 starts a new one. The child ends when the server process closes the pipe or dies (it reads EOF).

@@ -27,8 +27,9 @@ while a batch runs form the next batch, which starts as soon as the worker is fr
 TF Serving's "batch what queued while busy"). The delay applies only when the worker goes straight from a
 batch that had batchmates to the next one: several callers are then active, so waiting (counted from the
 oldest item's arrival, so time spent queued behind the running batch counts) is likely to fill the batch.
-Triton and TorchServe wait the delay even on an idle model; measured on the tiny text classifier at concurrency 1
-(2 CPU cores), that wait made a call take 10.96 ms p50 against 0.83 ms in process (2.55 ms with no delay).
+Triton and TorchServe wait the delay even on an idle model; measured on the tiny text classifier at
+concurrency 1 (2 CPU cores), that wait made a call take 10.96 ms p50 against 0.83 ms in process (2.55 ms with
+no delay).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ one per core) admitted blind up to `streaming.max_streams`, and 8 real-time tiny
 were 5 admitted, final lag p95 12.8 s, max 38.6 s (bench/asr_streaming.py --minutes 5 --streams 8).
 
 So each worker, before its model reports SERVING, decodes what one stream of continuous speech submits,
-as the same scheduler items (decode.decode_window, the stream's own pipeline arguments, interim and final): one utterance's
+as the same scheduler items (decode.decode_window, the stream's final-decode arguments): one utterance's
 interim windows, from the first decode (session.FIRST_DECODE_S) growing by the decode interval to the
 length at which a window slides (`max_window_s`) and one interval past it, then its final decode. Each
 interim step advances the stream by the interval, or by the step's own time when longer (a stream's next
@@ -30,7 +30,10 @@ cost less each (their decodes batch and their intervals stretch), which the meas
 one after a few seconds of streamed audio, then shows.
 
 What it costs at start-up: one warm-up step, six windows (0.6 to 5.6 s) and a final one per worker;
-whisper-tiny.en on this 2-core machine: 3.6-3.9 s (load average 2-3) to 6.7 s (load average 4.7).
+whisper-tiny.en on this 2-core machine: 3.6-3.9 s (load average 2-3) to 6.7 s (load average 4.7). With
+interims decoded over their own 1 s encoder margin (below) it had grown to 12-21 s, and the share to 0.90-1.03
+per worker: `bench/stream_calibration.py --streams 1 --seconds 60` now gives 0.55 calibrated against 0.39
+measured (p90 0.47), in 3.5 s, quiet machine.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from pipelined.v1 import audio_pb2, speech_pb2
 from ..config import InputLimits, StreamingLimits
 from ..errors import InvalidInput
 from ..registry import ModelInstance
-from ..tasks import asr, whisper_alignatt
+from ..tasks import asr
 from .decode import decode_window
 from .options import StreamOptions, stream_options
 from .session import FIRST_DECODE_S
@@ -97,13 +100,15 @@ async def stream_share(instance: ModelInstance, options: StreamOptions, limits: 
     whisper = asr.model_kind(instance) == asr.WHISPER
     interval = options.decode_interval_s
 
-    # Interim windows encode as the stream's interims do, but generate the forced tokens to the end: the
-    # AlignAtt stop reads where the attention looks, which in silence is anywhere.
-    interim = {k: v for k, v in options.interim_kwargs.items() if k != whisper_alignatt.KWARG}
+    # Every window is decoded as a final is: no AlignAtt stop (it reads where the attention looks, which
+    # in silence is anywhere), and the finals' encoder margin, not the interims' 1 s. With 1 s, forced
+    # silence ends on a timestamp pair and Whisper's seek loop generates again from there: about 15
+    # `generate` calls per window of 1.6-3.6 s, 2.5-5.2 s each against 0.3-0.5 s, a calibrated share of
+    # 0.92 against 0.55 (tiny.en, in process, one thread). Real interims stop early over a shorter margin
+    # and cost less than this: the share errs on the safe side until measured shares replace it.
 
-    async def step(window_s: float, final: bool = False) -> float:
-        base = options.kwargs if final else interim
-        kwargs = _forced(base, window_s) if whisper else base
+    async def step(window_s: float) -> float:
+        kwargs = _forced(options.kwargs, window_s) if whisper else options.kwargs
         busy = scheduler.busy_s
         await decode_window(instance, np.zeros(int(window_s * rate), np.float32), kwargs)
         return scheduler.busy_s - busy
@@ -118,7 +123,7 @@ async def stream_share(instance: ModelInstance, options: StreamOptions, limits: 
         advanced_s += max(interval, cost)
     # The utterance ends: its final decode hears the whole window and the padding after the speech (the
     # silence it waited for is not counted as audio: pessimistic).
-    busy_s += await step(lengths[-1] + options.padding_s, final=True)
+    busy_s += await step(lengths[-1] + options.padding_s)
     share = busy_s / advanced_s / scheduler.replica_count
     log.info(
         "model %s: one live stream takes %.0f%% of its replicas (calibrated in %.1f s)",
