@@ -42,6 +42,8 @@ from .services.multimodal import MultimodalServicer
 from .services.speech import SpeechServicer
 from .services.text import TextServicer
 from .services.vision import VisionServicer
+from .streaming import relay
+from .workers import is_worker, worker_index
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +128,10 @@ class App:
     _health_tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
-    def build(cls, config: ServerConfig, metrics: Metrics | None = None) -> App:
+    def build(
+        cls, config: ServerConfig, metrics: Metrics | None = None, siblings: relay.Siblings | None = None
+    ) -> App:
+        """`siblings`: the other workers on this port (default: as the supervisor's environment says)."""
         metrics = metrics or Metrics()
         metrics.allow(
             models=(m.name for m in config.models), tasks=(*(m.task for m in config.models), *RPC_TASKS)
@@ -146,7 +151,9 @@ class App:
             app_holder[0].schedule_health(name, ok)
 
         registry = Registry(config, metrics, on_health=on_health)
-        state = ServerState(config=config, registry=registry, metrics=metrics)
+        if siblings is None and is_worker():
+            siblings = relay.Siblings.from_env(worker_index())
+        state = ServerState(config=config, registry=registry, metrics=metrics, siblings=siblings)
         services = [_add(servicer(state), pb2, pb2_grpc, server) for servicer, pb2, pb2_grpc in SERVICES]
         others = logs.LoggedServices(server, config.logging.health_checks)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, others)
@@ -184,6 +191,9 @@ class App:
             self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot bind {self.config.host}:{self.config.port}")
+        siblings = self.state.siblings
+        if siblings is not None and not self.server.add_insecure_port(siblings.address):
+            raise OSError(f"cannot bind {siblings.address} (live streams relayed by sibling workers)")
         await self.health.set("", NOT_SERVING)
         for name in self.state.registry.instances:
             await self.health.set(name, NOT_SERVING)
@@ -216,12 +226,16 @@ class App:
         grace = self.config.grace_period_s if grace_s is None else grace_s
         self.state.draining = True
         self.state.drain_started.set()
+        if self.state.siblings is not None:
+            self.state.siblings.withdraw()
         await self.health.enter_graceful_shutdown()
         try:
             await asyncio.wait_for(self.state.idle.wait(), grace)
         except TimeoutError:
             log.warning("%d calls still running after %.1f s grace; stopping", self.state.inflight, grace)
         await self.server.stop(0)
+        if self.state.siblings is not None:
+            await self.state.siblings.close()
         if self.health_server is not None:
             await self.health_server.stop(0)
         await self.state.registry.close()

@@ -158,6 +158,13 @@ class Metrics:
             ["model", "code"],
             registry=r,
         )
+        self.streams_relayed = Counter(
+            "pipelined_streams_relayed_total",
+            "Live streams a worker could not admit and relayed to a sibling worker with headroom "
+            "(several workers); the sibling counts them in the other stream metrics.",
+            ["model"],
+            registry=r,
+        )
 
     def allow(self, models: Iterable[str] = (), tasks: Iterable[str] = ()) -> None:
         """Admits label values (at start: the configured models and tasks)."""

@@ -15,7 +15,9 @@ The supervisor itself loads no model and serves no RPC. It:
   supervisor) and serves them on the metrics port, so counters are totals over the workers;
 - forwards SIGTERM/SIGINT (drain: each worker goes NOT_SERVING, finishes its calls within the grace) and
   SIGHUP, exits 0 once every worker exited 0; a second SIGTERM kills the workers at once;
-- restarts a worker that dies while serving (with backoff), so one crashed process does not halve capacity.
+- restarts a worker that dies while serving (with backoff), so one crashed process does not halve capacity;
+- makes the private directory where workers publish their live-stream headroom and listen for the streams
+  a sibling could not admit (streaming/relay.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .config import ServerConfig
+from .streaming import relay
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +109,8 @@ class Supervisor:
         self.port = resolve_port(config.host, config.port)
         self._argv = [*argv, "--workers", "1", "--port", str(self.port), "--metrics-port", "0"]
         self._metrics_dir = tempfile.mkdtemp(prefix="pipelined-metrics-")
+        # mkdtemp's mode is 0700: only the server's user reaches the workers' relay sockets.
+        self._siblings_dir = tempfile.mkdtemp(prefix="pipelined-workers-")
         self._workers: dict[int, _Worker] = {}
         self._stopping = threading.Event()
         self._kill = threading.Event()
@@ -117,6 +122,8 @@ class Supervisor:
             WORKER_ENV: str(index),
             # Read by prometheus-client at import: each worker writes its samples to files in this directory.
             "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir,
+            relay.DIR_ENV: self._siblings_dir,
+            relay.COUNT_ENV: str(self.count),
         }
         cmd = [sys.executable, "-m", "pipelined_server.cli", *self._argv]
         # Its own process group: a terminal's Ctrl-C reaches the supervisor alone, which drains the workers once
@@ -192,6 +199,7 @@ class Supervisor:
             return self._watch()
         finally:
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
+            shutil.rmtree(self._siblings_dir, ignore_errors=True)
 
     def _watch(self) -> int:
         from prometheus_client import multiprocess
@@ -214,6 +222,7 @@ class Supervisor:
                 if code is None:
                     continue
                 multiprocess.mark_process_dead(worker.process.pid, self._metrics_dir)
+                relay.forget(self._siblings_dir, index)  # no sibling relays a stream to a dead worker
                 del self._workers[index]
                 if self._stopping.is_set():
                     exit_codes[index] = code
@@ -246,6 +255,10 @@ class Supervisor:
 
 def is_worker() -> bool:
     return WORKER_ENV in os.environ
+
+
+def worker_index() -> int:
+    return int(os.environ.get(WORKER_ENV, "0"))
 
 
 async def watch_parent(stop: asyncio.Event) -> None:

@@ -25,6 +25,7 @@ from ..config import ServerConfig
 from ..errors import Cancelled, PipelinedError, QueueFull
 from ..metrics import Metrics
 from ..registry import Registry
+from ..streaming import relay
 
 log = logging.getLogger(__name__)
 # The pause a full queue asks for when it names none.
@@ -42,6 +43,8 @@ class ServerState:
     # Set when draining starts: live streams stop reading, flush, and end (services/speech.py).
     drain_started: asyncio.Event = field(default_factory=asyncio.Event)
     inflight: int = 0
+    # The other workers on this port, where there are some (live streams one worker cannot admit go there).
+    siblings: relay.Siblings | None = None
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     # Decoded request payloads held by all calls at once (limits.max_decoded_bytes_in_flight).
     decoded_bytes: ByteBudget = field(init=False)
@@ -67,6 +70,10 @@ class CallInfo:
     # after gRPC freed the call, when asking the context would crash the process).
     peer: str = ""
     principal: str = ""
+    # A live stream relayed by a sibling worker (streaming/relay.py); `peer` is then its client's address.
+    relayed: bool = False
+    # This worker relayed the call to a sibling, which records it (metrics, access log): it counts once.
+    recorded_elsewhere: bool = False
     _model: str = field(default="", repr=False)
 
     @property
@@ -126,8 +133,11 @@ def _record(state: ServerState, info: CallInfo, code: grpc.StatusCode, started: 
 
 def _start(context: grpc.aio.ServicerContext, method: str, task: str) -> CallInfo:
     """The call's labels and request id; the id goes back in the trailing metadata, errors included."""
-    request_id = logs.request_id(context.invocation_metadata())
-    info = CallInfo(method, task, request_id, context.peer(), security.principal())
+    metadata = context.invocation_metadata()
+    request_id = logs.request_id(metadata)
+    peer = context.peer()
+    client = relay.forwarded_peer(peer, metadata) if peer.startswith("unix:") else None
+    info = CallInfo(method, task, request_id, client or peer, security.principal(), client is not None)
     context.set_trailing_metadata(((logs.REQUEST_ID_KEY, info.request_id),))
     return info
 
@@ -145,7 +155,8 @@ class _Tracked:
         return self
 
     def finish(self, code: grpc.StatusCode) -> None:
-        _record(self.state, self.info, code, self.started)
+        if not self.info.recorded_elsewhere:
+            _record(self.state, self.info, code, self.started)
 
     def __exit__(self, *exc: object) -> None:
         self.state.inflight -= 1

@@ -4,32 +4,46 @@ streaming decodes window by window (tasks/asr_longform.py), live streams run a s
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
 from pipelined.v1 import speech_pb2, speech_pb2_grpc
 
-from ..errors import DeadlineExpired, ModelNotReady, OutOfRange
+from ..errors import DeadlineExpired, ModelNotReady, OutOfRange, PipelinedError, QueueFull
 from ..registry import ModelInstance
-from ..streaming import calibration
+from ..streaming import calibration, relay
 from ..streaming.admission import Admission
 from ..streaming.options import stream_options
 from ..streaming.session import IdleGuard, StreamSession, read_config
-from ..streaming.streams import ActiveStreams
+from ..streaming.streams import ActiveStreams, Slot
 from ..tasks import asr
 from ..tasks.asr_longform import segment_stream
 from ..tasks.audio_input import decode_audio_input
 from .calls import DEADLINE_SLACK_S, CallInfo, ServerState, _dropped, _ended_early, rpc
 from .unary import Servicer
 
+log = logging.getLogger(__name__)
+
 
 class SpeechServicer(Servicer, speech_pb2_grpc.SpeechServiceServicer):
     def __init__(self, state: ServerState) -> None:
         super().__init__(state)
         limits = state.config.streaming
-        self.streams = ActiveStreams(limits.max_streams, limits.max_streams_per_peer, state.metrics)
-        self.admission = Admission(limits.admission_max_utilization, limits.max_streams, state.metrics)
+        self.streams = ActiveStreams(
+            limits.max_streams, limits.max_streams_per_peer, state.metrics, on_closed=self._stream_closed
+        )
+        publish = state.siblings.publish if state.siblings is not None else None
+        self.admission = Admission(
+            limits.admission_max_utilization, limits.max_streams, state.metrics, publish=publish
+        )
         state.registry.warm_ups.append(self._calibrate)
+
+    def _stream_closed(self, model: str) -> None:
+        """A closed stream frees its headroom now, not at the next audio of another (siblings read it)."""
+        instance = self.state.registry.instances.get(model)
+        if instance is not None and instance.scheduler is not None:
+            self.admission.observe(instance, self.streams.by_model[model])
 
     async def _calibrate(self, instance: ModelInstance) -> None:
         """A speech model's live-stream cost, measured before it serves (streaming/calibration.py) unless
@@ -57,6 +71,49 @@ class SpeechServicer(Servicer, speech_pb2_grpc.SpeechServiceServicer):
         self, request: speech_pb2.RecognizeRequest, context: grpc.aio.ServicerContext, call: CallInfo
     ) -> speech_pb2.RecognizeResponse:
         return await self.unary(asr.ADAPTER, request, context, call)
+
+    async def _relay(
+        self,
+        sibling: int,
+        first: speech_pb2.StreamingRecognizeRequest,
+        guard: IdleGuard,
+        context: grpc.aio.ServicerContext,
+        call: CallInfo,
+        slot: Slot,
+        refusal: QueueFull,
+    ) -> AsyncIterator[speech_pb2.StreamingRecognizeResponse]:
+        """A stream this worker cannot admit, carried on by sibling worker `sibling` (streaming/relay.py)."""
+        siblings = self.state.siblings
+        assert siblings is not None
+        idle: list[PipelinedError] = []
+
+        async def requests() -> AsyncIterator[speech_pb2.StreamingRecognizeRequest]:
+            yield first
+            try:
+                while (request := await guard.next()) is not None:
+                    yield request
+            except PipelinedError as error:  # the idle timeout: the sibling flushes, then the client hears it
+                idle.append(error)
+
+        metadata = context.invocation_metadata() or ()
+        try:
+            started = await siblings.start(sibling, requests(), metadata, call.peer, context.time_remaining())
+        except relay.NotTaken as error:
+            # It went away (or began to drain) since it published its headroom.
+            log.warning("%s; the stream is refused", error)
+            raise refusal from None
+        # From here the sibling counts the stream and records the call.
+        call.recorded_elsewhere = True
+        slot.relayed()
+        self.state.metrics.streams_relayed.labels(call.model).inc()
+        async for response in relay.responses(started):
+            yield response
+        if idle:
+            raise idle[0]
+        if guard.drained:
+            raise ModelNotReady(
+                "the server is shutting down: this stream's audio so far was transcribed; reconnect"
+            )
 
     @rpc(asr.TASK)
     async def StreamingRecognizeFile(
@@ -88,14 +145,25 @@ class SpeechServicer(Servicer, speech_pb2_grpc.SpeechServiceServicer):
         # call failed the buffered sends, and the client saw INTERNAL "Internal error from Core" instead
         # of RESOURCE_EXHAUSTED and its retry hint (48 of 150 refused streams on an idle machine; none
         # with this; under load some still do: the client's write racing the refusal, an open defect).
-        await context.send_initial_metadata(())
+        # A stream relayed by a sibling worker says at once that this worker took it (streaming/relay.py).
+        await context.send_initial_metadata(((relay.TAKEN_KEY, "1"),) if call.relayed else ())
         guard = IdleGuard(requests, limits.idle_timeout_s, self.state.drain_started)
         # The slot is held from the start: streams still waiting for their config count too.
-        with self.streams.open(context.peer(), lambda: _ended_early(context)) as slot:
-            config = await read_config(guard)
+        with self.streams.open(call.peer, lambda: _ended_early(context)) as slot:
+            first = await read_config(guard)
+            config = first.streaming_config
             instance = self._model(config.config, call)
             options = stream_options(config, instance, self.state.config.limits, limits)
-            self.admission.admit(instance, self.streams.by_model[instance.name])
+            try:
+                self.admission.admit(instance, self.streams.by_model[instance.name])
+            except QueueFull as refusal:
+                siblings = self.state.siblings
+                sibling = None if call.relayed or siblings is None else siblings.pick(instance.name)
+                if sibling is None:
+                    raise
+                async for response in self._relay(sibling, first, guard, context, call, slot, refusal):
+                    yield response
+                return
             slot.name(instance.name)
             if config.admission_response:
                 # A client that holds its audio back until this response (the SDK's asyncio client) never

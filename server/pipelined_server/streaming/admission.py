@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import QueueFull
@@ -80,6 +81,8 @@ class Admission:
     max_utilization: float
     max_streams: int
     metrics: Metrics
+    # Told each model's headroom as it changes: sibling workers read it to relay streams here (relay.py).
+    publish: Callable[[str, int], None] | None = None
     _loads: dict[str, _Load] = field(default_factory=dict)
 
     def received(self, instance: ModelInstance, seconds: float, streams: int) -> None:
@@ -114,9 +117,10 @@ class Admission:
         return min(self.max_streams, math.floor(self.max_utilization / share + 1e-9))
 
     def _show(self, instance: ModelInstance, share: float | None, streams: int) -> None:
-        self.metrics.stream_headroom.labels(instance.name).set(
-            max(0, self._capacity(instance, share) - streams)
-        )
+        headroom = max(0, self._capacity(instance, share) - streams)
+        self.metrics.stream_headroom.labels(instance.name).set(headroom)
+        if self.publish is not None:
+            self.publish(instance.name, headroom)
         if share is not None:
             self.metrics.stream_share.labels(instance.name).set(share)
 

@@ -120,7 +120,8 @@ class IdleGuard:
         )
 
 
-async def read_config(guard: IdleGuard) -> speech_pb2.StreamingRecognitionConfig:
+async def read_config(guard: IdleGuard) -> speech_pb2.StreamingRecognizeRequest:
+    """The stream's first message, which must carry its config (returned whole: a relay forwards it)."""
     first = await guard.next()
     if first is None and guard.drained:
         raise ModelNotReady("the server is shutting down; open the stream on another instance")
@@ -130,7 +131,7 @@ async def read_config(guard: IdleGuard) -> speech_pb2.StreamingRecognitionConfig
         raise InvalidInput(
             "the first message of a stream must carry streaming_config; audio may only follow it"
         )
-    return first.streaming_config
+    return first
 
 
 @dataclass

@@ -36,6 +36,8 @@ class Slot:
     streams: ActiveStreams
     peer: str
     model: str = PENDING
+    # False once the stream runs on a sibling worker, which counts it in the metrics (relay.py).
+    counted: bool = True
 
     def name(self, model: str) -> None:
         metrics = self.streams.metrics
@@ -45,12 +47,20 @@ class Slot:
         self.streams.by_model[model] += 1
         metrics.active_streams.labels(model).inc()
 
+    def relayed(self) -> None:
+        """The stream goes on in a sibling worker (relay.py), which counts it in the metrics; this slot
+        still holds its place against this worker's limits."""
+        self.streams.metrics.active_streams.labels(self.model).dec()
+        self.counted = False
+
 
 @dataclass
 class ActiveStreams:
     limit: int
     per_peer: int
     metrics: Metrics
+    # Told the model of each stream that closed, once it no longer counts.
+    on_closed: Callable[[str], None] | None = None
     count: int = 0
     by_peer: Counter[str] = field(default_factory=Counter)
     by_model: Counter[str] = field(default_factory=Counter)
@@ -97,8 +107,11 @@ class ActiveStreams:
             self.by_model[slot.model] -= 1
             if not self.by_peer[host]:
                 del self.by_peer[host]
-            self.metrics.active_streams.labels(slot.model).dec()
-            self.metrics.streams_ended.labels(slot.model, code.name).inc()
+            if slot.counted:
+                self.metrics.active_streams.labels(slot.model).dec()
+                self.metrics.streams_ended.labels(slot.model, code.name).inc()
+            if self.on_closed is not None and slot.model != PENDING:
+                self.on_closed(slot.model)
 
     def _refused(self) -> None:
         self.metrics.streams_ended.labels(PENDING, grpc.StatusCode.RESOURCE_EXHAUSTED.name).inc()
