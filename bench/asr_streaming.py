@@ -16,7 +16,8 @@ would. Per stream and level it measures:
 - WER vs offline: the streamed finals against the same server's offline (unary) transcripts of the same
   recordings in the same order; and both against the human references;
 - RTF: the server's CPU seconds per second of audio streamed; server CPU: its average busy cores;
-- refused: streams refused at admission (RESOURCE_EXHAUSTED with a retry hint), not retried.
+- refused: streams refused at admission (RESOURCE_EXHAUSTED with a retry hint), not retried;
+- relayed: streams whose worker could not admit them and relayed them to a sibling worker (several workers).
 
 The server runs its default process model (`--workers auto`: one process per core, each with `--replicas`
 pipelines, default 1); each stream opens its own connection, as separate microphones do, so streams spread
@@ -192,7 +193,7 @@ def main() -> None:
     server_args = ["--model", args.model, "--replicas", str(replicas)]
     if args.dtype:
         server_args += ["--dtype", args.dtype]
-    server = ServerProcess(server_args, torch_threads=args.torch_threads, workers=args.workers)
+    server = ServerProcess(server_args, torch_threads=args.torch_threads, workers=args.workers, metrics=True)
     rows, notes = [], []
     try:
         server.wait_ready()
@@ -205,6 +206,7 @@ def main() -> None:
         for n in args.streams:
             streams = [Stream(*program(recordings, i, args.minutes * 60)) for i in range(n)]
             cpu0, wall0 = cpu_seconds(server.process.pid), time.monotonic()
+            relayed0 = server.metric("pipelined_streams_relayed_total")
             threads = [threading.Thread(target=play, args=(server.target, s, options)) for s in streams]
             for t in threads:
                 t.start()
@@ -225,6 +227,7 @@ def main() -> None:
                 [
                     n,
                     sum(s.refused for s in streams),
+                    round(server.metric("pipelined_streams_relayed_total") - relayed0),
                     percentile(firsts, 50),
                     percentile(lags, 50),
                     percentile(lags, 95),
@@ -253,6 +256,7 @@ def main() -> None:
 HEADERS = [
     "streams",
     "refused",
+    "relayed",
     "first interim p50 s",
     "final lag p50 s",
     "final lag p95 s",

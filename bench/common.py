@@ -38,9 +38,12 @@ def free_port() -> int:
 class ServerProcess:
     """`pipelined-server` in its own process, so client threads and the server never share a GIL."""
 
-    def __init__(self, args: Sequence[str], torch_threads: int = 1, workers: str = "1") -> None:
+    def __init__(
+        self, args: Sequence[str], torch_threads: int = 1, workers: str = "1", metrics: bool = False
+    ) -> None:
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
+        self.metrics_port = free_port() if metrics else 0
         cmd = [
             sys.executable,
             "-m",
@@ -50,7 +53,7 @@ class ServerProcess:
             "--port",
             str(self.port),
             "--metrics-port",
-            "0",
+            str(self.metrics_port),
             "--torch-threads",
             str(torch_threads),
             "--log-level",
@@ -76,6 +79,18 @@ class ServerProcess:
                 raise SystemExit("server exited during start-up")
             time.sleep(0.2)
         raise SystemExit("server not ready in time")
+
+    def metric(self, name: str) -> float:
+        """The sum of a metric's samples on /metrics (totals over the workers); needs `metrics=True`."""
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        body = urllib.request.urlopen(url, timeout=30).read().decode()
+        return sum(
+            float(line.rpartition(" ")[2])
+            for line in body.splitlines()
+            if line.partition(" ")[0].partition("{")[0] == name
+        )
 
     def stop(self) -> None:
         self.process.terminate()

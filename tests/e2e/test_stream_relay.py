@@ -7,6 +7,7 @@ admits one stream per replica, so the second stream on a worker is one it must r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -21,7 +22,7 @@ import pytest
 from asr_specs import asr_specs
 from harness import ServerProcess, ServerThread
 from pipelined.v1 import speech_pb2_grpc
-from pipelined_server.config import ServerConfig, StreamingLimits
+from pipelined_server.config import AuthConfig, ServerConfig, StreamingLimits
 from pipelined_server.streaming.relay import Siblings
 from speech_clips import speech
 from test_asr_stream_limits import ACTIVE, ENDED, held_open
@@ -34,16 +35,23 @@ REQUESTS = "pipelined_requests_total"
 
 @pytest.fixture
 def workers(tiny_whisper_dir: Path, tiny_ctc_dir: Path) -> Iterator[tuple[ServerThread, ServerThread, Path]]:
+    with two_workers(asr_specs(tiny_whisper_dir, tiny_ctc_dir)) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def two_workers(models: Any, **config: Any) -> Iterator[tuple[ServerThread, ServerThread, Path]]:
     # A short path: a Unix socket's path must fit in 108 bytes.
     directory = Path(tempfile.mkdtemp(prefix="relay-"))
-    config = ServerConfig(
+    server_config = ServerConfig(
         host="127.0.0.1",
         port=0,
         metrics_port=0,
         streaming=StreamingLimits(calibrate=False, idle_timeout_s=30),
-        models=asr_specs(tiny_whisper_dir, tiny_ctc_dir),
+        models=models,
+        **config,
     )
-    servers = [ServerThread(config, siblings=Siblings(directory, index, 2)) for index in (0, 1)]
+    servers = [ServerThread(server_config, siblings=Siblings(directory, index, 2)) for index in (0, 1)]
     try:
         yield servers[0], servers[1], directory
     finally:
@@ -152,6 +160,31 @@ def test_a_sibling_that_is_gone_leaves_the_refusal(workers: Any) -> None:
     assert first_worker.metric(ENDED, model="", code="RESOURCE_EXHAUSTED") == 1, "counted where refused"
     gate.set()
     assert list(held) == [] and held.code() == grpc.StatusCode.OK
+
+
+def test_a_relayed_stream_carries_its_token_and_a_stream_without_one_is_refused_first(
+    tiny_whisper_dir: Path, tiny_ctc_dir: Path, tmp_path: Path
+) -> None:
+    """With tokens, the sibling checks the token the client sent (forwarded with the stream), and a call
+    without one is refused by the worker it reached, before any relay."""
+    tokens = tmp_path / "tokens.yaml"
+    token = "relay-test-token-0123456789"
+    tokens.write_text(f"tokens:\n  - {{name: app, token: {token}}}\n")
+    auth = (("authorization", f"Bearer {token}"),)
+    models = asr_specs(tiny_whisper_dir, tiny_ctc_dir)
+    with two_workers(models, auth=AuthConfig(tokens_file=str(tokens))) as (first_worker, second_worker, _):
+        gate = threading.Event()
+        held = stub_of(first_worker).StreamingRecognize(held_open(gate), metadata=auth, timeout=120)
+        wait_until(lambda: first_worker.metric(ACTIVE, model=MODEL) == 1)
+        audio = [config_request(), *audio_requests(speech())]
+        relayed = list(stub_of(first_worker).StreamingRecognize(iter(audio), metadata=auth, timeout=120))
+        assert finals(relayed) and first_worker.metric(RELAYED, model=MODEL) == 1
+        with pytest.raises(grpc.RpcError) as caught:
+            list(stub_of(first_worker).StreamingRecognize(iter(audio), timeout=120))
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        assert first_worker.metric(RELAYED, model=MODEL) == 1
+        gate.set()
+        assert list(held) == [] and held.code() == grpc.StatusCode.OK
 
 
 def test_two_streams_on_one_connection_to_two_workers_are_both_served(
