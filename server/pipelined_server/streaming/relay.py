@@ -51,6 +51,13 @@ TAKEN_KEY = "x-pipelined-relay-taken"
 _TRANSPORT_KEYS = frozenset({"user-agent", "te", "content-type", "grpc-accept-encoding", "grpc-timeout"})
 
 
+def forwarded_metadata(metadata: Sequence[tuple[str, Any]], peer: str) -> tuple[tuple[str, Any], ...]:
+    """The client's metadata (its token, request id) for the sibling, with the client's address; a relay
+    mark the client sent itself is dropped, so that it cannot pose as another address."""
+    kept = [(k, v) for k, v in metadata if not k.startswith(":") and k not in _TRANSPORT_KEYS]
+    return (*((k, v) for k, v in kept if k != RELAYED_FOR_KEY), (RELAYED_FOR_KEY, peer))
+
+
 def forwarded_peer(peer: str, metadata: Sequence[tuple[str, Any]] | None) -> str | None:
     """The client's address of a relayed call, or None for a call straight from a client."""
     if not peer.startswith("unix:") or not metadata:
@@ -145,9 +152,8 @@ class Siblings:
     ) -> Any:
         """The stream on sibling `index`, once its handler has taken it (it sends TAKEN_KEY in its headers
         at once); NotTaken when it did not: gone, draining, or not started."""
-        forwarded = [(k, v) for k, v in metadata if not k.startswith(":") and k not in _TRANSPORT_KEYS]
         call = self._stub(index).StreamingRecognize(
-            requests, metadata=(*forwarded, (RELAYED_FOR_KEY, peer)), timeout=timeout_s
+            requests, metadata=forwarded_metadata(metadata, peer), timeout=timeout_s
         )
         try:
             headers = await call.initial_metadata()
