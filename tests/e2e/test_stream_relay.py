@@ -21,11 +21,11 @@ import grpc
 import pytest
 from asr_specs import asr_specs
 from harness import ServerProcess, ServerThread
-from pipelined.v1 import speech_pb2_grpc
+from pipelined.v1 import speech_pb2, speech_pb2_grpc
 from pipelined_server.config import AuthConfig, ServerConfig, StreamingLimits
 from pipelined_server.streaming.relay import Siblings
 from speech_clips import speech
-from test_asr_stream_limits import ACTIVE, ENDED, held_open
+from test_asr_stream_limits import ACTIVE, ENDED, FLOOD_LIMITS, NO_WINDOW, UNREAD, flood, held_open
 from test_asr_streaming import audio_requests, config_request, wait_until
 
 MODEL = "tiny-whisper"
@@ -40,14 +40,16 @@ def workers(tiny_whisper_dir: Path, tiny_ctc_dir: Path) -> Iterator[tuple[Server
 
 
 @contextlib.contextmanager
-def two_workers(models: Any, **config: Any) -> Iterator[tuple[ServerThread, ServerThread, Path]]:
+def two_workers(
+    models: Any, streaming: dict[str, Any] | None = None, **config: Any
+) -> Iterator[tuple[ServerThread, ServerThread, Path]]:
     # A short path: a Unix socket's path must fit in 108 bytes.
     directory = Path(tempfile.mkdtemp(prefix="relay-"))
     server_config = ServerConfig(
         host="127.0.0.1",
         port=0,
         metrics_port=0,
-        streaming=StreamingLimits(calibrate=False, idle_timeout_s=30),
+        streaming=StreamingLimits(**{"calibrate": False, "idle_timeout_s": 30, **(streaming or {})}),
         models=models,
         **config,
     )
@@ -185,6 +187,40 @@ def test_a_relayed_stream_carries_its_token_and_a_stream_without_one_is_refused_
         assert first_worker.metric(RELAYED, model=MODEL) == 1
         gate.set()
         assert list(held) == [] and held.code() == grpc.StatusCode.OK
+
+
+def test_a_relayed_stream_whose_client_never_reads_is_dropped_on_both_workers(
+    tiny_whisper_dir: Path, tiny_ctc_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that reads nothing holds neither worker's slot: the relaying worker drops the call once a
+    response has waited `idle_timeout_s` for it (the sibling's own bound cannot reach it: its status
+    waits behind the unread response)."""
+    limits = {**FLOOD_LIMITS, "max_unread_responses": 4, "idle_timeout_s": 1.0}
+    models = asr_specs(tiny_whisper_dir, tiny_ctc_dir)
+    with two_workers(models, streaming=limits) as (first_worker, second_worker, _):
+        gates = [threading.Event() for _ in range(3)]
+        # tiny-ctc has two replicas: two streams fill the first worker.
+        ctc = config_request(config=speech_pb2.RecognitionConfig(model="tiny-ctc"))
+        held = [
+            stub_of(first_worker).StreamingRecognize(held_open(g, (ctc,)), timeout=120) for g in gates[:2]
+        ]
+        wait_until(lambda: first_worker.metric(ACTIVE, model="tiny-ctc") == 2)
+        channel = grpc.insecure_channel(first_worker.target, options=list(NO_WINDOW.items()))
+        call = speech_pb2_grpc.SpeechServiceStub(channel).StreamingRecognize(flood(gates[2]), timeout=300)
+        wait_until(lambda: first_worker.metric(RELAYED, model="tiny-ctc") == 1, 60)
+        wait_until(lambda: first_worker.app.state.inflight == 3)
+        # A response waited the idle timeout for the client: the relaying worker dropped the call, which
+        # ended the sibling's side too (it records the stream as cancelled by its caller, the relay).
+        wait_until(lambda: first_worker.app.state.inflight == 2, 60)
+        wait_until(lambda: second_worker.metric(ENDED, model="tiny-ctc", code="CANCELLED") == 1, 30)
+        (dropped,) = [r.getMessage() for r in caplog.records if "relayed stream waited" in r.getMessage()]
+        assert "streaming.idle_timeout_s" in dropped, dropped
+        wait_until(lambda: second_worker.metric(UNREAD, model="tiny-ctc") == 0)
+        call.cancel()
+        for gate, stream in zip(gates, held, strict=False):
+            gate.set()
+            assert list(stream) == [] and stream.code() == grpc.StatusCode.OK
+        gates[2].set()
 
 
 def test_two_streams_on_one_connection_to_two_workers_are_both_served(

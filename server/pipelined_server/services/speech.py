@@ -106,7 +106,21 @@ class SpeechServicer(Servicer, speech_pb2_grpc.SpeechServiceServicer):
         call.recorded_elsewhere = True
         slot.relayed()
         self.state.metrics.streams_relayed.labels(call.model).inc()
-        async for response in relay.responses(started):
+        handler = asyncio.current_task()
+        assert handler is not None
+        idle_timeout_s = self.state.config.streaming.idle_timeout_s
+
+        def drop() -> None:
+            _dropped(
+                context,
+                DeadlineExpired(
+                    f"a response of this relayed stream waited {idle_timeout_s:g} s for its client to read "
+                    "it (streaming.idle_timeout_s): dropped"
+                ),
+            )
+            handler.cancel()
+
+        async for response in relay.responses(started, idle_timeout_s, drop):
             yield response
         if idle:
             raise idle[0]

@@ -24,10 +24,12 @@ event loop.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,12 @@ COUNT_ENV = "PIPELINED_WORKER_COUNT"
 RELAYED_FOR_KEY = "x-pipelined-relayed-for"
 # In the headers a sibling sends as its handler takes a relayed stream (before its admission).
 TAKEN_KEY = "x-pipelined-relay-taken"
+# The relay's channel to a sibling reads a response only when the client has taken the one before: with
+# gRPC's default flow control (BDP probing) a relay whose client stopped reading would hold megabytes of
+# the sibling's responses (thousands) before the sibling saw it; without it the sibling's own outbox and
+# its bound (streaming.max_unread_responses) govern a relayed stream exactly as a local one. The relay
+# carries a few small responses per second, which a window this small does not slow.
+_CHANNEL_OPTIONS = (("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1))
 # Metadata gRPC sets itself on every call, not forwarded.
 _TRANSPORT_KEYS = frozenset({"user-agent", "te", "content-type", "grpc-accept-encoding", "grpc-timeout"})
 
@@ -139,7 +147,9 @@ class Siblings:
 
     def _stub(self, index: int) -> speech_pb2_grpc.SpeechServiceStub:
         if index not in self._channels:
-            self._channels[index] = grpc.aio.insecure_channel(f"unix:{self.socket_path(index)}")
+            self._channels[index] = grpc.aio.insecure_channel(
+                f"unix:{self.socket_path(index)}", options=_CHANNEL_OPTIONS
+            )
         return speech_pb2_grpc.SpeechServiceStub(self._channels[index])
 
     async def start(
@@ -172,15 +182,39 @@ class Siblings:
         self._channels.clear()
 
 
-async def responses(call: Any) -> AsyncIterator[speech_pb2.StreamingRecognizeResponse]:
-    """A started relay's responses; the sibling's error status is raised as `Relayed`."""
+async def responses(
+    call: Any, idle_timeout_s: float, drop: Callable[[], object]
+) -> AsyncIterator[speech_pb2.StreamingRecognizeResponse]:
+    """A started relay's responses; the sibling's error status is raised as `Relayed`.
+
+    A client that reads nothing: the response handed to it waits, the relay reads no more of the
+    sibling's (the small window above), the sibling's outbox fills to its bound and the sibling drops its
+    side after its idle timeout (session.StreamSession._drop_unread). Its status cannot overtake the
+    unread response, so this side cannot hear of it: `drop` (which ends the relaying handler) is called
+    once one response has waited `idle_timeout_s` for the client, freeing this worker's slot instead of
+    holding it until the client's deadline."""
+    waiting_since: list[float] = []
+    watch = asyncio.get_running_loop().create_task(_watch_unread(waiting_since, idle_timeout_s, drop))
     try:
         async for response in call:
-            yield response
+            waiting_since.append(time.monotonic())
+            yield response  # resumed once the response is on its way to the client
+            waiting_since.clear()
     except grpc.aio.AioRpcError as error:
         raise Relayed(error.code(), error.details() or "", _retry_after_s(error)) from None
     finally:
+        watch.cancel()
         call.cancel()  # the client left: the sibling's stream ends too (no-op once it ended)
+
+
+async def _watch_unread(
+    waiting_since: list[float], idle_timeout_s: float, drop: Callable[[], object]
+) -> None:
+    while True:
+        await asyncio.sleep(idle_timeout_s / 4)
+        if waiting_since and time.monotonic() - waiting_since[0] > idle_timeout_s:
+            drop()
+            return
 
 
 def _headroom_path(directory: Path, index: int) -> Path:
