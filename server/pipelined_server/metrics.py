@@ -147,7 +147,8 @@ class Metrics:
         self.stream_share = Gauge(
             "pipelined_stream_share",
             "Share of a model's replicas one real-time live stream takes: calibrated at start-up "
-            "(streaming.calibrate), then measured from recent decodes; the worst worker's.",
+            "(streaming.calibrate), then measured from recent streams (the replicas' busy time, or the "
+            "worker's CPU time over its cores when larger); the worst worker's.",
             ["model"],
             registry=r,
             multiprocess_mode="livemax",

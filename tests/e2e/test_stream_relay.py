@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import signal
 import tempfile
@@ -102,14 +103,15 @@ def test_a_stream_one_worker_cannot_admit_runs_on_its_sibling(workers: Any) -> N
     assert second_worker.metric(REQUESTS, code="OK", **calls) == 1
     assert first_worker.metric(REQUESTS, code="OK", **calls) == 0
     assert first_worker.metric(ACTIVE, model="") == 0, "the relaying worker shows no pending stream"
-    # Its end refreshed the sibling's published headroom at once (measured now: the stream decoded speech).
-    wait_until(
-        lambda: (
-            headroom(directory, 1)[MODEL]
-            == second_worker.metric("pipelined_stream_headroom", model=MODEL)
-            >= 1
-        )
-    )
+    # Its end refreshed the sibling's published headroom at once: all of its capacity at the share it
+    # measured (the stream decoded speech), none of it held by the ended stream.
+    limits = StreamingLimits()
+
+    def capacity() -> int:
+        share = second_worker.metric("pipelined_stream_share", model=MODEL)
+        return min(limits.max_streams, math.floor(limits.admission_max_utilization / share + 1e-9))
+
+    wait_until(lambda: headroom(directory, 1)[MODEL] == capacity())
 
     # The same audio straight to the sibling: its finals span the same speech (their words depend on when
     # each interim decode ran, which the pace of the sends decides, relayed or not).

@@ -90,3 +90,33 @@ def test_the_calibrated_share_holds_until_streams_are_measured(clock: list[float
     assert metrics.value("pipelined_stream_headroom", {"model": "m"}) == 6
     with pytest.raises(QueueFull, match=r"\(measured\)"):
         gate.admit(model, 8)
+
+
+def test_a_streams_cpu_time_outside_the_model_counts_when_it_is_the_larger(clock: list[float]) -> None:
+    """Voice activity, resampling, gRPC and cores shared with sibling workers cost CPU time that the
+    replicas' busy time misses: the share is the larger of the two."""
+    metrics = Metrics()
+    cpu = [0.0]
+    gate = Admission(
+        max_utilization=0.8, max_streams=64, metrics=metrics, cores=1.0, cpu_seconds=lambda: cpu[0]
+    )
+    model = Instance()
+    for _ in range(
+        30
+    ):  # the model: 0.1 replica-seconds per audio second (5% of 2 replicas); the process: 0.3
+        clock[0] += 0.1
+        cpu[0] += 0.1 * 0.3 * 2
+        stream_for(gate, model, 0.1, rtf=0.1, streams=2)
+    gate.admit(model, 1)
+    assert metrics.value("pipelined_stream_share", {"model": "m"}) == pytest.approx(0.3, rel=0.05)
+    assert metrics.value("pipelined_stream_headroom", {"model": "m"}) == 1  # 2 x 30% fit in 80%, 3 do not
+    with pytest.raises(QueueFull, match=r"take (59|60)% of it \(measured\)"):
+        gate.admit(model, 2)
+    wide = Admission(
+        max_utilization=0.8, max_streams=64, metrics=Metrics(), cores=8.0, cpu_seconds=lambda: cpu[0]
+    )
+    for _ in range(30):  # the same CPU time over 8 cores: the replicas' busy time is the larger again
+        clock[0] += 0.1
+        cpu[0] += 0.1 * 0.3 * 2
+        stream_for(wide, model, 0.1, rtf=0.1, streams=2)
+    assert wide.observe(model, 2) == pytest.approx(0.05, rel=0.05)

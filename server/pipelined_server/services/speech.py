@@ -20,6 +20,7 @@ from ..streaming.streams import ActiveStreams, Slot
 from ..tasks import asr
 from ..tasks.asr_longform import segment_stream
 from ..tasks.audio_input import decode_audio_input
+from ..workers import usable_cores
 from .calls import DEADLINE_SLACK_S, CallInfo, ServerState, _dropped, _ended_early, rpc
 from .unary import Servicer
 
@@ -33,9 +34,14 @@ class SpeechServicer(Servicer, speech_pb2_grpc.SpeechServiceServicer):
         self.streams = ActiveStreams(
             limits.max_streams, limits.max_streams_per_peer, state.metrics, on_closed=self._stream_closed
         )
-        publish = state.siblings.publish if state.siblings is not None else None
+        siblings = state.siblings
         self.admission = Admission(
-            limits.admission_max_utilization, limits.max_streams, state.metrics, publish=publish
+            limits.admission_max_utilization,
+            limits.max_streams,
+            state.metrics,
+            publish=siblings.publish if siblings is not None else None,
+            # The machine's cores, split between the workers that share them.
+            cores=usable_cores() / (siblings.count if siblings is not None else 1),
         )
         state.registry.warm_ups.append(self._calibrate)
 

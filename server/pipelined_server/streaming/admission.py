@@ -4,7 +4,9 @@ Every admitted stream costs its model's replicas a share of their time: a decode
 a cost that depends on the model, the machine, the batch it shares. That share is measured, not
 assumed: the model's real-time factor over the last `_HORIZON_S` is the seconds its replicas spent
 computing (the scheduler counts them) per second of audio its streams received, and divided by the
-replicas it is the share of the model one real-time stream takes. A new stream is refused with
+replicas it is the share of the model one real-time stream takes; or, when larger, the process's CPU
+seconds per second of audio over the cores it may count on (what the stream costs outside the model,
+and cores shared with sibling workers, count too: `Admission.cores`). A new stream is refused with
 RESOURCE_EXHAUSTED and a retry hint when the open streams and it would take more than
 `streaming.admission_max_utilization` of the model: past that, decodes queue behind each other and
 every stream's lag grows without bound (4 real-time streams of whisper-tiny.en on 2 cores, admitted
@@ -50,29 +52,31 @@ RETRY_AFTER_S = 5.0
 class _Load:
     # Seconds of audio the model's streams received, all together.
     audio_s: float = 0.0
-    # (time.monotonic(), scheduler busy seconds, audio_s), oldest first.
-    samples: deque[tuple[float, float, float]] = field(default_factory=deque)
+    # (time.monotonic(), scheduler busy seconds, process CPU seconds, audio_s), oldest first.
+    samples: deque[tuple[float, float, float, float]] = field(default_factory=deque)
     last_share: float | None = None
     # The share calibrated at start-up, until a measured one exists.
     calibrated: float | None = None
 
-    def add(self, now: float, busy: float) -> None:
+    def add(self, now: float, busy: float, cpu: float) -> None:
         if len(self.samples) > 1 and now - self.samples[-1][0] < _SAMPLE_EVERY_S:
-            self.samples[-1] = (self.samples[-1][0], busy, self.audio_s)
+            self.samples[-1] = (self.samples[-1][0], busy, cpu, self.audio_s)
             return
-        self.samples.append((now, busy, self.audio_s))
+        self.samples.append((now, busy, cpu, self.audio_s))
         # Keep one sample older than the horizon as the baseline of the measured span.
         while len(self.samples) > 2 and self.samples[1][0] <= now - _HORIZON_S:
             self.samples.popleft()
 
-    def per_stream(self, replicas: int) -> float | None:
+    def per_stream(self, replicas: int, cores: float) -> float | None:
         """The share of the model one real-time stream took over the horizon, or at the last time it was
         measured (after a quiet spell the horizon holds too little audio), or else as calibrated at
-        start-up, or None if neither."""
+        start-up, or None if neither. Measured: the larger of the replicas' busy time and the process's
+        CPU time over its cores, per second of audio (see `Admission.cores`)."""
         if len(self.samples) >= 2:
-            (_, busy0, audio0), (_, busy1, audio1) = self.samples[0], self.samples[-1]
-            if audio1 - audio0 >= _MIN_AUDIO_S and busy1 > busy0:
-                self.last_share = (busy1 - busy0) / (audio1 - audio0) / replicas
+            (_, busy0, cpu0, audio0), (_, busy1, cpu1, audio1) = self.samples[0], self.samples[-1]
+            audio = audio1 - audio0
+            if audio >= _MIN_AUDIO_S and busy1 > busy0:
+                self.last_share = max((busy1 - busy0) / replicas, (cpu1 - cpu0) / cores) / audio
         return self.last_share if self.last_share is not None else self.calibrated
 
 
@@ -83,6 +87,15 @@ class Admission:
     metrics: Metrics
     # Told each model's headroom as it changes: sibling workers read it to relay streams here (relay.py).
     publish: Callable[[str, int], None] | None = None
+    # The cores this process may count on (the machine's, split between the workers). The replicas' busy
+    # time misses what a stream costs outside the model (voice activity, resampling, gRPC, the event
+    # loop) and the cores that two workers and their clients share: on 2 cores with 2 workers, a worker
+    # that had measured 0.14 of its replica per stream (from one stream) admitted 5 of 8 real-time
+    # tiny.en streams, its sibling 3, and every stream's final lag grew to 11.6 s at p95, 20.9 s max;
+    # their CPU time was 0.23 s per second of audio (bench/asr_streaming.py --streams 8).
+    cores: float = 1.0
+    # The process's CPU seconds (all threads); replaced in tests.
+    cpu_seconds: Callable[[], float] = time.process_time
     _loads: dict[str, _Load] = field(default_factory=dict)
 
     def received(self, instance: ModelInstance, seconds: float, streams: int) -> None:
@@ -102,8 +115,8 @@ class Admission:
         scheduler = instance.scheduler
         assert scheduler is not None
         load = self._loads.setdefault(instance.name, _Load())
-        load.add(time.monotonic(), scheduler.busy_s)
-        share = load.per_stream(scheduler.replica_count)
+        load.add(time.monotonic(), scheduler.busy_s, self.cpu_seconds())
+        share = load.per_stream(scheduler.replica_count, self.cores)
         self._show(instance, share, streams)
         return share
 
