@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 from pipelined.v1 import speech_pb2, speech_pb2_grpc
 
-from ..errors import DeadlineExpired, ModelNotReady, OutOfRange, PipelinedError, QueueFull
+from ..errors import DeadlineExpired, ModelNotReady, OutOfRange, QueueFull
 from ..registry import ModelInstance
 from ..streaming import calibration, relay
 from ..streaming.admission import Admission
@@ -91,30 +91,14 @@ class SpeechServicer(Servicer, speech_pb2_grpc.SpeechServiceServicer):
         """A stream this worker cannot admit, carried on by sibling worker `sibling` (streaming/relay.py)."""
         siblings = self.state.siblings
         assert siblings is not None
-        idle: list[PipelinedError] = []
-
-        async def requests() -> AsyncIterator[speech_pb2.StreamingRecognizeRequest]:
-            yield first
-            try:
-                while (request := await guard.next()) is not None:
-                    yield request
-            except PipelinedError as error:  # the idle timeout: the sibling flushes, then the client hears it
-                idle.append(error)
-
-        metadata = context.invocation_metadata() or ()
-        try:
-            started = await siblings.start(sibling, requests(), metadata, call.peer, context.time_remaining())
-        except relay.NotTaken as error:
-            # It went away (or began to drain) since it published its headroom.
-            log.warning("%s; the stream is refused", error)
-            raise refusal from None
-        # From here the sibling counts the stream and records the call.
-        call.recorded_elsewhere = True
-        slot.relayed()
-        self.state.metrics.streams_relayed.labels(call.model).inc()
         handler = asyncio.current_task()
         assert handler is not None
         idle_timeout_s = self.state.config.streaming.idle_timeout_s
+
+        def taken() -> None:  # from here the sibling counts the stream and records the call
+            call.recorded_elsewhere = True
+            slot.relayed()
+            self.state.metrics.streams_relayed.labels(call.model).inc()
 
         def drop() -> None:
             _dropped(
@@ -126,10 +110,24 @@ class SpeechServicer(Servicer, speech_pb2_grpc.SpeechServiceServicer):
             )
             handler.cancel()
 
-        async for response in relay.responses(started, idle_timeout_s, drop):
-            yield response
-        if idle:
-            raise idle[0]
+        relayed = siblings.carry(
+            sibling,
+            first,
+            guard,
+            metadata=context.invocation_metadata() or (),
+            peer=call.peer,
+            timeout_s=context.time_remaining(),
+            idle_timeout_s=idle_timeout_s,
+            on_taken=taken,
+            drop=drop,
+        )
+        try:
+            async for response in relayed:
+                yield response
+        except relay.NotTaken as error:
+            # It went away (or began to drain) since it published its headroom.
+            log.warning("%s; the stream is refused", error)
+            raise refusal from None
         if guard.drained:
             raise ModelNotReady(
                 "the server is shutting down: this stream's audio so far was transcribed; reconnect"

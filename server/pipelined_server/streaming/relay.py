@@ -32,12 +32,15 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from pipelined.v1 import speech_pb2, speech_pb2_grpc
 
 from ..errors import PipelinedError
+
+if TYPE_CHECKING:
+    from .session import IdleGuard
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +178,40 @@ class Siblings:
             raise
         call.cancel()
         raise NotTaken(f"worker {index} did not take the stream ({why})")
+
+    async def carry(
+        self,
+        index: int,
+        first: speech_pb2.StreamingRecognizeRequest,
+        guard: IdleGuard,
+        *,
+        metadata: Sequence[tuple[str, Any]],
+        peer: str,
+        timeout_s: float | None,
+        idle_timeout_s: float,
+        on_taken: Callable[[], object],
+        drop: Callable[[], object],
+    ) -> AsyncIterator[speech_pb2.StreamingRecognizeResponse]:
+        """The stream whose config message was `first` and whose client's next requests `guard` reads, on
+        sibling `index`: its responses. NotTaken (before any response) when the sibling did not take it;
+        `on_taken` once it did; the sibling's error status as `Relayed`; this side's idle timeout after the
+        sibling flushed the stream (a half-close to it); `drop`: see `responses`."""
+        idle: list[PipelinedError] = []
+
+        async def requests() -> AsyncIterator[speech_pb2.StreamingRecognizeRequest]:
+            yield first
+            try:
+                while (request := await guard.next()) is not None:
+                    yield request
+            except PipelinedError as error:  # the idle timeout: the sibling flushes, then the client hears it
+                idle.append(error)
+
+        call = await self.start(index, requests(), metadata, peer, timeout_s)
+        on_taken()
+        async for response in responses(call, idle_timeout_s, drop):
+            yield response
+        if idle:
+            raise idle[0]
 
     async def close(self) -> None:
         for channel in self._channels.values():
