@@ -20,6 +20,10 @@ What the relaying worker still does: it holds the stream's slot against its own 
 limits, applies its idle timeout and drain to the client's side (a drain half-closes the relayed stream,
 which flushes its finals, as a local stream would), and copies each message once each way through its
 event loop.
+
+Measured with it (bench/asr_streaming.py --minutes 5, tiny.en, 2 workers, 2 cores, one run): 2 streams none
+refused; 4 streams none refused (1 relayed), final lag p95 1.85 s; 8 streams 6 served (4 relayed) and 2
+refused, p95 2.21 s, max 4.67 s. Before it, 1 of 2, 1 of 4 and 5 of 8 streams were refused.
 """
 
 from __future__ import annotations
