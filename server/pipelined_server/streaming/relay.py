@@ -36,15 +36,18 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 from pipelined.v1 import speech_pb2, speech_pb2_grpc
 
 from ..errors import PipelinedError
 
-if TYPE_CHECKING:
-    from .session import IdleGuard
+
+class Requests(Protocol):
+    """What reads a stream's requests for the relay: session.IdleGuard (its idle timeout and drain)."""
+
+    async def next(self) -> speech_pb2.StreamingRecognizeRequest | None: ...
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +190,7 @@ class Siblings:
         self,
         index: int,
         first: speech_pb2.StreamingRecognizeRequest,
-        guard: IdleGuard,
+        guard: Requests,
         *,
         metadata: Sequence[tuple[str, Any]],
         peer: str,
