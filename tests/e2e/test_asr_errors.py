@@ -180,8 +180,10 @@ def _queued(server: ServerThread, model: str = "tiny-whisper") -> int:
     return scheduler.depth
 
 
-def _busy(server: ServerThread, seconds: float = 45.0) -> threading.Thread:
-    """Occupies the one-at-a-time model with a long-form decode; returns once the pipeline is computing it."""
+def _busy(server: ServerThread, seconds: float = 120.0) -> threading.Thread:
+    """Occupies the one-at-a-time model with a long-form decode; returns once the pipeline is computing it.
+    120 s of audio keeps it busy about 2.5 s on a quiet 2-core machine; 45 s, as before, could end before
+    the requests meant to queue behind it had arrived (a CI-like quiet run failed so)."""
     audio = tiny_audio(seconds, seed=99)
     # A batch is counted in pipelined_batch_size as it starts (pipeline items and calls once it is done).
     batches = server.metric("pipelined_batch_size_count", model="tiny-whisper")

@@ -272,14 +272,24 @@ def test_batching_never_changes_a_result(
 ) -> None:
     """Concurrent requests of mixed lengths share batches, yet each equals its unbatched in-process result."""
     local = [local_pipeline(name)(x, **kwargs) for x in inputs]
-    calls_before = server.metric("pipelined_pipeline_calls_total", model=name)
-    items_before = server.metric("pipelined_pipeline_items_total", model=name)
     pipe = client.pipeline(task, model=name)
-    assert_close(concurrently(lambda x: pipe(x, **kwargs), inputs), local)
-    calls = server.metric("pipelined_pipeline_calls_total", model=name) - calls_before
-    items = server.metric("pipelined_pipeline_items_total", model=name) - items_before
-    assert items == len(inputs)
-    assert calls < len(inputs), "concurrent requests were not batched"
+    # Whether requests meet in a batch is timing: an idle model runs a request at once, and on a quiet
+    # machine a tiny model can finish each before the next arrives. Every burst must equal the unbatched
+    # results; one of a few bursts must have batched.
+    for _ in range(BURSTS):
+        calls_before = server.metric("pipelined_pipeline_calls_total", model=name)
+        items_before = server.metric("pipelined_pipeline_items_total", model=name)
+        assert_close(concurrently(lambda x: pipe(x, **kwargs), inputs), local)
+        calls = server.metric("pipelined_pipeline_calls_total", model=name) - calls_before
+        items = server.metric("pipelined_pipeline_items_total", model=name) - items_before
+        assert items == len(inputs)
+        if calls < len(inputs):
+            return
+    pytest.fail(f"concurrent requests were not batched in {BURSTS} bursts")
+
+
+# Bursts of concurrent requests tried until one batched (test_batching_never_changes_a_result).
+BURSTS = 5
 
 
 def test_unbatched_model_gives_the_same_results(client: Client) -> None:
