@@ -49,6 +49,7 @@ class Requests(Protocol):
 
     async def next(self) -> speech_pb2.StreamingRecognizeRequest | None: ...
 
+
 log = logging.getLogger(__name__)
 
 # Set by the supervisor for its workers (workers.py): the shared directory, and how many workers there are.
