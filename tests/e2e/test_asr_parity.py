@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
-from harness import ServerThread, concurrently
+from harness import ServerThread, concurrently, until_batched
 from pipelined import Client
 from tiny_models import tiny_audio
 
@@ -123,21 +123,7 @@ def test_batching_never_changes_a_result(
     clips = [tiny_audio(seconds, seed=20 + i) for i, seconds in enumerate([2.0, 3.5, 2.0, 3.5, 5.0, 2.0])]
     expected = [local(c.copy()) for c in clips]
     pipe = client.pipeline(ASR, model=model)
-    # Whether requests meet in a batch is timing (an idle replica runs a request at once; tiny-ctc has
-    # two): every burst must equal the unbatched results, one of a few bursts must have batched.
-    for _ in range(BURSTS):
-        before = asr_server.metric("pipelined_batch_size_sum", model=model)
-        calls_before = asr_server.metric("pipelined_pipeline_calls_total", model=model)
-        assert_same(concurrently(pipe, clips), expected)
-        items = asr_server.metric("pipelined_batch_size_sum", model=model) - before
-        calls = asr_server.metric("pipelined_pipeline_calls_total", model=model) - calls_before
-        assert items == len(clips)
-        if calls < len(clips):
-            return
-    pytest.fail(f"concurrent requests were not batched in {BURSTS} bursts")
-
-
-BURSTS = 5
+    until_batched(asr_server, model, lambda: assert_same(concurrently(pipe, clips), expected), len(clips))
 
 
 def test_whisper_language_detection_is_never_batched(

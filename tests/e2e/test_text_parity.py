@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from harness import ServerThread, concurrently
+from harness import ServerThread, concurrently, until_batched
 from pipelined import Client
 from text_fixtures import assert_close, local_pipeline, text_server
 
@@ -273,23 +273,12 @@ def test_batching_never_changes_a_result(
     """Concurrent requests of mixed lengths share batches, yet each equals its unbatched in-process result."""
     local = [local_pipeline(name)(x, **kwargs) for x in inputs]
     pipe = client.pipeline(task, model=name)
-    # Whether requests meet in a batch is timing: an idle model runs a request at once, and on a quiet
-    # machine a tiny model can finish each before the next arrives. Every burst must equal the unbatched
-    # results; one of a few bursts must have batched.
-    for _ in range(BURSTS):
-        calls_before = server.metric("pipelined_pipeline_calls_total", model=name)
-        items_before = server.metric("pipelined_pipeline_items_total", model=name)
-        assert_close(concurrently(lambda x: pipe(x, **kwargs), inputs), local)
-        calls = server.metric("pipelined_pipeline_calls_total", model=name) - calls_before
-        items = server.metric("pipelined_pipeline_items_total", model=name) - items_before
-        assert items == len(inputs)
-        if calls < len(inputs):
-            return
-    pytest.fail(f"concurrent requests were not batched in {BURSTS} bursts")
-
-
-# Bursts of concurrent requests tried until one batched (test_batching_never_changes_a_result).
-BURSTS = 5
+    until_batched(
+        server,
+        name,
+        lambda: assert_close(concurrently(lambda x: pipe(x, **kwargs), inputs), local),
+        len(inputs),
+    )
 
 
 def test_unbatched_model_gives_the_same_results(client: Client) -> None:

@@ -136,7 +136,7 @@ def _start(context: grpc.aio.ServicerContext, method: str, task: str) -> CallInf
     metadata = context.invocation_metadata()
     request_id = logs.request_id(metadata)
     peer = context.peer()
-    client = relay.forwarded_peer(peer, metadata) if peer.startswith("unix:") else None
+    client = relay.forwarded_peer(peer, metadata)
     info = CallInfo(method, task, request_id, client or peer, security.principal(), client is not None)
     context.set_trailing_metadata(((logs.REQUEST_ID_KEY, info.request_id),))
     return info
