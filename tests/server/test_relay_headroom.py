@@ -78,3 +78,11 @@ def test_the_client_metadata_goes_along_but_not_a_relay_mark_of_its_own() -> Non
         (relay.RELAYED_FOR_KEY, "ipv4:10.0.0.7:5555"),
     )
     assert relay.forwarded_peer("unix:/s.sock", forwarded) == "ipv4:10.0.0.7:5555"
+
+
+def test_the_supervisors_variables_are_not_taken_for_config_keys() -> None:
+    """Every worker's environment carries them: a warning per worker at every start would be noise."""
+    from pipelined_server import workers
+    from pipelined_server.config import _OTHER_ENV
+
+    assert {relay.DIR_ENV, relay.COUNT_ENV, workers.WORKER_ENV} <= _OTHER_ENV
