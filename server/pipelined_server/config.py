@@ -146,6 +146,10 @@ class StreamingLimits(Section):
     # missed words in 281. Final decodes keep `encoder_margin_s` and no stop. null: interims decode as finals.
     interim_alignatt_s: Float | None = Field(default=0.5, gt=0, le=2.0)
     interim_encoder_margin_s: Float = Field(default=1.0, ge=0.5)
+    # Whisper re-decodes of a stream start with the words already final in their window, forced, so they
+    # generate only the words after them (tasks/whisper_prefix.py). false: every decode generates the
+    # whole window.
+    force_committed_prefix: bool = True
     # Audio sustained faster than this many times real time ends the stream with RESOURCE_EXHAUSTED...
     max_realtime_factor: Float = Field(default=3.0, gt=0)
     # ...beyond this much audio sent ahead at once (a client reconnecting may replay what it buffered).

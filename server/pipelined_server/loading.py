@@ -12,7 +12,14 @@ from typing import Any
 from .config import ModelSpec
 from .errors import ConfigError
 from .quantization import quantize_linear_layers
-from .tasks import whisper_alignatt, whisper_attention, whisper_context, whisper_logits, whisper_processors
+from .tasks import (
+    whisper_alignatt,
+    whisper_attention,
+    whisper_context,
+    whisper_logits,
+    whisper_prefix,
+    whisper_processors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +181,7 @@ def load_pipeline(spec: ModelSpec, device: str | None = None) -> LoadedPipeline:
     if getattr(pipe, "type", "") == "seq2seq_whisper":
         whisper_context.install(torch_model)
         whisper_alignatt.install(torch_model)
+        whisper_prefix.install(torch_model)
         whisper_processors.install(torch_model)
         whisper_attention.install(torch_model)
         if spec.fast_vocab_projection:
@@ -218,10 +226,14 @@ def run_batch(pipe: Any, inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[
     call_kwargs = dict(kwargs)
     batch_size = max(len(inputs), int(call_kwargs.pop("batch_size", None) or 1))
     # Live-stream decodes ask for Whisper's encoder over their window only (None: the full 30 s window).
-    # Their interim decodes also stop short of the audio's end (AlignAtt).
+    # Their interim decodes also stop short of the audio's end (AlignAtt), and re-decodes start with the
+    # words already final (a forced prefix).
     margin_s = call_kwargs.pop(whisper_context.KWARG, None)
     stop_s = call_kwargs.pop(whisper_alignatt.KWARG, None)
-    with whisper_context.trimmed(margin_s), whisper_alignatt.stopping(stop_s):
+    prefix = whisper_prefix.prefix_ids(
+        getattr(pipe, "tokenizer", None), call_kwargs.pop(whisper_prefix.KWARG, None)
+    )
+    with whisper_context.trimmed(margin_s), whisper_alignatt.stopping(stop_s), whisper_prefix.forcing(prefix):
         return _run_batch(pipe, list(inputs), batch_size, call_kwargs)
 
 

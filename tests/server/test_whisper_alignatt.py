@@ -135,3 +135,7 @@ def test_a_stream_decodes_interims_with_the_stop_and_finals_without(tiny_whisper
     # Turned off, interims decode as finals.
     off = stream_options(config, instance, InputLimits(), StreamingLimits(interim_alignatt_s=None))
     assert off.interim_kwargs == off.kwargs
+    # Both start with their window's final words forced (tasks/whisper_prefix.py), unless turned off.
+    assert options.force_prefix and off.force_prefix
+    unforced = StreamingLimits(force_committed_prefix=False)
+    assert not stream_options(config, instance, InputLimits(), unforced).force_prefix

@@ -67,3 +67,29 @@ def hypothesis(output: dict[str, Any], offset_s: float, duration_s: float) -> Hy
         if closed and end > 0:
             cuts.append((len(words), offset_s + end))
     return Hypothesis(words, cuts)
+
+
+def with_prefix(forced: list[Word], output: dict[str, Any], offset_s: float, duration_s: float) -> Hypothesis:
+    """A forced decode's hypothesis (tasks/whisper_prefix.py): the forced words, then what it generated.
+
+    The alignment gives the first generated word no start of its own (it begins where the window does):
+    it starts where the forced words end. Generated text that does not begin with a space ends the last
+    forced word ("cut" + "ters": an interim stopped inside a word, and that part is final already): it is
+    left out. Every forced word's end is a cut, as every word end is.
+    """
+    new = hypothesis(output, offset_s, duration_s)
+    if not forced:
+        return new
+    chunks = output.get("chunks") or []
+    text = str(chunks[0].get("text", "")) if chunks else str(output.get("text", ""))
+    skip = 1 if new.words and text[:1] not in ("", " ") else 0
+    floor = forced[-1].end
+    words = list(forced)
+    for w in new.words[skip:]:
+        start = max(w.start, floor)
+        words.append(Word(w.text, start, max(w.end, start)))
+        floor = start
+    shift = len(forced) - skip
+    cuts = [(k + 1, w.end) for k, w in enumerate(forced)]
+    cuts += [(k + shift, max(t, forced[-1].end)) for k, t in new.cuts if k > skip]
+    return Hypothesis(words, cuts)

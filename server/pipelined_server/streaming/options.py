@@ -11,7 +11,7 @@ from ..audio import RawFormat
 from ..config import InputLimits, StreamingLimits
 from ..errors import InvalidInput
 from ..registry import ModelInstance
-from ..tasks import asr, whisper_alignatt, whisper_context
+from ..tasks import asr, whisper_alignatt, whisper_context, whisper_prefix
 from ..tasks.audio_input import raw_format
 from ..tasks.durations import to_seconds
 
@@ -38,6 +38,8 @@ class StreamOptions:
     min_silence_s: float
     padding_s: float
     language: str
+    # Whether decodes start with the window's final words forced (Whisper; see tasks/whisper_prefix.py).
+    force_prefix: bool = False
 
 
 def _seconds(config: Any, name: str, default: float) -> float:
@@ -65,7 +67,13 @@ def stream_options(
     if recognition.timestamps == speech_pb2.TIMESTAMP_GRANULARITY_CHAR:
         raise InvalidInput("live streams return WORD timestamps or none, not CHAR")
     kwargs = asr.call_kwargs(recognition, kind, limits)
+    force_prefix = False
     if kind == asr.WHISPER:
+        force_prefix = (
+            streaming is not None
+            and streaming.force_committed_prefix
+            and whisper_prefix.installed(getattr(instance.pipeline, "model", None))
+        )
         # Word times (cross-attention alignment heads + DTW) whatever the client asked: segment times
         # spread over a segment's words put its end at the window's end when Whisper skipped speech
         # there, and a window cut at that "word end" lost the speech (StreamSession._slide).
@@ -112,6 +120,7 @@ def stream_options(
         min_silence_s=min_silence,
         padding_s=padding,
         language=recognition.language,
+        force_prefix=force_prefix,
     )
 
 

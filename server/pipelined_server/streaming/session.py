@@ -14,7 +14,9 @@ Latency of finals (what a user waits for once they stop talking), measured with 
   final priority: the end of speech is only declared after `min_silence_s`, and by then this decode,
   which heard exactly what the final decode would, is done or under way;
 - the first decode of an utterance comes after `FIRST_DECODE_S` of speech, not a whole interval;
-- a periodic re-decode waits while other work is queued for the model (see `_model_busy`).
+- a periodic re-decode waits while other work is queued for the model (see `_model_busy`);
+- a Whisper decode of a window that will not slide starts with the window's final words forced (but the last
+  two), so it generates only the words after them (tasks/whisper_prefix.py).
 """
 
 from __future__ import annotations
@@ -42,11 +44,11 @@ from ..errors import (
 )
 from ..metrics import Metrics
 from ..registry import ModelInstance
-from ..tasks import whisper_alignatt
+from ..tasks import whisper_alignatt, whisper_prefix
 from . import responses
 from .agreement import LocalAgreement, Word
 from .buffer import RollingBuffer
-from .decode import Hypothesis, decode_window, hypothesis
+from .decode import Hypothesis, decode_window, with_prefix
 from .options import StreamOptions
 from .outbox import Outbox
 from .vad import VAD_EXECUTOR, SpeechDetector, VadEvent
@@ -64,6 +66,9 @@ _FINAL_PRIORITY = 1
 # 1.02 against 1.23 s, streamed WER against offline 0.054 against 0.034; a 0.5 s decode interval instead of
 # 1 s: p50 1.11 s, WER 0.047, twice the CPU. Neither was worth its cost.
 _SETTLE_AFTER_STOP_S = 0.5
+# A decode forces its window's final words but the last this-many (tasks/whisper_prefix.py), so Whisper
+# hears the boundary between final and new words again rather than continuing from text alone.
+_UNFORCED_WORDS = 2
 # Inside an utterance, a stretch this long without words in a hypothesis is speech the decoder skipped.
 _MAX_WORD_GAP_S = 1.0
 
@@ -568,6 +573,16 @@ class StreamSession:
         duration = len(samples) / self.rate
         if duration < _MIN_DECODE_S:
             return Hypothesis([], [])
+        # Only windows that will not slide are forced: a forced decode has no timestamp tokens, and its
+        # alignment put some word ends late; a window cut there started inside the next word, which
+        # Whisper then skipped ("from | wood blocks" -> "blocks": 5 words lost in 2 minutes of speech).
+        forced = (
+            list(u.agreement.committed[:-_UNFORCED_WORDS])
+            if self.options.force_prefix and end - u.window_start <= self._max_window
+            else []
+        )
+        if forced:
+            kwargs = {**kwargs, whisper_prefix.KWARG: " ".join(w.text for w in forced)}
         started = time.monotonic()
         try:
             while True:
@@ -585,7 +600,7 @@ class StreamSession:
         self.metrics.real_time_factor.labels(self.instance.name).observe(
             (time.monotonic() - started) / duration
         )
-        return hypothesis(output, self._seconds(u.window_start), duration)
+        return with_prefix(forced, output, self._seconds(u.window_start), duration)
 
     def _slide(self, u: Utterance, hyp: Hypothesis) -> None:
         """A long window moves its start to the latest cut before which every word is final."""

@@ -63,7 +63,7 @@ from typing import Any
 
 from . import whisper_context
 
-__all__ = ["KWARG", "install", "installed", "stopping"]
+__all__ = ["KWARG", "after_forced_text", "install", "installed", "stopping"]
 
 KWARG = "alignatt_stop_s"
 # Encoder frames per second (mel frames at 100/s, halved by the encoder's second convolution).
@@ -115,6 +115,19 @@ def stopping(stop_s: float | None) -> Iterator[None]:
         _state.attention = {}
 
 
+@contextmanager
+def after_forced_text() -> Iterator[None]:
+    """Within this block (on this thread), decodes start after forced words (tasks/whisper_prefix.py): their
+    first word is placed already, so the stop applies from the first generated token, not after the free
+    ones (which would let 2-4 unheard words past it)."""
+    previous = getattr(_state, "forced", False)
+    _state.forced = True
+    try:
+        yield
+    finally:
+        _state.forced = previous
+
+
 def _capture(layer: int, heads: list[int]) -> Any:
     def hook(module: Any, args: Any, output: Any) -> None:
         if getattr(_state, "stop_s", None) is None:
@@ -152,6 +165,7 @@ def _stop_processor(frames: Any, stop_frames: int, eos_token_id: int) -> Any:
     from transformers import LogitsProcessor
 
     budget = frames * _MAX_TOKENS_PER_S // _ENCODER_FRAMES_PER_S + _TOKENS_SLACK
+    free = 0 if getattr(_state, "forced", False) else _FREE_TOKENS
 
     class StopNearAudioEnd(LogitsProcessor):
         """Leaves only end-of-text to the rows whose newest token looks at their audio's last frames, or that
@@ -166,7 +180,7 @@ def _stop_processor(frames: Any, stop_frames: int, eos_token_id: int) -> Any:
             if self.prompt_length is None or length < self.prompt_length:
                 self.prompt_length = length  # the first step (again after a temperature fallback)
             generated = length - self.prompt_length
-            if generated < _FREE_TOKENS:
+            if generated < free:
                 return scores
             over = (generated >= budget).to(scores.device)
             if layers:
