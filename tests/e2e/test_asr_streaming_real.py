@@ -110,3 +110,25 @@ def test_streamed_wer_within_3_points_of_offline(pipe: Any) -> None:
     reference = " ".join(shared_reference(c) for c in CLIPS)
     live_wer, offline_wer = wer(reference, " ".join(live)), wer(reference, " ".join(offline))
     assert live_wer <= offline_wer + 0.03, (live, offline, live_wer, offline_wer)
+
+
+def test_re_decodes_force_the_words_already_final(pipe: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decodes after the first of a window start with its final words forced (tasks/whisper_prefix.py): the
+    forced text is always words the stream had sent as final, in order."""
+    from pipelined_server.streaming.agreement import normalize
+    from pipelined_server.tasks import whisper_prefix
+
+    forced: list[str] = []
+    real = whisper_prefix.prefix_ids
+
+    def spy(tokenizer: Any, text: str | None) -> list[int] | None:
+        if text:
+            forced.append(text)
+        return real(tokenizer, text)
+
+    monkeypatch.setattr(whisper_prefix, "prefix_ids", spy)
+    finals = [normalize(w) for w in streamed(pipe, "audio/LJ001-0001.wav").split()]
+    assert len(forced) >= 3, forced
+    for text in forced:
+        words = [normalize(w) for w in text.split()]
+        assert any(finals[i : i + len(words)] == words for i in range(len(finals))), (text, finals)

@@ -72,7 +72,12 @@ def test_a_multilingual_model_is_forced_once_its_language_is_given(tiny_whisper_
     clip = np.random.default_rng(1).normal(0, 0.1, int(2.0 * RATE)).astype(np.float32)
     kwargs: dict[str, Any] = {"return_timestamps": "word", whisper_prefix.KWARG: "hello"}
     run_batch(pipe, [clip], kwargs)  # its language detected: nothing to force it after
+    detections: list[int] = []
+    detect = pipe.model.detect_language
+    pipe.model.detect_language = lambda *a, **k: detections.append(1) or detect(*a, **k)
     run_batch(pipe, [clip], {**kwargs, "generate_kwargs": {"language": "en"}})
+    # The language given stays with generate, which would otherwise detect one it does not use.
+    assert detections == []
     config = pipe.model.generation_config
     prompt = [config.decoder_start_token_id, config.lang_to_id["<|en|>"], config.task_to_id["transcribe"]]
     hello = pipe.tokenizer.encode(" hello", add_special_tokens=False)

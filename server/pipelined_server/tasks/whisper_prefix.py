@@ -147,8 +147,6 @@ def _with_prefix(model: Any, generate: Any) -> Any:
         row = torch.tensor(prompt + ids, dtype=torch.long, device=features.device)
         kwargs["decoder_input_ids"] = row.unsqueeze(0).expand(features.shape[0], -1).contiguous()
         kwargs["return_timestamps"] = False
-        for name in ("language", "task"):  # in the prompt already; generate checks them against it
-            kwargs.pop(name, None)
         _state.prompt_length = len(prompt)
         try:
             with whisper_alignatt.after_forced_text():
