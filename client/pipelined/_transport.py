@@ -6,6 +6,7 @@ server starts or its model loads."""
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -120,14 +121,26 @@ _FIRST_DELAY_S = 0.1
 _MAX_DELAY_S = 2.0
 
 
+class Readiness(enum.Enum):
+    """What the probe after an UNAVAILABLE found."""
+
+    # The server cannot be reached yet, or the model is loading: worth waiting out.
+    STARTING = "starting"
+    # The model is served now. The UNAVAILABLE came from before: the server began listening between the
+    # call and the probe (CI met this race). Worth one more try, not a wait without end.
+    READY = "ready"
+    # The model failed to load, the server drains, or it does not know the model: waiting cannot help.
+    NOT_STARTING = "not starting"
+
+
 @dataclass(frozen=True)
 class Waiting:
     """How a call waits after UNAVAILABLE: for at most `bound_s` seconds in all, and only while
-    `still_starting()` says the server is unreachable or the model is loading (a model that failed to
+    `readiness()` says the server is unreachable or the model is loading (a model that failed to
     load, or a draining server, fails at once). `what` names what is awaited, for the error."""
 
     bound_s: float
-    still_starting: Callable[[], Any]
+    readiness: Callable[[], Any]
     what: str
 
     def gave_up(self, error: Unavailable) -> Unavailable:
@@ -163,32 +176,50 @@ def _next_delay(delay: float) -> float:
     return min(delay * 2, _MAX_DELAY_S)
 
 
+def _tries_again(found: Readiness, tried_when_ready: bool) -> bool:
+    """Whether a call that met UNAVAILABLE, whose probe then `found` this, is tried again."""
+    if found is Readiness.READY:
+        return not tried_when_ready
+    return found is Readiness.STARTING
+
+
 def waiting_for(attempt: Callable[[], R], waiting: Waiting | None) -> R:
-    """`attempt()`, tried again with backoff while it raises Unavailable and the server is still starting."""
+    """`attempt()`, tried again with backoff while it raises Unavailable and the server is still starting
+    (and once at once if the probe finds the model served: the server came up since the attempt)."""
     started = time.monotonic()
     delay = _FIRST_DELAY_S
+    tried_when_ready = False
     while True:
         try:
             return attempt()
         except Unavailable as error:
             left = _time_left(waiting, error, started)
-            if not waiting or not waiting.still_starting():
+            found = waiting.readiness() if waiting else Readiness.NOT_STARTING
+            if not _tries_again(found, tried_when_ready):
                 raise
+            if found is Readiness.READY:
+                tried_when_ready = True
+                continue
             time.sleep(min(delay, left))
             delay = _next_delay(delay)
 
 
 async def awaiting_for(attempt: Callable[[], Awaitable[R]], waiting: Waiting | None) -> R:
-    """The asyncio twin of `waiting_for` (`still_starting` is awaited)."""
+    """The asyncio twin of `waiting_for` (`readiness` is awaited)."""
     started = time.monotonic()
     delay = _FIRST_DELAY_S
+    tried_when_ready = False
     while True:
         try:
             return await attempt()
         except Unavailable as error:
             left = _time_left(waiting, error, started)
-            if not waiting or not await waiting.still_starting():
+            found = await waiting.readiness() if waiting else Readiness.NOT_STARTING
+            if not _tries_again(found, tried_when_ready):
                 raise
+            if found is Readiness.READY:
+                tried_when_ready = True
+                continue
             await asyncio.sleep(min(delay, left))
             delay = _next_delay(delay)
 

@@ -18,9 +18,14 @@ CHANNEL_OPTIONS = _transport.CHANNEL_OPTIONS
 PROBE_TIMEOUT_S = 5.0
 
 
-def is_starting(served: list[dict[str, Any]]) -> bool:
-    """A model among these is still loading (so UNAVAILABLE is worth waiting out)."""
-    return any(m["state"] == "loading" for m in served)
+def readiness_of(served: list[dict[str, Any]]) -> _transport.Readiness:
+    """STARTING while a model among these loads, READY once one is served, else NOT_STARTING."""
+    states = {m["state"] for m in served}
+    if "loading" in states:
+        return _transport.Readiness.STARTING
+    if "ready" in states:
+        return _transport.Readiness.READY
+    return _transport.Readiness.NOT_STARTING
 
 
 def waited_for(model: str, task: str) -> str:
@@ -120,12 +125,13 @@ class Client:
         if not self.wait_for_ready:
             return None
         return _transport.Waiting(
-            self.wait_for_ready, lambda: self.still_starting(model, task), waited_for(model, task)
+            self.wait_for_ready, lambda: self.readiness(model, task), waited_for(model, task)
         )
 
-    def still_starting(self, model: str, task: str) -> bool:
-        """After UNAVAILABLE: the server cannot be reached yet, or the model (any model of the task, for the
-        default model) is still loading. A model that failed to load or a draining server is not starting."""
+    def readiness(self, model: str, task: str) -> _transport.Readiness:
+        """After UNAVAILABLE: STARTING while the server cannot be reached yet or the model (any model of the
+        task, for the default model) is still loading; READY once it is served; NOT_STARTING for a model
+        that failed to load or a draining server."""
         try:
             if model:
                 got = _transport.call(
@@ -138,10 +144,10 @@ class Client:
                 )
                 served = [model_dict(m) for m in listed.models]
         except (Unavailable, DeadlineExceeded):  # not up yet, or too busy starting to answer
-            return True
+            return _transport.Readiness.STARTING
         except PipelinedError:
-            return False
-        return is_starting(served)
+            return _transport.Readiness.NOT_STARTING
+        return readiness_of(served)
 
     def models(self, task: str = "") -> list[dict[str, Any]]:
         request = models_pb2.ListModelsRequest(task=task)

@@ -52,13 +52,13 @@ def loading_server(held_loading: threading.Event) -> Iterator[ServerThread]:
 def _probed(client: Any) -> threading.Event:
     """Set once the client has asked the server whether its model is still loading (it got UNAVAILABLE)."""
     asked = threading.Event()
-    probe = client.still_starting
+    probe = client.readiness
 
     def recorded(model: str, task: str) -> Any:
         asked.set()
         return probe(model, task)
 
-    client.still_starting = recorded
+    client.readiness = recorded
     return asked
 
 
@@ -100,13 +100,13 @@ async def test_asyncio_call_waits_while_the_model_loads(
 ) -> None:
     client = pipelined.aio.Client(loading_server.target, timeout=30, wait_for_ready=120)
     asked = threading.Event()
-    probe = client.still_starting
+    probe = client.readiness
 
-    async def recorded(model: str, task: str) -> bool:
+    async def recorded(model: str, task: str) -> Any:
         asked.set()
         return await probe(model, task)
 
-    client.still_starting = recorded  # type: ignore[method-assign]
+    client.readiness = recorded  # type: ignore[method-assign]
     pipe = client.pipeline(TASK, model="tiny-sentiment")
     call = asyncio.ensure_future(pipe("hello"))
     assert await asyncio.to_thread(asked.wait, 60), "the call never met the loading model"
@@ -139,6 +139,71 @@ def test_call_waits_for_a_server_that_is_starting() -> None:
     finally:
         client.close()
         server.stop()
+
+
+def test_a_server_that_comes_up_between_the_call_and_the_probe_is_tried_again() -> None:
+    """The race CI met: the call is refused, the server then starts and loads before the probe asks, so the
+    probe finds the model served. The call is tried again rather than failing with the stale refusal."""
+    port = _free_port()
+    client = Client(f"127.0.0.1:{port}", timeout=30, wait_for_ready=120)
+    probe = client.readiness
+    servers: list[ServerThread] = []
+    found: list[Any] = []
+
+    def started_first(model: str, task: str) -> Any:
+        if not servers:
+            servers.append(
+                ServerThread(ServerConfig(host="127.0.0.1", port=port, metrics_port=0, models=(_spec(),)))
+            )
+        found.append(probe(model, task))
+        return found[-1]
+
+    client.readiness = started_first  # type: ignore[method-assign]
+    try:
+        assert client.pipeline(TASK, model="tiny-sentiment")("hi")[0]["label"]
+        assert [f.value for f in found] == ["ready"]
+    finally:
+        client.close()
+        for server in servers:
+            server.stop()
+
+
+async def test_asyncio_call_tries_again_once_the_probe_finds_the_model_served() -> None:
+    port = _free_port()
+    client = pipelined.aio.Client(f"127.0.0.1:{port}", timeout=30, wait_for_ready=120)
+    probe = client.readiness
+    servers: list[ServerThread] = []
+
+    async def started_first(model: str, task: str) -> Any:
+        if not servers:
+            config = ServerConfig(host="127.0.0.1", port=port, metrics_port=0, models=(_spec(),))
+            servers.append(await asyncio.to_thread(ServerThread, config))
+        return await probe(model, task)
+
+    client.readiness = started_first  # type: ignore[method-assign]
+    try:
+        assert (await client.pipeline(TASK, model="tiny-sentiment")("hi"))[0]["label"]
+    finally:
+        await client.close()
+        for server in servers:
+            server.stop()
+
+
+def test_a_model_served_but_unavailable_is_tried_once_more_not_waited_for() -> None:
+    """READY after UNAVAILABLE earns one more try; the same answer again fails at once (no wait without end
+    for a server that keeps refusing a model it reports served)."""
+    from pipelined import _transport
+
+    tries: list[float] = []
+
+    def refused() -> Any:
+        tries.append(0.0)
+        raise Unavailable("refused")
+
+    waiting = _transport.Waiting(60, lambda: _transport.Readiness.READY, "the model")
+    with pytest.raises(Unavailable, match="refused"):
+        _transport.waiting_for(refused, waiting)
+    assert len(tries) == 2
 
 
 def test_per_call_timeout_overrides_the_clients() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 from grpc_health.v1 import health_pb2
 
 from .. import _channel, _transport
-from ..client import PROBE_TIMEOUT_S, is_starting, model_dict, waited_for
+from ..client import PROBE_TIMEOUT_S, model_dict, readiness_of, waited_for
 from ..errors import DeadlineExceeded, PipelinedError, Unavailable
 from ..pipelines.registry import make_pipeline, resolve
 from ..v1 import models_pb2
@@ -80,11 +80,11 @@ class Client:
         if not self.wait_for_ready:
             return None
         return _transport.Waiting(
-            self.wait_for_ready, lambda: self.still_starting(model, task), waited_for(model, task)
+            self.wait_for_ready, lambda: self.readiness(model, task), waited_for(model, task)
         )
 
-    async def still_starting(self, model: str, task: str) -> bool:
-        """As `pipelined.Client.still_starting`."""
+    async def readiness(self, model: str, task: str) -> _transport.Readiness:
+        """As `pipelined.Client.readiness`."""
         try:
             if model:
                 request = models_pb2.GetModelRequest(name=model)
@@ -96,10 +96,10 @@ class Client:
                 )
                 served = [model_dict(m) for m in listed.models]
         except (Unavailable, DeadlineExceeded):  # not up yet, or too busy starting to answer
-            return True
+            return _transport.Readiness.STARTING
         except PipelinedError:
-            return False
-        return is_starting(served)
+            return _transport.Readiness.NOT_STARTING
+        return readiness_of(served)
 
     async def models(self, task: str = "") -> list[dict[str, Any]]:
         request = models_pb2.ListModelsRequest(task=task)
