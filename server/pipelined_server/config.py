@@ -150,6 +150,10 @@ class StreamingLimits(Section):
     # generate only the words after them (tasks/whisper_prefix.py). false: every decode generates the
     # whole window.
     force_committed_prefix: bool = True
+    # A stream to a multilingual Whisper that gives no language has it detected once, from its first
+    # seconds of speech, and keeps it: results report it, and later decodes neither detect it again nor
+    # switch language (tasks/whisper_language.py). false: every decode detects its own.
+    detect_language_once: bool = True
     # Audio sustained faster than this many times real time ends the stream with RESOURCE_EXHAUSTED...
     max_realtime_factor: Float = Field(default=3.0, gt=0)
     # ...beyond this much audio sent ahead at once (a client reconnecting may replay what it buffered).

@@ -448,3 +448,49 @@ def test_a_live_stream_ends_at_its_deadline_s_and_only_then(asr_server: ServerTh
     # Both the streams' and the requests' metric: one stream ended OK and one DEADLINE_EXCEEDED.
     after = {code: count - ended[code] for code, count in counts().items()}
     assert after == {"OK": 2, "DEADLINE_EXCEEDED": 2, "CANCELLED": 0}
+
+
+def test_a_multilingual_stream_detects_its_language_once(
+    stub: Any, tiny_whisper_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tiny-whisper is multilingual and the stream names no language: the stream has Whisper detect it once,
+    from at least DETECT_AFTER_S of audio, then gives it to every later decode and reports it on results."""
+    from pipelined_server.streaming import session
+    from pipelined_server.tasks import whisper_language
+
+    detected: list[tuple[float, str]] = []
+    detect = whisper_language.detect
+
+    def spied_detect(pipe: Any, samples: np.ndarray) -> str:
+        detected.append((len(samples) / RATE, detect(pipe, samples)))
+        return detected[-1][1]
+
+    decodes: list[tuple[int, str | None]] = []
+    decode = session.decode_window
+
+    async def spied_decode(
+        instance: Any, samples: np.ndarray, kwargs: dict[str, Any], priority: int = 0
+    ) -> Any:
+        decodes.append((len(detected), kwargs.get("generate_kwargs", {}).get("language")))
+        return await decode(instance, samples, kwargs, priority)
+
+    monkeypatch.setattr(whisper_language, "detect", spied_detect)
+    monkeypatch.setattr(session, "decode_window", spied_decode)
+    audio = speech()
+    config = config_request(config=speech_pb2.RecognitionConfig(model="tiny-whisper"), interim_results=True)
+    responses = list(stub.StreamingRecognize(iter([config, *audio_requests(audio)]), timeout=300))
+    assert len(detected) == 1, detected
+    heard_s, language = detected[0]
+    assert heard_s >= whisper_language.DETECT_AFTER_S
+    from transformers import GenerationConfig
+    from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
+
+    assert (
+        f"<|{TO_LANGUAGE_CODE[language]}|>" in GenerationConfig.from_pretrained(tiny_whisper_dir).lang_to_id
+    )
+    assert [given for seen, given in decodes if seen] and all(
+        given == language for seen, given in decodes if seen
+    ), decodes
+    assert all(given is None for seen, given in decodes if not seen)
+    reported = [r.language for resp in responses for r in resp.results]
+    assert reported[-1] == language and set(reported) <= {"", language}

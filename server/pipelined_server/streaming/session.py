@@ -22,10 +22,11 @@ Latency of finals (what a user waits for once they stop talking), measured with 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -44,7 +45,7 @@ from ..errors import (
 )
 from ..metrics import Metrics
 from ..registry import ModelInstance
-from ..tasks import whisper_alignatt, whisper_prefix
+from ..tasks import whisper_alignatt, whisper_language, whisper_prefix
 from . import responses
 from .agreement import LocalAgreement, Word
 from .buffer import RollingBuffer
@@ -52,6 +53,8 @@ from .decode import Hypothesis, decode_window, with_prefix
 from .options import StreamOptions
 from .outbox import Outbox
 from .vad import VAD_EXECUTOR, SpeechDetector, VadEvent
+
+log = logging.getLogger(__name__)
 
 # How long a final decode waits before retrying when the model's queue is full.
 _FULL_QUEUE_RETRY_S = 0.1
@@ -178,6 +181,8 @@ class StreamSession:
     ) -> None:
         self.instance = instance
         self.options = options
+        # One language detection per stream (see `_detect_language`).
+        self._language_lock = asyncio.Lock()
         self.limits = limits
         self.metrics = metrics
         # Called with the seconds of every chunk received (admission measures the model's load).
@@ -571,10 +576,12 @@ class StreamSession:
         """The window's words up to `end`; an interim decode's stop short of words it may not have fully
         heard (see StreamOptions.interim_kwargs)."""
         samples = self.buffer.slice(u.window_start, end)
-        kwargs = self.options.interim_kwargs if interim else self.options.kwargs
         duration = len(samples) / self.rate
         if duration < _MIN_DECODE_S:
             return Hypothesis([], [])
+        if self.options.detect_language and duration >= whisper_language.DETECT_AFTER_S:
+            await self._detect_language(samples)
+        kwargs = self.options.interim_kwargs if interim else self.options.kwargs
         # Only windows that will not slide are forced: a forced decode has no timestamp tokens, and its
         # alignment put some word ends late; a window cut there started inside the next word, which
         # Whisper then skipped ("from | wood blocks" -> "blocks": 5 words lost in 2 minutes of speech).
@@ -603,6 +610,26 @@ class StreamSession:
             (time.monotonic() - started) / duration
         )
         return with_prefix(forced, output, self._seconds(u.window_start), duration)
+
+    async def _detect_language(self, samples: np.ndarray) -> None:
+        """Detects the stream's language once and gives it to every later decode (tasks/whisper_language.py).
+        A full queue leaves it for a later decode; a detection that fails leaves every decode to detect its
+        own, as without this step."""
+        async with self._language_lock:  # an interim and a final decode may both get here
+            if not self.options.detect_language:
+                return
+            assert self.instance.scheduler is not None
+            try:
+                language = await self.instance.scheduler.submit_call(
+                    partial(whisper_language.detect, samples=samples)
+                )
+            except QueueFull:
+                return
+            except Exception:
+                log.warning("stream of %s: language detection failed", self.instance.name, exc_info=True)
+                self.options = replace(self.options, detect_language=False)
+                return
+            self.options = self.options.with_language(language)
 
     def _slide(self, u: Utterance, hyp: Hypothesis) -> None:
         """A long window moves its start to the latest cut before which every word is final."""
