@@ -10,7 +10,9 @@ with the pipeline in the serving process (`model_process: false`). TorchServe ba
 the peers' config) runs in the same repeat loop when setup.sh has built it; one torch thread everywhere.
 The gRPC floor (`grpc_floor.py`: the same TextService answering a canned reply, no model, one process, one
 event loop) runs there too: what Python gRPC alone costs at c=1 and carries at c=32 on this machine, with the
-same load generator.
+same load generator; and the same server with the bare pipeline call (`loading.run_batch`, one input per call)
+on its event loop and in a model process: what a server that does gRPC and the call and nothing else costs,
+so the distance from those rows to pipelined's is what pipelined itself adds per call.
 
     PYTHONPATH=$PWD/client:$PWD/server .venv/bin/python bench/unary_peers.py --duration 5 --repeats 3
 
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,8 @@ TORCHSERVE = "TorchServe batched (8 / 5 ms)"
 PIPELINED = "pipelined (default config)"
 IN_SERVER = "pipelined, model_process: false"
 FLOOR = "gRPC floor (canned reply)"
+BARE_LOOP = "gRPC + the pipeline call on the loop"
+BARE_PROCESS = "gRPC + the pipeline call in a model process"
 
 
 def _run_json(cmd: list[str], out: Path, env: dict[str, str]) -> list[dict[str, Any]]:
@@ -94,7 +99,14 @@ def main() -> None:
         in_server = work / "in_server.yaml"
         in_server.write_text(config.read_text() + "    model_process: false\n")
         py = sys.executable
-        rows: dict[str, list[dict[str, Any]]] = {"in-process": [], FLOOR: [], PIPELINED: [], IN_SERVER: []}
+        rows: dict[str, list[dict[str, Any]]] = {
+            "in-process": [],
+            FLOOR: [],
+            BARE_PROCESS: [],
+            PIPELINED: [],
+            BARE_LOOP: [],
+            IN_SERVER: [],
+        }
         torchserve = HARNESS / "venv-torchserve" / "bin" / "torchserve"
         built = torchserve.exists() and (HARNESS / "torchserve" / "model_store" / "tiny-textcls.mar").exists()
         if built:
@@ -116,6 +128,10 @@ def main() -> None:
             )
             rows["in-process"].append({r.get("mode", r.get("label")): r for r in inproc})
             rows[FLOOR].append(_floor(load, work, env))
+            rows[BARE_PROCESS].append(
+                _floor(load, work, env, ["--model", str(model), "--placement", "process"])
+            )
+            rows[BARE_LOOP].append(_floor(load, work, env, ["--model", str(model), "--placement", "loop"]))
             for name, path in ((PIPELINED, config), (IN_SERVER, in_server)):
                 server = ServerProcess(["--config", str(path)], workers="auto")
                 try:
@@ -222,10 +238,13 @@ def profile(pid: int, seconds: float, out: Path) -> str:
     return table(["where the server's busy samples go", "share"], [(k, f"{v / busy:.0%}") for k, v in rows])
 
 
-def _floor(load: list[str], work: Path, env: dict[str, str]) -> dict[int, dict[str, Any]]:
-    """One run of the canned-reply server (grpc_floor.py) under the same load generator."""
+def _floor(
+    load: list[str], work: Path, env: dict[str, str], model: Sequence[str] = ()
+) -> dict[int, dict[str, Any]]:
+    """One run of the canned-reply server (grpc_floor.py; with `model`, its bare pipeline call) under the
+    same load generator."""
     port = free_port()
-    cmd = [sys.executable, str(Path(__file__).with_name("grpc_floor.py")), "--port", str(port)]
+    cmd = [sys.executable, str(Path(__file__).with_name("grpc_floor.py")), "--port", str(port), *model]
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
