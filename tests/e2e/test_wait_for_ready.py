@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pipelined.aio
 import pytest
 from harness import ServerThread
-from pipelined import Client, DeadlineExceeded, Unavailable
+from pipelined import Client, DeadlineExceeded, Unavailable, _transport
 from pipelined_server import registry
 from pipelined_server.config import ModelSpec, ServerConfig
 from text_fixtures import tiny_text_dirs
@@ -141,6 +142,16 @@ def test_call_waits_for_a_server_that_is_starting() -> None:
         server.stop()
 
 
+def _once_served(probe: Any) -> Any:
+    """The probe's answer once it finds the model served: after the refused call, the client's channel waits
+    out its reconnect backoff, and a probe meanwhile still finds the server unreachable."""
+    deadline = time.monotonic() + 60
+    while (answer := probe()) is not _transport.Readiness.READY:
+        assert time.monotonic() < deadline, answer
+        time.sleep(0.05)
+    return answer
+
+
 def test_a_server_that_comes_up_between_the_call_and_the_probe_is_tried_again() -> None:
     """The race CI met: the call is refused, the server then starts and loads before the probe asks, so the
     probe finds the model served. The call is tried again rather than failing with the stale refusal."""
@@ -155,7 +166,7 @@ def test_a_server_that_comes_up_between_the_call_and_the_probe_is_tried_again() 
             servers.append(
                 ServerThread(ServerConfig(host="127.0.0.1", port=port, metrics_port=0, models=(_spec(),)))
             )
-        found.append(probe(model, task))
+        found.append(_once_served(lambda: probe(model, task)))
         return found[-1]
 
     client.readiness = started_first  # type: ignore[method-assign]
@@ -178,7 +189,11 @@ async def test_asyncio_call_tries_again_once_the_probe_finds_the_model_served() 
         if not servers:
             config = ServerConfig(host="127.0.0.1", port=port, metrics_port=0, models=(_spec(),))
             servers.append(await asyncio.to_thread(ServerThread, config))
-        return await probe(model, task)
+        deadline = time.monotonic() + 60
+        while (answer := await probe(model, task)) is not _transport.Readiness.READY:
+            assert time.monotonic() < deadline, answer
+            await asyncio.sleep(0.05)
+        return answer
 
     client.readiness = started_first  # type: ignore[method-assign]
     try:
@@ -192,8 +207,6 @@ async def test_asyncio_call_tries_again_once_the_probe_finds_the_model_served() 
 def test_a_model_served_but_unavailable_is_tried_once_more_not_waited_for() -> None:
     """READY after UNAVAILABLE earns one more try; the same answer again fails at once (no wait without end
     for a server that keeps refusing a model it reports served)."""
-    from pipelined import _transport
-
     tries: list[float] = []
 
     def refused() -> Any:
