@@ -67,7 +67,8 @@ class OnTheLoop(text_pb2_grpc.TextServiceServicer):
 
 
 class InAProcess(text_pb2_grpc.TextServiceServicer):
-    """The pipeline call in a model process of its own, answered on the event loop, as pipelined does."""
+    """The pipeline call in a model process of its own, answered on the event loop, as pipelined does; one
+    call at a time on its pipe (pipelined's scheduler would batch the calls that wait)."""
 
     def __init__(self, model: str) -> None:
         from pipelined_server.batching.model_process import ModelProcess
@@ -75,9 +76,12 @@ class InAProcess(text_pb2_grpc.TextServiceServicer):
 
         self.process = ModelProcess(ModelSpec(name="m", task="text-classification", source=model), 1)
         self.process.wait_ready()
+        self.pipe_free = asyncio.Lock()
 
     async def ClassifyText(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return _response((await self.process.run_batch([request.inputs[0].text], {}))[0])
+        async with self.pipe_free:
+            output = (await self.process.run_batch([request.inputs[0].text], {}))[0]
+        return _response(output)
 
 
 async def serve(port: int, servicer: text_pb2_grpc.TextServiceServicer) -> None:

@@ -12,7 +12,8 @@ The gRPC floor (`grpc_floor.py`: the same TextService answering a canned reply, 
 event loop) runs there too: what Python gRPC alone costs at c=1 and carries at c=32 on this machine, with the
 same load generator; and the same server with the bare pipeline call (`loading.run_batch`, one input per call)
 on its event loop and in a model process: what a server that does gRPC and the call and nothing else costs,
-so the distance from those rows to pipelined's is what pipelined itself adds per call.
+so the distance from those rows to pipelined's is what pipelined itself adds per call at c=1 (they compute one
+call at a time: at c=8 and c=32 they show what pipelined's batching brings).
 
     PYTHONPATH=$PWD/client:$PWD/server .venv/bin/python bench/unary_peers.py --duration 5 --repeats 3
 
