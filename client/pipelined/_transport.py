@@ -176,13 +176,6 @@ def _next_delay(delay: float) -> float:
     return min(delay * 2, _MAX_DELAY_S)
 
 
-def _tries_again(found: Readiness, tried_when_ready: bool) -> bool:
-    """Whether a call that met UNAVAILABLE, whose probe then `found` this, is tried again."""
-    if found is Readiness.READY:
-        return not tried_when_ready
-    return found is Readiness.STARTING
-
-
 def waiting_for(attempt: Callable[[], R], waiting: Waiting | None) -> R:
     """`attempt()`, tried again with backoff while it raises Unavailable and the server is still starting
     (and once at once if the probe finds the model served: the server came up since the attempt)."""
@@ -195,11 +188,11 @@ def waiting_for(attempt: Callable[[], R], waiting: Waiting | None) -> R:
         except Unavailable as error:
             left = _time_left(waiting, error, started)
             found = waiting.readiness() if waiting else Readiness.NOT_STARTING
-            if not _tries_again(found, tried_when_ready):
-                raise
-            if found is Readiness.READY:
+            if found is Readiness.READY and not tried_when_ready:
                 tried_when_ready = True
                 continue
+            if found is not Readiness.STARTING:
+                raise
             time.sleep(min(delay, left))
             delay = _next_delay(delay)
 
@@ -215,11 +208,11 @@ async def awaiting_for(attempt: Callable[[], Awaitable[R]], waiting: Waiting | N
         except Unavailable as error:
             left = _time_left(waiting, error, started)
             found = await waiting.readiness() if waiting else Readiness.NOT_STARTING
-            if not _tries_again(found, tried_when_ready):
-                raise
-            if found is Readiness.READY:
+            if found is Readiness.READY and not tried_when_ready:
                 tried_when_ready = True
                 continue
+            if found is not Readiness.STARTING:
+                raise
             await asyncio.sleep(min(delay, left))
             delay = _next_delay(delay)
 

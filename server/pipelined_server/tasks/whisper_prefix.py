@@ -106,7 +106,6 @@ def forcing(ids: list[int] | None) -> Iterator[None]:
         yield
     finally:
         _state.ids = previous
-        _state.prompt_length = None
 
 
 def _prompt(model: Any, kwargs: dict[str, Any]) -> list[int] | None:
