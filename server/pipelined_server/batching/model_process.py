@@ -34,6 +34,13 @@ against 444 req/s with the gap rule, which it needed. The run blocks the event l
 meanwhile reach the queue one by one once it ends and look like lone callers. Even with the gap rule, 8
 concurrent calls from a client in the same process (one GIL, tests/e2e/test_text_parity.py) were computed
 one by one under the full test suite's load: concurrent callers must batch.
+
+Tried and not kept: the child polling its pipe for 1 ms after each answer instead of sleeping in recv() (a
+sleeping process wakes 0.1-0.2 ms late on this VM). `bench/unary_peers.py`'s classifier, one worker per core,
+interleaved rounds: c=1 p50 1.95 against 2.06 ms (4 rounds), but c=8 1,135 against 1,276 req/s: the polling
+core is one the local load generator and the gRPC worker need. Polling only after a one-input batch did not
+spare c=8 (935 against 1,085 req/s, 4 rounds): a call that finds the model idle runs alone, so c=8 makes
+one-input batches too.
 """
 
 from __future__ import annotations
