@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from .services.speech import SpeechServicer
 from .services.text import TextServicer
 from .services.vision import VisionServicer
 from .streaming import relay
-from .workers import is_worker, worker_index
+from .workers import binds_early, is_worker, worker_index
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,8 @@ class App:
     # The plaintext health-only server (`health_port`), when configured.
     health_server: grpc.aio.Server | None = None
     health_port: int = 0
+    # Called when a worker that binds once loaded (see `start`) cannot bind: the server then stops.
+    on_bind_failure: Callable[[Exception], object] | None = None
     _load_task: asyncio.Task[None] | None = None
     _health_tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -182,8 +185,27 @@ class App:
 
     async def start(self) -> int:
         """Refuses a config whose models cannot fit their declared memory budgets (ConfigError), then binds
-        the port (0 picks a free one), starts serving health at once and loads models behind it."""
+        the port (0 picks a free one), starts serving health at once and loads models behind it.
+
+        A worker whose siblings serve the port meanwhile (workers.binds_early says which) loads first and
+        binds after: the kernel hands a new connection to any socket listening on the port, and one that
+        reached a loading worker would get UNAVAILABLE for every call while a sibling could serve it (HTTP/2
+        connections stay with their worker). gRPC listens at add_port, and a port added after start()
+        listens without ever serving, so the whole server starts late."""
         await asyncio.to_thread(check_budgets, self.config.models)
+        await self.health.set("", NOT_SERVING)
+        for name in self.state.registry.instances:
+            await self.health.set(name, NOT_SERVING)
+        loop = asyncio.get_running_loop()
+        if binds_early():
+            await self._serve()
+            self._load_task = loop.create_task(self.state.registry.load_all())
+        else:
+            self.port = self.config.port
+            self._load_task = loop.create_task(self._load_then_serve())
+        return self.port
+
+    async def _serve(self) -> None:
         address = f"{self.config.host}:{self.config.port}"
         if self.config.tls.enabled:
             self.port = self.server.add_secure_port(address, server_credentials(self.config.tls))
@@ -194,15 +216,21 @@ class App:
         siblings = self.state.siblings
         if siblings is not None and not self.server.add_insecure_port(siblings.address):
             raise OSError(f"cannot bind {siblings.address} (live streams relayed by sibling workers)")
-        await self.health.set("", NOT_SERVING)
-        for name in self.state.registry.instances:
-            await self.health.set(name, NOT_SERVING)
         await self.server.start()
         if self.config.health_port is not None:
             await self._start_health_server()
-        self._load_task = asyncio.get_running_loop().create_task(self.state.registry.load_all())
         log.info("listening on %s:%d", self.config.host, self.port)
-        return self.port
+
+    async def _load_then_serve(self) -> None:
+        await self.state.registry.load_all()
+        if self.state.draining:
+            return
+        try:
+            await self._serve()
+        except (OSError, RuntimeError) as exc:  # gRPC raises RuntimeError when it cannot bind
+            log.error("%s", exc)
+            if self.on_bind_failure is not None:
+                self.on_bind_failure(exc)
 
     async def _start_health_server(self) -> None:
         """grpc.health.v1 alone, in plaintext, on its own port: Kubernetes' native gRPC probes speak no

@@ -17,7 +17,7 @@ from . import logs
 from .config import DEFAULT_PORT, ServerConfig, check_devices, check_files, resolve_config
 from .errors import ConfigError
 from .memory_budgets import check_budgets
-from .workers import Supervisor, is_worker, resolve_workers, watch_parent
+from .workers import Supervisor, binds_early, is_worker, resolve_workers, watch_parent
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -145,8 +145,16 @@ async def serve(config: ServerConfig) -> None:
         # The same host as gRPC, and HTTPS with the server's certificate when TLS is on (scrapers are
         # not asked for a client certificate: Prometheus scrape configs rarely have one).
         app.metrics.serve(config.metrics_port, config.host, config.tls.cert_file, config.tls.key_file)
-    await app.start()
     stop = asyncio.Event()
+    bind_failures: list[Exception] = []
+
+    # A worker that binds once loaded cannot raise from start(): it stops, and exits 1 for its supervisor.
+    def on_bind_failure(exc: Exception) -> None:
+        bind_failures.append(exc)
+        stop.set()
+
+    app.on_bind_failure = on_bind_failure
+    await app.start()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)
 
@@ -168,13 +176,16 @@ async def serve(config: ServerConfig) -> None:
     # The task is held here: the loop keeps only weak references.
     parent_watch = loop.create_task(watch_parent(stop)) if is_worker() else None
     log.info("event loop: %s", type(loop).__module__.partition(".")[0])
-    print(f"pipelined-server listening on {config.host}:{app.port}", flush=True)
+    if binds_early():  # a worker that binds once loaded logs "listening on" then (App.start)
+        print(f"pipelined-server listening on {config.host}:{app.port}", flush=True)
     await stop.wait()
     if parent_watch is not None:
         parent_watch.cancel()
     log.info("draining (grace %.0f s)", config.grace_period_s)
     _exit_after(config.grace_period_s + EXIT_MARGIN_S)
     await app.drain()
+    if bind_failures:
+        raise SystemExit(1)
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -38,12 +38,13 @@ DEFAULT_TEXT_MODELS = ("all-minilm-l6-v2", "smollm2-135m-instruct")
 # indexes (PIPELINED_LIMITS__MAX_INPUTS_PER_REQUEST, PIPELINED_MODELS__0__REPLICAS), as in pydantic-settings.
 ENV_PREFIX = "PIPELINED_"
 # PIPELINED_ variables that are not config keys: the model cache, the client's default target, and what the
-# supervisor gives each worker process: its index (workers.py), the siblings' directory and count
-# (streaming/relay.py).
+# supervisor gives each worker process: its index and whether it binds before loading (workers.py), the
+# siblings' directory and count (streaming/relay.py).
 _OTHER_ENV = {
     "PIPELINED_CACHE_DIR",
     "PIPELINED_TARGET",
     "PIPELINED_WORKER_INDEX",
+    "PIPELINED_WORKER_BINDS_EARLY",
     "PIPELINED_SIBLINGS_DIR",
     "PIPELINED_WORKER_COUNT",
 }

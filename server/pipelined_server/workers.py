@@ -16,6 +16,7 @@ The supervisor itself loads no model and serves no RPC. It:
 - forwards SIGTERM/SIGINT (drain: each worker goes NOT_SERVING, finishes its calls within the grace) and
   SIGHUP, exits 0 once every worker exited 0; a second SIGTERM kills the workers at once;
 - restarts a worker that dies while serving (with backoff), so one crashed process does not halve capacity;
+- lets only the first worker, at the first start, bind before its models load (`binds_early`);
 - makes the private directory where workers publish their live-stream headroom and listen for the streams
   a sibling could not admit (streaming/relay.py).
 """
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # The worker index (0-based) and the flag that a process is a worker, not a supervisor.
 WORKER_ENV = "PIPELINED_WORKER_INDEX"
+# "1" for the one worker that binds the port before its models load (see `binds_early`).
+BINDS_EARLY_ENV = "PIPELINED_WORKER_BINDS_EARLY"
 # A worker that dies sooner than this after its start counts as a crash loop, and is restarted more slowly.
 _QUICK_DEATH_S = 10.0
 _MAX_BACKOFF_S = 30.0
@@ -116,10 +119,11 @@ class Supervisor:
         self._kill = threading.Event()
         self._restarts: dict[int, int] = {}
 
-    def _spawn(self, index: int) -> _Worker:
+    def _spawn(self, index: int, restart: bool = False) -> _Worker:
         env = {
             **os.environ,
             WORKER_ENV: str(index),
+            BINDS_EARLY_ENV: "1" if index == 0 and not restart else "0",
             # Read by prometheus-client at import: each worker writes its samples to files in this directory.
             "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir,
             relay.DIR_ENV: self._siblings_dir,
@@ -250,11 +254,19 @@ class Supervisor:
         )
         if self._stopping.wait(backoff):
             return
-        self._workers[index] = self._spawn(index)
+        self._workers[index] = self._spawn(index, restart=True)
 
 
 def is_worker() -> bool:
     return WORKER_ENV in os.environ
+
+
+def binds_early() -> bool:
+    """Whether this server binds its port before its models load, answering health (NOT_SERVING) and
+    UNAVAILABLE meanwhile: one process alone does, so that probes see it starting; of several workers only
+    the first, at the first start. The others, and a worker restarted while its siblings serve, bind once
+    loaded (App.start says why)."""
+    return not is_worker() or os.environ.get(BINDS_EARLY_ENV) == "1"
 
 
 def worker_index() -> int:

@@ -130,26 +130,82 @@ def test_every_worker_serves_and_metrics_count_them_all(two_workers: Any) -> Non
         channel.close()
 
 
+def _listens(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a socket listening on TCP `port` (any address)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(fields[9])
+    try:
+        links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    except OSError:  # gone
+        return False
+    return any(link.startswith("socket:[") and link[8:-1] in inodes for link in links)
+
+
 def test_a_dead_worker_is_replaced_and_sigterm_drains_all(two_workers: Any) -> None:
     process, target, metrics_port = two_workers
+    port = int(target.rsplit(":", 1)[1])
     first, second = _children(process.pid)
+    assert _listens(first, port) and _listens(second, port)
     os.kill(first, signal.SIGKILL)
     deadline = time.monotonic() + 120
     while first in _children(process.pid) or len(_children(process.pid)) < 2:
         assert time.monotonic() < deadline, "the killed worker was not replaced"
         time.sleep(0.2)
     assert second in _children(process.pid)
+    (replacement,) = set(_children(process.pid)) - {second}
     # The survivor serves throughout; the replacement loads and serves too.
     channel = _channel(target)
     _classify(channel, 3)
+    # The replacement takes no connection while it loads (its sibling serves them): it listens only once
+    # its model is ready. It binds after setting the ready metric, so listening with the metric below 2 is
+    # a bind before the load. Its start (imports, load) takes seconds, so the loading phase is observed.
+    loading_seen = 0
     while _metric(metrics_port, "pipelined_model_ready") < 2:
+        listening = _listens(replacement, port)
+        if _metric(metrics_port, "pipelined_model_ready") < 2:
+            assert not listening, "the replacement worker listens before its model is loaded"
+            loading_seen += 1
         assert time.monotonic() < deadline, "the replacement never loaded"
-        time.sleep(0.2)
+        time.sleep(0.05)
+    assert loading_seen > 0
+    while not _listens(replacement, port):
+        assert time.monotonic() < deadline, "the replacement never listened"
+        time.sleep(0.05)
     workers = _children(process.pid)
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 0
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "a worker outlived the supervisor"
     channel.close()
+
+
+def test_a_worker_that_binds_once_loaded_exits_1_when_it_cannot_bind(tmp_path: Path) -> None:
+    # The port is held by a socket without SO_REUSEPORT: the worker loads, fails to bind, and must exit
+    # with an error for its supervisor to restart it, not sit there serving nothing.
+    source = tiny_text_dirs()["sequence"]
+    config = tmp_path / "server.yaml"
+    config.write_text(f"models:\n  - {{name: cls, task: text-classification, source: '{source}'}}\n")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINED_")}
+        done = subprocess.run(
+            [sys.executable, "-m", "pipelined_server.cli", "--config", str(config), "--host", "127.0.0.1"]
+            + ["--port", str(port), "--metrics-port", "0", "--workers", "1"],
+            env={**env, "PIPELINED_WORKER_INDEX": "1", "PIPELINED_WORKER_BINDS_EARLY": "0"},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "names no config key" not in done.stderr
+    ready = done.stderr.index("model cls ready")
+    failed = done.stderr.index(f"Failed to bind to address 127.0.0.1:{port}")
+    assert ready < failed, done.stderr[-2000:]  # it loaded first, then tried to bind
 
 
 def test_auto_workers_follow_the_cores_on_cpu_and_stay_one_on_a_gpu() -> None:
