@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,6 +21,18 @@ MAX_DECODE_INTERVAL_S = 10.0
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_MIN_SILENCE_S = 0.5
 DEFAULT_PADDING_S = 0.2
+# A Whisper stream decode generates at most this many tokens per second of its window (rounded up to
+# `_TOKEN_CAP_STEP_S`), plus `_TOKEN_CAP_BASE`. Fast speech (6-8 words/s) takes 8-11 tokens/s; a decode caught
+# in a repetition loop ("produced the block books, produced the block books, ...") ran to Whisper's 448
+# tokens instead: 7.1 s for a 4.2 s window of tiny.en, and the stream's next results waited behind it
+# (bench/asr_streaming.py --streams 1 --minutes 5: final lag max 6.1-7.7 s, against p95 1.7 s).
+_TOKENS_PER_S = 16
+_TOKEN_CAP_BASE = 16
+# Windows are capped per started 5 s, so that decodes of similar windows keep one batching key.
+_TOKEN_CAP_STEP_S = 5.0
+_WHISPER_POSITIONS = 448
+# Start of transcript, language, task, no-timestamps.
+_PROMPT_TOKENS = 4
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,19 @@ class StreamOptions:
     # Whether the stream detects its language once and then gives it to every decode (a multilingual
     # Whisper with no language asked for; see tasks/whisper_language.py).
     detect_language: bool = False
+    # Whether decodes get a token cap by window length (Whisper; see `_TOKENS_PER_S`).
+    cap_tokens: bool = False
+
+    def capped(self, kwargs: dict[str, Any], duration_s: float, forced_words: int = 0) -> dict[str, Any]:
+        """`kwargs` for a decode of `duration_s` of audio with `forced_words` forced, with the token cap when
+        the stream has one. Whisper refuses a decode whose prompt, forced tokens and cap pass its 448
+        positions: a forced word is counted as 3 tokens."""
+        if not self.cap_tokens:
+            return kwargs
+        steps = max(1, math.ceil(duration_s / _TOKEN_CAP_STEP_S - 1e-9))
+        cap = _TOKEN_CAP_BASE + math.ceil(_TOKENS_PER_S * steps * _TOKEN_CAP_STEP_S)
+        cap = max(_TOKEN_CAP_BASE, min(cap, _WHISPER_POSITIONS - _PROMPT_TOKENS - 3 * forced_words))
+        return {**kwargs, "generate_kwargs": {**kwargs.get("generate_kwargs", {}), "max_new_tokens": cap}}
 
     def with_language(self, language: str) -> StreamOptions:
         """These options with `language` given to every decode (and reported on results)."""
@@ -144,6 +170,7 @@ def stream_options(
         language=recognition.language,
         force_prefix=force_prefix,
         detect_language=detect_language,
+        cap_tokens=kind == asr.WHISPER,
     )
 
 

@@ -600,6 +600,7 @@ class StreamSession:
             if self.options.force_prefix and end - u.window_start <= self._max_window
             else []
         )
+        kwargs = self.options.capped(kwargs, duration, len(forced))
         if forced:
             kwargs = {**kwargs, whisper_prefix.KWARG: " ".join(w.text for w in forced)}
         started = time.monotonic()
