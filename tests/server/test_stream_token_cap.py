@@ -4,25 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelined_server.audio import RawFormat
 from pipelined_server.streaming.options import StreamOptions
+from stream_settings import plain_options
 
 
 def _options(cap_tokens: bool = True) -> StreamOptions:
-    return StreamOptions(
-        audio_format=RawFormat("float32", 16000),
-        kwargs={"generate_kwargs": {"num_beams": 1}},
-        interim_kwargs={},
-        interim_results=True,
-        word_times=False,
-        events=False,
-        decode_interval_s=1.0,
-        threshold=0.5,
-        min_silence_s=0.5,
-        padding_s=0.2,
-        language="",
-        cap_tokens=cap_tokens,
-    )
+    return plain_options(kwargs={"generate_kwargs": {"num_beams": 1}}, cap_tokens=cap_tokens)
 
 
 def _cap(duration_s: float, forced_words: int = 0) -> int:

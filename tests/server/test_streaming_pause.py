@@ -7,32 +7,20 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-from pipelined_server.audio import AudioLimits, RawFormat
+from pipelined_server.audio import AudioLimits
 from pipelined_server.config import StreamingLimits
 from pipelined_server.metrics import Metrics
 from pipelined_server.streaming import session
 from pipelined_server.streaming.agreement import Word
 from pipelined_server.streaming.decode import Hypothesis
-from pipelined_server.streaming.options import StreamOptions
+from stream_settings import plain_options
 
 RATE = 16000
 PAD_S = 0.2
 
 
 def _session(words: list[Word]) -> session.StreamSession:
-    options = StreamOptions(
-        audio_format=RawFormat("float32", RATE),
-        kwargs={},
-        interim_kwargs={},
-        interim_results=True,
-        word_times=True,
-        events=False,
-        decode_interval_s=1.0,
-        threshold=0.5,
-        min_silence_s=0.5,
-        padding_s=PAD_S,
-        language="",
-    )
+    options = plain_options(padding_s=PAD_S)
     instance: Any = SimpleNamespace(name="m", sampling_rate=RATE, scheduler=None)
     stream = session.StreamSession(instance, options, StreamingLimits(), AudioLimits(), Metrics())
     stream.buffer.append(np.zeros(3 * RATE, np.float32), 0.0)
