@@ -16,7 +16,7 @@ The supervisor itself loads no model and serves no RPC. It:
 - forwards SIGTERM/SIGINT (drain: each worker goes NOT_SERVING, finishes its calls within the grace) and
   SIGHUP, exits 0 once every worker exited 0; a second SIGTERM kills the workers at once;
 - restarts a worker that dies while serving (with backoff), so one crashed process does not halve capacity;
-- lets only the first worker, at the first start, bind before its models load (`binds_early`);
+- lets a worker bind before its models load only when no other worker runs (`binds_early`);
 - makes the private directory where workers publish their live-stream headroom and listen for the streams
   a sibling could not admit (streaming/relay.py).
 """
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 # The worker index (0-based) and the flag that a process is a worker, not a supervisor.
 WORKER_ENV = "PIPELINED_WORKER_INDEX"
-# "1" for the one worker that binds the port before its models load (see `binds_early`).
+# "1" for a worker that binds the port before its models load (see `binds_early`).
 BINDS_EARLY_ENV = "PIPELINED_WORKER_BINDS_EARLY"
 # A worker that dies sooner than this after its start counts as a crash loop, and is restarted more slowly.
 _QUICK_DEATH_S = 10.0
@@ -119,11 +119,17 @@ class Supervisor:
         self._kill = threading.Event()
         self._restarts: dict[int, int] = {}
 
-    def _spawn(self, index: int, restart: bool = False) -> _Worker:
+    def _alone(self, index: int) -> bool:
+        """Whether no other worker is running: then worker `index` binds before loading (`binds_early`), so
+        that something answers on the port (NOT_SERVING) while it loads: the first worker at start, or a
+        worker restarted after all of them died."""
+        return all(w.process.poll() is not None for i, w in self._workers.items() if i != index)
+
+    def _spawn(self, index: int) -> _Worker:
         env = {
             **os.environ,
             WORKER_ENV: str(index),
-            BINDS_EARLY_ENV: "1" if index == 0 and not restart else "0",
+            BINDS_EARLY_ENV: "1" if self._alone(index) else "0",
             # Read by prometheus-client at import: each worker writes its samples to files in this directory.
             "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir,
             relay.DIR_ENV: self._siblings_dir,
@@ -254,7 +260,7 @@ class Supervisor:
         )
         if self._stopping.wait(backoff):
             return
-        self._workers[index] = self._spawn(index, restart=True)
+        self._workers[index] = self._spawn(index)
 
 
 def is_worker() -> bool:
@@ -264,8 +270,8 @@ def is_worker() -> bool:
 def binds_early() -> bool:
     """Whether this server binds its port before its models load, answering health (NOT_SERVING) and
     UNAVAILABLE meanwhile: one process alone does, so that probes see it starting; of several workers only
-    the first, at the first start. The others, and a worker restarted while its siblings serve, bind once
-    loaded (App.start says why)."""
+    one started while no other ran (the first at start-up, or a restart after all died). The others, and a
+    worker restarted while its siblings serve, bind once loaded (App.start says why)."""
     return not is_worker() or os.environ.get(BINDS_EARLY_ENV) == "1"
 
 

@@ -228,3 +228,31 @@ def test_workers_must_be_auto_or_a_count(value: Any) -> None:
 def test_workers_auto_in_a_file() -> None:
     doc = {"workers": "auto", "models": [{"name": "m", "task": "text-classification", "source": "x"}]}
     assert parse_config(doc).workers == 0
+
+
+def test_a_worker_binds_before_loading_only_when_no_other_runs(tmp_path: Path) -> None:
+    # Something must answer on the port (NOT_SERVING) while workers load: the first at start-up, and a
+    # worker restarted after all of them died; a worker started beside a running one binds once loaded.
+    import shutil
+    from types import SimpleNamespace
+
+    from pipelined_server.workers import Supervisor, _Worker
+
+    spec = ModelSpec(name="cls", task="text-classification", source=str(tiny_text_dirs()["sequence"]))
+    supervisor = Supervisor(ServerConfig(host="127.0.0.1", port=0, models=(spec,)), [], 3)
+    try:
+
+        def worker(index: int, running: bool) -> _Worker:
+            process: Any = SimpleNamespace(poll=lambda: None if running else -9)
+            return _Worker(index, process, 0.0)
+
+        assert supervisor._alone(0)  # start-up: nothing runs yet
+        supervisor._workers = {0: worker(0, True)}
+        assert not supervisor._alone(1)
+        supervisor._workers = {1: worker(1, False), 2: worker(2, True)}  # 1 died, 2 serves
+        assert not supervisor._alone(1)
+        supervisor._workers = {1: worker(1, False), 2: worker(2, False)}  # all died (2 not yet reaped)
+        assert supervisor._alone(1)
+    finally:
+        shutil.rmtree(supervisor._metrics_dir, ignore_errors=True)
+        shutil.rmtree(supervisor._siblings_dir, ignore_errors=True)
