@@ -19,6 +19,9 @@ from pipelined_server.config import ModelSpec, ServerConfig
 from text_fixtures import tiny_text_dirs
 
 TASK = "text-classification"
+# Calls meant to miss a 1 us deadline carry this much work: gRPC notices an expired deadline on its timer,
+# which can lose the race to a call as short as one "hello" on a fast local server (CI saw it once).
+SLOW = ["hello world " * 20] * 256
 
 
 def _spec() -> ModelSpec:
@@ -225,13 +228,13 @@ def test_per_call_timeout_overrides_the_clients() -> None:
         with Client(server.target, timeout=1e-6) as client:
             pipe = client.pipeline(TASK, model="tiny-sentiment")
             with pytest.raises(DeadlineExceeded):
-                pipe("hello")
+                pipe(SLOW)
             assert pipe("hello", timeout=60)[0]["label"]
             assert list(pipe(iter(["a", "b"]), timeout=60))[1]["label"]
             own = client.pipeline(TASK, model="tiny-sentiment", timeout=60)
             assert own("hello")[0]["label"] and "timeout" not in own.defaults
             with pytest.raises(DeadlineExceeded):
-                own("hello", timeout=1e-6)
+                own(SLOW, timeout=1e-6)
     finally:
         server.stop()
 
@@ -242,7 +245,7 @@ async def test_asyncio_per_call_timeout() -> None:
         async with pipelined.aio.Client(server.target, timeout=1e-6) as client:
             pipe = client.pipeline(TASK, model="tiny-sentiment")
             with pytest.raises(DeadlineExceeded):
-                await pipe("hello")
+                await pipe(SLOW)
             assert (await pipe(["a", "b"], timeout=60))[1]["label"]
     finally:
         server.stop()
