@@ -63,11 +63,22 @@ def on_cuda(device: str) -> bool:
     return False
 
 
+def dtype_on(spec: ModelSpec, device: str | None = None) -> str:
+    """The dtype the spec loads with on `device` (its own by default): `auto` on a plain CPU device is the
+    embedded catalogue's choice for the model where it has one (Whisper tiny.en: int8), else `auto`."""
+    from .sources.embedded import cpu_dtype
+
+    device = device or spec.device
+    if spec.dtype == "auto" and device.startswith("cpu"):
+        return cpu_dtype(spec.source) or "auto"
+    return spec.dtype
+
+
 def cpu_int8(spec: ModelSpec, device: str | None = None) -> bool:
     """`dtype: int8` off CUDA is torch's dynamic quantization of the linear layers (bitsandbytes' 8-bit
     kernels are CUDA only): the model loads in float32, then every nn.Linear becomes int8 weights with
     activations quantized per call."""
-    return spec.dtype == "int8" and not on_cuda(device or spec.device)
+    return dtype_on(spec, device) == "int8" and not on_cuda(device or spec.device)
 
 
 def _accelerate_max_memory(max_memory: dict[str, int]) -> dict[int | str, int]:
@@ -102,15 +113,16 @@ def pipeline_kwargs_for(spec: ModelSpec, device: str | None = None) -> dict[str,
             model_kwargs["offload_folder"] = spec.offload_folder
     else:
         kwargs["device"] = device
-    if spec.dtype in ("int8", "nf4") and not cpu_int8(spec, device):
-        model_kwargs["quantization_config"] = _bitsandbytes_config(spec.dtype)
+    dtype = dtype_on(spec, device)
+    if dtype in ("int8", "nf4") and not cpu_int8(spec, device):
+        model_kwargs["quantization_config"] = _bitsandbytes_config(dtype)
         if device != "auto":
             kwargs.pop("device")
             kwargs["device_map"] = device
-    elif spec.dtype == "int8":
+    elif dtype == "int8":
         kwargs["dtype"] = "float32"  # quantized after loading: see cpu_int8
-    elif spec.dtype != "auto":
-        kwargs["dtype"] = spec.dtype
+    elif dtype != "auto":
+        kwargs["dtype"] = dtype
     if model_kwargs:
         kwargs["model_kwargs"] = model_kwargs
     return kwargs
@@ -155,7 +167,7 @@ def load_pipeline(spec: ModelSpec, device: str | None = None) -> LoadedPipeline:
     model = resolve_source(spec.source)
     log.info("loading %s (%s) from %s on %s", spec.name, spec.task, model, device)
     if not on_cuda(device):
-        check_cpu_dtype(spec.dtype, f"{spec.name}.dtype")
+        check_cpu_dtype(dtype_on(spec, device), f"{spec.name}.dtype")
     # The task is a runtime string, so none of transformers' per-task overloads applies.
     make_pipeline: Any = transformers.pipeline
     pipe = make_pipeline(spec.task, model=model, **pipeline_kwargs_for(spec, device))
@@ -173,11 +185,15 @@ def load_pipeline(spec: ModelSpec, device: str | None = None) -> LoadedPipeline:
                 f"{spec.name}: dtype int8 on CPU quantizes the weights in memory; parts placed on "
                 f"{', '.join(sorted(set(split) - {'cpu'}))} cannot be (drop max_memory / offload_folder)"
             )
-        quantized = quantize_linear_layers(torch_model)
+        # Whisper's vocabulary projection stays float32 here, for whisper_logits below: it computes it in
+        # int8 too but scores the best candidates and every special token (timestamps, languages) again in
+        # float32, so timestamps and language detection do not rest on int8 scores.
+        whisper = getattr(pipe, "type", "") == "seq2seq_whisper" and spec.fast_vocab_projection
+        quantized = quantize_linear_layers(torch_model, frozenset({"proj_out"}) if whisper else frozenset())
         log.info("%s: %d linear layers quantized to int8", spec.name, quantized)
         dtype = "int8"
-    elif spec.dtype in ("int8", "nf4"):
-        dtype = spec.dtype  # bitsandbytes: model.dtype reports the compute dtype, not the stored one
+    elif dtype_on(spec, device) in ("int8", "nf4"):
+        dtype = dtype_on(spec, device)  # bitsandbytes: model.dtype reports the compute dtype, not the stored one
     if getattr(pipe, "type", "") == "seq2seq_whisper":
         whisper_context.install(torch_model)
         whisper_alignatt.install(torch_model)
