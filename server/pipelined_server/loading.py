@@ -193,7 +193,9 @@ def load_pipeline(spec: ModelSpec, device: str | None = None) -> LoadedPipeline:
         log.info("%s: %d linear layers quantized to int8", spec.name, quantized)
         dtype = "int8"
     elif dtype_on(spec, device) in ("int8", "nf4"):
-        dtype = dtype_on(spec, device)  # bitsandbytes: model.dtype reports the compute dtype, not the stored one
+        dtype = dtype_on(
+            spec, device
+        )  # bitsandbytes: model.dtype reports the compute dtype, not the stored one
     if getattr(pipe, "type", "") == "seq2seq_whisper":
         whisper_context.install(torch_model)
         whisper_alignatt.install(torch_model)
