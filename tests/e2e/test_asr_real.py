@@ -31,9 +31,10 @@ CLIPS = [
 
 @pytest.fixture(scope="module")
 def tiny_en_server() -> Iterator[ServerThread]:
-    server = ServerThread(
-        ServerConfig(host="127.0.0.1", port=0, metrics_port=0, models=(embedded_spec("whisper-tiny.en"),))
-    )
+    # float32, not the CPU default (int8): results are compared with a plain transformers pipeline below.
+    # int8's accuracy has its own tests (test_cpu_dtypes.py).
+    spec = embedded_spec("whisper-tiny.en").model_copy(update={"dtype": "float32"})
+    server = ServerThread(ServerConfig(host="127.0.0.1", port=0, metrics_port=0, models=(spec,)))
     yield server
     server.stop()
 
