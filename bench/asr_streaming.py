@@ -41,7 +41,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from common import SHARED_DATA, ServerProcess, clips, percentile, table
+from common import SHARED_DATA, ServerProcess, clips, loaded_dtype, percentile, table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fixtures"))
 from wer import wer  # noqa: E402
@@ -162,7 +162,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="whisper-tiny.en")
-    parser.add_argument("--dtype", default=None, help="the model's dtype (e.g. int8 on CPU); default: auto")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        help="the model's dtype (float32, int8); default: auto (tiny.en: int8 on a CPU)",
+    )
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--minutes", type=float, default=5.0, help="audio per stream")
     parser.add_argument("--torch-threads", type=int, default=1)
@@ -244,7 +248,7 @@ def main() -> None:
     finally:
         server.stop()
     print(
-        f"\nmodel={args.model} dtype={args.dtype or 'auto'} torch_threads={args.torch_threads} "
+        f"\nmodel={args.model} dtype={loaded_dtype(args.model, args.dtype)} torch_threads={args.torch_threads} "
         f"workers={args.workers} replicas={replicas} minutes_per_stream={args.minutes} cores={os.cpu_count()}"
     )
     print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()}")

@@ -1,6 +1,6 @@
 """Unary recognition through the server vs the in-process pipeline, same model and clips.
 
-    python bench/asr_unary.py [--model whisper-tiny.en] [--rounds 3] [--concurrency 1 4 16]
+    python bench/asr_unary.py [--model whisper-tiny.en] [--dtype auto] [--rounds 3] [--concurrency 1 4 16]
                               [--torch-threads 1] [--replicas 2]
 
 The machine is shared and noisy, so the two sides are measured interleaved: at concurrency 1 each clip
@@ -18,17 +18,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import ServerProcess, clips, concurrent_pass, percentile, table, timed
+from common import ServerProcess, clips, concurrent_pass, loaded_dtype, percentile, table, timed
 
 
-def local_pipeline(model: str, threads: int) -> Callable[[bytes], Any]:
+def local_pipeline(model: str, dtype: str, threads: int) -> Callable[[bytes], Any]:
     import torch
     from pipelined_server.audio import AudioLimits, decode_encoded
     from pipelined_server.config import embedded_spec
     from pipelined_server.loading import load_pipeline
 
     torch.set_num_threads(threads)
-    pipe = load_pipeline(embedded_spec(model)).pipeline
+    pipe = load_pipeline(embedded_spec(model).model_copy(update={"dtype": dtype})).pipeline
     return lambda data: pipe(decode_encoded(data, 16000, AudioLimits()))
 
 
@@ -37,6 +37,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="whisper-tiny.en")
+    parser.add_argument(
+        "--dtype", default="auto", help="both sides' dtype (float32, int8); auto: tiny.en int8 on a CPU"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--torch-threads", type=int, default=1)
@@ -48,9 +51,10 @@ def main() -> None:
     from pipelined import Client
 
     payloads = [Path(p).read_bytes() for p in clips()]
-    local = local_pipeline(args.model, args.torch_threads)
+    local = local_pipeline(args.model, args.dtype, args.torch_threads)
     server = ServerProcess(
-        ["--model", args.model, "--replicas", str(args.replicas)], torch_threads=args.torch_threads
+        ["--model", args.model, "--dtype", args.dtype, "--replicas", str(args.replicas)],
+        torch_threads=args.torch_threads,
     )
     rows = []
     try:
@@ -89,7 +93,8 @@ def main() -> None:
     finally:
         server.stop()
     print(
-        f"model={args.model} clips={len(payloads)} rounds={args.rounds} torch_threads={args.torch_threads} "
+        f"model={args.model} dtype={loaded_dtype(args.model, args.dtype)} clips={len(payloads)} "
+        f"rounds={args.rounds} torch_threads={args.torch_threads} "
         f"server replicas={args.replicas}"
     )
     print(

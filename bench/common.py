@@ -29,6 +29,14 @@ def clips(names: Sequence[str] = DEFAULT_CLIPS) -> list[Path]:
     return paths
 
 
+def loaded_dtype(model: str, dtype: str | None) -> str:
+    """The dtype an embedded `model` served with `--dtype dtype` (None: the default) loads on a CPU."""
+    from pipelined_server.config import embedded_spec
+    from pipelined_server.loading import dtype_on
+
+    return dtype_on(embedded_spec(model).model_copy(update={"dtype": dtype or "auto"}))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

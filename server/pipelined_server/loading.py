@@ -69,8 +69,8 @@ def dtype_on(spec: ModelSpec, device: str | None = None) -> str:
     from .sources.embedded import cpu_dtype
 
     device = device or spec.device
-    if spec.dtype == "auto" and device.startswith("cpu"):
-        return cpu_dtype(spec.source) or "auto"
+    if spec.dtype == "auto" and device.startswith("cpu") and spec.source.startswith(EMBEDDED_PREFIX):
+        return cpu_dtype(spec.source[len(EMBEDDED_PREFIX) :]) or "auto"
     return spec.dtype
 
 
@@ -166,8 +166,9 @@ def load_pipeline(spec: ModelSpec, device: str | None = None) -> LoadedPipeline:
     device = device or spec.device
     model = resolve_source(spec.source)
     log.info("loading %s (%s) from %s on %s", spec.name, spec.task, model, device)
+    wanted = dtype_on(spec, device)
     if not on_cuda(device):
-        check_cpu_dtype(dtype_on(spec, device), f"{spec.name}.dtype")
+        check_cpu_dtype(wanted, f"{spec.name}.dtype")
     # The task is a runtime string, so none of transformers' per-task overloads applies.
     make_pipeline: Any = transformers.pipeline
     pipe = make_pipeline(spec.task, model=model, **pipeline_kwargs_for(spec, device))
@@ -192,10 +193,8 @@ def load_pipeline(spec: ModelSpec, device: str | None = None) -> LoadedPipeline:
         quantized = quantize_linear_layers(torch_model, frozenset({"proj_out"}) if whisper else frozenset())
         log.info("%s: %d linear layers quantized to int8", spec.name, quantized)
         dtype = "int8"
-    elif dtype_on(spec, device) in ("int8", "nf4"):
-        dtype = dtype_on(
-            spec, device
-        )  # bitsandbytes: model.dtype reports the compute dtype, not the stored one
+    elif wanted in ("int8", "nf4"):
+        dtype = wanted  # bitsandbytes: model.dtype reports the compute dtype, not the stored one
     if getattr(pipe, "type", "") == "seq2seq_whisper":
         whisper_context.install(torch_model)
         whisper_alignatt.install(torch_model)

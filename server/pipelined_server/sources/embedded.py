@@ -105,11 +105,9 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
 }
 
 
-def cpu_dtype(source: str) -> str | None:
-    """What `dtype: auto` means on a CPU for a model source (`embedded:<name>`): the catalogue's choice."""
-    if not source.startswith("embedded:"):
-        return None
-    model = EMBEDDED_MODELS.get(source.removeprefix("embedded:"))
+def cpu_dtype(name: str) -> str | None:
+    """What `dtype: auto` means on a CPU for the embedded model `name` (None: the checkpoint's dtype)."""
+    model = EMBEDDED_MODELS.get(name)
     return model.cpu_dtype if model else None
 
 
