@@ -10,6 +10,7 @@ Chromium's fake microphone from jfk.flac (../shared/data) converted to a 16-bit 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import queue
@@ -335,10 +336,9 @@ def _record(page: Any, mic: Any, artifacts: Path) -> None:
     shows that capture started."""
     stop = mic.get_by_role("button", name="Stop")
     for _ in range(3):
-        try:
+        # A timeout here means Record is gone: the previous click started the recorder late.
+        with contextlib.suppress(sync_api.TimeoutError):
             mic.get_by_role("button", name="Record").click(timeout=15_000)
-        except sync_api.TimeoutError:
-            pass  # Record is gone: the previous click started the recorder late
         try:
             stop.wait_for(timeout=15_000)
             return
