@@ -80,13 +80,14 @@ def run(
     requests: list[speech_pb2.RecognizeRequest],
     steps: Sequence[tuple[np.ndarray, dict[str, Any]]] = (),
     files: Sequence[np.ndarray] = (),
+    dtype: str = "auto",
 ) -> Run:
     """The requests, live-stream decode steps of (window, arguments) and file streams (audio up to 30 s:
     one window each), run concurrently; a file stream's result is the list of its responses."""
 
     async def scenario() -> Run:
         if model == "whisper":
-            served = spec("tiny-whisper", ASR, whisper_dir(), pipeline_kwargs=WHISPER_KWARGS)
+            served = spec("tiny-whisper", ASR, whisper_dir(), pipeline_kwargs=WHISPER_KWARGS, dtype=dtype)
         else:
             served = spec("tiny-ctc", ASR, ctc_dir())
         async with Serving([served]) as serving:
@@ -116,6 +117,23 @@ def test_whisper_batches_windows_of_any_length() -> None:
     assert result.responses == [expected("whisper", c) for c in clips]
     assert result.batches == collections.Counter({4: 1})
     assert result.pipeline_calls == 1
+
+
+def test_int8_whisper_never_batches() -> None:
+    """int8 scales activations over the whole batch (registry.batching_for): clips and live-stream steps
+    that float32 runs in one batch run one by one, each equal to its unbatched in-process int8 result."""
+    from pipelined_server.loading import load_pipeline
+
+    clips = [tiny_audio(seconds, seed=90 + i) for i, seconds in enumerate([2.0, 3.5, 5.0])]
+    window = tiny_audio(2.5, seed=95)
+    result = run("whisper", [request("whisper", c) for c in clips], steps=[(window, {})], dtype="int8")
+    assert result.batches == collections.Counter({1: 4})
+    assert result.pipeline_calls == 4
+    served = spec("tiny-whisper", ASR, whisper_dir(), pipeline_kwargs=WHISPER_KWARGS, dtype="int8")
+    alone = load_pipeline(served).pipeline
+    responses = [asr.response_from_output(alone(c.copy()), "tiny-whisper", {}) for c in clips]
+    assert result.responses[:3] == responses
+    assert result.responses[3] == alone(window.copy())
 
 
 def test_whisper_language_detection_runs_alone() -> None:

@@ -31,7 +31,7 @@ def model_info(instance: ModelInstance) -> models_pb2.ModelInfo:
         sampling_rate_hertz=instance.sampling_rate,
         accepted_parameters=accepted_parameters(spec.task),
         load_duration=to_duration(instance.load_seconds),
-        max_batch_size=spec.batching.max_batch_size,
+        max_batch_size=(instance.batching or spec.batching).max_batch_size,
         is_default=instance.is_default,
         weights=[models_pb2.DeviceWeights(device=d, bytes=n) for d, n in instance.weight_bytes.items()],
         resident_bytes_after_load=instance.resident_bytes,
