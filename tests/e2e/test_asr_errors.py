@@ -238,7 +238,17 @@ def test_expired_or_cancelled_requests_are_never_computed(strict_server: ServerT
             for r in ("deadline", "cancelled")
         )
 
-    wait_for(lambda: skipped() > skipped_before, what="the request to be skipped")
+    if how == "deadline":
+        # The 0.3 s deadline may pass before the request reached the queue (its handler still decoding the
+        # audio on a loaded machine): then there is nothing to skip. Once no call is in flight, whatever
+        # was queued has been dropped and counted.
+        wait_for(
+            lambda: skipped() > skipped_before or strict_server.app.state.inflight == 0,
+            what="the request to be skipped or to end",
+        )
+        assert skipped() - skipped_before <= 1
+    else:
+        wait_for(lambda: skipped() > skipped_before, what="the request to be skipped")
+        assert skipped() - skipped_before == 1
     # Only the long-form request reached the pipeline.
     assert strict_server.metric("pipelined_pipeline_items_total", model=model) - items_before == 1
-    assert skipped() - skipped_before == 1

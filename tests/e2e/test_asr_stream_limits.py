@@ -17,10 +17,10 @@ import pytest
 from asr_specs import ASR, asr_specs
 from harness import ServerThread
 from pipelined import Client
-from pipelined.errors import ResourceExhausted
 from pipelined.v1 import speech_pb2, speech_pb2_grpc
 from pipelined_server.config import ServerConfig, StreamingLimits
 from pipelined_server.streaming import calibration
+from refusals import refused_stream
 from speech_clips import speech
 from test_asr_streaming import RATE, SILENCE, audio_requests, config_request, seconds, wait_until
 
@@ -123,7 +123,9 @@ def test_stream_duration_limit_sends_the_finals_then_out_of_range(start: Callabl
 
 
 def test_streams_without_config_count_and_time_out(start: Callable[..., ServerThread]) -> None:
-    server = start(max_streams=2, idle_timeout_s=1.0)
+    # The silent streams must hold their slots until the third stream is refused (a timeout of 1 s could
+    # pass during that bookkeeping on a loaded machine), and time out by themselves after it.
+    server = start(max_streams=2, idle_timeout_s=5.0)
     stub = stub_of(server)
     gates = [threading.Event() for _ in range(2)]
     silent = [stub.StreamingRecognize(never_configured(g), timeout=60) for g in gates]
@@ -170,14 +172,9 @@ def test_admission_refuses_past_measured_capacity_with_a_retry_hint(
     reader.start()
     wait_until(lambda: any(r.is_final for response in responses for r in response.results), 120)
     assert server.metric("pipelined_stream_headroom", model="tiny-whisper") == 0
-    with pytest.raises(ResourceExhausted) as caught:
-        list(
-            Client(server.target)
-            .pipeline(ASR, model="tiny-whisper")
-            .stream(iter([np.zeros(1600, np.float32)]))
-        )
-    assert "admission_max_utilization" in caught.value.message
-    assert caught.value.retry_after_s == 5.0
+    refusal = refused_stream(server.target, "tiny-whisper")
+    assert "admission_max_utilization" in refusal.message
+    assert refusal.retry_after_s == 5.0
     gate.set()
     reader.join(60)
     assert first.code() == grpc.StatusCode.OK, "the admitted stream keeps going"
@@ -186,21 +183,16 @@ def test_admission_refuses_past_measured_capacity_with_a_retry_hint(
 
 def refused_beside_one(server: ServerThread) -> str:
     """Holds one silent stream on the Whisper model (no decode: nothing measured) and opens another through
-    the SDK: its refusal's message, with the retry hint; the held stream then ends OK."""
+    the SDK (refusals.py): its refusal's message, with the retry hint; the held stream then ends OK."""
     gate = threading.Event()
     first = stub_of(server).StreamingRecognize(held_open(gate), timeout=60)
     wait_until(lambda: server.metric(ACTIVE, model="tiny-whisper") == 1)
-    with pytest.raises(ResourceExhausted) as caught:
-        list(
-            Client(server.target)
-            .pipeline(ASR, model="tiny-whisper")
-            .stream(iter([np.zeros(1600, np.float32)]))
-        )
-    assert caught.value.retry_after_s == 5.0
+    refusal = refused_stream(server.target, "tiny-whisper")
+    assert refusal.retry_after_s == 5.0
     gate.set()
     assert list(first) == [] and first.code() == grpc.StatusCode.OK, "the admitted stream keeps going"
     still_serves(server)
-    return caught.value.message
+    return refusal.message
 
 
 def test_a_fresh_server_knows_a_streams_cost_and_refuses_past_it(start: Callable[..., ServerThread]) -> None:

@@ -158,8 +158,10 @@ def test_silence_costs_no_decoding(asr_server: ServerThread, stub: Any) -> None:
 def strict_server(tiny_whisper_dir: Path, tiny_ctc_dir: Path) -> Iterator[ServerThread]:
     # Admission lifted: these tests hold several streams of a model whose calibrated cost (about half of
     # its one replica here) would refuse the second one before max_streams is reached.
+    # An idle timeout short enough for the test that waits it out, long enough that streams held open
+    # outlast the tests' bookkeeping on a loaded machine (a 1 s timeout could end them first).
     limits = StreamingLimits(
-        idle_timeout_s=1.0, max_chunk_bytes=32000, max_streams=2, admission_max_utilization=100.0
+        idle_timeout_s=5.0, max_chunk_bytes=32000, max_streams=2, admission_max_utilization=100.0
     )
     config = ServerConfig(
         host="127.0.0.1",
@@ -267,7 +269,7 @@ def test_idle_stream_ends_with_deadline_exceeded(strict_stub: Any) -> None:
     def idle() -> Iterator[speech_pb2.StreamingRecognizeRequest]:
         yield config_request()
         yield SILENCE
-        resume.wait(60)  # silent (beyond idle_timeout_s=1) until the server has ended the stream
+        resume.wait(60)  # silent (beyond idle_timeout_s=5) until the server has ended the stream
 
     try:
         with pytest.raises(grpc.RpcError) as caught:
@@ -286,7 +288,7 @@ def test_too_many_streams_is_resource_exhausted(strict_server: ServerThread, str
         yield config_request()
         while not gate.is_set():
             yield SILENCE
-            gate.wait(0.2)  # paced, and ended as soon as the gate opens
+            gate.wait(0.1)  # real time (0.1 s each), far above min_realtime_factor; ends when the gate opens
 
     calls = [strict_stub.StreamingRecognize(held(g), timeout=60) for g in gates]
     wait_until(lambda: strict_server.metric("pipelined_active_streams", model="tiny-whisper") == 2)
@@ -423,7 +425,7 @@ STREAM_REQUESTS = {"model": "tiny-whisper", "task": ASR, "method": "StreamingRec
 
 def test_a_live_stream_ends_at_its_deadline_s_and_only_then(asr_server: ServerThread) -> None:
     """`deadline_s=` bounds the whole stream: an endless one ends DEADLINE_EXCEEDED and the server frees
-    it (counted under that code, not CANCELLED); without it, the client's per-call timeout does not apply."""
+    it (counted as ended early, not OK); without it, the client's per-call timeout does not apply."""
     from pipelined import DeadlineExceeded
 
     pipe = Client(asr_server.target, timeout=0.5).pipeline(ASR)
@@ -445,9 +447,12 @@ def test_a_live_stream_ends_at_its_deadline_s_and_only_then(asr_server: ServerTh
     finally:
         gate.set()
     wait_until(lambda: asr_server.metric("pipelined_active_streams", model="tiny-whisper") == 0)
-    # Both the streams' and the requests' metric: one stream ended OK and one DEADLINE_EXCEEDED.
+    # Both the streams' and the requests' metric: one stream ended OK and one at its deadline. The server
+    # names that DEADLINE_EXCEEDED when its own clock shows at most DEADLINE_SLACK_S left as the client's
+    # timer cancels the call; a server that got the call late (a loaded machine) sees more left and says
+    # CANCELLED (the boundary itself: tests/server/test_calls.py). Never OK: the stream did not end by itself.
     after = {code: count - ended[code] for code, count in counts().items()}
-    assert after == {"OK": 2, "DEADLINE_EXCEEDED": 2, "CANCELLED": 0}
+    assert after["OK"] == 2 and after["DEADLINE_EXCEEDED"] + after["CANCELLED"] == 2, after
 
 
 def test_a_multilingual_stream_detects_its_language_once(

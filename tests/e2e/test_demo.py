@@ -51,8 +51,10 @@ ARTIFACTS = Path(os.environ.get("PIPELINED_TEST_ARTIFACTS", REPO / "build" / "te
 # opens, and Gradio's recorder needs a moment before its first chunk (measured: up to ~2 s here).
 LEAD_SILENCE_S = 3.0
 # Live transcription on a loaded 2-core machine: the server's streaming output for this clip, fed through
-# the browser's capture path, measured 0.14-0.32 WER against the reference (offline unary: 0.0).
-LIVE_MAX_WER = 0.4
+# the browser's capture path, measured 0.14-0.32 WER against the reference (offline unary: 0.0); the
+# bound leaves room above the worst seen, and a live path that lost the speech (broken capture,
+# resampling or streaming) is far above it.
+LIVE_MAX_WER = 0.5
 START_S = 180  # what a cold start of the demo or of a model may take on a loaded machine
 WAIT_MS = 180_000
 # Everything `pipelined demo` printed, for the message of a failed test (its handlers log their errors).

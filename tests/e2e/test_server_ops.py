@@ -69,9 +69,9 @@ def audio_input(samples: np.ndarray) -> audio_pb2.AudioInput:
     return audio_pb2.AudioInput(raw=audio_pb2.RawAudio(data=pcm, format=fmt))
 
 
-def _start(tmp_path: Path, grace_s: float, models: str) -> ServerProcess:
+def _start(tmp_path: Path, grace_s: float, models: str, extra: str = "") -> ServerProcess:
     config = tmp_path / "server.yaml"
-    config.write_text(f"grace_period_s: {grace_s}\nmodels:\n{models}")
+    config.write_text(f"grace_period_s: {grace_s}\n{extra}models:\n{models}")
     return ServerProcess(["--config", str(config)], tmp_path)
 
 
@@ -94,11 +94,16 @@ def _wait_computing(server: ServerProcess, model: str, call: threading.Thread, b
     assert call.is_alive(), "the call finished before SIGTERM could be sent"
 
 
+@pytest.fixture(scope="module")
+def slow_whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bigger tiny Whisper (d_model 384, 4 layers): slower to load and to decode."""
+    return build_tiny_whisper(tmp_path_factory.mktemp("slow-whisper"), d_model=384, layers=4)
+
+
 @pytest.fixture()
-def server_process(tmp_path: Path, tiny_whisper_dir: Path) -> Iterator[ServerProcess]:
+def server_process(tmp_path: Path, tiny_whisper_dir: Path, slow_whisper_dir: Path) -> Iterator[ServerProcess]:
     """A real `pipelined-server` process; its second model is bigger, so it is still loading for a while."""
-    slow = build_tiny_whisper(tmp_path / "slow", d_model=384, layers=4)
-    server = _start(tmp_path, 30, _model("fast", tiny_whisper_dir) + _model("slow", slow))
+    server = _start(tmp_path, 30, _model("fast", tiny_whisper_dir) + _model("slow", slow_whisper_dir))
     yield server
     server.stop()
 
@@ -110,7 +115,10 @@ def test_sigterm_during_load_drains_without_losing_a_request(server_process: Ser
     assert server.metric("pipelined_model_ready", model="fast") == 1
 
     results: list[Any] = []
-    long_audio = tiny_audio(90.0, seed=5)
+    # 10 minutes (38 MB of float32, within the default 64 MiB payload): ~1.7 s of tiny-Whisper windows on
+    # a quiet 2-core machine, so surely still in flight after SIGTERM and the health checks below (90 s
+    # took ~0.25 s), and well within the 30 s grace.
+    long_audio = tiny_audio(600.0, seed=5)
     in_flight = threading.Thread(
         target=lambda: results.append(client.pipeline(ASR, model="fast")(long_audio))
     )
@@ -135,13 +143,16 @@ def test_sigterm_during_load_drains_without_losing_a_request(server_process: Ser
 
 
 def test_sigterm_cuts_a_call_that_outlasts_the_grace_and_still_exits_0(
-    tmp_path: Path, tiny_whisper_dir: Path
+    tmp_path: Path, slow_whisper_dir: Path
 ) -> None:
-    """A 10-minute recognition (minutes of tiny-Whisper windows here) against a 1 s grace: health turns
-    NOT_SERVING while it runs, the call is cut after the grace, its work stops at the next window and the
-    process exits 0. Were the work not stopped, the watchdog would exit 1 at grace + 5 s (cli.py); were
-    the call not cut, the process would not exit before the recognition ends."""
-    server = _start(tmp_path, 1, _model("w", tiny_whisper_dir))
+    """A 10-minute recognition against a 1 s grace: health turns NOT_SERVING while it runs, the call is cut
+    after the grace, its work stops at the next window and the process exits 0. Were the work not stopped,
+    the watchdog would exit 1 at grace + 5 s (cli.py); were the call not cut, the process would not exit
+    before the recognition ends. The model is the bigger tiny Whisper (d_model 384, 4 layers: ~12 s for
+    these 10 minutes on a quiet 2-core machine, 120 s took ~2.5 s), so the recognition surely outlasts the
+    grace; the smallest one decodes them in ~1.7 s, barely more than the grace and the steps before it."""
+    # No live-stream calibration at start-up: no stream here, and it costs this model ~15 s.
+    server = _start(tmp_path, 1, _model("w", slow_whisper_dir), "streaming: {calibrate: false}\n")
     try:
         client = Client(server.target, timeout=600)
         server.wait_serving(client)

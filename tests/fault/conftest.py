@@ -4,6 +4,7 @@ be watched) on tiny models, and a health prober beside every probe."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -179,8 +180,8 @@ def server(tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory)
 
 
 class HealthProber:
-    """Checks overall health every 100 ms from its own thread and channel; `worst_s` is the slowest answer
-    while it ran (a stalled event loop shows here first)."""
+    """Checks overall health every 100 ms from its own thread and channel; `latencies` are its answers' times
+    while it ran (a stalled event loop shows here first), `worst_s` the slowest, `quantile(q)` a percentile."""
 
     def __init__(self, target: str) -> None:
         self._channel = grpc.insecure_channel(target)
@@ -211,6 +212,13 @@ class HealthProber:
     @property
     def worst_s(self) -> float:
         return max(self.latencies, default=0.0)
+
+    def quantile(self, q: float) -> float:
+        """The latency that a fraction `q` of the checks took at most (nearest rank)."""
+        ordered = sorted(self.latencies)
+        if not ordered:
+            return 0.0
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 @pytest.fixture

@@ -40,8 +40,13 @@ pytestmark = pytest.mark.fault
 RATE = 16000
 # A refusal answers at once: no decoding, no compute.
 REFUSAL_S = 5.0
-# The slowest health check while a probe runs: the event loop never stalls on a request's work.
+# Health checks while a probe runs: the event loop never stalls on a request's work. Judged on the 99th
+# percentile of the checks (a probe sees tens to hundreds; one slow check is allowed in a short probe: a
+# loaded 2-core machine may deschedule the server or the prober for a moment), and on the slowest with a
+# looser bound: the stalls this guards against lasted 15-60 s (the prober checks one at a time, so such a
+# stall is one check that slow).
 HEALTH_S = 1.0
+HEALTH_WORST_S = 5.0
 # Memory a probe may leave behind (allocator noise, caches).
 RSS_GROWTH_MIB = 150.0
 # The next 1 s request after abandoned work: one window or chunk of the tiny Whisper (~0.1-0.5 s here)
@@ -95,9 +100,19 @@ def next_request_s(server: ServerProcess) -> float:
     return time.monotonic() - started
 
 
+def assert_responsive(health: HealthProber) -> None:
+    """Every health check answered; at most 1% of them (one, in a short probe) took HEALTH_S or more, and
+    none took HEALTH_WORST_S."""
+    latencies = health.latencies
+    slow = [s for s in latencies if s >= HEALTH_S]
+    assert health.failures == 0, (health.failures, latencies)
+    assert len(slow) <= max(1, len(latencies) // 100), (f"p99 {health.quantile(0.99):.2f} s", latencies)
+    assert health.worst_s < HEALTH_WORST_S, latencies
+
+
 def assert_healthy_after(server: ServerProcess, health: HealthProber, rss_before: float) -> None:
     assert next_request_s(server) < NEXT_REQUEST_S
-    assert health.failures == 0 and health.worst_s < HEALTH_S, health.latencies
+    assert_responsive(health)
     assert server.rss_mib() - rss_before < RSS_GROWTH_MIB
     assert server.child_pids() == server.started_children  # none left behind, none lost
 
@@ -174,7 +189,7 @@ def test_generation_bounds(server: ServerProcess, health: HealthProber) -> None:
     typed = speech_pb2.RecognizeRequest(config=config, audio=raw_audio(0.5))
     code, details, _ = refused(lambda: speech(server).Recognize(typed, timeout=10))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "max_batch_size" in details
-    assert health.worst_s < HEALTH_S
+    assert_responsive(health)
 
 
 # ------------------------------------------------------------------------------ generic Run
@@ -249,7 +264,7 @@ def test_bad_inputs_are_invalid_argument_not_internal(server: ServerProcess, hea
     request.blobs["a"] = b"abcd"
     code, details, _ = refused(lambda: generic(server).Run(request, timeout=10))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "shape" in details
-    assert health.worst_s < HEALTH_S
+    assert_responsive(health)
 
 
 def test_made_up_model_names_do_not_grow_the_metrics(server: ServerProcess) -> None:
@@ -294,7 +309,10 @@ def test_abandoned_recognition_stops(
     code, _, took = refused(lambda: speech(server).Recognize(request, timeout=deadline_s))
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED and took < deadline_s + 1.0
     assert_healthy_after(server, health, rss)
-    assert _skipped(server) - skipped == 1
+    # The next request queued behind whatever of the abandoned one reached the model, so by its answer
+    # the abandoned one was stopped and counted as skipped. On a loaded machine the deadline may pass
+    # before the call reached the queue (its 600 s of audio in transit or decoding): nothing to skip then.
+    assert _skipped(server) - skipped <= 1
     assert _items(server) - items == 1  # the next request only: the abandoned one is not a pipeline item
 
 
@@ -313,6 +331,7 @@ def test_abandoned_generation_stops(server: ServerProcess, health: HealthProber)
     stub = text_pb2_grpc.TextServiceStub(server.channel)
     _generate_small(stub)  # the model's first call (warm-up) is not the one timed
     skipped = server.metric("pipelined_requests_skipped_total", model="tiny-lm")
+    items = server.metric("pipelined_pipeline_items_total", model="tiny-lm")
     # Greedy: the tiny LM then always runs to max_new_tokens (sampling may draw its end token early, and the
     # call would finish before its deadline).
     params = text_pb2.GenerationParameters(decoding={"max_new_tokens": 1024, "do_sample": False})
@@ -322,8 +341,11 @@ def test_abandoned_generation_stops(server: ServerProcess, health: HealthProber)
     code, _, _ = refused(lambda: stub.GenerateText(request, timeout=0.3))
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert _generate_small(stub) < NEXT_REQUEST_S
-    assert server.metric("pipelined_requests_skipped_total", model="tiny-lm") - skipped == 1
-    assert health.worst_s < HEALTH_S
+    # As for the recognition above: skipped once if the call reached the queue before its deadline (not
+    # always so on a loaded machine), and computed never (the small generation is the one pipeline item).
+    assert server.metric("pipelined_requests_skipped_total", model="tiny-lm") - skipped <= 1
+    assert server.metric("pipelined_pipeline_items_total", model="tiny-lm") - items == 1
+    assert_responsive(health)
 
 
 # ------------------------------------------------------------------------------ SIGTERM
