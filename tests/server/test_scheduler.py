@@ -945,3 +945,25 @@ async def test_gather_or_cancel_answers_in_order_and_the_first_failure_frees_the
     assert await gather_or_cancel([scheduler.submit(i, {}) for i in (5, 6, 7)]) == [10, 12, 14]
     assert recorder.batches == [[0], [5], [6], [7]]
     await scheduler.close()
+
+
+@guarded
+async def test_spare_work_is_timed_apart_and_idle_means_it_starts_at_once() -> None:
+    """Work below priority 0 (a live stream's re-decode on an idle model) counts in busy_s and, apart, in
+    spare_busy_s, which admission leaves out of a stream's cost; `idle` is false while the replica computes
+    or anything waits."""
+    recorder = Recorder()
+    recorder.gate.clear()
+    scheduler = make(recorder, max_queue_delay_ms=0)
+    assert scheduler.idle
+    spare = asyncio.ensure_future(scheduler.submit(1, {}, priority=-1))
+    await recorder.holding(1)
+    assert not scheduler.idle  # the only replica computes
+    recorder.gate.set()
+    assert await spare == 2
+    assert scheduler.idle
+    assert scheduler.spare_busy_s == scheduler.busy_s > 0
+    spent = scheduler.busy_s
+    assert await scheduler.submit(2, {}) == 4
+    assert scheduler.spare_busy_s == spent < scheduler.busy_s
+    await scheduler.close()

@@ -16,6 +16,7 @@ from pipelined_server.streaming.admission import Admission
 @dataclass
 class Busy:
     busy_s: float = 0.0
+    spare_busy_s: float = 0.0
     replica_count: int = 2
 
 
@@ -58,6 +59,21 @@ def test_refuses_the_stream_that_would_pass_the_utilization_and_keeps_the_measur
     with pytest.raises(QueueFull):
         gate.admit(model, 3)
     gate.admit(model, 0)  # no stream open: nothing to protect
+
+
+def test_spare_decodes_are_not_a_streams_cost(clock: list[float]) -> None:
+    """Re-decodes run only because the model was idle (priority below 0: the scheduler's spare_busy_s) leave
+    the measure: two streams needing 25% each, and doubling their decodes while idle, still admit a third."""
+    metrics = Metrics()
+    gate = Admission(max_utilization=0.8, max_streams=64, metrics=metrics, cpu_seconds=lambda: 0.0)
+    model = Instance()
+    for _ in range(30):
+        clock[0] += 0.1
+        model.scheduler.busy_s += 0.1 * 0.5 * 2  # spare decodes: as much again as the needed ones
+        model.scheduler.spare_busy_s += 0.1 * 0.5 * 2
+        stream_for(gate, model, 0.1, rtf=0.5, streams=2)
+    gate.admit(model, 2)  # 3 x 25% = 75% <= 80%; counting the spare work, 3 x 50%
+    assert metrics.value("pipelined_stream_share", {"model": "m"}) == pytest.approx(0.25)
 
 
 def test_unmeasured_and_uncalibrated_admits_one_stream_per_replica() -> None:

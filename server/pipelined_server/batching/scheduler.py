@@ -19,7 +19,9 @@ that worker's own pipeline replica, so no pipeline object ever runs twice at onc
 
 Items carry a `priority`: a worker takes the oldest item of the highest priority first, and batches it only
 with items of at least that priority. Live streams use it so that the decode that ends an utterance (a
-user waits on it) overtakes interim re-decodes, and never waits for lower-priority batchmates.
+user waits on it) overtakes interim re-decodes, and never waits for lower-priority batchmates. Work below
+priority 0 is spare work (a live stream's extra re-decode on an idle model): `spare_busy_s` counts its
+time apart, so that what streams need is measured without what they took because it was free.
 
 When a batch waits (`max_queue_delay_ms`): only under load. A worker that had to wait for work is idle, and
 the item that wakes it runs at once, with whatever compatible items are already queued; items that arrive
@@ -135,8 +137,12 @@ class Scheduler:
         self._skipped_deadline = metrics.skipped.labels(model, "deadline")
         self._pipeline_calls = metrics.pipeline_calls.labels(model)
         self._pipeline_items = metrics.pipeline_items.labels(model)
-        # Seconds the replicas spent computing, all together: live-stream admission reads its rate.
+        # Seconds the replicas spent computing, all together: live-stream admission reads its rate...
         self.busy_s = 0.0
+        # ...less what they spent on work of a priority below 0 (`SPARE_PRIORITY`): work done only because
+        # a replica was free, which a busier model simply does not do.
+        self.spare_busy_s = 0.0
+        self._running = 0
 
     @property
     def depth(self) -> int:
@@ -145,6 +151,11 @@ class Scheduler:
     @property
     def replica_count(self) -> int:
         return len(self._replicas)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing is queued and a replica is free: work submitted now starts at once."""
+        return not self._queue and self._running < len(self._replicas)
 
     def start(self) -> None:
         if not self._workers:
@@ -255,6 +266,7 @@ class Scheduler:
 
     async def _run_batch_on(self, replica: int, pipeline: Any, batch: list[WorkItem]) -> None:
         started = time.monotonic()
+        self._running += 1
         for item in batch:
             self._queue_time.observe(started - item.enqueued_at)
         self._batch_size.observe(len(batch))
@@ -269,7 +281,11 @@ class Scheduler:
         except Exception as exc:  # the worker must survive anything, or its replica stops serving
             log.exception("scheduler %s: batch failed outside the pipeline", self.model)
             outcomes = [(False, exc)] * len(batch)
-        self.busy_s += time.monotonic() - started
+        self._running -= 1
+        elapsed = time.monotonic() - started
+        self.busy_s += elapsed
+        if batch[0].priority < 0:  # the batch's first item has its highest priority
+            self.spare_busy_s += elapsed
         for item, (ok, value) in zip(batch, outcomes, strict=True):
             if item.future.done():
                 continue  # the caller left while we computed

@@ -15,7 +15,8 @@ without a check, lagged 18-22 s).
 Under overload the streams' decodes stretch (see session.py), so the measured factor becomes
 replicas / streams and the next stream is refused. A model with no open stream admits one (there is
 nothing to protect, and it supplies the measurement). Unary calls on the model count in its busy time,
-so they make a stream's cost look higher, never lower.
+so they make a stream's cost look higher, never lower. A stream's spare re-decodes (run only while the model
+is idle: `streaming.idle_decode_interval_s`) are left out: under load they stop.
 
 Before its streams have been measured, a model's share is the one calibrated at start-up
 (calibration.py, `streaming.calibrate`): a fresh worker used to admit blind up to `streaming.max_streams`
@@ -115,7 +116,10 @@ class Admission:
         scheduler = instance.scheduler
         assert scheduler is not None
         load = self._loads.setdefault(instance.name, _Load())
-        load.add(time.monotonic(), scheduler.busy_s, self.cpu_seconds())
+        # Spare decodes (a stream's extra re-decodes while the model was idle) are not what a stream needs:
+        # their time leaves both measures (on the replica's thread, a decode's time is about its CPU time).
+        spare = scheduler.spare_busy_s
+        load.add(time.monotonic(), scheduler.busy_s - spare, self.cpu_seconds() - spare)
         share = load.per_stream(scheduler.replica_count, self.cores)
         self._show(instance, share, streams)
         return share

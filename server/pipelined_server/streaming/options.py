@@ -58,6 +58,9 @@ class StreamOptions:
     detect_language: bool = False
     # Whether decodes get a token cap by window length (Whisper; see `_TOKENS_PER_S`).
     cap_tokens: bool = False
+    # The shorter interval of re-decodes that only use a free replica (`streaming.idle_decode_interval_s`);
+    # None when the client chose its interval.
+    idle_decode_interval_s: float | None = None
 
     def capped(self, kwargs: dict[str, Any], duration_s: float, forced_words: int = 0) -> dict[str, Any]:
         """`kwargs` for a decode of `duration_s` of audio with `forced_words` forced, with the token cap when
@@ -145,7 +148,11 @@ def stream_options(
             f"live streams need a Whisper or CTC model; {instance.name!r} is {kind or 'neither'}"
         )
 
-    interval = _seconds(config, "min_decode_interval", 0.0) or DEFAULT_DECODE_INTERVAL_S
+    chosen = _seconds(config, "min_decode_interval", 0.0)
+    interval = chosen or DEFAULT_DECODE_INTERVAL_S
+    idle_interval = None if chosen or streaming is None else streaming.idle_decode_interval_s
+    if idle_interval is not None and idle_interval >= interval:
+        idle_interval = None
     if interval > MAX_DECODE_INTERVAL_S:
         raise InvalidInput(f"min_decode_interval must be at most {MAX_DECODE_INTERVAL_S} s, got {interval} s")
     endpointing = config.endpointing
@@ -171,6 +178,7 @@ def stream_options(
         force_prefix=force_prefix,
         detect_language=detect_language,
         cap_tokens=kind == asr.WHISPER,
+        idle_decode_interval_s=idle_interval,
     )
 
 

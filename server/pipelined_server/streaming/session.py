@@ -20,6 +20,10 @@ Latency of finals (what a user waits for once they stop talking), measured with 
   interleaved runs each way: final lag p50 1.264 and 1.277 -> 1.193 and 1.186 s, p95 1.773 and 1.769 ->
   1.602 and 1.611 s, streamed WER against offline 0.034 and 0.030 -> 0.027 and 0.027, the same CPU;
 - a periodic re-decode waits while other work is queued for the model (see `_model_busy`);
+- while the model is idle, a stream that left its interval to the server re-decodes after 0.5 s of new
+  speech instead of 1 s (`streaming.idle_decode_interval_s`), at a priority below every other work, and
+  admission does not count those decodes (admission.py): spare cores make results fresher, and a loaded
+  server decodes as before;
 - a Whisper decode of a window that will not slide starts with the window's final words forced (but the last
   two), so it generates only the words after them (tasks/whisper_prefix.py).
 """
@@ -67,8 +71,10 @@ _FULL_QUEUE_RETRY_S = 0.1
 _MIN_DECODE_S = 0.1
 # Speech heard before an utterance's first (interim) decode: enough for Whisper to hear a word or two.
 FIRST_DECODE_S = 0.6
-# Scheduler priority of decodes whose result is (probably) final; interim re-decodes run at 0.
+# Scheduler priority of decodes whose result is (probably) final; interim re-decodes run at 0, and the
+# re-decodes that only use an idle model (`idle_decode_interval_s`) below every other work.
 _FINAL_PRIORITY = 1
+_SPARE_PRIORITY = -1
 # Right context past the AlignAtt stop that makes a word of one interim decode final (see _interim_step).
 # 0.25 s instead (bench/asr_streaming.py --streams 1 --minutes 2, tiny.en, one run each): final lag p50
 # 1.02 against 1.23 s, streamed WER against offline 0.054 against 0.034; a 0.5 s decode interval instead of
@@ -228,6 +234,8 @@ class StreamSession:
         self._first = int(FIRST_DECODE_S * self.rate)
         self._pad = int(options.padding_s * self.rate)
         self._interval = int(options.decode_interval_s * self.rate)
+        idle = options.idle_decode_interval_s
+        self._idle_interval = None if idle is None else int(idle * self.rate)
         self._max_window = int(limits.max_window_s * self.rate)
         self._hard_window = int(limits.hard_window_s * self.rate)
 
@@ -458,6 +466,12 @@ class StreamSession:
             available - u.decoded_end >= self._interval and not self._model_busy()
         ):
             end, priority = available, 0
+        elif (
+            self._idle_interval is not None
+            and available - u.decoded_end >= self._idle_interval
+            and self._model_idle()
+        ):
+            end, priority = available, _SPARE_PRIORITY
         else:
             return
         self._interim_end = min(end, u.window_start + self._hard_window)
@@ -475,6 +489,12 @@ class StreamSession:
         """
         assert self.instance.scheduler is not None
         return self.instance.scheduler.depth > 0
+
+    def _model_idle(self) -> bool:
+        """A replica is free and nothing waits: a spare re-decode starts now and delays nobody's work but
+        what arrives while it runs (which then waits for one decode, as behind any running step)."""
+        assert self.instance.scheduler is not None
+        return self.instance.scheduler.idle
 
     @staticmethod
     def _full_end(u: Utterance) -> int:
