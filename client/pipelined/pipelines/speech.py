@@ -75,7 +75,8 @@ class SpeechRecognitionPipeline(RemotePipeline):
 
         Options: `sampling_rate`, `encoding` ("linear16"/"float32"), `channels` (else taken from the
         source), `language`, `task`, `return_timestamps="word"`, `interim_results` (True),
-        `speech_events` (True), `min_decode_interval_s` (latency/accuracy knob, 1.0), `vad_threshold`,
+        `speech_events` (True), `min_decode_interval_s` (latency/compute knob; unset: 1 s, and 0.5 s
+        while the server's model is idle), `vad_threshold`,
         `min_silence_s`, `speech_padding_s`, and the generation options. `deadline_s` bounds the whole
         stream (none by default: the client's per-call timeout does not apply to live audio).
 

@@ -464,7 +464,8 @@ class StreamingRecognitionConfig(_message.Message):
     def min_decode_interval(self) -> _duration_pb2.Duration:
         """Latency/accuracy knob: how much new speech must arrive before the
         utterance is decoded again. Shorter gives faster, more frequent results
-        for more compute. Unset or zero means 1 s; at most 10 s.
+        for more compute. Unset or zero means 1 s, or 0.5 s while the model is
+        idle (the server's `streaming.idle_decode_interval_s`); at most 10 s.
         """
 
     def __init__(
