@@ -121,7 +121,7 @@ def test_fast_continuous_speech_loses_nothing(pipe: Any, fast_speech: tuple[Path
     # the machine's load, so the transcript is the one an idle machine streaming in real time would give.
     source = DecodePacedSource(samples)
     finals = []
-    for result in pipe.stream(source, interim_results=True):
+    for result in pipe.stream(source, interim_results=True, **source.options):
         source.observe(result)
         if result.is_final:
             finals.append(result)

@@ -95,7 +95,7 @@ def streamed(pipe: Any, clip: str) -> str:
 
     source = DecodePacedSource(decode_encoded(shared_file(clip).read_bytes(), 16000))
     finals = []
-    for result in pipe.stream(source, interim_results=True):
+    for result in pipe.stream(source, interim_results=True, **source.options):
         source.observe(result)
         if result.is_final:
             finals.append(result.text)
@@ -178,7 +178,7 @@ def test_a_multilingual_model_detects_english_once_and_forces_its_re_decodes(
         clip = "audio/LJ001-0001.wav"
         source = DecodePacedSource(decode_encoded(shared_file(clip).read_bytes(), 16000))
         finals = []
-        for result in pipe.stream(source, interim_results=True):
+        for result in pipe.stream(source, interim_results=True, **source.options):
             source.observe(result)
             if result.is_final:
                 finals.append(result)

@@ -110,7 +110,11 @@ def _live_finals(server: ServerProcess, speech: np.ndarray, on_first: Any = None
     `on_first` is called at its first result (the stream is admitted and decoding)."""
     source = DecodePacedSource(speech)
     finals = []
-    for result in Client(server.target, timeout=300).pipeline(ASR, model="tiny-whisper").stream(source):
+    for result in (
+        Client(server.target, timeout=300)
+        .pipeline(ASR, model="tiny-whisper")
+        .stream(source, **source.options)
+    ):
         source.observe(result)
         if on_first is not None:
             on_first()

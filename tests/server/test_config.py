@@ -196,8 +196,8 @@ def _error(document: dict) -> str:
             "streaming.calibrate: Input should be a valid boolean",
         ),
         (
-            {"models": [MODEL], "streaming": {"idle": 1}},
-            "streaming.idle: unknown key; did you mean 'idle_timeout_s'?",
+            {"models": [MODEL], "streaming": {"idle_timeout": 1}},
+            "streaming.idle_timeout: unknown key; did you mean 'idle_timeout_s'?",
         ),
         (
             {"models": [MODEL], "audio": {"min_sample_rate_hertz": 9000, "max_sample_rate_hertz": 8000}},
