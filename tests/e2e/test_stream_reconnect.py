@@ -182,7 +182,9 @@ def test_reconnect_resumes_after_the_last_final_with_real_speech(tmp_path: Path)
 
         def consume() -> None:
             try:
-                for result in pipe.stream(audio(), sampling_rate=RATE, reconnect=2, interim_results=False):
+                for result in pipe.stream(
+                    audio(), sampling_rate=RATE, reconnect=2, interim_results=False, min_decode_interval_s=1.0
+                ):
                     results.append(result)
                     if result.is_final:
                         first_final.set()

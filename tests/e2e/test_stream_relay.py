@@ -92,7 +92,8 @@ def test_a_stream_one_worker_cannot_admit_runs_on_its_sibling(workers: Any) -> N
     wait_until(lambda: headroom(directory, 0)[MODEL] == 0)
 
     # The first worker is full: this stream runs on the second, through the first's connection.
-    audio = [config_request(), *audio_requests(speech())]
+    # A fixed interval: spare re-decodes on the idle model would fall where each send's timing puts them.
+    audio = [config_request(min_decode_interval={"seconds": 1}), *audio_requests(speech())]
     relayed = list(stub_of(first_worker).StreamingRecognize(iter(audio), timeout=120))
     assert finals(relayed), "the relayed stream was transcribed"
     assert first_worker.metric(RELAYED, model=MODEL) == 1

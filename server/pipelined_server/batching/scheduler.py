@@ -281,7 +281,8 @@ class Scheduler:
         except Exception as exc:  # the worker must survive anything, or its replica stops serving
             log.exception("scheduler %s: batch failed outside the pipeline", self.model)
             outcomes = [(False, exc)] * len(batch)
-        self._running -= 1
+        finally:
+            self._running -= 1
         elapsed = time.monotonic() - started
         self.busy_s += elapsed
         if batch[0].priority < 0:  # the batch's first item has its highest priority
