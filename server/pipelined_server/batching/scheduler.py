@@ -139,8 +139,8 @@ class Scheduler:
         self._pipeline_items = metrics.pipeline_items.labels(model)
         # Seconds the replicas spent computing, all together: live-stream admission reads its rate...
         self.busy_s = 0.0
-        # ...less what they spent on work of a priority below 0 (`SPARE_PRIORITY`): work done only because
-        # a replica was free, which a busier model simply does not do.
+        # ...of which this much on work of a priority below 0 (a live stream's spare re-decode): work done
+        # only because a replica was free, which a busier model simply does not do.
         self.spare_busy_s = 0.0
         self._running = 0
 

@@ -78,7 +78,8 @@ _SPARE_PRIORITY = -1
 # Right context past the AlignAtt stop that makes a word of one interim decode final (see _interim_step).
 # 0.25 s instead (bench/asr_streaming.py --streams 1 --minutes 2, tiny.en, one run each): final lag p50
 # 1.02 against 1.23 s, streamed WER against offline 0.054 against 0.034; a 0.5 s decode interval instead of
-# 1 s: p50 1.11 s, WER 0.047, twice the CPU. Neither was worth its cost. Again with the forced prefix
+# 1 s: p50 1.11 s, WER 0.047, twice the CPU. Neither was worth its cost (a 0.5 s interval now runs only on
+# an idle model: `idle_decode_interval_s`). Again with the forced prefix
 # (--minutes 2, one run each, 0.25 against 0.5 s): 1 stream p50 1.04 against 1.27 s, WER 0.054 against 0.027;
 # 4 streams p95 1.74 against 1.99 s, WER 0.062 against 0.044.
 _SETTLE_AFTER_STOP_S = 0.5
