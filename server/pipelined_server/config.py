@@ -267,11 +267,12 @@ class LoggingConfig(Section):
     format: Literal["text", "json"] = "text"
 
 
-# Tasks that may run in a model process (batching/model_process.py): their work items are plain batches (no
-# call that needs the pipeline object in the server process, no streaming, no generation to stop token by
-# token) and their inputs and outputs are small to pickle.
+# Tasks that may run in a model process (batching/model_process.py): their work items are plain batches or
+# picklable calls, with inputs and outputs cheap to pickle. Speech recognition's streamed long files run their
+# calls in the server process on its own copy (scheduler `here` calls); a live stream's decodes are batches.
 PROCESS_TASKS = frozenset(
     {
+        "automatic-speech-recognition",
         "text-classification",
         "token-classification",
         "feature-extraction",

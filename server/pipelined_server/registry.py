@@ -153,6 +153,10 @@ class Registry:
                 instance.batching,
                 self.metrics,
                 run_call=model_process.run_call,
+                # Calls that must run here (a long file's segments, handed to the event loop as they come)
+                # run on the server's copy, one per process, sharing its weights.
+                local_replicas=replicate(loaded.pipeline, len(instance.processes)),
+                watch=model_process.watching,
             )
         else:
             replicas = [r for c in copies for r in replicate(c.pipeline, instance.spec.replicas)]

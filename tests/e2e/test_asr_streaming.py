@@ -8,6 +8,7 @@ recording (tests/fixtures/speech_clips.py: one shipped in an installed package, 
 from __future__ import annotations
 
 import asyncio
+import functools
 import queue
 import threading
 import time
@@ -460,15 +461,19 @@ def test_a_multilingual_stream_detects_its_language_once(
 ) -> None:
     """tiny-whisper is multilingual and the stream names no language: the stream has Whisper detect it once,
     from at least DETECT_AFTER_S of audio, then gives it to every later decode and reports it on results."""
+    from pipelined_server.batching import Scheduler
     from pipelined_server.streaming import session
     from pipelined_server.tasks import whisper_language
 
     detected: list[tuple[float, str]] = []
-    detect = whisper_language.detect
+    submit_call = Scheduler.submit_call
 
-    def spied_detect(pipe: Any, samples: np.ndarray) -> str:
-        detected.append((len(samples) / RATE, detect(pipe, samples)))
-        return detected[-1][1]
+    # Spied where it is queued: the detection itself runs in the model's process.
+    async def spied_submit_call(self: Scheduler, call: Any, **kwargs: Any) -> Any:
+        result = await submit_call(self, call, **kwargs)
+        if isinstance(call, functools.partial) and call.func is whisper_language.detect:
+            detected.append((len(call.keywords["samples"]) / RATE, result))
+        return result
 
     decodes: list[tuple[int, str | None]] = []
     decode = session.decode_window
@@ -479,7 +484,7 @@ def test_a_multilingual_stream_detects_its_language_once(
         decodes.append((len(detected), kwargs.get("generate_kwargs", {}).get("language")))
         return await decode(instance, samples, kwargs, priority)
 
-    monkeypatch.setattr(whisper_language, "detect", spied_detect)
+    monkeypatch.setattr(Scheduler, "submit_call", spied_submit_call)
     monkeypatch.setattr(session, "decode_window", spied_decode)
     audio = speech()
     config = config_request(config=speech_pb2.RecognitionConfig(model="tiny-whisper"), interim_results=True)

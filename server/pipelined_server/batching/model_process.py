@@ -46,6 +46,7 @@ one-input batches too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -54,13 +55,15 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Sequence
+import weakref
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grpc
 
 from ..config import PROCESS_TASKS, ModelSpec
 from ..errors import PipelinedError
+from .abandon import Watched, install, running
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,9 @@ START_TIMEOUT_S = 600.0
 # stall the event loop. Below it (a batch of labels: hundreds of bytes), the thread hop would cost more.
 INLINE_UNPICKLE_BYTES = 1 << 20
 RECEIVE_CHUNK = 1 << 16
+# Every live ModelProcess, for the CPU time of the server's model processes (`cpu_seconds`).
+_LIVE: weakref.WeakSet[ModelProcess] = weakref.WeakSet()
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class ModelProcessDied(PipelinedError):
@@ -106,6 +112,15 @@ class ModelProcess:
         self._conn: Any = None
         # The server's end of the pipe, non-blocking, for the event loop (a duplicate of `_conn`'s descriptor).
         self._socket: socket.socket | None = None
+        # Shared with the child: the number of the batch whose callers all left (`watching`).
+        self._abandoned: Any = None
+        self._batches = 0
+        # What `_ask` sends with the next batch: its number and its items' deadlines.
+        self._watched: tuple[int, list[float | None]] | None = None
+        # CPU seconds of the children before this one (a restart starts the count again).
+        self._retired_cpu_s = 0.0
+        self._last_cpu_s = 0.0
+        _LIVE.add(self)
         self.start()
 
     @property
@@ -120,9 +135,10 @@ class ModelProcess:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(_PRELOAD)
         self._conn, child = context.Pipe()
+        self._abandoned = context.RawArray("q", 1)
         self._process = context.Process(
             target=_serve,
-            args=(child, self.spec, self.torch_threads),
+            args=(child, self.spec, self.torch_threads, self._abandoned),
             name=f"pipelined-model-{self.spec.name}-{self.index}",
             daemon=True,
         )
@@ -149,6 +165,50 @@ class ModelProcess:
         """A scheduler call (a picklable callable of the pipeline), run in the child."""
         return await self._ask(("call", call))
 
+    @contextlib.contextmanager
+    def watching(self, items: Sequence[Any]) -> Iterator[None]:
+        """While the block runs, the batch sent is `items`' (scheduler work items): the child stops it between
+        chunks and at every generated token (abandon.py) once each has passed its deadline (the child reads
+        the clock: CLOCK_MONOTONIC is the same in every process) or nobody waits for any of them (a
+        cancelled caller: the server process writes the batch's number where the child reads it)."""
+        self._batches += 1
+        number = self._batches
+        flag = self._abandoned
+
+        def check(*_: Any) -> None:
+            if all(item.abandoned() for item in items):
+                flag[0] = number
+
+        for item in items:
+            item.future.add_done_callback(check)
+        deadlines = [item.deadline for item in items]
+        timer = None
+        if all(d is not None for d in deadlines):
+            # Callers that left and callers whose deadline passed may abandon the batch together.
+            last = max(d for d in deadlines if d is not None)
+            timer = asyncio.get_running_loop().call_later(max(0.0, last - time.monotonic()), check)
+        self._watched = (number, deadlines)
+        try:
+            yield
+        finally:
+            self._watched = None
+            if timer is not None:
+                timer.cancel()
+            for item in items:
+                item.future.remove_done_callback(check)
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds its children have used (user and system), read from /proc; 0 where there is none."""
+        pid = self.pid
+        if pid is not None:
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as stat:
+                    fields = stat.read().rsplit(b")", 1)[1].split()
+                self._last_cpu_s = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+            except (OSError, IndexError, ValueError):
+                pass
+        return self._retired_cpu_s + self._last_cpu_s
+
     async def _ask(self, message: tuple[Any, ...]) -> Any:
         """One round trip on the pipe, awaited on the event loop (the module docstring says why). The
         scheduler runs one batch per replica at a time, so the pipe is never shared by two questions."""
@@ -156,6 +216,7 @@ class ModelProcess:
         if self._process is None or not self._process.is_alive():
             self._close_socket()
             await asyncio.to_thread(self._restart)
+        message = (*message, self._watched)
         try:
             data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         except (pickle.PicklingError, AttributeError, TypeError) as exc:
@@ -199,6 +260,9 @@ class ModelProcess:
 
     def _restart(self) -> None:
         started = time.monotonic()
+        self.cpu_seconds()
+        self._retired_cpu_s += self._last_cpu_s
+        self._last_cpu_s = 0.0
         self.close()
         self.start()
         self.wait_ready()
@@ -224,6 +288,29 @@ async def run_batch(replica: ModelProcess, inputs: Sequence[Any], kwargs: dict[s
 async def run_call(replica: ModelProcess, call: Any) -> Any:
     """The scheduler's call runner for replicas in processes."""
     return await replica.run_call(call)
+
+
+def watching(replica: ModelProcess, items: Sequence[Any]) -> contextlib.AbstractContextManager[None]:
+    """The scheduler's `watch` for replicas in processes: see ModelProcess.watching."""
+    return replica.watching(items)
+
+
+def cpu_seconds() -> float:
+    """CPU seconds used by this server process's model processes so far (live-stream admission counts them
+    with the server's own: the models compute there)."""
+    return sum(process.cpu_seconds() for process in list(_LIVE))
+
+
+class _Remote:
+    """A work item of the server process as the child sees it (abandon.Watched)."""
+
+    def __init__(self, flag: Any, number: int, deadline: float | None) -> None:
+        self.flag, self.number, self.deadline = flag, number, deadline
+
+    def abandoned(self) -> bool:
+        return self.flag[0] == self.number or (
+            self.deadline is not None and time.monotonic() >= self.deadline
+        )
 
 
 # multiprocessing.Connection's framing, which the child's `conn.recv()` / `conn.send()` speak: a signed 4-byte
@@ -278,7 +365,7 @@ def _portable(exc: BaseException) -> BaseException:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
-def _serve(conn: Any, spec: ModelSpec, torch_threads: int) -> None:
+def _serve(conn: Any, spec: ModelSpec, torch_threads: int, abandoned: Any) -> None:
     """The child: loads the pipeline, then answers one message at a time until the pipe closes."""
     # Ctrl-C reaches the terminal's whole process group; it is for the server process, which drains, then
     # closes the pipe. (SIGTERM is left as it is: the supervisor and Kubernetes send it to the server process
@@ -291,7 +378,7 @@ def _serve(conn: Any, spec: ModelSpec, torch_threads: int) -> None:
 
     torch.set_num_threads(torch_threads)
     try:
-        pipe = load_pipeline(spec).pipeline
+        pipe = install(load_pipeline(spec).pipeline)
     except Exception as exc:
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
@@ -301,11 +388,16 @@ def _serve(conn: Any, spec: ModelSpec, torch_threads: int) -> None:
             message = conn.recv()
         except (EOFError, OSError):
             return
+        watched = message[-1]
+        items: list[Watched] = (
+            [_Remote(abandoned, watched[0], d) for d in watched[1]] if watched is not None else []
+        )
         try:
-            if message[0] == "batch":
-                reply: tuple[bool, Any] = (True, run_locally(pipe, message[1], message[2]))
-            else:
-                reply = (True, message[1](pipe))
+            with running(items):
+                if message[0] == "batch":
+                    reply: tuple[bool, Any] = (True, run_locally(pipe, message[1], message[2]))
+                else:
+                    reply = (True, message[1](pipe))
         except Exception as exc:
             reply = (False, _portable(exc))
         try:

@@ -15,7 +15,11 @@ Callers that leave stop their work even once it runs: between chunks and at ever
 (abandon.py); such work counts as skipped, not as pipeline items.
 
 `submit_call(fn)` queues such a callable; it runs alone, in queue order, on a worker thread, and receives
-that worker's own pipeline replica, so no pipeline object ever runs twice at once.
+that worker's own pipeline replica, so no pipeline object ever runs twice at once. A replica in a process of
+its own (model_process.py) runs calls there; a call that must run in the server process (`here=True`: it
+hands results to the event loop as it goes, worker_stream.py) runs on that replica's thread with the server's
+copy of the pipeline (`local_replicas`), holding the replica's place, so the replicas' work stays one item
+each at a time.
 
 Items carry a `priority`: a worker takes the oldest item of the highest priority first, and batches it only
 with items of at least that priority. Live streams use it so that the decode that ends an utterance (a
@@ -93,6 +97,8 @@ class WorkItem:
     call: ReplicaCall | None = None
     # Higher runs first (see the module docstring); 0 for ordinary requests.
     priority: int = 0
+    # A call that runs in the server process even when the replicas run elsewhere (see submit_call).
+    here: bool = False
 
     def abandoned(self) -> bool:
         """Nobody waits for the result: the caller cancelled, or its deadline passed. Read from the worker
@@ -111,6 +117,8 @@ class Scheduler:
         config: BatchingConfig,
         metrics: Metrics,
         run_call: CallRunner = call_locally,
+        local_replicas: Sequence[Any] = (),
+        watch: Callable[[Any, Sequence[WorkItem]], contextlib.AbstractContextManager[Any]] | None = None,
     ) -> None:
         self.model = model
         # Each replica stops between chunks and at every generated token once its caller left (abandon.py).
@@ -120,12 +128,19 @@ class Scheduler:
         self._awaited = inspect.iscoroutinefunction(run_batch)
         if self._awaited != inspect.iscoroutinefunction(run_call):
             raise TypeError("run_batch and run_call must both be coroutine functions, or neither")
+        # With coroutine runners: the server process's own pipelines, one per replica, for `here` calls.
+        self._local = [install(replica) for replica in local_replicas]
+        if self._local and len(self._local) != len(self._replicas):
+            raise ValueError("local_replicas must have one pipeline per replica")
+        # Told which items a coroutine runner's batch computes while it runs, so that work elsewhere can
+        # stop once they are abandoned (model_process.watching).
+        self._watch = watch
         self._config = config
         self._queue: deque[WorkItem] = deque()
         self._wakeup = asyncio.Event()
         self._executors = [
             ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pipeline-{model}-{i}")
-            for i in range(0 if self._awaited else len(self._replicas))
+            for i in range(len(self._replicas) if self._local or not self._awaited else 0)
         ]
         self._workers: list[asyncio.Task[None]] = []
         self._closed = False
@@ -191,9 +206,15 @@ class Scheduler:
                 f"(max_queue_size={self._config.max_queue_size}); retry later or send fewer inputs"
             )
 
-    async def submit_call(self, call: ReplicaCall, *, timeout: float | None = None) -> Any:
-        """Queues `call(pipeline)`, run alone on a worker thread with its replica; returns what it returns."""
-        return await self._enqueue(None, {}, None, False, timeout, call)
+    async def submit_call(
+        self, call: ReplicaCall, *, timeout: float | None = None, here: bool = False
+    ) -> Any:
+        """Queues `call(pipeline)`, run alone on a worker thread with its replica; returns what it returns.
+        `here`: run in this process with its own copy of the pipeline, even where the replicas run in
+        processes of their own (the call need not pickle, and may hand results to the event loop)."""
+        if here and self._awaited and not self._local:
+            raise RuntimeError(f"model {self.model!r} has no pipeline in the server process for this call")
+        return await self._enqueue(None, {}, None, False, timeout, call, here=here)
 
     async def _enqueue(
         self,
@@ -204,6 +225,7 @@ class Scheduler:
         timeout: float | None,
         call: ReplicaCall | None,
         priority: int = 0,
+        here: bool = False,
     ) -> Any:
         if self._closed:
             raise ModelNotReady(f"model {self.model!r} is shutting down")
@@ -223,6 +245,7 @@ class Scheduler:
             enqueued_at=now,
             call=call,
             priority=priority,
+            here=here,
         )
         self._queue.append(item)
         self._queue_depth.set(len(self._queue))
@@ -272,12 +295,11 @@ class Scheduler:
         self._batch_size.observe(len(batch))
         loop = asyncio.get_running_loop()
         try:
-            if self._awaited:
+            if self._awaited and not batch[0].here:
                 outcomes = await self._compute_awaited(pipeline, batch)
             else:
-                outcomes = await loop.run_in_executor(
-                    self._executors[replica], self._compute, pipeline, batch
-                )
+                here = self._local[replica] if self._awaited else pipeline
+                outcomes = await loop.run_in_executor(self._executors[replica], self._compute, here, batch)
         except Exception as exc:  # the worker must survive anything, or its replica stops serving
             log.exception("scheduler %s: batch failed outside the pipeline", self.model)
             outcomes = [(False, exc)] * len(batch)
@@ -361,9 +383,15 @@ class Scheduler:
         return _run_to_end(self._attempt(pipeline, batch, self._call_here))
 
     async def _compute_awaited(self, pipeline: Any, batch: list[WorkItem]) -> list[tuple[bool, Any]]:
-        """On the event loop, for coroutine runners. Their work runs elsewhere, out of abandon.py's reach: a
-        batch sent runs to its end, and only items abandoned before their retry are skipped."""
-        return await self._attempt(pipeline, batch, self._call)
+        """On the event loop, for coroutine runners. Their work runs elsewhere: `watch` tells the replica
+        which items it computes, so that it can stop once nobody waits (model_process.watching)."""
+        return await self._attempt(pipeline, batch, self._call_watched)
+
+    async def _call_watched(self, pipeline: Any, batch: list[WorkItem]) -> list[Any]:
+        if self._watch is None:
+            return await self._call(pipeline, batch)
+        with self._watch(pipeline, batch):
+            return await self._call(pipeline, batch)
 
     async def _attempt(
         self,
@@ -411,7 +439,9 @@ class Scheduler:
     async def _call(self, pipeline: Any, batch: list[WorkItem]) -> list[Any]:
         """The batch through its runner; suspends only to await a coroutine runner."""
         try:
-            if batch[0].call is not None:
+            if batch[0].here:
+                outputs = [call_locally(pipeline, cast(ReplicaCall, batch[0].call))]
+            elif batch[0].call is not None:
                 output = self._run_call(pipeline, batch[0].call)
                 outputs = [await output if self._awaited else output]
             else:

@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..batching import model_process
 from ..errors import QueueFull
 from ..metrics import Metrics
 from ..registry import ModelInstance
@@ -95,8 +96,10 @@ class Admission:
     # tiny.en streams, its sibling 3, and every stream's final lag grew to 11.6 s at p95, 20.9 s max;
     # their CPU time was 0.23 s per second of audio (bench/asr_streaming.py --streams 8).
     cores: float = 1.0
-    # The process's CPU seconds (all threads); replaced in tests.
-    cpu_seconds: Callable[[], float] = time.process_time
+    # The process's CPU seconds (all threads) and its model processes'; replaced in tests.
+    cpu_seconds: Callable[[], float] = field(
+        default=lambda: time.process_time() + model_process.cpu_seconds()
+    )
     _loads: dict[str, _Load] = field(default_factory=dict)
 
     def received(self, instance: ModelInstance, seconds: float, streams: int) -> None:

@@ -2,7 +2,8 @@
 
 The work runs alone on a worker (scheduler.submit_call) with the replica that runs it, an `emit` that
 queues one result for the caller, and a `stop` event set when the caller leaves, so the work can end
-early and free the worker for the next request. Used by streamed generation (tokens) and streamed
+early and free the worker for the next request. It runs in the server process even where the model's
+replicas run in processes of their own (`here=True`: `emit` must reach this event loop). Used by streamed generation (tokens) and streamed
 long-form speech recognition (segments).
 """
 
@@ -42,7 +43,7 @@ async def stream_from_worker(
         finally:
             loop.call_soon_threadsafe(queue.put_nowait, _END)
 
-    job = asyncio.ensure_future(instance.scheduler.submit_call(run, timeout=timeout))
+    job = asyncio.ensure_future(instance.scheduler.submit_call(run, timeout=timeout, here=True))
     try:
         while True:
             getter = asyncio.ensure_future(queue.get())
