@@ -68,6 +68,8 @@ def test_auto_is_on_for_small_cpu_models_of_the_supported_tasks_with_a_core_to_s
     assert not enabled(text, AUTO_MAX_WEIGHT_BYTES + 1, cores=2)  # the weights would be held twice
     assert not enabled(ModelSpec(name="a", task=TASK, source="x", device="cuda"), 1, cores=2)
     assert not enabled(ModelSpec(name="a", task="text-generation", source="x"), 1, cores=2)
+    # Speech recognition: a streamed file's calls run on the server's copy (scheduler `here` calls).
+    assert enabled(ModelSpec(name="a", task="automatic-speech-recognition", source="x"), 1, cores=2)
     assert not enabled(ModelSpec(name="a", task=TASK, source="x", model_process=False), 1, cores=2)
     assert enabled(ModelSpec(name="a", task=TASK, source="x", model_process=True), 1, cores=1)
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import functools
 import importlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -339,6 +340,55 @@ async def test_coroutine_runners_are_awaited_on_the_event_loop_under_the_same_fa
     assert threads == {loop_thread}
     assert metrics.value("pipelined_pipeline_items_total", M) == 1 + 3 + 3 + 1 + 1
     await scheduler.close()
+
+
+@guarded
+async def test_here_calls_run_on_the_server_copy_holding_the_replica_and_the_rest_go_to_the_runner() -> None:
+    """Replicas in processes of their own (coroutine runners): a `here` call (a streamed file's segments, which
+    must reach this event loop) runs on that replica's thread with the server's copy, and the replica takes
+    nothing else meanwhile; other calls and batches go to the runner, told which items they compute."""
+    loop_thread = threading.current_thread().name
+    seen: list[tuple[str, Any]] = []
+    watched: list[list[Any]] = []
+    gate = threading.Event()
+
+    async def run(replica: Any, inputs: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:
+        seen.append((threading.current_thread().name, replica))
+        return list(inputs)
+
+    async def call(replica: Any, work: Callable[[Any], Any]) -> Any:
+        seen.append((threading.current_thread().name, replica))
+        return work(replica)
+
+    @contextlib.contextmanager
+    def watch(replica: Any, items: Sequence[Any]) -> Iterator[None]:
+        watched.append([item.payload for item in items])
+        yield
+
+    def held_here(pipeline: Any) -> Any:
+        gate.wait(30)
+        return (threading.current_thread().name, pipeline)
+
+    scheduler = Scheduler(
+        "m", ["child"], run, BatchingConfig(), Metrics(), run_call=call, local_replicas=["copy"], watch=watch
+    )
+    scheduler.start()
+    here = asyncio.ensure_future(scheduler.submit_call(held_here, here=True))
+    await until(lambda: not scheduler.idle and scheduler.depth == 0, "the here call running")
+    after = asyncio.ensure_future(scheduler.submit(7, {}))
+    await asyncio.sleep(0.1)
+    assert not seen and scheduler.depth == 1, "the replica takes nothing else while a here call holds it"
+    gate.set()
+    thread, pipeline = await here
+    assert thread != loop_thread and pipeline == "copy"
+    assert await after == 7
+    assert await scheduler.submit_call(lambda replica: replica) == "child"
+    assert seen == [(loop_thread, "child"), (loop_thread, "child")]
+    assert watched == [[7], [None]]
+    await scheduler.close()
+    plain = Scheduler("m", ["child"], run, BatchingConfig(), Metrics(), run_call=call)
+    with pytest.raises(RuntimeError, match="no pipeline in the server process"):
+        await plain.submit_call(held_here, here=True)
 
 
 def test_runners_are_both_coroutines_or_neither() -> None:

@@ -17,12 +17,22 @@ interleaved on the loaded shared machine (peers' classifier, one worker): the se
 at c=1 1.41 ms against 1.69 ms with the thread (1.44 against 1.84 in a second run); the same at c=32.
 `bench/unary_peers.py` against `model_process: false` on the loaded machine (load average 2-4) gave c=1 p50
 4.01 against 4.40 ms in one run and 7.39 against 5.80 ms in the next: too noisy to say more than that the
-pipe's price at c=1 is now within the noise. Replies over INLINE_UNPICKLE_BYTES are unpickled on a thread. The
-pipeline runs the same `loading.run_batch` as in process, so results are the same. What is given up: a batch
-already sent runs to its end when its callers leave (abandon.py cannot reach into the child; these tasks
-compute a batch in milliseconds), and the server process keeps its own copy of the pipeline for the adapters
-(tokenizer, labels), so the weights are in memory twice: `auto` turns this on only for small models
-(AUTO_MAX_WEIGHT_BYTES).
+pipe's price at c=1 is now within the noise. Replies over INLINE_UNPICKLE_BYTES are unpickled on a thread.
+
+The pipeline runs the same `loading.run_batch` as in process, so results are the same. Work whose callers
+leave stops in the child as on a worker thread (abandon.py, between chunks and at every generated token): the
+scheduler tells the replica which items a batch computes (`watching`); the child reads their deadlines itself
+and the server process writes the batch's number into memory both share once every caller has left. What is
+given up: the server process keeps its own copy of the pipeline for the adapters (tokenizer, labels) and for
+calls that must run there (a streamed file hands segments to the event loop as they come: the scheduler runs
+them on that copy, holding the replica's place), so the weights are in memory twice: `auto` turns this on
+only for small models (AUTO_MAX_WEIGHT_BYTES).
+
+Speech recognition: with two replicas as threads of one server process, 4 concurrent Recognize calls on
+tiny.en int8 gave 1.59-1.66x the sequential in-process pipeline (their threads share one GIL, and Whisper's
+token-by-token decoding is mostly Python); with two children, 1.94x (`bench/asr_unary.py --concurrency 1 4`,
+24 calls a pass). Offline, two processes each decoding the six shared clips took 3.30 and 3.21 s against
+3.29 s for one alone; two threads of one process, 3.99 s.
 
 A child that dies (out of memory, killed) fails the batch it held with UNAVAILABLE, and the next batch
 starts a new one. The child ends when the server process closes the pipe or dies (it reads EOF).
