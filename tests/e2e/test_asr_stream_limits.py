@@ -299,7 +299,8 @@ def test_a_client_that_stops_reading_gets_its_responses_then_resource_exhausted(
 def test_a_client_that_never_reads_is_dropped_after_the_idle_timeout(
     start: Callable[..., ServerThread], caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = start(max_unread_responses=4, idle_timeout_s=1.0, **FLOOD_LIMITS)
+    # 5 s, not less: the sampling below must see the fifth response held before the drop, on a loaded machine.
+    server = start(max_unread_responses=4, idle_timeout_s=5.0, **FLOOD_LIMITS)
     gate = threading.Event()
     call = stub_of(server, **NO_WINDOW).StreamingRecognize(flood(gate), timeout=300)
     # The status cannot pass the response the client does not read: the server frees the stream (its
