@@ -6,6 +6,7 @@ transcript of the same file (both scored against the human or asserted reference
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Iterator
@@ -112,21 +113,31 @@ def test_streamed_wer_within_3_points_of_offline(pipe: Any) -> None:
     assert live_wer <= offline_wer + 0.03, (live, offline, live_wer, offline_wer)
 
 
+def spy_forced_prefixes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The committed text each live-stream decode is forced to start with (tasks/whisper_prefix.py), where
+    the session queues the decode (it runs in the model's process): the texts that become forced tokens."""
+    from pipelined_server.streaming import session
+    from pipelined_server.tasks import whisper_prefix
+
+    forced: list[str] = []
+    decode = session.decode_window
+
+    async def spied(instance: Any, samples: np.ndarray, kwargs: dict[str, Any], priority: int = 0) -> Any:
+        text = kwargs.get(whisper_prefix.KWARG)
+        if text and whisper_prefix.prefix_ids(instance.pipeline.tokenizer, text):
+            forced.append(text)
+        return await decode(instance, samples, kwargs, priority)
+
+    monkeypatch.setattr(session, "decode_window", spied)
+    return forced
+
+
 def test_re_decodes_force_the_words_already_final(pipe: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Decodes after the first of a window start with its final words forced (tasks/whisper_prefix.py): the
     forced text is always words the stream had sent as final, in order."""
     from pipelined_server.streaming.agreement import normalize
-    from pipelined_server.tasks import whisper_prefix
 
-    forced: list[str] = []
-    real = whisper_prefix.prefix_ids
-
-    def spy(tokenizer: Any, text: str | None) -> list[int] | None:
-        if text:
-            forced.append(text)
-        return real(tokenizer, text)
-
-    monkeypatch.setattr(whisper_prefix, "prefix_ids", spy)
+    forced = spy_forced_prefixes(monkeypatch)
     finals = [normalize(w) for w in streamed(pipe, "audio/LJ001-0001.wav").split()]
     assert len(forced) >= 3, forced
     for text in forced:
@@ -143,25 +154,21 @@ def test_a_multilingual_model_detects_english_once_and_forces_its_re_decodes(
     """Whisper base (multilingual) on English speech, no language asked: the stream detects "english" once,
     reports it on its results, and its re-decodes are forced (before, a multilingual stream with no language
     was never forced: its prompt waited on each decode's own detection). The words match offline."""
-    from pipelined_server.tasks import whisper_language, whisper_prefix
+    from pipelined_server.batching import Scheduler
+    from pipelined_server.tasks import whisper_language
 
     detected: list[str] = []
-    detect = whisper_language.detect
-    monkeypatch.setattr(
-        whisper_language,
-        "detect",
-        lambda pipe, samples: detected.append(detect(pipe, samples)) or detected[-1],
-    )
-    forced: list[str] = []
-    prefix_ids = whisper_prefix.prefix_ids
+    submit_call = Scheduler.submit_call
 
-    def spy(tokenizer: Any, text: str | None) -> list[int] | None:
-        ids = prefix_ids(tokenizer, text)
-        if text and ids:
-            forced.append(text)
-        return ids
+    # Spied where it is queued: the detection runs in the model's process.
+    async def spied_submit_call(self: Scheduler, call: Any, **kwargs: Any) -> Any:
+        result = await submit_call(self, call, **kwargs)
+        if isinstance(call, functools.partial) and call.func is whisper_language.detect:
+            detected.append(result)
+        return result
 
-    monkeypatch.setattr(whisper_prefix, "prefix_ids", spy)
+    monkeypatch.setattr(Scheduler, "submit_call", spied_submit_call)
+    forced = spy_forced_prefixes(monkeypatch)
     server = ServerThread(
         ServerConfig(
             host="127.0.0.1",

@@ -54,7 +54,16 @@ class Injected:
 def server(tiny_ctc_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     one_at_a_time = BatchingConfig(max_batch_size=1, max_queue_size=2)
     models = (
-        ModelSpec(name="ctc", task=ASR, source=str(tiny_ctc_dir), batching=one_at_a_time, default=True),
+        # In the server process: the faults are injected into its pipeline (a model process's own faults:
+        # tests/server/test_model_process.py).
+        ModelSpec(
+            name="ctc",
+            task=ASR,
+            source=str(tiny_ctc_dir),
+            batching=one_at_a_time,
+            default=True,
+            model_process=False,
+        ),
         ModelSpec(
             name="sentiment",
             task="text-classification",
