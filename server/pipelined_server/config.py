@@ -310,8 +310,9 @@ class ModelSpec(Section):
     # (with torch_threads 1) is how concurrent requests use every core.
     replicas: Int = Field(default=1, ge=1)
     # Run each replica's pipeline in a process of its own, fed by the server process (batching/model_process.py):
-    # gRPC and the model then use two cores even for a client with one connection. `auto`: on for small
-    # CPU models of the text tasks that support it, when the machine has a core to spare.
+    # gRPC and the model then use two cores even for a client with one connection, and replicas do not share
+    # one GIL. `auto`: on for small CPU models of the tasks that support it, when the machine has a core to
+    # spare (speech recognition: with 2 replicas or more).
     model_process: Literal["auto"] | bool = "auto"
     # Whisper on a CPU in float32: each decoding step's vocabulary projection in int8, its best candidates and
     # the special tokens (languages, timestamps) scored again in float32 (tasks/whisper_logits.py: greedy

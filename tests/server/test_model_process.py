@@ -68,8 +68,11 @@ def test_auto_is_on_for_small_cpu_models_of_the_supported_tasks_with_a_core_to_s
     assert not enabled(text, AUTO_MAX_WEIGHT_BYTES + 1, cores=2)  # the weights would be held twice
     assert not enabled(ModelSpec(name="a", task=TASK, source="x", device="cuda"), 1, cores=2)
     assert not enabled(ModelSpec(name="a", task="text-generation", source="x"), 1, cores=2)
-    # Speech recognition: a streamed file's calls run on the server's copy (scheduler `here` calls).
-    assert enabled(ModelSpec(name="a", task="automatic-speech-recognition", source="x"), 1, cores=2)
+    # Speech recognition, with several replicas (their threads would share one GIL); one replica stays.
+    asr = ModelSpec(name="a", task="automatic-speech-recognition", source="x")
+    assert enabled(asr.model_copy(update={"replicas": 2}), 1, cores=2)
+    assert not enabled(asr, 1, cores=2)
+    assert enabled(asr.model_copy(update={"model_process": True}), 1, cores=2)
     assert not enabled(ModelSpec(name="a", task=TASK, source="x", model_process=False), 1, cores=2)
     assert enabled(ModelSpec(name="a", task=TASK, source="x", model_process=True), 1, cores=1)
 

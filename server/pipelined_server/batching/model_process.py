@@ -79,6 +79,15 @@ log = logging.getLogger(__name__)
 
 # `model_process: auto` keeps models above this in the server process: the weights would be loaded twice.
 AUTO_MAX_WEIGHT_BYTES = 1 << 30
+# Tasks whose work takes long enough that the pipe and the event loop cost a request nothing measurable: a
+# model process pays off for them only where the server process would run several replicas as threads
+# sharing one GIL. With one replica (the default), `auto` leaves them in the server process, since a child
+# costs a second copy of the weights: the embedded whisper-tiny.en in int8 (the CPU default) took 622-682
+# MiB resident (391-451 MiB PSS) per child beside its worker's 684-699 MiB, and 2 workers with a child each
+# 2.5 GiB PSS in all. Live streams gained too little to pay for it: 2 minutes each
+# (bench/asr_streaming.py --minutes 2), one run with a child per worker against one without (a day apart):
+# final lag p95 1.25 against 1.26 s at 1 stream, 1.35 against 1.46 s at 4, 1.63 against 1.75 s at 8.
+SHARED_GIL_TASKS = frozenset({"automatic-speech-recognition"})
 # What the fork server imports once for every child.
 _PRELOAD = ["torch", "transformers.pipelines", "pipelined_server.loading"]
 # How long a child may take to import torch and transformers and load its pipeline.
@@ -100,9 +109,12 @@ class ModelProcessDied(PipelinedError):
 
 def enabled(spec: ModelSpec, weight_bytes: int, cores: int) -> bool:
     """Whether a model's replicas run in processes of their own (`model_process`; `auto`: on a CPU with
-    cores to spare, for the tasks above and models small enough to hold twice)."""
+    cores to spare, for the tasks above and models small enough to hold twice; speech recognition only
+    with several replicas: see SHARED_GIL_TASKS)."""
     if spec.model_process != "auto":
         return bool(spec.model_process)
+    if spec.task in SHARED_GIL_TASKS and spec.replicas < 2:
+        return False
     return (
         spec.task in PROCESS_TASKS
         and spec.device == "cpu"
