@@ -15,7 +15,7 @@ from pacing import DecodePacedSource
 from pipelined import Client
 from pipelined_server.config import ServerConfig
 from speech_clips import speech
-from test_asr_parity import _as_chunks, assert_same
+from test_asr_parity import as_chunks, assert_same
 from tiny_models import tiny_audio
 
 pytestmark = pytest.mark.timeout(600)
@@ -51,7 +51,7 @@ def test_a_streamed_file_equals_the_unary_long_form(server: ServerThread, local_
     pipe = Client(server.target, timeout=300).pipeline(ASR, model="tiny-whisper")
     unary = pipe(audio, return_timestamps=True)
     assert_same(unary, local_whisper(audio.copy(), return_timestamps=True))
-    assert_same(_as_chunks(list(pipe.stream_file(audio))), unary)
+    assert_same(as_chunks(list(pipe.stream_file(audio))), unary)
 
 
 def _finals(target: str) -> list[tuple[str, float, float]]:

@@ -219,7 +219,7 @@ def test_long_audio_without_timestamps_is_transcribed(client: Client, local_whis
     assert remote == {"text": local_whisper(audio.copy(), return_timestamps=True)["text"]}
 
 
-def _as_chunks(segments: list[dict[str, Any]]) -> dict[str, Any]:
+def as_chunks(segments: list[dict[str, Any]]) -> dict[str, Any]:
     """A stream's segments in the unary result's shape (text joined, one chunk per segment)."""
     chunks = [{"text": s["text"], "timestamp": s["timestamp"]} for s in segments]
     return {"text": "".join(c["text"] for c in chunks), "chunks": chunks}
@@ -233,4 +233,4 @@ def test_stream_file_equals_unary_long_form(client: Client, local_whisper: Any, 
     pipe = client.pipeline(ASR, model="tiny-whisper")
     unary = pipe(audio, return_timestamps=True)
     assert_same(unary, local_whisper(audio.copy(), return_timestamps=True))
-    assert_same(_as_chunks(list(pipe.stream_file(audio))), unary)
+    assert_same(as_chunks(list(pipe.stream_file(audio))), unary)

@@ -30,8 +30,8 @@ only for small models (AUTO_MAX_WEIGHT_BYTES).
 
 Speech recognition: with two replicas as threads of one server process, 4 concurrent Recognize calls on
 tiny.en int8 gave 1.59-1.66x the sequential in-process pipeline (their threads share one GIL, and Whisper's
-token-by-token decoding is mostly Python); with two children, 1.94x (`bench/asr_unary.py --concurrency 1 4`,
-24 calls a pass). Offline, two processes each decoding the six shared clips took 3.30 and 3.21 s against
+token-by-token decoding is mostly Python); with two children, 1.95x (`bench/asr_unary.py --concurrency 1 4`,
+48 calls a pass). Offline, two processes each decoding the six shared clips took 3.30 and 3.21 s against
 3.29 s for one alone; two threads of one process, 3.99 s.
 
 A child that dies (out of memory, killed) fails the batch it held with UNAVAILABLE, and the next batch
@@ -220,7 +220,7 @@ class ModelProcess:
                 item.future.remove_done_callback(check)
 
     def cpu_seconds(self) -> float:
-        """CPU seconds its children have used (user and system), read from /proc; 0 where there is none."""
+        """CPU seconds (user and system) its child has used, and the children it replaced, read from /proc."""
         pid = self.pid
         if pid is not None:
             try:

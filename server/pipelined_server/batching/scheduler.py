@@ -298,8 +298,8 @@ class Scheduler:
             if self._awaited and not batch[0].here:
                 outcomes = await self._compute_awaited(pipeline, batch)
             else:
-                here = self._local[replica] if self._awaited else pipeline
-                outcomes = await loop.run_in_executor(self._executors[replica], self._compute, here, batch)
+                pipe = self._local[replica] if self._awaited else pipeline
+                outcomes = await loop.run_in_executor(self._executors[replica], self._compute, pipe, batch)
         except Exception as exc:  # the worker must survive anything, or its replica stops serving
             log.exception("scheduler %s: batch failed outside the pipeline", self.model)
             outcomes = [(False, exc)] * len(batch)

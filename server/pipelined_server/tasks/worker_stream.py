@@ -3,8 +3,8 @@
 The work runs alone on a worker (scheduler.submit_call) with the replica that runs it, an `emit` that
 queues one result for the caller, and a `stop` event set when the caller leaves, so the work can end
 early and free the worker for the next request. It runs in the server process even where the model's
-replicas run in processes of their own (`here=True`: `emit` must reach this event loop). Used by streamed generation (tokens) and streamed
-long-form speech recognition (segments).
+replicas run in processes of their own (`here=True`: `emit` must reach this event loop). Used by streamed
+generation (tokens) and streamed long-form speech recognition (segments).
 """
 
 from __future__ import annotations
